@@ -1,0 +1,119 @@
+"""FastVID (NeurIPS'25): DySeg temporal segmentation + STPrune (ATS salient tokens, density anchors, DTM merge).
+
+Follows the authors' LLaVA-OneVision implementation (LunarShen/FastVID @ a40a109), the headline one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from vtc.errors import UsageError
+from vtc.methods.registry import Param, register
+from vtc.ops import cosine_matrix, dpc_knn, topk_indices
+from vtc.ops.merge import blend_groups
+from vtc.reduction import Reduction
+from vtc.signals import Signals
+from vtc.stages import SEGMENTERS, dyseg
+
+
+@register(
+    "fastvid",
+    summary="FastVID: DySeg segments, attention-salient tokens kept, density anchors merge the rest (DTM)",
+    paper="Shen et al., FastVID: Dynamic Density Pruning for Fast Video LLMs, NeurIPS 2025",
+    params=[
+        Param("min_segments", 8, "DySeg c: at least c segments (the c−1 lowest-similarity cuts)", "DySeg_c"),
+        Param("tau", 0.9, "DySeg τ: also cut wherever adjacent pooled-embedding cosine < τ", "DySeg_tau"),
+        Param("context_share", 0.4, "STPrune d: share of each frame's budget spent on merged context tokens",
+              "STPrune_d"),
+        Param("anchor_stride", 4, "DTM p: every p-th frame (from the segment's end) is an anchor frame", "DTM_p"),
+        Param("beta", 0.6, "DTM β: weight of the anchor token in its blend with the group mean", "DTM_beta"),
+        Param("knn", 4, "k of the DPC-kNN density"),
+        Param("segmenter", "dyseg", "temporal segmenter", choices=tuple(SEGMENTERS)),
+    ],
+    signals=("attn", "pooled"),
+    reference={},
+)
+def fastvid(
+    x: Tensor,
+    *,
+    grid: tuple[int, int],
+    ratio: float | None,
+    signals: Signals,
+    min_segments: int = 8,
+    tau: float = 0.9,
+    context_share: float = 0.4,
+    anchor_stride: int = 4,
+    beta: float = 0.6,
+    knn: int = 4,
+    segmenter: str = "dyseg",
+) -> Reduction:
+    """FastVID.  x: [T, N, D]; signals.attn [T, N]; signals.pooled [T, D'] (for DySeg).
+
+    1. DySeg splits time into segments.
+    2. Per frame: R = int(N·r), Nc = int(R·d) context tokens, Ns = R − Nc salient tokens (top attention, kept).
+    3. The other N − Ns tokens are candidates; DPC-kNN scores them per frame.
+    4. In a segment of L frames, G = ceil(L/p) anchor frames (the last, then every p-th backwards) each pick
+       m = floor(Nc·L/G) top-score candidates; every candidate of the segment joins its most cosine-similar
+       pick, and the pick becomes a·pick + (1 − a)·mean(group), a = max(1/(n+1), β) (= β in practice).
+    5. Output sorted by flat index (time, then raster).
+
+    Deviations (the authors' code raises in these cases): T < c → fewer cuts (min(c−1, T−1)); Nc = 0 → no
+    context tokens, non-salient tokens are dropped; m larger than the candidates → m is clamped; R = 0 → R = 1.
+    Ties in the density score break by index instead of random jitter.
+    """
+    t, n, d = x.shape
+    r = 0.10 if ratio is None else ratio
+    attn = signals.require("attn", "fastvid").float()
+    if segmenter == "dyseg":
+        segments = dyseg(signals.require("pooled", "fastvid"), min_segments=min_segments, tau=tau)
+    else:
+        segments = SEGMENTERS[segmenter](x, signals)
+    if anchor_stride < 1:
+        raise UsageError("fastvid: anchor_stride must be ≥ 1.")
+    budget = max(1, int(n * r))
+    n_ctx = int(budget * context_share)
+    n_sal = min(budget - n_ctx, n)
+    n_cand = n - n_sal
+
+    salient = topk_indices(attn, n_sal)  # [T, Ns] ascending
+    is_cand = torch.ones(t, n, dtype=torch.bool)
+    is_cand.scatter_(1, salient, False)
+    cand = torch.nonzero(is_cand)[:, 1].reshape(t, n_cand)  # [T, N−Ns] ascending patch index
+    frame_off = (torch.arange(t) * n)[:, None]
+
+    rows: list[tuple[Tensor, Tensor, Tensor]] = []  # (dst-local, src, w) blocks of context outputs
+    reps: list[Tensor] = []
+    if n_ctx > 0 and n_cand > 0:
+        xc = torch.gather(x.float(), 1, cand[..., None].expand(t, n_cand, d))  # [T, N−Ns, D]
+        score = dpc_knn(xc, knn).score  # [T, N−Ns]
+        for s, e in segments.tolist():
+            length = e - s + 1
+            groups = math.ceil(length / anchor_stride)
+            m = min(int(math.floor(n_ctx * length / groups)), n_cand)
+            if m <= 0:
+                continue
+            anchors = [s + j for j in range(length) if (length - 1 - j) % anchor_stride == 0]
+            pool = xc[s : e + 1].reshape(-1, d)  # every candidate of the segment
+            pool_src = (cand[s : e + 1] + frame_off[s : e + 1]).reshape(-1)
+            for f in anchors:
+                pick = topk_indices(score[f], m, sort_index=False)  # candidate-local indices
+                assign = cosine_matrix(pool, xc[f, pick]).argmax(-1)  # [P] → pick slot
+                # the pick itself sits in the pool: pool row of pick j is (f − s)·(N−Ns) + pick[j]
+                anchor_rows = (f - s) * n_cand + pick
+                n_members = torch.bincount(assign, minlength=m).double()
+                a = torch.maximum(1.0 / (n_members + 1), torch.tensor(beta, dtype=torch.float64))
+                g, cols, w = blend_groups(assign, anchor_rows, m, a)
+                rows.append((g + sum(r.numel() for r in reps), pool_src[cols], w))
+                reps.append(pool_src[anchor_rows])
+    sal_src = (salient + frame_off).reshape(-1)
+    n_ctx_out = sum(r.numel() for r in reps)
+    dst = [torch.arange(sal_src.numel()) + n_ctx_out] + [b[0] for b in rows]
+    src = [sal_src] + [b[1] for b in rows]
+    w = [torch.ones(sal_src.numel(), dtype=torch.float64)] + [b[2] for b in rows]
+    rep = torch.cat(reps + [sal_src]) if reps else sal_src
+    red = Reduction.build(torch.cat(dst), torch.cat(src), torch.cat(w), rep, t * n, segments=segments)
+    red.info.update(budget_per_frame=budget, salient_per_frame=n_sal, context_per_frame=n_ctx)
+    return red.permute(torch.argsort(red.rep))

@@ -1,0 +1,160 @@
+"""`Reduction`: the one object every method returns.
+
+Almost every token-reduction method outputs tokens that are *weighted combinations of source tokens*:
+pruning keeps rows with weight 1, merging averages or blends. A `Reduction` stores that map as a sparse
+K × (T·N) matrix W in COO form plus one representative source per output row. Everything else follows
+from it in one place: the output tokens (W · x), `sizes`, the `source` assignment, positions, the file's
+`merge_*` tensors and the golden comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Reduction:
+    """A sparse linear map from T·N source tokens to K output tokens.
+
+    Attributes:
+        dst: [E] int64, output row of each entry.
+        src: [E] int64, flat source index t·N + n of each entry.
+        weight: [E] float32, weight of each entry: tokens[dst] += weight · x_flat[src].
+        rep: [K] int64, representative flat source index of each output row (whose position the row
+            keeps); -1 for rows that are not tied to one source position.
+        num_sources: T·N.
+        segments: [S, 2] int64 inclusive frame ranges of temporal segments/windows, or None.
+        info: method-specific facts worth recording (effective knobs, signal names, ...).
+    Entries are coalesced: no (dst, src) pair appears twice.
+    """
+
+    dst: Tensor
+    src: Tensor
+    weight: Tensor
+    rep: Tensor
+    num_sources: int
+    segments: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ constructors
+    @staticmethod
+    def build(
+        dst: Tensor,
+        src: Tensor,
+        weight: Tensor,
+        rep: Tensor,
+        num_sources: int,
+        segments: Tensor | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> Reduction:
+        """Coalesce (sum duplicate (dst, src) entries) and sort entries by (dst, src)."""
+        rep = rep.reshape(-1).long().cpu()
+        dst, src = dst.reshape(-1).long().cpu(), src.reshape(-1).long().cpu()
+        weight = weight.reshape(-1).to(torch.float64).cpu()
+        key = dst * max(num_sources, 1) + src
+        uniq, inv = torch.unique(key, return_inverse=True)
+        w = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, weight)
+        n = max(num_sources, 1)
+        return Reduction(
+            dst=uniq // n,
+            src=uniq % n,
+            weight=w.float(),
+            rep=rep,
+            num_sources=num_sources,
+            segments=None if segments is None else segments.long().cpu(),
+            info=dict(info or {}),
+        )
+
+    @staticmethod
+    def select(index: Tensor, num_sources: int, **kw: Any) -> Reduction:
+        """Pure pruning: output row i is source `index[i]` unchanged.  index: [K] flat indices."""
+        index = index.reshape(-1).long()
+        k = torch.arange(index.numel())
+        return Reduction.build(k, index, torch.ones(index.numel()), index, num_sources, **kw)
+
+    @staticmethod
+    def from_groups(
+        groups: Sequence[tuple[Tensor, Tensor, int]], num_sources: int, **kw: Any
+    ) -> Reduction:
+        """One output row per (src [E_i], weight [E_i], rep) triple, in the given order."""
+        if not groups:
+            empty = torch.zeros(0, dtype=torch.long)
+            return Reduction.build(empty, empty, torch.zeros(0), empty, num_sources, **kw)
+        dst = torch.cat([torch.full((g[0].numel(),), i, dtype=torch.long) for i, g in enumerate(groups)])
+        src = torch.cat([g[0].reshape(-1).long() for g in groups])
+        w = torch.cat([g[1].reshape(-1).to(torch.float64) for g in groups])
+        rep = torch.tensor([int(g[2]) for g in groups], dtype=torch.long)
+        return Reduction.build(dst, src, w, rep, num_sources, **kw)
+
+    @staticmethod
+    def concat(parts: Sequence[Reduction], num_sources: int, **kw: Any) -> Reduction:
+        """Stack the rows of several reductions (over the same sources) in order."""
+        dsts, srcs, ws, reps, off = [], [], [], [], 0
+        for p in parts:
+            dsts.append(p.dst + off)
+            srcs.append(p.src)
+            ws.append(p.weight.double())
+            reps.append(p.rep)
+            off += p.num_outputs
+        if not parts:
+            return Reduction.select(torch.zeros(0, dtype=torch.long), num_sources, **kw)
+        return Reduction.build(torch.cat(dsts), torch.cat(srcs), torch.cat(ws), torch.cat(reps), num_sources, **kw)
+
+    # ------------------------------------------------------------------ derived facts
+    @property
+    def num_outputs(self) -> int:
+        """K."""
+        return int(self.rep.numel())
+
+    def permute(self, order: Tensor) -> Reduction:
+        """Reorder output rows: new row i is old row `order[i]`."""
+        order = order.long().cpu()
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(order.numel())
+        return Reduction.build(
+            inv[self.dst], self.src, self.weight, self.rep[order], self.num_sources, self.segments, self.info
+        )
+
+    def apply(self, x: Tensor) -> Tensor:
+        """Output tokens.  x: [T, N, D] or [T·N, D] → [K, D] (in x's dtype, accumulated in float32+)."""
+        flat = x.reshape(self.num_sources, -1)
+        acc_dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
+        w = self.weight.to(device=flat.device, dtype=acc_dtype)
+        src, dst = self.src.to(flat.device), self.dst.to(flat.device)
+        out = torch.zeros(self.num_outputs, flat.shape[1], dtype=acc_dtype, device=flat.device)
+        out.index_add_(0, dst, flat[src].to(acc_dtype) * w[:, None])
+        return out.to(flat.dtype)
+
+    def sizes(self) -> Tensor:
+        """[K] int32: how many source tokens each output row stands for."""
+        return torch.bincount(self.dst, minlength=self.num_outputs).int()
+
+    def source(self) -> Tensor:
+        """[T·N] int32: for each source, the output row receiving its largest weight (first on ties); -1 = dropped."""
+        out = torch.full((self.num_sources,), -1, dtype=torch.long)
+        if self.dst.numel() == 0:
+            return out.int()
+        # sort entries by (src, -weight, dst) and take the first per source
+        order = torch.argsort(self.dst, stable=True)
+        order = order[torch.argsort(-self.weight[order], stable=True)]
+        order = order[torch.argsort(self.src[order], stable=True)]
+        s = self.src[order]
+        first = torch.ones_like(s, dtype=torch.bool)
+        first[1:] = s[1:] != s[:-1]
+        out[s[first]] = self.dst[order][first]
+        return out.int()
+
+    def dense(self) -> Tensor:
+        """[K, T·N] float64 dense matrix (for tests and small inputs)."""
+        m = torch.zeros(self.num_outputs, self.num_sources, dtype=torch.float64)
+        m[self.dst, self.src] = self.weight.double()
+        return m
+
+    def ratio(self) -> float:
+        """Achieved ratio K / (T·N)."""
+        return self.num_outputs / max(self.num_sources, 1)
