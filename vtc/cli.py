@@ -1,0 +1,200 @@
+"""The `vtc` command line: parses options, calls the API, prints, and turns errors into exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vtc import __version__
+from vtc.errors import VtcError
+
+app = typer.Typer(
+    name="vtc",
+    help="Turn videos into compact files of visual tokens for video LLMs.\n\n"
+    "Example: vtc compress clip.mp4 --method fastvid --ratio 0.1",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(err: VtcError) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    return typer.Exit(err.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"vtc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """vtc: video → visual tokens."""
+
+
+@app.command()
+def compress(
+    input: Annotated[Path, typer.Argument(help="Video file to compress.", show_default=False)],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Token file to write "
+                                               "[default: beside the input, .safetensors]")] = None,
+    method: Annotated[str | None, typer.Option("-m", "--method", help="Compression method; 'vtc methods' "
+                                               "lists them [default: fastvid]")] = None,
+    ratio: Annotated[float | None, typer.Option("-r", "--ratio", help="Fraction of tokens to keep, in (0, 1] "
+                                                "[default: the method's paper setting]")] = None,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter key=value "
+                                                    "(repeatable), e.g. -p tau=0.8")] = None,
+    frames: Annotated[int | None, typer.Option("--frames", "-t", help="Sample T frames uniformly "
+                                               "[default: 32]")] = None,
+    fps: Annotated[float | None, typer.Option("--fps", help="Sample F frames per second instead.")] = None,
+    every: Annotated[int | None, typer.Option("--every", help="Sample every n-th frame instead.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="open_clip model name, hf-hub:ORG/REPO, or a "
+                                              "JSON config [default: ViT-B-16]")] = None,
+    pretrained: Annotated[str | None, typer.Option("--pretrained", help="open_clip pretrained tag "
+                                                   "[default: openai]")] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Local weights file for --model "
+                                                    "(no network needed).")] = None,
+    layer: Annotated[int | None, typer.Option("--layer", help="Block whose patch tokens are used; -2 = "
+                                              "penultimate, as LLaVA [default: -2]")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: auto]")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="Encoder precision: auto (fp32 on CPU, bf16/"
+                                              "fp16 on GPU), fp32, fp16, bf16")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Frames per encoder batch "
+                                                   "[default: 16]")] = None,
+    dtype_out: Annotated[str | None, typer.Option("--dtype-out", help="Stored token dtype: float16, "
+                                                  "bfloat16, float32 [default: float16]")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Preset name (presets/) or TOML file; "
+                                               "explicit options override it.")] = None,
+    allow_truncated: Annotated[bool, typer.Option("--allow-truncated", help="Keep the frames of a "
+                                                  "truncated/corrupt video instead of failing.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+) -> None:
+    """Compress one video into a token file (decode → encode → compress → store)."""
+    from vtc.api import compress as api_compress
+    from vtc.config import parse_param
+
+    try:
+        params = dict(parse_param(p) for p in (param or []))
+        options: dict[str, Any] = dict(
+            method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
+            checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
+            batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None,
+        )
+        if params:
+            options["params"] = params
+        show_bar = not quiet and console.is_terminal
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, disable=not show_bar, transient=True) as bar:
+            task = bar.add_task(f"{input.name}: decoding", total=None)
+
+            def progress(kind: str, done: int, total: int | None) -> None:
+                bar.update(task, completed=done, description=f"{input.name}: {kind}")
+
+            res = api_compress(input, output=output, preset=preset, progress=progress, **options)
+    except VtcError as e:
+        raise _fail(e) from None
+    if not quiet:
+        t = res.timings
+        note = " [yellow](truncated input: kept what decoded)[/]" if res.truncated else ""
+        out.print(
+            f"{res.output}: {res.num_tokens} of {res.num_source_tokens} tokens "
+            f"({100 * res.ratio_achieved:.1f}%) — decode {t.get('decode', 0):.2f}s, encode {t.get('encode', 0):.2f}s, "
+            f"compress {t.get('compress', 0):.3f}s{note}",
+            highlight=False,
+        )
+
+
+@app.command()
+def methods(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List every compression method with its parameters and defaults."""
+    from vtc.methods import all_methods
+
+    specs = all_methods()
+    if as_json:
+        out.print_json(json.dumps([
+            {"name": s.name, "summary": s.summary, "signals": list(s.signals), "paper": s.paper,
+             "params": [{"name": p.name, "default": p.default, "help": p.help, "author_name": p.author_name,
+                         "choices": list(p.choices) if p.choices else None} for p in s.params]}
+            for s in specs], default=str))
+        return
+    for s in specs:
+        out.print(f"[bold cyan]{s.name}[/] — {s.summary}", highlight=False)
+        if s.signals:
+            out.print(f"  needs: {', '.join(s.signals)}", style="dim", highlight=False)
+        for p in s.params:
+            author = f" (authors: {p.author_name})" if p.author_name and p.author_name != p.name else ""
+            choices = f" one of {', '.join(map(str, p.choices))}" if p.choices else ""
+            out.print(f"  [green]{p.name}[/]={p.default!r}{author}: {p.help}{choices}", highlight=False)
+
+
+@app.command()
+def show(
+    file: Annotated[Path, typer.Argument(help="Token file (.safetensors) written by vtc.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary.")] = False,
+) -> None:
+    """Summarise a token file: video, model, method, tokens before → after, tokens per frame."""
+    from vtc.show import summary, summary_table
+
+    try:
+        info = summary(file)
+    except VtcError as e:
+        raise _fail(e) from None
+    if as_json:
+        out.print_json(json.dumps(info, default=str))
+    else:
+        summary_table(info, out)
+
+
+@app.command()
+def doctor() -> None:
+    """Print versions (torch, CUDA, PyAV/FFmpeg, open_clip) and the device and dtype vtc would use."""
+    import av
+    import open_clip
+    import torch
+
+    from vtc.encode import pick_device, pick_dtype
+
+    dev = pick_device("auto")
+    table = Table(show_header=False, box=None)
+    rows = [
+        ("vtc", __version__),
+        ("python", sys.version.split()[0]),
+        ("torch", torch.__version__),
+        ("CUDA (torch build)", str(torch.version.cuda or "none")),
+        ("CUDA available", str(torch.cuda.is_available())),
+        ("GPU", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
+        ("PyAV", av.__version__),
+        ("FFmpeg libavcodec", ".".join(map(str, av.library_versions.get("libavcodec", ())))),
+        ("open_clip", open_clip.__version__),
+        ("device", str(dev)),
+        ("dtype", str(pick_dtype(dev, "auto")).replace("torch.", "")),
+        ("threads", str(torch.get_num_threads())),
+    ]
+    for k, v in rows:
+        table.add_row(f"[bold]{k}[/]", v)
+    out.print(table)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,266 @@
+"""Decode (PyAV): probe a video, plan which frames to sample, stream them at the encoder's input size.
+
+Only the sampled frames are ever converted to RGB, straight to the size the encoder needs (PyAV's
+`reformat`); no list of all frames is built. Audio is decoded on request as mono float PCM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vtc.errors import InputError, TruncatedVideoError, UsageError
+
+#: Sample rate of the audio handed to audio-guided methods.
+AUDIO_RATE = 16_000
+
+
+@dataclass
+class VideoInfo:
+    """What `probe` learns from the container header (durations in seconds)."""
+
+    path: str
+    size_bytes: int
+    container: str
+    codec: str
+    width: int
+    height: int
+    rotation: int
+    fps: float
+    duration: float
+    num_frames: int  # header count, 0 when the container does not store it
+    start_time: float
+    has_audio: bool
+    audio_rate: int
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) after applying the display rotation."""
+        return (self.height, self.width) if self.rotation % 180 == 90 else (self.width, self.height)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick frames: `frames` uniformly over the duration, or `fps` per second, or `every` n-th frame."""
+
+    frames: int | None = 32
+    fps: float | None = None
+    every: int | None = None
+
+    def validate(self) -> Sampling:
+        given = [v for v in (self.fps, self.every) if v is not None]
+        if len(given) > 1:
+            raise UsageError("choose one of --frames, --fps or --every.")
+        if self.fps is not None and not self.fps > 0:
+            raise UsageError(f"--fps must be > 0, not {self.fps}.")
+        if self.every is not None and self.every < 1:
+            raise UsageError(f"--every must be ≥ 1, not {self.every}.")
+        if not given and (self.frames is None or self.frames < 1):
+            raise UsageError(f"--frames must be ≥ 1, not {self.frames}.")
+        return self
+
+    def describe(self) -> dict[str, object]:
+        if self.fps is not None:
+            return {"mode": "fps", "fps": self.fps}
+        if self.every is not None:
+            return {"mode": "every", "every": self.every}
+        return {"mode": "count", "frames": self.frames}
+
+
+@dataclass
+class DecodeReport:
+    """What happened while decoding: frames decoded, sampled, and whether the file ended early."""
+
+    decoded_frames: int = 0
+    sampled_frames: int = 0
+    last_time: float = 0.0
+    truncated: bool = False
+    error: str = ""
+    frame_times: list[float] = field(default_factory=list)
+
+
+def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file. Check the path.")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, not a video file.")
+    try:
+        return av.open(str(p), metadata_errors="ignore")
+    except av.error.FFmpegError as e:  # not a media file, or the header is unreadable
+        raise InputError(
+            f"{p}: cannot be opened as a video ({e.strerror or e}). Is it a video file, and complete?"
+        ) from None
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+    """Read the header: size, fps, duration, rotation, audio.  Raises InputError for non-videos."""
+    with _open(path) as c:
+        if not c.streams.video:
+            raise InputError(f"{path}: has no video stream (is it an audio or image file?).")
+        v = c.streams.video[0]
+        rate = v.average_rate or v.guessed_rate or v.base_rate
+        fps = float(rate) if rate else 0.0
+        if v.duration is not None and v.time_base is not None:
+            duration = float(v.duration * v.time_base)
+        elif c.duration is not None:
+            duration = c.duration / av.time_base
+        else:
+            duration = 0.0
+        start = float(v.start_time * v.time_base) if v.start_time is not None and v.time_base else 0.0
+        rotation = 0
+        try:
+            first = next(c.decode(video=0))
+            rotation = int(round(getattr(first, "rotation", 0) or 0)) % 360
+        except (StopIteration, av.error.FFmpegError):
+            pass
+        audio = c.streams.audio[0] if c.streams.audio else None
+        return VideoInfo(
+            path=str(path),
+            size_bytes=Path(path).stat().st_size,
+            container=c.format.name,
+            codec=v.codec_context.name,
+            width=v.width,
+            height=v.height,
+            rotation=rotation,
+            fps=fps,
+            duration=duration,
+            num_frames=int(v.frames or 0),
+            start_time=start,
+            has_audio=audio is not None,
+            audio_rate=int(audio.rate or 0) if audio is not None else 0,
+        )
+
+
+def content_hash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """sha256 of the file (hex), streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def target_times(info: VideoInfo, sampling: Sampling) -> np.ndarray | None:
+    """Times (seconds, ascending) the sampled frames should be nearest to; None for every-n-th sampling.
+
+    By count, T times spread uniformly from the first to the last frame (like LLaVA's
+    `linspace(0, n_frames − 1, T)`); by rate, one every 1/fps seconds.
+    """
+    if sampling.every is not None:
+        return None
+    frame_dur = 1.0 / info.fps if info.fps > 0 else 0.0
+    span = max(0.0, info.duration - frame_dur)
+    if sampling.fps is not None:
+        n = max(1, int(math.floor(span * sampling.fps + 1e-9)) + 1)
+        return info.start_time + np.arange(n) / sampling.fps
+    t = int(sampling.frames or 1)
+    if t == 1:
+        return np.array([info.start_time + span / 2])
+    return info.start_time + np.linspace(0.0, span, t)
+
+
+def iter_frames(
+    path: str | os.PathLike[str],
+    sampling: Sampling,
+    size: Callable[[int, int], tuple[int, int]],
+    *,
+    info: VideoInfo | None = None,
+    allow_truncated: bool = False,
+    report: DecodeReport | None = None,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Stream the sampled frames as (time in seconds, uint8 RGB array [H, W, 3]).
+
+    `size(width, height)` gives the (width, height) to convert to, from the displayed frame size; the encoder
+    supplies it. Only two decoded frames are alive at a time. When several targets fall on the same frame it is
+    yielded once. A decode error part-way raises TruncatedVideoError unless `allow_truncated`, which keeps what
+    decoded and flags it in `report`.
+    """
+    sampling.validate()
+    info = info or probe(path)
+    report = report if report is not None else DecodeReport()
+    targets = target_times(info, sampling)
+    out_w, out_h = size(*info.display_size)
+    swap = info.rotation % 180 == 90
+    conv_w, conv_h = (out_h, out_w) if swap else (out_w, out_h)
+
+    def convert(frame: av.VideoFrame) -> np.ndarray:
+        arr = frame.reformat(width=conv_w, height=conv_h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+        if info.rotation:
+            arr = np.ascontiguousarray(np.rot90(arr, k=info.rotation // 90))
+        return arr
+
+    j = 0
+    prev: av.VideoFrame | None = None
+    prev_t = -math.inf
+    last_emitted: int | None = None
+    with _open(path) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in c.decode(stream):
+                ft = float(frame.time) if frame.time is not None else report.decoded_frames / max(info.fps, 1e-9)
+                idx = report.decoded_frames
+                report.decoded_frames += 1
+                report.last_time = ft
+                if targets is None:
+                    if idx % int(sampling.every or 1) == 0:
+                        report.frame_times.append(ft)
+                        yield ft, convert(frame)
+                    continue
+                while j < len(targets) and targets[j] <= ft:
+                    use_prev = prev is not None and (targets[j] - prev_t) <= (ft - targets[j])
+                    chosen, ct, cidx = (prev, prev_t, idx - 1) if use_prev else (frame, ft, idx)
+                    j += 1
+                    if cidx != last_emitted and chosen is not None:
+                        last_emitted = cidx
+                        report.frame_times.append(ct)
+                        yield ct, convert(chosen)
+                if j >= len(targets):
+                    break
+                prev, prev_t = frame, ft
+        except av.error.FFmpegError as e:
+            report.truncated = True
+            report.error = str(e)
+            if not allow_truncated:
+                raise TruncatedVideoError(
+                    f"{path}: decoding failed at {report.last_time:.2f} s of {info.duration:.2f} s "
+                    f"({e.strerror or e}): the file is truncated or corrupt. Repair or re-encode it, or pass "
+                    f"--allow-truncated to keep the {report.decoded_frames} frames that decoded."
+                ) from None
+        # targets past the last decoded frame (rounding at the very end) take the last frame once
+        if targets is not None and j < len(targets) and prev is not None and not report.truncated:
+            if last_emitted != report.decoded_frames - 1:
+                report.frame_times.append(prev_t)
+                yield prev_t, convert(prev)
+    report.sampled_frames = len(report.frame_times)
+    if report.decoded_frames == 0:
+        raise InputError(f"{path}: no video frame could be decoded (empty or corrupt stream).")
+
+
+def decode_audio(path: str | os.PathLike[str], sample_rate: int = AUDIO_RATE) -> np.ndarray | None:
+    """The first audio track as mono float32 PCM at `sample_rate` [S], or None when there is no audio."""
+    with _open(path) as c:
+        if not c.streams.audio:
+            return None
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in c.decode(c.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError:
+            pass  # keep what decoded; the video path reports truncation
+        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)

@@ -1,0 +1,89 @@
+"""`vtc show`: a terminal summary of a token file (and `--json` for machines)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from vtc.store import load
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[int], width: int = 64) -> str:
+    """Unicode sparkline of `values` (resampled to at most `width` cells)."""
+    if not values:
+        return ""
+    if len(values) > width:
+        step = len(values) / width
+        values = [max(values[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)]) for i in range(width)]
+    top = max(values) or 1
+    return "".join(BARS[min(len(BARS) - 1, int(v / top * (len(BARS) - 1) + 0.5))] if v else " " for v in values)
+
+
+def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Facts about a token file, as plain data."""
+    f = load(path)
+    m = f.meta
+    per_frame = f.tokens_per_frame().tolist()
+    seg = f.tensors.get("segments")
+    t, n = int(m.get("T", 0)), int(m.get("N", 0))
+    return {
+        "file": str(f.path),
+        "format": f"{m.get('format')} v{m.get('format_version')}",
+        "vtc_version": m.get("vtc_version"),
+        "created": m.get("created"),
+        "video": m.get("video", {}),
+        "model": {k: m.get(k) for k in ("model", "pretrained", "checkpoint", "checkpoint_sha256", "layer")},
+        "grid": m.get("grid"),
+        "image_size": m.get("image_size"),
+        "method": m.get("method"),
+        "params": m.get("params", {}),
+        "signals": m.get("signals", {}),
+        "frames": t,
+        "tokens_before": t * n,
+        "tokens_after": int(f.tokens.shape[0]),
+        "dim": int(f.tokens.shape[1]),
+        "dtype": str(f.tokens.dtype).replace("torch.", ""),
+        "ratio_requested": m.get("ratio_requested"),
+        "ratio_achieved": m.get("ratio_achieved"),
+        "tokens_per_frame": per_frame,
+        "frame_times": [round(x, 3) for x in f["frame_times"].tolist()],
+        "segments": seg.tolist() if seg is not None else None,
+        "truncated": m.get("truncated", False),
+        "sampling": m.get("sampling", {}),
+    }
+
+
+def summary_table(info: dict[str, Any], console: Console) -> None:
+    """Print `summary(...)` as a rich table."""
+    v = info["video"] or {}
+    table = Table(title=info["file"], show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    dur = v.get("duration")
+    table.add_row("video", f"{v.get('path', '?')}\n{v.get('width')}×{v.get('height')}, "
+                  f"{(v.get('fps') or 0):.3g} fps, {(dur or 0):.1f} s, {v.get('codec', '?')}"
+                  + (" [yellow](truncated input)[/]" if info["truncated"] else ""))
+    mdl = info["model"]
+    src = mdl.get("pretrained") or (f"checkpoint {mdl.get('checkpoint')}" if mdl.get("checkpoint") else "")
+    table.add_row("model", f"{mdl.get('model')} {src}, layer {mdl.get('layer')}, grid {info['grid']}")
+    params = ", ".join(f"{k}={val}" for k, val in (info["params"] or {}).items())
+    table.add_row("method", f"{info['method']}  {params}")
+    req = info["ratio_requested"]
+    table.add_row("tokens", f"{info['tokens_before']} → {info['tokens_after']} "
+                  f"({100 * (info['ratio_achieved'] or 0):.1f}% kept"
+                  + (f", asked {100 * req:.1f}%" if req is not None else "") + f"), dim {info['dim']} {info['dtype']}")
+    per = info["tokens_per_frame"]
+    table.add_row("per frame", f"{sparkline(per)}\nmin {min(per, default=0)}, max {max(per, default=0)} "
+                  f"over {info['frames']} frames")
+    if info["segments"]:
+        segs = info["segments"]
+        table.add_row("segments", f"{len(segs)}: " + " ".join(f"[{a}–{b}]" for a, b in segs[:24])
+                      + (" …" if len(segs) > 24 else ""))
+    if info["signals"]:
+        table.add_row("signals", "\n".join(f"{k}: {val}" for k, val in info["signals"].items()))
+    console.print(table)

@@ -1,0 +1,184 @@
+"""Store: vtc token files, format v1 (safetensors).  Writes are atomic; reads validate.
+
+Tensors (K output tokens, T frames, N = h·w patches per frame, D channels, E merge-map entries):
+
+| name          | dtype, shape      | meaning                                                                  |
+|---------------|-------------------|--------------------------------------------------------------------------|
+| tokens        | f16/bf16/f32 [K,D] | the kept tokens                                                          |
+| positions     | int32 [K, 3]      | frame, row, col of each token's representative source (-1 = none)        |
+| timestamps    | float32 [K]       | seconds of the representative's frame                                    |
+| frame_times   | float32 [T]       | presentation time of every sampled frame                                 |
+| sizes         | int32 [K]         | how many source tokens each output token stands for                      |
+| source        | int32 [T·N]       | output row each source token went to (largest weight), -1 = dropped      |
+| merge_src/dst | int32 [E]         | exact map: tokens[dst] += merge_w · features.reshape(T·N, D)[src]        |
+| merge_w       | float32 [E]       |                                                                          |
+| segments      | int32 [S, 2]      | inclusive frame ranges of temporal segments (methods that have them)     |
+
+String metadata: see `build_metadata`; values that are not plain strings are JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from vtc.errors import FormatError, UsageError
+from vtc.reduction import Reduction
+
+FORMAT_NAME = "vtc-tokens"
+FORMAT_VERSION = "1"
+REQUIRED = ("tokens", "positions", "timestamps", "frame_times", "sizes", "source", "merge_src", "merge_dst", "merge_w")
+OUT_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+              "float32": torch.float32, "fp32": torch.float32}
+#: metadata keys whose values are JSON
+JSON_KEYS = ("params", "grid", "image_size", "signals", "sampling", "video", "encoder", "info", "decode")
+
+
+def out_dtype(name: str) -> torch.dtype:
+    if name not in OUT_DTYPES:
+        raise UsageError(f"--dtype-out must be float16, bfloat16 or float32, not '{name}'.")
+    return OUT_DTYPES[name]
+
+
+def token_tensors(
+    reduction: Reduction, tokens: Tensor, grid: tuple[int, int], frame_times: Tensor, dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """All tensors of a token file from a reduction and its output tokens [K, D]."""
+    h, w = grid
+    n = h * w
+    rep = reduction.rep.long()
+    frame = torch.where(rep >= 0, rep // n, torch.full_like(rep, -1))
+    # rows without a representative: the earliest frame among their sources
+    if (rep < 0).any():
+        first = torch.full((reduction.num_outputs,), reduction.num_sources, dtype=torch.long)
+        first.scatter_reduce_(0, reduction.dst, reduction.src, reduce="amin")
+        frame = torch.where(rep >= 0, frame, first // n)
+    cell = torch.where(rep >= 0, rep % n, torch.full_like(rep, -1))
+    row = torch.where(cell >= 0, cell // w, cell)
+    col = torch.where(cell >= 0, cell % w, cell)
+    ft = frame_times.float()
+    ts = torch.where(frame >= 0, ft[frame.clamp_min(0)] if ft.numel() else torch.zeros(0), torch.tensor(float("nan")))
+    out = {
+        "tokens": tokens.to(dtype).contiguous(),
+        "positions": torch.stack([frame, row, col], 1).int().contiguous(),
+        "timestamps": ts.float().contiguous(),
+        "frame_times": ft.contiguous(),
+        "sizes": reduction.sizes().int().contiguous(),
+        "source": reduction.source().int().contiguous(),
+        "merge_src": reduction.src.int().contiguous(),
+        "merge_dst": reduction.dst.int().contiguous(),
+        "merge_w": reduction.weight.float().contiguous(),
+    }
+    if reduction.segments is not None:
+        out["segments"] = reduction.segments.int().contiguous()
+    return out
+
+
+def _encode_meta(meta: dict[str, Any]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in meta.items()}
+
+
+def write(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Path:
+    """Write a token file atomically: a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=_encode_meta(meta))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@dataclass
+class TokenFile:
+    """A loaded vtc token file: its tensors and its (decoded) metadata."""
+
+    path: Path
+    tensors: dict[str, Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.tensors[name]
+
+    @property
+    def tokens(self) -> Tensor:
+        return self.tensors["tokens"]
+
+    @property
+    def positions(self) -> Tensor:
+        return self.tensors["positions"]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.meta.get("T", self.tensors["frame_times"].numel()))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.meta.get("grid", [0, 0])
+        return int(g[0]), int(g[1])
+
+    def reduction(self) -> Reduction:
+        """The stored merge map as a `Reduction` (positions give the representatives)."""
+        t = self.tensors
+        h, w = self.grid
+        pos = t["positions"].long()
+        rep = torch.where(pos[:, 1] >= 0, pos[:, 0] * h * w + pos[:, 1] * w + pos[:, 2], torch.full_like(pos[:, 0], -1))
+        seg = t.get("segments")
+        return Reduction(t["merge_dst"].long(), t["merge_src"].long(), t["merge_w"].float(), rep,
+                         int(t["source"].numel()), None if seg is None else seg.long())
+
+    def tokens_per_frame(self) -> Tensor:
+        """[T] int64: output tokens whose representative lies in each frame."""
+        f = self.positions[:, 0].long()
+        return torch.bincount(f[f >= 0], minlength=self.num_frames)
+
+
+def load(path: str | os.PathLike[str]) -> TokenFile:
+    """Read and validate a vtc token file.  Raises FormatError with what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(f"{path}: no such file.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise FormatError(f"{path}: not a safetensors file ({e}). Is it a vtc token file?") from None
+    if raw_meta.get("format") != FORMAT_NAME:
+        raise FormatError(f"{path}: not a vtc token file (format '{raw_meta.get('format', '')}').")
+    if raw_meta.get("format_version") != FORMAT_VERSION:
+        raise FormatError(
+            f"{path}: format version {raw_meta.get('format_version')} is not supported by this vtc "
+            f"(reads version {FORMAT_VERSION}); upgrade vtc."
+        )
+    missing = [k for k in REQUIRED if k not in tensors]
+    if missing:
+        raise FormatError(f"{path}: missing tensors {', '.join(missing)}.")
+    meta: dict[str, Any] = {}
+    for k, v in raw_meta.items():
+        if k in JSON_KEYS or k in ("T", "N", "D", "K", "ratio_requested", "ratio_achieved", "truncated"):
+            try:
+                meta[k] = json.loads(v)
+                continue
+            except json.JSONDecodeError:
+                pass
+        meta[k] = v
+    k = tensors["tokens"].shape[0]
+    for name in ("positions", "timestamps", "sizes"):
+        if tensors[name].shape[0] != k:
+            raise FormatError(f"{path}: '{name}' has {tensors[name].shape[0]} rows, tokens has {k}.")
+    return TokenFile(path, tensors, meta)
