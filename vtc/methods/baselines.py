@@ -16,7 +16,9 @@ from vtc.signals import Signals
 def keep_all(x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals) -> Reduction:
     """All T·N tokens, in (frame, row, col) order.  x: [T, N, D]."""
     t, n, _ = x.shape
-    return Reduction.select(torch.arange(t * n), t * n)
+    red = Reduction.select(torch.arange(t * n), t * n)
+    red.info["budget_floor"] = t * n  # ignores --ratio by definition
+    return red
 
 
 def lattice_factors(t: int, h: int, w: int, ratio: float) -> tuple[int, int, int]:

@@ -89,5 +89,7 @@ def dycoke(
             keep = torch.topk(sim, min(q, n), largest=False).indices
             index.append((keep if reference_loops else keep.sort().values) + f * n)
     red = Reduction.select(torch.cat(index), t * n)
-    red.info.update(kept_per_pruned_frame=q, whole_frames=n_whole, pruned_frames=n_pruned)
+    red.info.update(kept_per_pruned_frame=q, whole_frames=n_whole, pruned_frames=n_pruned, budget_floor=n_whole * n)
+    if reference_loops:
+        red.info["order"] = "frame, then ascending similarity to the reference frame"
     return red

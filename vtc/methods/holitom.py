@@ -114,7 +114,8 @@ def holitom(
             if n_ctx > 0:
                 groups.extend(_contextual(x[f], dyn, keep, n_ctx, f * n))
     red = Reduction.from_groups(groups, t * n, segments=segments)
-    red.info.update(effective_ratio=r_eff, temporal_savings=saved)
+    red.info.update(effective_ratio=r_eff, temporal_savings=saved,
+                    order="window, then static tokens (by position) before each frame's dynamic tokens")
     return red
 
 

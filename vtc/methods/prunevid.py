@@ -72,6 +72,9 @@ def prunevid(
        plain cluster mean, in descending center score. Smaller groups are kept as they are.
     4. Output per window: static group, then the frames' dynamic groups.
 
+    With --ratio and no `cluster_ratio`, the largest cluster_ratio meeting the ratio is found by bisection (the
+    count is monotone in it); when the unmerged small groups alone exceed the budget, groups of ≥ 2 are clustered.
+
     Deviations: the authors crash for T < 7 and when int(size·cluster_ratio) = 0; vtc uses k = min(k, T) and
     at least one cluster. Ties in density break by index instead of random jitter.
     """
@@ -100,8 +103,13 @@ def prunevid(
             if dyn.numel():
                 plan.append((x[f, dyn].float(), (f * n + dyn)[:, None], f * n + dyn))
     sizes = [p[0].shape[0] for p in plan]
-    if cluster_ratio is None:
-        cluster_ratio = 0.5 if ratio is None else _fit_cluster_ratio(sizes, ratio * t * n, min_cluster_size)
+    if cluster_ratio is None and ratio is not None:
+        budget = ratio * t * n
+        if sum(_group_count(s, 0.0, min_cluster_size) for s in sizes) > budget:
+            min_cluster_size = 2  # small groups alone exceed the budget: cluster them too (vtc extension)
+        cluster_ratio = _fit_cluster_ratio(sizes, budget, min_cluster_size)
+    elif cluster_ratio is None:
+        cluster_ratio = 0.5
     groups: list[tuple[Tensor, Tensor, int]] = []
     for feats, srcs, reps in plan:
         size, width = srcs.shape
@@ -119,5 +127,6 @@ def prunevid(
             groups.append((members.reshape(-1), torch.full((members.numel(),), 1.0 / members.numel()),
                            int(reps[centers[j]])))
     red = Reduction.from_groups(groups, t * n, segments=segments)
-    red.info.update(cluster_ratio=cluster_ratio)
+    red.info.update(cluster_ratio=cluster_ratio, min_cluster_size=min_cluster_size,
+                    order="window, then the static group before each frame's dynamic group; clusters by score")
     return red

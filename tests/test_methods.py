@@ -1,0 +1,134 @@
+"""Invariants over every registered method: any T ≥ 1, grid ≥ 1×1, ratio in (0, 1]."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import vtc
+from vtc.errors import UsageError
+from vtc.methods import all_methods, get_method
+from vtc.signals import Signals
+
+METHODS = [m.name for m in all_methods()]
+
+
+def make_signals(t: int, n: int, d: int, gen: torch.Generator) -> Signals:
+    return Signals(
+        attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
+        pooled=torch.randn(t, d, generator=gen),
+        cls_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
+        cls_token=torch.randn(t, d, generator=gen),
+        keys=torch.randn(t, n + 1, 8, generator=gen),
+    )
+
+
+def video_like(t: int, h: int, w: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    """Static background + drift + a scene cut, so temporal methods find static and dynamic tokens."""
+    base = torch.randn(h * w, d, generator=gen)
+    other = torch.randn(h * w, d, generator=gen)
+    frames = [(base if i < max(1, t * 3 // 5) else other) + 0.05 * i / max(t, 1) * torch.randn(h * w, d, generator=gen)
+              for i in range(t)]
+    return torch.stack(frames)
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("t,h,w", [(1, 1, 1), (1, 3, 3), (2, 2, 3), (3, 4, 4), (5, 5, 4), (9, 4, 4), (16, 6, 6)])
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 1.0])
+def test_invariants(name: str, t: int, h: int, w: int, ratio: float) -> None:
+    gen = torch.Generator().manual_seed(t * 100 + h * 10 + w)
+    d = 8
+    x = video_like(t, h, w, d, gen)
+    sig = make_signals(t, h * w, d, gen)
+    spec = get_method(name)
+    red = spec.fn(x, grid=(h, w), ratio=ratio, signals=sig, **spec.defaults())
+    k, n_src = red.num_outputs, t * h * w
+    assert k >= 1
+    budget = math.ceil(ratio * n_src) + t
+    assert k <= max(budget, red.info.get("budget_floor", 0)), (k, budget)
+    # provenance: valid indices, positive weights, every output has a source
+    assert red.src.min() >= 0 and red.src.max() < n_src
+    assert red.dst.min() >= 0 and red.dst.max() < k
+    assert (red.weight > 0).all()
+    assert (red.sizes() >= 1).all()
+    assert ((red.rep >= -1) & (red.rep < n_src)).all()
+    covered = red.source()
+    assert set(torch.nonzero(covered >= 0).flatten().tolist()) == set(red.src.tolist())
+    # tokens are exactly the map applied to the features; deterministic
+    tok = red.apply(x)
+    assert torch.allclose(tok.double(), red.dense() @ x.reshape(n_src, d).double(), atol=1e-5)
+    red2 = spec.fn(x, grid=(h, w), ratio=ratio, signals=sig, **spec.defaults())
+    assert torch.equal(red2.dst, red.dst) and torch.equal(red2.src, red.src) and torch.equal(red2.rep, red.rep)
+    # a representative is one of the row's sources (when it has one)
+    has = red.rep >= 0
+    rows = torch.nonzero(has).flatten()
+    pairs = set(zip(red.dst.tolist(), red.src.tolist()))
+    static_rep_ok = all((int(r), int(red.rep[r])) in pairs or name in ("holitom", "prunevid") for r in rows)
+    assert static_rep_ok
+
+
+def test_none_keeps_everything() -> None:
+    x = torch.randn(3, 4, 5)
+    res = vtc.compress_features(x, method="none", grid=(2, 2))
+    assert torch.equal(res.tokens, x.reshape(12, 5))
+
+
+def test_pool_matches_bilinear_interpolation() -> None:
+    x = torch.randn(2, 27 * 27, 6)
+    res = vtc.compress_features(x, method="pool", params={"stride": 2})
+    grid = x.reshape(2, 27, 27, 6).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(grid, size=(14, 14), mode="bilinear", align_corners=False)
+    assert torch.allclose(res.tokens, ref.permute(0, 2, 3, 1).reshape(-1, 6), atol=1e-5)
+
+
+def test_uniform_meets_ratio() -> None:
+    x = torch.randn(8, 196, 4)
+    res = vtc.compress_features(x, method="uniform", ratio=0.1)
+    assert 0.05 < res.ratio_achieved <= 0.1
+
+
+def test_unknown_method_suggests_names() -> None:
+    with pytest.raises(UsageError, match="Did you mean fastvid"):
+        get_method("fastvd")
+
+
+def test_bad_ratio_and_missing_signal() -> None:
+    x = torch.randn(4, 16, 8)
+    with pytest.raises(UsageError, match=r"\(0, 1\]"):
+        vtc.compress_features(x, method="pool", ratio=1.5)
+    with pytest.raises(UsageError, match="needs the signal 'attn'"):
+        vtc.compress_features(x, method="fastvid", ratio=0.2)
+
+
+def test_unknown_param_is_an_error() -> None:
+    with pytest.raises(UsageError, match="no parameter 'tua'"):
+        vtc.compress_features(torch.randn(2, 4, 3), method="holitom", params={"tua": 1}, attn=torch.ones(2, 4) / 4)
+
+
+def test_composition_holitom_windows_in_fastvid() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = video_like(16, 7, 7, 16, gen)
+    sig = make_signals(16, 49, 16, gen)
+    a = vtc.compress_features(x, method="fastvid", ratio=0.2, attn=sig.attn, pooled=sig.pooled,
+                              params={"segmenter": "holitom"})
+    from vtc.stages import holitom_windows
+
+    assert torch.equal(a.reduction.segments, holitom_windows(x, tau=0.8)[0])
+
+
+def test_dycoke_ratio_maps_to_kept_fraction() -> None:
+    x = torch.randn(32, 196, 8)
+    res = vtc.compress_features(x, method="dycoke", ratio=0.5)
+    assert 0.45 <= res.ratio_achieved <= 0.5
+    floor = vtc.compress_features(x, method="dycoke", ratio=0.1)
+    assert floor.reduction.num_outputs == floor.reduction.info["budget_floor"]  # whole frames only
+
+
+def test_prunevid_ratio_is_met_by_fitting_cluster_ratio() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = video_like(16, 8, 8, 16, gen)
+    res = vtc.compress_features(x, method="prunevid", ratio=0.15)
+    assert res.ratio_achieved <= 0.15
+    assert res.ratio_achieved > 0.05

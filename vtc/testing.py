@@ -1,0 +1,140 @@
+"""Helpers to build tiny models and synthetic clips (used by the tests, the example and the benchmarks).
+
+Tiny models have random weights saved to a local file and are loaded through the same `--checkpoint` path a
+real checkpoint takes. Clips are synthesised with PyAV.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+
+
+def tiny_clip_config(path: Path, image_size: int = 48, patch: int = 8, width: int = 32, layers: int = 3) -> Path:
+    """Write an open_clip JSON config of a tiny CLIP-style model (own ViT, CLS token)."""
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": image_size, "layers": layers, "width": width, "patch_size": patch,
+                          "head_width": 16},
+           "text_cfg": TINY_TEXT}
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def register_tiny_siglip_timm() -> str:
+    """Register a tiny SigLIP-like timm ViT (no CLS, MAP attention-pool head); returns its timm name."""
+    import timm
+    from timm.models import register_model
+    from timm.models.vision_transformer import VisionTransformer
+
+    name = "vit_vtc_tiny_siglip"
+    if name in timm.list_models(name):
+        return name
+
+    def vit_vtc_tiny_siglip(pretrained: bool = False, **kwargs: object) -> VisionTransformer:
+        for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(k, None)
+        args = dict(img_size=48, patch_size=8, embed_dim=32, depth=3, num_heads=2, class_token=False,
+                    global_pool="map", fc_norm=False)
+        args.update(kwargs)  # type: ignore[arg-type]
+        return VisionTransformer(**args)  # type: ignore[arg-type]
+
+    vit_vtc_tiny_siglip.__module__ = "timm.models.vision_transformer"
+    register_model(vit_vtc_tiny_siglip)
+    return name
+
+
+def tiny_siglip_config(path: Path) -> Path:
+    """Write an open_clip JSON config of a tiny SigLIP-style model (timm trunk with attention pooling)."""
+    name = register_tiny_siglip_timm()
+    cfg = {"embed_dim": 32, "init_logit_bias": -10,
+           "vision_cfg": {"image_size": 48, "timm_model_name": name, "timm_model_pretrained": False,
+                          "timm_pool": "map", "timm_proj": "none"},
+           "text_cfg": TINY_TEXT}
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def save_random_checkpoint(config: Path, out: Path, seed: int = 0) -> Path:
+    """Build the model of `config` with random weights (seeded) and save its state dict to `out`."""
+    import open_clip
+    import torch
+
+    open_clip.add_model_config(config)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(config.stem, pretrained=None)
+    torch.save(model.state_dict(), out)
+    return out
+
+
+def synth_clip(
+    path: Path,
+    *,
+    seconds: float = 2.0,
+    fps: int = 12,
+    size: tuple[int, int] = (96, 64),
+    cut_at: float | None = 1.0,
+    audio: bool = True,
+    loud: list[tuple[float, float]] | None = None,
+    codec: str = "libx264",
+) -> Path:
+    """A clip of a white square moving over a gradient, with an optional scene cut and an audio tone.
+
+    `loud` lists (start, end) seconds where the 440 Hz tone plays; elsewhere the audio is silent.
+    """
+    w, h = size
+    n = int(round(seconds * fps))
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream(codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            vs.options = {"preset": "ultrafast", "crf": "23"}
+        ast = None
+        if audio:
+            ast = c.add_stream("aac", rate=16000)
+            ast.layout = "mono"
+        yy, xx = np.mgrid[0:h, 0:w]
+        for i in range(n):
+            t = i / fps
+            scene = 0 if cut_at is None or t < cut_at else 1
+            img = np.zeros((h, w, 3), np.uint8)
+            img[..., 0] = (xx * 255 // max(w - 1, 1)).astype(np.uint8)
+            img[..., 1] = (yy * 255 // max(h - 1, 1)).astype(np.uint8) if scene == 0 else 40
+            img[..., 2] = 60 if scene == 0 else 200
+            s = max(4, h // 4)
+            x0 = int((w - s) * (0.5 + 0.5 * math.sin(2 * math.pi * t / seconds)))
+            y0 = (h - s) // 2
+            img[y0 : y0 + s, x0 : x0 + s] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            for p in vs.encode(frame):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        if ast is not None:
+            rate, chunk = 16000, 1024
+            total = int(seconds * rate)
+            tt = np.arange(total) / rate
+            spans = loud if loud is not None else [(0.0, seconds)]
+            gate = np.zeros(total, np.float32)
+            for a, b in spans:
+                gate[(tt >= a) & (tt < b)] = 1.0
+            wave = (0.5 * np.sin(2 * np.pi * 440 * tt) * gate).astype(np.float32)
+            for k in range(0, total, chunk):
+                block = wave[k : k + chunk]
+                af = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
+                af.sample_rate = rate
+                af.pts = k
+                af.time_base = Fraction(1, rate)
+                for p in ast.encode(af):
+                    c.mux(p)
+            for p in ast.encode():
+                c.mux(p)
+    return path
