@@ -229,15 +229,19 @@ def iter_frames(
                 if j >= len(targets):
                     break
                 prev, prev_t = frame, ft
+            else:  # the stream ended by itself: did it end where the header says?
+                if _ended_early(info, report):
+                    report.truncated = True
+                    report.error = "stream ended before the duration in the header"
         except av.error.FFmpegError as e:
             report.truncated = True
-            report.error = str(e)
-            if not allow_truncated:
-                raise TruncatedVideoError(
-                    f"{path}: decoding failed at {report.last_time:.2f} s of {info.duration:.2f} s "
-                    f"({e.strerror or e}): the file is truncated or corrupt. Repair or re-encode it, or pass "
-                    f"--allow-truncated to keep the {report.decoded_frames} frames that decoded."
-                ) from None
+            report.error = str(e.strerror or e)
+        if report.truncated and not allow_truncated:
+            raise TruncatedVideoError(
+                f"{path}: decoding stopped at {report.last_time:.2f} s of {info.duration:.2f} s "
+                f"({report.error}): the file is truncated or corrupt. Repair or re-encode it, or pass "
+                f"--allow-truncated to keep the {report.decoded_frames} frames that decoded."
+            )
         # targets past the last decoded frame (rounding at the very end) take the last frame once
         if targets is not None and j < len(targets) and prev is not None and not report.truncated:
             if last_emitted != report.decoded_frames - 1:
@@ -246,6 +250,14 @@ def iter_frames(
     report.sampled_frames = len(report.frame_times)
     if report.decoded_frames == 0:
         raise InputError(f"{path}: no video frame could be decoded (empty or corrupt stream).")
+
+
+def _ended_early(info: VideoInfo, report: DecodeReport) -> bool:
+    """True when a stream that ended without an error clearly stopped short of its header's promise."""
+    if info.num_frames > 0:
+        return report.decoded_frames < 0.98 * info.num_frames - 1
+    frame_dur = 1.0 / info.fps if info.fps > 0 else 0.0
+    return info.duration > 0 and report.last_time + frame_dur < 0.9 * info.duration - 1.0
 
 
 def decode_audio(path: str | os.PathLike[str], sample_rate: int = AUDIO_RATE) -> np.ndarray | None:

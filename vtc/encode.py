@@ -13,10 +13,12 @@ and head-mean keys of the chosen block.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,24 +125,75 @@ def load_open_clip(config: EncoderConfig) -> tuple[Any, str]:
                 f"model '{name}' has no pretrained tag '{pretrained}'. Its tags: {', '.join(tags) or '(none)'}; "
                 f"or pass --checkpoint PATH to a local weights file."
             )
-    logging.getLogger("root").setLevel(logging.ERROR)  # open_clip logs "no pretrained weights" via root
+    needs_hub = config.checkpoint is None and (name.startswith("hf-hub:") or bool(pretrained))
+    offline = needs_hub and not _hub_reachable()
+    if offline:
+        _hub_offline()  # use the local cache only: fail in a second instead of minutes of retries
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, load_weights=True)
-    except (RuntimeError, KeyError, ValueError) as e:
-        if config.checkpoint is not None:
-            raise ModelError(
-                f"checkpoint {config.checkpoint} does not fit model '{name}' ({str(e).splitlines()[0][:200]}). "
-                f"Pass the --model the weights were trained with."
-            ) from None
-        raise ModelError(f"cannot create model '{name}': {str(e).splitlines()[0][:300]}") from None
-    except Exception as e:  # network / hub errors come in many types
+        with _quiet_logs():
+            model = open_clip.create_model(name, pretrained=pretrained, load_weights=True)
+    except Exception as e:
+        if config.checkpoint is None:
+            raise _fetch_error(e, name, pretrained, offline) from None
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ModelError(
-            f"cannot fetch weights for {name}/{pretrained or ''} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else 'no network?'}). Run once with network access "
-            f"(weights are cached under ~/.cache/huggingface), or pass --checkpoint PATH to a local weights file "
-            f"for this architecture."
+            f"checkpoint {config.checkpoint} does not fit model '{name}' or cannot be read ({first}). "
+            f"Pass the --model the weights were trained with."
         ) from None
     return model, name
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Can the model hub's name be resolved and its port reached?"""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection((os.environ.get("VTC_HUB_HOST", host), 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_offline() -> None:
+    try:
+        import huggingface_hub.constants as hc
+
+        hc.HF_HUB_OFFLINE = True
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """open_clip and huggingface_hub log through the root logger; vtc reports errors itself."""
+    names = ["", "root", "huggingface_hub", "huggingface_hub.utils._http"]
+    old = [logging.getLogger(n).level for n in names]
+    for n in names:
+        logging.getLogger(n).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for n, lvl in zip(names, old):
+            logging.getLogger(n).setLevel(lvl)
+
+
+def _fetch_error(e: Exception, name: str, pretrained: str | None, offline: bool = False) -> ModelError:
+    if offline:
+        return ModelError(
+            f"cannot fetch weights for {name}/{pretrained or ''}: the model hub is unreachable (offline?) and they "
+            f"are not in the local cache. Run once with network access (weights are cached under "
+            f"~/.cache/huggingface), or pass --checkpoint PATH to a local weights file for this architecture."
+        )
+    if isinstance(e, (RuntimeError, KeyError, ValueError)) and "download" not in str(e).lower():
+        return ModelError(f"cannot create model '{name}': {str(e).splitlines()[0][:300] if str(e) else e!r}")
+    return ModelError(
+        f"cannot fetch weights for {name}/{pretrained or ''} ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200] if str(e) else 'no network?'}). Run once with network access "
+        f"(weights are cached under ~/.cache/huggingface), or pass --checkpoint PATH to a local weights file "
+        f"for this architecture."
+    )
 
 
 def _mha_probs_and_keys(attn: torch.nn.MultiheadAttention, h: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vtc.decode import DecodeReport, Sampling, decode_audio, iter_frames, probe
+from vtc.errors import InputError, TruncatedVideoError, UsageError
+
+
+def same(w: int, h: int) -> tuple[int, int]:
+    return 32, 24
+
+
+def test_probe(clip_path: Path) -> None:
+    info = probe(clip_path)
+    assert (info.width, info.height) == (96, 64)
+    assert info.fps == pytest.approx(12)
+    assert info.duration == pytest.approx(2.0, abs=0.1)
+    assert info.has_audio and info.codec == "h264"
+
+
+def test_sample_by_count_streams_resized_frames(clip_path: Path) -> None:
+    report = DecodeReport()
+    frames = list(iter_frames(clip_path, Sampling(frames=8), same, report=report))
+    times = [t for t, _ in frames]
+    assert len(frames) == 8
+    assert all(f.shape == (24, 32, 3) and f.dtype == np.uint8 for _, f in frames)
+    assert times == sorted(times) and times[0] == 0.0 and times[-1] <= 2.0
+    assert report.sampled_frames == 8
+
+
+def test_sample_by_fps_and_every(clip_path: Path) -> None:
+    by_fps = [t for t, _ in iter_frames(clip_path, Sampling(frames=None, fps=2.0), same)]
+    assert len(by_fps) == 4 and np.allclose(np.diff(by_fps), 0.5, atol=0.09)
+    every = [t for t, _ in iter_frames(clip_path, Sampling(frames=None, every=5), same)]
+    assert len(every) == 5  # frames 0, 5, 10, 15, 20 of 24
+
+
+def test_more_targets_than_frames_yields_each_frame_once(clip_path: Path) -> None:
+    times = [t for t, _ in iter_frames(clip_path, Sampling(frames=100), same)]
+    assert len(times) == 24 and len(set(times)) == 24
+
+
+def test_sampling_validation() -> None:
+    with pytest.raises(UsageError):
+        Sampling(frames=0).validate()
+    with pytest.raises(UsageError):
+        Sampling(fps=1.0, every=2).validate()
+
+
+def test_missing_and_non_video(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        probe(tmp_path / "nope.mp4")
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("this is not a video")
+    with pytest.raises(InputError, match="cannot be opened as a video"):
+        probe(bad)
+
+
+def test_truncated_is_an_error_unless_allowed(truncated_clip: Path) -> None:
+    with pytest.raises(TruncatedVideoError, match="--allow-truncated"):
+        list(iter_frames(truncated_clip, Sampling(frames=16), same))
+    report = DecodeReport()
+    kept = list(iter_frames(truncated_clip, Sampling(frames=16), same, allow_truncated=True, report=report))
+    assert report.truncated and 0 < len(kept) < 16
+
+
+def test_audio_mono_float(clip_path: Path, silent_clip: Path) -> None:
+    pcm = decode_audio(clip_path)
+    assert pcm is not None and pcm.dtype == np.float32
+    assert len(pcm) == pytest.approx(2.0 * 16000, rel=0.1)
+    assert 0.2 < float(np.abs(pcm).max()) <= 1.0
+    assert decode_audio(silent_clip) is None

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from vtc.encode import Encoder, EncoderConfig
+from vtc.errors import ModelError, UsageError
+
+ALL = {"attn", "pooled", "cls_attn", "cls_token", "keys"}
+
+
+def frames(enc: Encoder, b: int = 3) -> np.ndarray:
+    w, h = enc.input_size(96, 64)
+    return np.random.default_rng(0).integers(0, 255, (b, h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_shapes_and_signals(kind: str, model_args) -> None:  # noqa: ANN001
+    a = model_args(kind)
+    enc = Encoder(EncoderConfig(model=a["model"], checkpoint=a["checkpoint"], pretrained=None))
+    assert enc.kind == kind and enc.grid == (6, 6)
+    out = enc.encode(frames(enc), ALL)
+    assert out["patches"].shape == (3, 36, enc.width)
+    assert out["attn"].shape == (3, 36) and torch.allclose(out["attn"].sum(-1), torch.ones(3), atol=1e-5)
+    assert out["cls_attn"].shape == (3, 36)
+    assert out["keys"].shape[:2] == (3, 37)
+    assert out["pooled"].dim() == 2
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_last_layer_pooled_equals_open_clip(kind: str, model_args) -> None:  # noqa: ANN001
+    """vtc re-states the towers' forward to read signals; with layer −1 it must give open_clip's embedding."""
+    a = model_args(kind)
+    enc = Encoder(EncoderConfig(model=a["model"], checkpoint=a["checkpoint"], pretrained=None, layer=-1))
+    f = frames(enc)
+    ours = enc.encode(f, {"pooled"})["pooled"]
+    with torch.inference_mode():
+        ref = enc.model.encode_image(enc.preprocess(f))
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_layer_choice_changes_tokens(model_args) -> None:  # noqa: ANN001
+    a = model_args("clip")
+    f = None
+    outs = []
+    for layer in (-1, -2):
+        enc = Encoder(EncoderConfig(model=a["model"], checkpoint=a["checkpoint"], pretrained=None, layer=layer))
+        f = frames(enc) if f is None else f
+        outs.append(enc.encode(f)["patches"])
+    assert not torch.allclose(outs[0], outs[1])
+    with pytest.raises(UsageError, match="outside this model"):
+        Encoder(EncoderConfig(model=a["model"], checkpoint=a["checkpoint"], pretrained=None, layer=7))
+
+
+def test_checkpoint_loads_weights(model_args) -> None:  # noqa: ANN001
+    a = model_args("clip")
+    enc = Encoder(EncoderConfig(model=a["model"], checkpoint=a["checkpoint"], pretrained=None))
+    sd = torch.load(a["checkpoint"], weights_only=True)
+    assert torch.equal(enc.model.state_dict()["visual.conv1.weight"], sd["visual.conv1.weight"])
+    assert len(enc.checkpoint_sha256) == 64
+
+
+def test_model_errors(tmp_path, model_args) -> None:  # noqa: ANN001
+    with pytest.raises(ModelError, match="Did you mean ViT-B-16"):
+        Encoder(EncoderConfig(model="ViT-B-61"))
+    with pytest.raises(ModelError, match="no pretrained tag"):
+        Encoder(EncoderConfig(model="ViT-B-16", pretrained="nonsense"))
+    with pytest.raises(ModelError, match="not found"):
+        Encoder(EncoderConfig(model="ViT-B-16", checkpoint=str(tmp_path / "missing.pt")))
+    a = model_args("siglip")
+    with pytest.raises(ModelError, match="does not fit"):
+        Encoder(EncoderConfig(model=model_args("clip")["model"], checkpoint=a["checkpoint"]))
+
+
+def test_real_model_names_resolve_offline_to_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without network, fetching pretrained weights fails with instructions (not a traceback)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(open_clip, "create_model", boom)
+    with pytest.raises(ModelError, match="--checkpoint PATH"):
+        Encoder(EncoderConfig(model="ViT-B-16", pretrained="openai"))
