@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from vtc.encode import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from vtc.errors import UsageError
@@ -101,8 +102,14 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(CompressConfig)}
     unknown = set(data) - fields - {"description"}
     if unknown:
-        raise UsageError(f"preset {p}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(fields))}.")
+        raise UsageError(
+            f"preset {p}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(fields))}."
+        )
     data.pop("description", None)
+    for key in ("model", "checkpoint"):  # relative file paths in a preset are relative to the preset file
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and (p.parent / value).exists():
+            data[key] = str((p.parent / value).resolve())
     return data
 
 

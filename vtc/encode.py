@@ -175,7 +175,7 @@ def _quiet_logs() -> Iterator[None]:
     try:
         yield
     finally:
-        for n, lvl in zip(names, old):
+        for n, lvl in zip(names, old, strict=False):
             logging.getLogger(n).setLevel(lvl)
 
 

@@ -1,0 +1,91 @@
+"""Benchmark decode, encode and end-to-end compression of one video: time (median of runs) and peak memory.
+
+    python benchmarks/bench_pipeline.py [VIDEO] [--frames 32] [--runs 3] [--device auto]
+
+Each measurement runs in a fresh subprocess so that its peak RSS is its own. The encoder is ViT-B-16 sized
+(random weights: the hub is not needed; speed and memory do not depend on the weights). `naive` decodes every
+frame to RGB first and samples afterwards — what streaming avoids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "media" / "one_by_one_person_detection.mp4"
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+mode, video, frames, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+t0 = time.perf_counter()
+out = {}
+if mode == "naive":
+    import av
+    with av.open(video) as c:
+        allf = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    idx = np.linspace(0, len(allf) - 1, frames).round().astype(int)
+    picked = [allf[i] for i in idx]
+    out["frames"] = len(allf)
+else:
+    import open_clip, torch
+    from vtc.encode import Encoder, EncoderConfig
+    model = open_clip.create_model("ViT-B-16", pretrained=None)
+    enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, device=device), model=model, name="ViT-B-16")
+    t0 = time.perf_counter()
+    if mode == "decode":
+        from vtc.decode import Sampling, iter_frames
+        n = sum(1 for _ in iter_frames(video, Sampling(frames=frames), enc.input_size))
+        out["frames"] = n
+    elif mode == "encode":
+        w, h = enc.input_size(768, 432)
+        x = np.random.default_rng(0).integers(0, 255, (frames, h, w, 3), dtype=np.uint8)
+        enc.encode(x[:2], {"attn", "pooled"})  # warm-up
+        if enc.device.type == "cuda": torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(0, frames, 16):
+            enc.encode(x[i:i + 16], {"attn", "pooled"})
+        if enc.device.type == "cuda": torch.cuda.synchronize()
+    elif mode == "e2e":
+        import vtc
+        r = vtc.compress(video, output="/tmp/vtc_bench.safetensors", encoder=enc, method="fastvid", ratio=0.1,
+                         frames=frames)
+        out.update({k: round(v, 3) for k, v in r.timings.items()})
+out["seconds"] = time.perf_counter() - t0
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def run(mode: str, video: str, frames: int, device: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", CHILD, mode, video, str(frames), device], capture_output=True,
+                       text=True, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("video", nargs="?", default=str(DEFAULT))
+    ap.add_argument("--frames", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--modes", default="decode,encode,e2e,naive")
+    a = ap.parse_args()
+    import torch
+
+    print(f"video={a.video} frames={a.frames} runs={a.runs} device={a.device} torch={torch.__version__} "
+          f"threads={torch.get_num_threads()} cuda={torch.cuda.is_available()}")
+    for mode in a.modes.split(","):
+        res = [run(mode, a.video, a.frames, a.device) for _ in range(a.runs)]
+        med = statistics.median(r["seconds"] for r in res)
+        mem = statistics.median(r["peak_rss_mb"] for r in res)
+        extra = {k: v for k, v in res[0].items() if k not in ("seconds", "peak_rss_mb")}
+        print(f"{mode:7s} median {med:7.3f} s  peak RSS {mem:7.0f} MB  {extra}")
+
+
+if __name__ == "__main__":
+    main()
