@@ -23,7 +23,9 @@ from .conftest import GOLDEN
 all_methods()
 CASES = sorted(GOLDEN.glob("*/case_*.safetensors")) if GOLDEN.is_dir() else []
 #: golden parameter names that describe the reference harness rather than a behaviour vtc exposes
-HARNESS_KEYS = {"clamp_topk", "grid_hw", "note", "k_formula", "cls_attn", "path", "tokens_per_frame"}
+HARNESS_KEYS = {"clamp_topk", "grid_hw", "note", "k_formula", "cls_attn", "path", "tokens_per_frame", "metric",
+                "rounds_r", "class_token", "finish_merging", "finish_pruning", "merged_fraction", "retained_ratio",
+                "num_layers_assumed", "ratio_lower_bound", "sparsity_upper_bound"}
 #: the ratio under the authors' names
 RATIO_KEYS = ("retention_ratio", "retain_ratio", "ratio")
 

@@ -49,16 +49,18 @@ def test_invariants(name: str, t: int, h: int, w: int, ratio: float) -> None:
     budget = math.ceil(ratio * n_src) + t
     assert k <= max(budget, red.info.get("budget_floor", 0)), (k, budget)
     # provenance: valid indices, positive weights, every output has a source
-    assert red.src.min() >= 0 and red.src.max() < n_src
+    n_extra = 0 if red.extra is None else red.extra.shape[0]
+    assert red.src.min() >= 0 and red.src.max() < n_src + n_extra
     assert red.dst.min() >= 0 and red.dst.max() < k
     assert (red.weight > 0).all()
     assert (red.sizes() >= 1).all()
     assert ((red.rep >= -1) & (red.rep < n_src)).all()
     covered = red.source()
-    assert set(torch.nonzero(covered >= 0).flatten().tolist()) == set(red.src.tolist())
+    assert set(torch.nonzero(covered >= 0).flatten().tolist()) == set(red.src[red.src < n_src].tolist())
     # tokens are exactly the map applied to the features; deterministic
     tok = red.apply(x)
-    assert torch.allclose(tok.double(), red.dense() @ x.reshape(n_src, d).double(), atol=1e-5)
+    full = x.reshape(n_src, d) if red.extra is None else torch.cat([x.reshape(n_src, d), red.extra])
+    assert torch.allclose(tok.double(), red.dense() @ full.double(), atol=1e-5)
     red2 = spec.fn(x, grid=(h, w), ratio=ratio, signals=sig, **spec.defaults())
     assert torch.equal(red2.dst, red.dst) and torch.equal(red2.src, red.src) and torch.equal(red2.rep, red.rep)
     # a representative is one of the row's sources (when it has one)

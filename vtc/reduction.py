@@ -30,6 +30,8 @@ class Reduction:
         num_sources: T·N.
         segments: [S, 2] int64 inclusive frame ranges of temporal segments/windows, or None.
         info: method-specific facts worth recording (effective knobs, signal names, ...).
+        extra: [X, D] tokens that are not on the patch grid (VisionZip's CLS tokens, TS-LLaVA's thumbnail tokens);
+            a src index num_sources + i refers to extra[i]. `extra_frames` [X] gives each one's frame (-1: none).
     Entries are coalesced: no (dst, src) pair appears twice.
     """
 
@@ -40,6 +42,8 @@ class Reduction:
     num_sources: int
     segments: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    extra: Tensor | None = None
+    extra_frames: Tensor | None = None
 
     # ------------------------------------------------------------------ constructors
     @staticmethod
@@ -56,10 +60,10 @@ class Reduction:
         rep = rep.reshape(-1).long().cpu()
         dst, src = dst.reshape(-1).long().cpu(), src.reshape(-1).long().cpu()
         weight = weight.reshape(-1).to(torch.float64).cpu()
-        key = dst * max(num_sources, 1) + src
+        n = max(num_sources, int(src.max()) + 1 if src.numel() else 0, 1)
+        key = dst * n + src
         uniq, inv = torch.unique(key, return_inverse=True)
         w = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, weight)
-        n = max(num_sources, 1)
         return Reduction(
             dst=uniq // n,
             src=uniq % n,
@@ -111,18 +115,27 @@ class Reduction:
         """K."""
         return int(self.rep.numel())
 
+    def with_extra(self, extra: Tensor, extra_frames: Tensor | None = None) -> Reduction:
+        """Attach the off-grid tokens [X, D] that src indices ≥ num_sources refer to."""
+        self.extra = extra
+        self.extra_frames = extra_frames
+        return self
+
     def permute(self, order: Tensor) -> Reduction:
         """Reorder output rows: new row i is old row `order[i]`."""
         order = order.long().cpu()
         inv = torch.empty_like(order)
         inv[order] = torch.arange(order.numel())
-        return Reduction.build(
+        red = Reduction.build(
             inv[self.dst], self.src, self.weight, self.rep[order], self.num_sources, self.segments, self.info
         )
+        return red.with_extra(self.extra, self.extra_frames) if self.extra is not None else red
 
     def apply(self, x: Tensor) -> Tensor:
         """Output tokens.  x: [T, N, D] or [T·N, D] → [K, D] (in x's dtype, accumulated in float32+)."""
         flat = x.reshape(self.num_sources, -1)
+        if self.extra is not None:
+            flat = torch.cat([flat, self.extra.to(flat.device, flat.dtype).reshape(-1, flat.shape[1])])
         acc_dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
         w = self.weight.to(device=flat.device, dtype=acc_dtype)
         src, dst = self.src.to(flat.device), self.dst.to(flat.device)
@@ -139,8 +152,9 @@ class Reduction:
         out = torch.full((self.num_sources,), -1, dtype=torch.long)
         if self.dst.numel() == 0:
             return out.int()
-        # sort entries by (src, -weight, dst) and take the first per source
+        # sort entries by (src, -weight, dst) and take the first per source (grid sources only)
         order = torch.argsort(self.dst, stable=True)
+        order = order[self.src[order] < self.num_sources]
         order = order[torch.argsort(-self.weight[order], stable=True)]
         order = order[torch.argsort(self.src[order], stable=True)]
         s = self.src[order]
@@ -151,7 +165,8 @@ class Reduction:
 
     def dense(self) -> Tensor:
         """[K, T·N] float64 dense matrix (for tests and small inputs)."""
-        m = torch.zeros(self.num_outputs, self.num_sources, dtype=torch.float64)
+        width = self.num_sources + (0 if self.extra is None else self.extra.shape[0])
+        m = torch.zeros(self.num_outputs, width, dtype=torch.float64)
         m[self.dst, self.src] = self.weight.double()
         return m
 

@@ -13,6 +13,7 @@ Tensors (K output tokens, T frames, N = h·w patches per frame, D channels, E me
 | merge_src/dst | int32 [E]         | exact map: tokens[dst] += merge_w · features.reshape(T·N, D)[src]        |
 | merge_w       | float32 [E]       |                                                                          |
 | segments      | int32 [S, 2]      | inclusive frame ranges of temporal segments (methods that have them)     |
+| extra_tokens  | [X, D]            | off-grid sources (CLS tokens, thumbnail tokens): merge_src T·N + i       |
 
 String metadata: see `build_metadata`; values that are not plain strings are JSON.
 """
@@ -57,16 +58,22 @@ def token_tensors(
     n = h * w
     rep = reduction.rep.long()
     frame = torch.where(rep >= 0, rep // n, torch.full_like(rep, -1))
-    # rows without a representative: the earliest frame among their sources
+    # rows without a representative: the earliest frame among their sources (grid or off-grid)
     if (rep < 0).any():
-        first = torch.full((reduction.num_outputs,), reduction.num_sources, dtype=torch.long)
-        first.scatter_reduce_(0, reduction.dst, reduction.src, reduce="amin")
-        frame = torch.where(rep >= 0, frame, first // n)
+        src = reduction.src
+        src_frame = torch.where(src < reduction.num_sources, src // n, torch.full_like(src, -1))
+        if reduction.extra_frames is not None:
+            off = (src - reduction.num_sources).clamp(0, max(reduction.extra_frames.numel() - 1, 0))
+            src_frame = torch.where(src >= reduction.num_sources, reduction.extra_frames.long()[off], src_frame)
+        big = torch.iinfo(torch.long).max
+        first = torch.full((reduction.num_outputs,), big, dtype=torch.long)
+        first.scatter_reduce_(0, reduction.dst, torch.where(src_frame >= 0, src_frame, big), reduce="amin")
+        frame = torch.where(rep >= 0, frame, torch.where(first == big, -1, first))
     cell = torch.where(rep >= 0, rep % n, torch.full_like(rep, -1))
     row = torch.where(cell >= 0, cell // w, cell)
     col = torch.where(cell >= 0, cell % w, cell)
     ft = frame_times.float()
-    ts = torch.where(frame >= 0, ft[frame.clamp_min(0)] if ft.numel() else torch.zeros(0), torch.tensor(float("nan")))
+    ts = torch.where(frame >= 0, ft[frame.clamp(0, max(ft.numel() - 1, 0))], torch.tensor(float("nan")))
     out = {
         "tokens": tokens.to(dtype).contiguous(),
         "positions": torch.stack([frame, row, col], 1).int().contiguous(),
@@ -80,6 +87,8 @@ def token_tensors(
     }
     if reduction.segments is not None:
         out["segments"] = reduction.segments.int().contiguous()
+    if reduction.extra is not None:
+        out["extra_tokens"] = reduction.extra.to(dtype).contiguous()
     return out
 
 
