@@ -23,7 +23,8 @@ def inputs(t: int, n: int, d: int, device: str) -> tuple[torch.Tensor, Signals]:
     g = torch.Generator().manual_seed(0)
     base, other = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
     drift = torch.randn(t, n, d, generator=g) * 0.05
-    x = torch.stack([(base if i < t * 3 // 5 else other) for i in range(t)]) + drift * torch.linspace(0, 1, t)[:, None, None]
+    scenes = torch.stack([(base if i < t * 3 // 5 else other) for i in range(t)])
+    x = scenes + drift * torch.linspace(0, 1, t)[:, None, None]
     sig = Signals(attn=torch.softmax(torch.randn(t, n, generator=g) * 3, -1).to(device),
                   pooled=x.mean(1).to(device), cls_attn=torch.softmax(torch.randn(t, n, generator=g), -1).to(device),
                   cls_token=x.mean(1).to(device), keys=torch.randn(t, n + 1, 64, generator=g).to(device))

@@ -25,7 +25,8 @@ CASES = sorted(GOLDEN.glob("*/case_*.safetensors")) if GOLDEN.is_dir() else []
 #: golden parameter names that describe the reference harness rather than a behaviour vtc exposes
 HARNESS_KEYS = {"clamp_topk", "grid_hw", "note", "k_formula", "cls_attn", "path", "tokens_per_frame", "metric",
                 "rounds_r", "class_token", "finish_merging", "finish_pruning", "merged_fraction", "retained_ratio",
-                "num_layers_assumed", "ratio_lower_bound", "sparsity_upper_bound"}
+                "num_layers_assumed", "ratio_lower_bound", "sparsity_upper_bound", "n_after_spatial",
+                "n_dropped_by_unionfind_bug", "n_out"}
 #: the ratio under the authors' names
 RATIO_KEYS = ("retention_ratio", "retain_ratio", "ratio")
 
@@ -106,3 +107,33 @@ def test_golden_dir_is_found_or_skipped() -> None:
     if not GOLDEN.is_dir():
         pytest.skip("no ../shared/golden")
     assert CASES, f"{GOLDEN} holds no case files"
+
+
+SCC_UNIT = GOLDEN / "llava_scissor" / "scc_unit_0.safetensors"
+
+
+@pytest.mark.skipif(not SCC_UNIT.exists(), reason="no llava_scissor/scc_unit_0")
+def test_union_find_reference_bug_and_exact_components() -> None:
+    """The authors' union–find read-out loses a node on this graph; vtc's exact mode does not."""
+    from vtc.ops.components import components
+
+    meta, t = read_case(SCC_UNIT)
+    params = json.loads(meta["params"])
+    adj = t["adjacency"].bool()
+
+    def ids(comps: list[list[int]]) -> torch.Tensor:
+        out = torch.full((adj.shape[0],), -1, dtype=torch.long)
+        for k, c in enumerate(comps):
+            out[c] = k
+        return out
+
+    ref = ids(components(adj, "reference", params["epsilon"], params["numpy_global_seed"]))
+    assert torch.equal(ref, t["component_id"])
+    assert (ref == -1).sum() >= 1
+    def canonical(labels: torch.Tensor) -> list[int]:  # ids in order of first appearance
+        seen: dict[int, int] = {}
+        return [seen.setdefault(int(v), len(seen)) for v in labels]
+
+    exact = ids(components(adj, "exact"))
+    assert canonical(exact) == canonical(t["exact_component_id"])  # same partition (golden ids are arbitrary)
+    assert (exact >= 0).all()

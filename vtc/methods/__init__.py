@@ -8,6 +8,7 @@ from vtc.methods import (  # noqa: F401
     fastvid,
     framefusion,
     holitom,
+    llava_scissor,
     prunevid,
     tome,
     visionzip,
