@@ -58,6 +58,10 @@ def test_compress_every_method(tmp_path: Path, clip_path: Path, model_args, meth
     assert f.meta["method"] == method and f.meta["encoder"]["tower"] == kind
     if method == "fastvid":
         assert set(f.meta["signals"]) == {"attn", "pooled"} and kind in f.meta["signals"]["attn"]
+    if method == "ts_llava":  # the thumbnail was built and encoded for real: 36 off-grid rows at the end
+        assert f["extra_tokens"].shape == (36, f.tokens.shape[1])
+        assert (f.positions[-36:, 1] == -1).all() and (f.positions[:-36, 1] >= 0).all()
+        assert torch.allclose(f.tokens[-36:].float(), f["extra_tokens"].float())
 
 
 def test_defaults_beside_input_and_show(tmp_path: Path, clip_path: Path, model_args) -> None:  # noqa: ANN001

@@ -26,7 +26,8 @@ CASES = sorted(GOLDEN.glob("*/case_*.safetensors")) if GOLDEN.is_dir() else []
 HARNESS_KEYS = {"clamp_topk", "grid_hw", "note", "k_formula", "cls_attn", "path", "tokens_per_frame", "metric",
                 "rounds_r", "class_token", "finish_merging", "finish_pruning", "merged_fraction", "retained_ratio",
                 "num_layers_assumed", "ratio_lower_bound", "sparsity_upper_bound", "n_after_spatial",
-                "n_dropped_by_unionfind_bug", "n_out"}
+                "n_dropped_by_unionfind_bug", "n_out", "grid_cols", "grid_rows", "order", "thumb_frames",
+                "thumbnail_size"}
 #: the ratio under the authors' names
 RATIO_KEYS = ("retention_ratio", "retain_ratio", "ratio")
 
@@ -89,6 +90,13 @@ def test_golden_case(path: Path) -> None:
             w_ref = torch.zeros(ref.shape[0], x.shape[0] * n_per_frame, dtype=torch.float64)
             w_ref[t["merge_dst"].long(), t["merge_src"].long()] = t["merge_w"].double()
             assert torch.allclose(red.dense(), w_ref, atol=1e-5), "merge map"
+        if "thumb_index" in t:  # TS-LLaVA: frame picks and the composite picture
+            assert red.info["thumbnail_frames"] == t["thumb_index"].tolist()
+        if "thumbnail" in t:
+            from vtc.methods.ts_llava import thumbnail_images
+
+            comp = thumbnail_images(t["frames"], json.loads(meta["params"])["method"])["thumbnail"][0]
+            assert torch.allclose(comp, t["thumbnail"], atol=1e-5), "thumbnail composite"
     elif "kept_index" in t:  # order fragile: compare per-frame kept sets
         ours = red.rep.tolist()
         theirs = t["kept_index"].tolist()
@@ -137,3 +145,18 @@ def test_union_find_reference_bug_and_exact_components() -> None:
     exact = ids(components(adj, "exact"))
     assert canonical(exact) == canonical(t["exact_component_id"])  # same partition (golden ids are arbitrary)
     assert (exact >= 0).all()
+
+
+TS_UNIT = GOLDEN / "ts_llava" / "index_unit_0.safetensors"
+
+
+@pytest.mark.skipif(not TS_UNIT.exists(), reason="no ts_llava/index_unit_0")
+def test_ts_llava_float32_linspace_rule() -> None:
+    from vtc.stages.thumbnail import linspace_indices
+
+    meta, t = read_case(TS_UNIT)
+    params = json.loads(meta["params"])
+    for length, s in params["pairs_tokens"]:
+        assert torch.equal(linspace_indices(length - 1, s), t[f"tokens_L{length}_S{s}"])
+    for frames, n in params["pairs_frames"]:
+        assert torch.equal(linspace_indices(frames - 1, n), t[f"frames_T{frames}_n{n}"])

@@ -145,11 +145,15 @@ def compress(
     times: list[float] = []
     t_dec = t_enc = 0.0
 
+    pixels: list[Tensor] = []
+
     def flush() -> None:
         nonlocal t_enc
         if not batch:
             return
         te = time.perf_counter()
+        if spec.extra_images is not None:
+            pixels.append(encoder.preprocess(np.stack(batch)))
         res = encoder.encode(np.stack(batch), want)
         t_enc += time.perf_counter() - te
         for k, v in res.items():
@@ -176,6 +180,11 @@ def compress(
 
     feats = torch.cat(outputs.pop("patches"))
     sig_tensors = {k: torch.cat(v) for k, v in outputs.items()}
+    if spec.extra_images is not None:  # e.g. TS-LLaVA's thumbnail: build the picture, encode it for real
+        te = time.perf_counter()
+        for name, image in spec.extra_images(torch.cat(pixels), **params).items():
+            sig_tensors[name] = encoder.encode_pixels(image)["patches"].reshape(-1, feats.shape[-1])
+        timings["encode"] += time.perf_counter() - te
     tc = time.perf_counter()
     result = compress_features(feats, method=spec.name, ratio=cfg.ratio, grid=encoder.grid, params=params,
                                **sig_tensors)

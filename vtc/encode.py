@@ -304,10 +304,15 @@ class Encoder:
         frames: uint8 [B, H, W, 3] at `input_size`. Returns float32 CPU tensors: `patches` [B, N, D] and,
         for each name in `want`: attn [B, N], pooled [B, D'], cls_attn [B, N], cls_token [B, D], keys [B, N+1, d].
         """
+        return self.encode_pixels(self.preprocess(frames), want)
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: Tensor, want: set[str] | frozenset[str] = frozenset()) -> dict[str, Tensor]:
+        """Like `encode`, from normalised pixels [B, 3, h, w] (the output of `preprocess`)."""
         unknown = set(want) - set(ENCODER_SIGNALS)
         if unknown:
             raise UsageError(f"the encoder cannot provide {', '.join(sorted(unknown))}.")
-        pixels = self.preprocess(frames).to(self.device, self.dtype)
+        pixels = pixels.to(self.device, self.dtype)
         out = self._forward_clip(pixels, want) if self.kind == "clip" else self._forward_siglip(pixels, want)
         return {k: v.float().cpu() for k, v in out.items()}
 

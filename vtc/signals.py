@@ -25,6 +25,7 @@ SIGNAL_DOCS: dict[str, str] = {
     "frames": "[T, 3, H, W] float pixel frames (for methods that re-encode pixels)",
     "audio_saliency": "[A] audio saliency at 25 tokens/s",
     "relevance": "[T] per-frame query relevance",
+    "thumbnail": "[N', D] patch tokens of an extra encoded picture (TS-LLaVA's thumbnail)",
 }
 
 
@@ -33,7 +34,7 @@ class Signals:
     """Optional per-frame signals.  Every field is a tensor or None.
 
     attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D], keys [T, N+1, d], frames [T, 3, H, W],
-    audio_saliency [A], relevance [T].  `sources` names where each signal came from (recorded in the file).
+    audio_saliency [A], relevance [T], thumbnail [N', D].  `sources` names where each signal came from (recorded in the file).
     """
 
     attn: Tensor | None = None
@@ -44,6 +45,7 @@ class Signals:
     frames: Tensor | None = None
     audio_saliency: Tensor | None = None
     relevance: Tensor | None = None
+    thumbnail: Tensor | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
     @classmethod

@@ -11,6 +11,7 @@ from vtc.methods import (  # noqa: F401
     llava_scissor,
     prunevid,
     tome,
+    ts_llava,
     visionzip,
 )
 from vtc.methods.registry import MethodSpec, Param, all_methods, get_method, register

@@ -40,6 +40,8 @@ class MethodSpec:
     optional_signals: tuple[str, ...] = ()
     reference: dict[str, Any] = field(default_factory=dict)
     paper: str = ""
+    #: extra pictures to encode: fn(frames [T, 3, H, W] normalised pixels, **params) → {signal: pixels [B, 3, H, W]}
+    extra_images: Callable[..., dict[str, Any]] | None = None
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
@@ -80,6 +82,7 @@ def register(
     optional_signals: tuple[str, ...] = (),
     reference: dict[str, Any] | None = None,
     paper: str = "",
+    extra_images: Callable[..., dict[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Reduction]], Callable[..., Reduction]]:
     """Decorator: add a method to the registry."""
 
@@ -90,7 +93,7 @@ def register(
             if p.name not in sig.parameters:
                 raise TypeError(f"{fn.__name__} has no keyword '{p.name}'")
         _REGISTRY[name] = MethodSpec(
-            name, fn, summary, plist, signals, optional_signals, dict(reference or {}), paper
+            name, fn, summary, plist, signals, optional_signals, dict(reference or {}), paper, extra_images
         )
         return fn
 
