@@ -34,7 +34,8 @@ class Signals:
     """Optional per-frame signals.  Every field is a tensor or None.
 
     attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D], keys [T, N+1, d], frames [T, 3, H, W],
-    audio_saliency [A], relevance [T], thumbnail [N', D].  `sources` names where each signal came from (recorded in the file).
+    audio_saliency [A], relevance [T], thumbnail [N', D].
+    `sources` names where each signal came from (recorded in the file).
     """
 
     attn: Tensor | None = None

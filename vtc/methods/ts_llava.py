@@ -26,7 +26,7 @@ def thumbnail_plan(num_frames: int, variant: str) -> tuple[Tensor, int, int]:
 
 
 def thumbnail_images(frames: Tensor, variant: str = "V2", **_: object) -> dict[str, Tensor]:
-    """The composite image to encode.  frames: [T, 3, H, W] (encoder-normalised pixels) → {'thumbnail': [1, 3, H, W]}."""
+    """The composite image to encode.  frames: [T, 3, H, W] normalised pixels → {'thumbnail': [1, 3, H, W]}."""
     picks, rows, cols = thumbnail_plan(frames.shape[0], variant)
     return {"thumbnail": compose_thumbnail(frames, picks, rows, cols)[None]}
 
