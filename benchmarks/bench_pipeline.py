@@ -31,17 +31,18 @@ if mode == "naive":
     idx = np.linspace(0, len(allf) - 1, frames).round().astype(int)
     picked = [allf[i] for i in idx]
     out["frames"] = len(allf)
+elif mode == "decode":  # streaming decode alone, at ViT-B/16's input size (shortest side 224)
+    from vtc.decode import Sampling, iter_frames
+    size = lambda w, h: (round(w * 224 / min(w, h)), round(h * 224 / min(w, h)))
+    t0 = time.perf_counter()
+    out["frames"] = sum(1 for _ in iter_frames(video, Sampling(frames=frames), size))
 else:
     import open_clip, torch
     from vtc.encode import Encoder, EncoderConfig
     model = open_clip.create_model("ViT-B-16", pretrained=None)
     enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, device=device), model=model, name="ViT-B-16")
     t0 = time.perf_counter()
-    if mode == "decode":
-        from vtc.decode import Sampling, iter_frames
-        n = sum(1 for _ in iter_frames(video, Sampling(frames=frames), enc.input_size))
-        out["frames"] = n
-    elif mode == "encode":
+    if mode == "encode":
         w, h = enc.input_size(768, 432)
         x = np.random.default_rng(0).integers(0, 255, (frames, h, w, 3), dtype=np.uint8)
         enc.encode(x[:2], {"attn", "pooled"})  # warm-up

@@ -58,6 +58,8 @@ def test_compress_every_method(tmp_path: Path, clip_path: Path, model_args, meth
     assert f.meta["method"] == method and f.meta["encoder"]["tower"] == kind
     if method == "fastvid":
         assert set(f.meta["signals"]) == {"attn", "pooled"} and kind in f.meta["signals"]["attn"]
+    if method in ("visionzip", "fastervlm") and kind == "siglip":  # no CLS: the substitute is named in the file
+        assert "substitute" in f.meta["signals"]["cls_attn"]
     if method == "ts_llava":  # the thumbnail was built and encoded for real: 36 off-grid rows at the end
         assert f["extra_tokens"].shape == (36, f.tokens.shape[1])
         assert (f.positions[-36:, 1] == -1).all() and (f.positions[:-36, 1] >= 0).all()
