@@ -123,26 +123,20 @@ SCC_UNIT = GOLDEN / "llava_scissor" / "scc_unit_0.safetensors"
 @pytest.mark.skipif(not SCC_UNIT.exists(), reason="no llava_scissor/scc_unit_0")
 def test_union_find_reference_bug_and_exact_components() -> None:
     """The authors' union–find read-out loses a node on this graph; vtc's exact mode does not."""
-    from vtc.ops.components import components
+    from vtc.ops.components import component_ids
 
     meta, t = read_case(SCC_UNIT)
     params = json.loads(meta["params"])
     adj = t["adjacency"].bool()
 
-    def ids(comps: list[list[int]]) -> torch.Tensor:
-        out = torch.full((adj.shape[0],), -1, dtype=torch.long)
-        for k, c in enumerate(comps):
-            out[c] = k
-        return out
-
-    ref = ids(components(adj, "reference", params["epsilon"], params["numpy_global_seed"]))
+    ref = component_ids(adj, "reference", params["epsilon"], params["numpy_global_seed"])
     assert torch.equal(ref, t["component_id"])
     assert (ref == -1).sum() >= 1
     def canonical(labels: torch.Tensor) -> list[int]:  # ids in order of first appearance
         seen: dict[int, int] = {}
         return [seen.setdefault(int(v), len(seen)) for v in labels]
 
-    exact = ids(components(adj, "exact"))
+    exact = component_ids(adj, "exact")
     assert canonical(exact) == canonical(t["exact_component_id"])  # same partition (golden ids are arbitrary)
     assert (exact >= 0).all()
 

@@ -9,33 +9,48 @@ from torch import Tensor
 
 from vtc.methods.registry import Param, register
 from vtc.ops import cosine_matrix
-from vtc.ops.components import components
+from vtc.ops.components import component_ids
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 
-def scissor_map(
-    x: Tensor, tau: float, union_find: str, epsilon: float, seed: int
-) -> tuple[Tensor, list[list[int]], list[list[int]], Tensor]:
-    """The three steps as weights.  x: [T, N, D] → (centroid weights [K, T·N], spatial comps (flat indices),
-    temporal comps (spatial ids), final assignment [T·N])."""
-    t, n, d = x.shape
-    flat = x.reshape(t * n, d).float()
-    spatial: list[list[int]] = []
-    for f in range(t):
-        adj = cosine_matrix(x[f].float()) > tau
-        spatial += [[f * n + i for i in c] for c in components(adj, union_find, epsilon, seed)]
-    s_w = torch.zeros(len(spatial), t * n, dtype=torch.float64)
-    for i, c in enumerate(spatial):
-        s_w[i, c] = 1.0 / len(c)
-    centroids = (s_w @ flat.double()).float()
-    temporal = components(cosine_matrix(centroids) > tau, union_find, epsilon, seed)
-    c_w = torch.zeros(len(temporal), t * n, dtype=torch.float64)
-    for k, comp in enumerate(temporal):
-        c_w[k] = s_w[comp].mean(0)
-    final = (c_w @ flat.double()).float()
-    assign = cosine_matrix(flat, final).argmax(-1)
-    return c_w, spatial, temporal, assign
+def _means(x: Tensor, ids: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Plain means of the rows of x [n, D] per id (ids -1 ignored) → ([count, D], sizes [count])."""
+    valid = ids >= 0
+    size = torch.bincount(ids[valid], minlength=count)
+    sums = torch.zeros(count, x.shape[1], dtype=torch.float64).index_add_(0, ids[valid], x[valid].double())
+    return (sums / size.clamp_min(1)[:, None]).float(), size
+
+
+class _Scissor:
+    """The three steps for one clip; per-frame similarities are computed once and reused across τ."""
+
+    def __init__(self, x: Tensor, union_find: str, epsilon: float, seed: int) -> None:
+        t, n, d = x.shape
+        self.t, self.n = t, n
+        self.flat = x.reshape(t * n, d).float()
+        self.sim = cosine_matrix(x.float())  # [T, N, N]
+        self.mode, self.epsilon, self.seed = union_find, epsilon, seed
+
+    def spatial(self, tau: float) -> tuple[Tensor, int]:
+        """Spatial component of every token (frame-major global ids; -1 = lost) and their count."""
+        ids = component_ids(self.sim > tau, self.mode, self.epsilon, self.seed)  # [T, N] per-frame ids
+        per_frame = (ids.max(1).values + 1).clamp_min(0)
+        offset = torch.cumsum(per_frame, 0) - per_frame
+        glob = torch.where(ids >= 0, ids + offset[:, None], -1).reshape(-1)
+        return glob, int(per_frame.sum())
+
+    def run(self, tau: float) -> tuple[Tensor, Tensor, Tensor, int]:
+        """(spatial ids [T·N], temporal ids [#spatial], final centroids [K, D], K)."""
+        s_ids, m = self.spatial(tau)
+        centroids, _ = _means(self.flat, s_ids, m)
+        t_ids = component_ids(cosine_matrix(centroids) > tau, self.mode, self.epsilon, self.seed)
+        k = int(t_ids.max()) + 1 if t_ids.numel() else 0
+        final, _ = _means(centroids, t_ids, k)
+        return s_ids, t_ids, final, k
+
+    def count(self, tau: float) -> int:
+        return self.run(tau)[3]
 
 
 @register(
@@ -71,26 +86,40 @@ def llava_scissor(
     2. Over all frames' centroids: components again (same τ); each → plain mean of its centroids (unweighted).
     3. Every original token joins its most cosine-similar final centroid; output k = (centroid_k + Σ assigned)
        / (count_k + 1). Order: temporal-component order. K depends on τ; with --ratio and no τ, τ is found by
-       bisection (K grows with τ) as the largest K within the ratio.
-    Representative: the member of the row with the largest weight.
+       bisection (K grows with τ): the largest K within the ratio.
+    Representative: the source with the largest weight in the row.
     """
     t, n, _ = x.shape
+    sc = _Scissor(x, union_find, epsilon, seed)
     if tau is None and ratio is not None:
         budget = ratio * t * n
         lo, hi = -1.0, 1.0
-        for _ in range(14):  # bisection on τ; K is non-decreasing in τ
+        for _ in range(8):  # τ to within 2^-7; each step costs one full pass
             mid = (lo + hi) / 2
-            k = len(scissor_map(x, mid, "exact", epsilon, seed)[2])
-            lo, hi = (mid, hi) if k <= budget else (lo, mid)
+            lo, hi = (mid, hi) if sc.count(mid) <= budget else (lo, mid)
         tau = lo
     tau = 0.9 if tau is None else tau
-    c_w, spatial, temporal, assign = scissor_map(x, tau, union_find, epsilon, seed)
-    k = c_w.shape[0]
+    s_ids, t_ids, final, k = sc.run(tau)
+    assign = cosine_matrix(sc.flat, final).argmax(-1)  # [T·N]
     count = torch.bincount(assign, minlength=k).double()
-    w = c_w / (count + 1)[:, None]
-    w[assign, torch.arange(t * n)] += 1.0 / (count[assign] + 1)
-    dst, src = torch.nonzero(w, as_tuple=True)
-    rep = w.argmax(1)
-    red = Reduction.build(dst, src, w[dst, src], rep, t * n)
-    red.info.update(tau=tau, n_after_spatial=len(spatial), order="temporal-component order")
+    s_size = torch.bincount(s_ids[s_ids >= 0], minlength=t_ids.numel()).double()
+    t_size = torch.bincount(t_ids, minlength=k).double()
+    # centroid part: token j in spatial comp c of temporal comp k → 1 / (|C_k| · |S_c| · (n_k + 1))
+    members = torch.nonzero(s_ids >= 0).flatten()
+    c = s_ids[members]
+    row = t_ids[c]
+    w_c = 1.0 / (t_size[row] * s_size[c] * (count[row] + 1))
+    # assigned part: 1 / (n_k + 1)
+    src = torch.cat([members, torch.arange(t * n)])
+    dst = torch.cat([row, assign])
+    w = torch.cat([w_c, 1.0 / (count[assign] + 1)])
+    red = Reduction.build(dst, src, w, torch.zeros(k, dtype=torch.long), t * n)
+    # representative: largest weight per row (first source on ties)
+    key = red.weight.double() * (t * n + 1) - red.src.double() / (t * n + 1)
+    best = torch.full((k,), -float("inf"), dtype=torch.float64).scatter_reduce(0, red.dst, key, "amax")
+    is_best = key == best[red.dst]
+    red.rep = torch.full((k,), -1, dtype=torch.long).scatter_reduce(0, red.dst[is_best], red.src[is_best], "amax")
+    red.info.update(tau=tau, n_after_spatial=int(t_ids.numel()), spatial_assign=None,
+                    order="temporal-component order")
+    red.info.pop("spatial_assign")
     return red

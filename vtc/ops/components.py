@@ -1,19 +1,19 @@
-"""Connected components of a similarity graph: exact (vectorised label propagation) or the authors' union–find.
+"""Connected components of similarity graphs: exact (vectorised label propagation) or the authors' union–find.
 
 LLaVA-Scissor's reference read-out collects a component as the nodes whose *direct* parent is the root, not
 whose root is; with union by rank and path halving a node can sit two levels down and is then lost. `reference`
-mode reproduces that (and its node-sampling order from a seeded legacy numpy RNG); `exact` is the correct
-read-out. Both return components ordered by the key "index of the member with the highest degree" (ties: lowest
-index), ascending, as the authors sort them.
+mode reproduces that (and its node-sampling order, from a seeded legacy numpy RNG); `exact` is the correct
+read-out. Components are numbered by the authors' sort key: the index of the member with the highest degree
+(ties: lowest index), ascending.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
+
+_CHUNK = 2048
 
 
 class UnionFind:
@@ -42,48 +42,65 @@ class UnionFind:
                 self.rank[rx] += 1
 
 
-def _label_propagation(adj: Tensor) -> Tensor:
-    """Exact component labels (smallest member index) of a symmetric boolean adjacency [n, n]."""
-    n = adj.shape[0]
-    labels = torch.arange(n)
-    big = torch.full((n, n), n, dtype=torch.long)
+def propagate_labels(adj: Tensor) -> Tensor:
+    """Exact component labels (smallest member index), batched.  adj: [B, n, n] bool symmetric → [B, n]."""
+    b, n, _ = adj.shape
+    labels = torch.arange(n).expand(b, n).clone()
     while True:
-        new = torch.where(adj, labels[None, :], big).min(1).values.minimum(labels)
-        new = new[new]  # pointer jumping
+        new = torch.empty_like(labels)
+        for s in range(0, n, _CHUNK):  # rows in chunks: memory O(B·chunk·n)
+            blk = adj[:, s : s + _CHUNK]
+            new[:, s : s + _CHUNK] = torch.where(blk, labels[:, None, :], n).amin(-1)
+        new = torch.minimum(new, labels)
+        for _ in range(4):  # pointer jumping
+            new = torch.gather(new, 1, new)
         if torch.equal(new, labels):
             return labels
         labels = new
 
 
-def _order(components: list[list[int]], degree: np.ndarray) -> list[list[int]]:
-    def key(c: list[int]) -> int:
-        best_deg, best = -1, math.inf
-        for node in c:
-            if degree[node] > best_deg or (degree[node] == best_deg and node < best):
-                best_deg, best = int(degree[node]), node
-        return int(best)
+def order_ids(labels: Tensor, degree: Tensor) -> Tensor:
+    """Renumber component labels [B, n] (any ids, -1 = none) 0..C−1 by the authors' key (see module doc)."""
+    b, n = labels.shape
+    out = torch.full_like(labels, -1)
+    idx = torch.arange(n)
+    for i in range(b):
+        lab = labels[i]
+        valid = lab >= 0
+        uniq, inv = torch.unique(lab[valid], return_inverse=True)
+        score = degree[i][valid].long() * (n + 1) + (n - idx[valid])  # highest degree, then lowest index
+        best = torch.full((uniq.numel(),), -1, dtype=torch.long).scatter_reduce(0, inv, score, "amax")
+        key = n - best % (n + 1)
+        rank = torch.empty_like(key)
+        rank[torch.argsort(key, stable=True)] = torch.arange(key.numel())
+        out[i, valid] = rank[inv]
+    return out
 
-    return sorted(components, key=key)
 
+def component_ids(adj: Tensor, mode: str = "exact", epsilon: float = 0.05, seed: int = 0) -> Tensor:
+    """Component id of every node (0..C−1 in the authors' order; -1 = lost by the reference read-out).
 
-def components(adj: Tensor, mode: str = "exact", epsilon: float = 0.05, seed: int = 0) -> list[list[int]]:
-    """Components of the graph `adj` [n, n] (bool, symmetric, diagonal set), as sorted member lists.
-
+    adj: [n, n] or [B, n, n] boolean, symmetric, diagonal set → [n] or [B, n].
     `reference`: sample min(n, ceil(ln n / ε²)) nodes (legacy numpy RNG seeded with `seed`), union each with its
-    neighbours in that order, read components out by direct parent (may lose nodes), nodes not adjacent to any
-    sampled node are singletons. `exact`: true connected components.
+    neighbours in that order, read components out by direct parent; nodes next to no sampled node are singletons.
     """
-    n = adj.shape[0]
-    if n == 0:
-        return []
-    a = adj.cpu().numpy().astype(bool)
-    degree = a.sum(1)
+    squeeze = adj.dim() == 2
+    a = adj[None] if squeeze else adj
+    a = a.bool().cpu()
+    degree = a.sum(-1)
     if mode == "exact":
-        labels = _label_propagation(adj.cpu().bool())
-        groups: dict[int, list[int]] = {}
-        for i, lab in enumerate(labels.tolist()):
-            groups.setdefault(lab, []).append(i)
-        return _order(list(groups.values()), degree)
+        ids = order_ids(propagate_labels(a), degree)
+    else:
+        ids = torch.stack([_reference_labels(m.numpy(), epsilon, seed) for m in a])
+        ids = order_ids(ids, degree)
+    return ids[0] if squeeze else ids
+
+
+def _reference_labels(a: np.ndarray, epsilon: float, seed: int) -> Tensor:
+    n = a.shape[0]
+    labels = torch.full((n,), -1, dtype=torch.long)
+    if n == 0:
+        return labels
     rng = np.random.RandomState(seed)
     size = min(n, int(np.ceil(np.log(n) / epsilon**2))) if n > 1 else 1
     sampled = rng.choice(n, size=size, replace=False)
@@ -95,7 +112,8 @@ def components(adj: Tensor, mode: str = "exact", epsilon: float = 0.05, seed: in
         covered[nbrs] = True
         for j in nbrs:
             uf.union(int(i), int(j))
-    roots = np.unique([uf.find(int(i)) for i in sampled])
-    comps = [np.nonzero(uf.parent == r)[0].tolist() for r in roots]
-    comps = [c for c in comps if c] + [[int(i)] for i in np.nonzero(~covered)[0]]
-    return _order(comps, degree)
+    for r in np.unique([uf.find(int(i)) for i in sampled]):
+        labels[torch.from_numpy(np.nonzero(uf.parent == r)[0])] = int(r)  # the authors' direct-parent read-out
+    single = np.nonzero(~covered)[0]
+    labels[torch.from_numpy(single)] = torch.from_numpy(single) + n  # singletons, ids beyond the roots
+    return labels
