@@ -12,29 +12,35 @@ from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 _CHUNK = 4096
+_FULL = 8192
 
 
 def max_min_diversity(x: Tensor, k: int) -> Tensor:
     """Greedy farthest-point selection under cosine distance 1 − cos.  x: [L, D] → selection order [k].
 
-    Step 0 picks the token whose nearest other token is farthest (second-smallest distance of its column,
-    the smallest being itself); then each step picks the token farthest from the selected set (first index on
-    ties). Distances are computed in column chunks with a running minimum (memory O(L·chunk), the same result
-    as the authors' full L×L matrix).
+    Step 0 picks the token whose nearest other token is farthest (the second-smallest distance of its row, the
+    smallest being itself); then each step picks the token farthest from the selected set (first index on ties),
+    keeping a running minimum distance (the same result as the authors' recomputed min over the selected rows).
+    Up to _FULL tokens the L×L distances are computed once; beyond, in row chunks (memory O(L·chunk)).
     """
     xn = l2_normalize(x.float())
     length = xn.shape[0]
     k = max(1, min(k, length))
-    second = torch.empty(length)
+    full = 1 - xn @ xn.T if length <= _FULL else None
+    second = torch.empty(length, device=xn.device)
     for s in range(0, length, _CHUNK):
-        block = 1 - xn @ xn[s : s + _CHUNK].T  # [L, chunk]: columns s..s+chunk
-        second[s : s + _CHUNK] = torch.topk(block, min(2, length), dim=0, largest=False).values[-1]
+        block = full[s : s + _CHUNK] if full is not None else 1 - xn[s : s + _CHUNK] @ xn.T
+        second[s : s + _CHUNK] = torch.topk(block, min(2, length), dim=1, largest=False).values[:, -1]
     order = [int(torch.argmax(second))]
-    min_dist = 1 - xn @ xn[order[0]]
+
+    def row(i: int) -> Tensor:
+        return full[i] if full is not None else 1 - xn @ xn[i]
+
+    min_dist = row(order[0]).clone()
     for _ in range(1, k):
         j = int(torch.argmax(min_dist))
         order.append(j)
-        min_dist = torch.minimum(min_dist, 1 - xn @ xn[j])
+        min_dist = torch.minimum(min_dist, row(j))
     return torch.tensor(order, dtype=torch.long)
 
 
