@@ -15,8 +15,9 @@ from vtc.signals import Signals
 METHODS = [m.name for m in all_methods()]
 
 
-def make_signals(t: int, n: int, d: int, gen: torch.Generator) -> Signals:
+def make_signals(t: int, n: int, d: int, gen: torch.Generator, h: int = 1, w: int = 1) -> Signals:
     return Signals(
+        frames=torch.randint(0, 255, (t, 4 * h, 4 * w, 3), generator=gen, dtype=torch.uint8),
         attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
         pooled=torch.randn(t, d, generator=gen),
         cls_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
@@ -41,7 +42,7 @@ def test_invariants(name: str, t: int, h: int, w: int, ratio: float) -> None:
     gen = torch.Generator().manual_seed(t * 100 + h * 10 + w)
     d = 8
     x = video_like(t, h, w, d, gen)
-    sig = make_signals(t, h * w, d, gen)
+    sig = make_signals(t, h * w, d, gen, h, w)
     spec = get_method(name)
     red = spec.fn(x, grid=(h, w), ratio=ratio, signals=sig, **spec.defaults())
     k, n_src = red.num_outputs, t * h * w
@@ -52,7 +53,9 @@ def test_invariants(name: str, t: int, h: int, w: int, ratio: float) -> None:
     n_extra = 0 if red.extra is None else red.extra.shape[0]
     assert red.src.min() >= 0 and red.src.max() < n_src + n_extra
     assert red.dst.min() >= 0 and red.dst.max() < k
-    assert (red.weight > 0).all()
+    assert (red.weight >= 0).all()
+    row_total = torch.zeros(k, dtype=torch.float64).index_add_(0, red.dst, red.weight.double())
+    assert (row_total > 0).all()
     assert (red.sizes() >= 1).all()
     assert ((red.rep >= -1) & (red.rep < n_src)).all()
     covered = red.source()

@@ -146,6 +146,7 @@ def compress(
     t_dec = t_enc = 0.0
 
     pixels: list[Tensor] = []
+    views: list[Tensor] = []
 
     def flush() -> None:
         nonlocal t_enc
@@ -154,6 +155,8 @@ def compress(
         te = time.perf_counter()
         if spec.extra_images is not None:
             pixels.append(encoder.preprocess(np.stack(batch)))
+        if "frames" in spec.signals:
+            views.append(encoder.view(np.stack(batch)))
         res = encoder.encode(np.stack(batch), want)
         t_enc += time.perf_counter() - te
         for k, v in res.items():
@@ -180,6 +183,8 @@ def compress(
 
     feats = torch.cat(outputs.pop("patches"))
     sig_tensors = {k: torch.cat(v) for k, v in outputs.items()}
+    if views:
+        sig_tensors["frames"] = torch.cat(views)
     if spec.extra_images is not None:  # e.g. TS-LLaVA's thumbnail: build the picture, encode it for real
         te = time.perf_counter()
         for name, image in spec.extra_images(torch.cat(pixels), **params).items():

@@ -280,6 +280,11 @@ class Encoder:
             th if self.resize_mode != "longest" else 1, round(height * s)
         )
 
+    def view(self, frames: np.ndarray | Tensor) -> Tensor:
+        """uint8 [B, H, W, 3] at `input_size` → uint8 [B, h, w, 3]: exactly the pixels the encoder sees."""
+        pix = self.preprocess(frames) * self.std[:, None, None] + self.mean[:, None, None]
+        return (pix * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
     def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
         """uint8 [B, H, W, 3] at `input_size` → normalised pixels [B, 3, h, w] (center crop or pad)."""
         x = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0

@@ -22,7 +22,7 @@ SIGNAL_DOCS: dict[str, str] = {
     "the attention-pool probe attention as substitute)",
     "cls_token": "[T, D] CLS token of the selected block (SigLIP: the attention-pool output as substitute)",
     "keys": "[T, N+1, d] head-mean attention keys of the selected block, row 0 = CLS",
-    "frames": "[T, 3, H, W] float pixel frames (for methods that re-encode pixels)",
+    "frames": "[T, H, W, 3] uint8 frames as the encoder sees them (after resize and crop)",
     "audio_saliency": "[A] audio saliency at 25 tokens/s",
     "relevance": "[T] per-frame query relevance",
     "thumbnail": "[N', D] patch tokens of an extra encoded picture (TS-LLaVA's thumbnail)",
@@ -33,7 +33,7 @@ SIGNAL_DOCS: dict[str, str] = {
 class Signals:
     """Optional per-frame signals.  Every field is a tensor or None.
 
-    attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D], keys [T, N+1, d], frames [T, 3, H, W],
+    attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D], keys [T, N+1, d], frames uint8 [T, H, W, 3],
     audio_saliency [A], relevance [T], thumbnail [N', D].
     `sources` names where each signal came from (recorded in the file).
     """

@@ -1,0 +1,44 @@
+"""EVS (Efficient Video Sampling, NVIDIA), post-encoder: drop tokens that repeat the same cell of the previous
+frame.  Follows the public rule in vLLM's `compute_retention_mask` (ported to SGLang).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from vtc.methods.registry import Param, register
+from vtc.reduction import Reduction
+from vtc.signals import Signals
+
+
+def evs_scores(x: Tensor) -> Tensor:
+    """Dissimilarity 1 − cos(x[t, n], x[t−1, n]) for t ≥ 1, 255 for frame 0.  x: [T, N, D] → [T, N]."""
+    xn = torch.nn.functional.normalize(x.float(), dim=-1)
+    score = torch.full(x.shape[:2], 255.0)
+    if x.shape[0] > 1:
+        score[1:] = 1 - torch.nn.functional.cosine_similarity(xn[1:], xn[:-1], dim=-1)
+    return score
+
+
+@register(
+    "evs",
+    summary="EVS: keep the tokens that changed most versus the same cell of the previous frame (first frame kept)",
+    paper="Bagrov et al., Efficient Video Sampling: Pruning Temporally Redundant Tokens for Faster VLM Inference, 2025",
+    params=[Param("q", None, "pruning rate in [0, 1): keep max(N, ⌊T·N·(1 − q)⌋) tokens (default: 1 − --ratio; "
+                  "0.7 when no ratio is given)", "q")],
+)
+def evs(x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, q: float | None = None) -> Reduction:
+    """EVS.  x: [T, N, D].  The global top R = max(N, ⌊T·N·(1 − q)⌋) tokens by dissimilarity (stable sort, frame 0
+    first with its sentinel score) are kept, in original (frame, row, col) order."""
+    t, n, _ = x.shape
+    if q is None:
+        q = 0.7 if ratio is None else 1.0 - ratio
+    keep_count = max(n, math.floor(t * n * (1 - q)))
+    score = evs_scores(x).reshape(-1)
+    order = torch.argsort(score, descending=True, stable=True)[:keep_count]
+    red = Reduction.select(order.sort().values, t * n)
+    red.info.update(q=q, budget_floor=n)
+    return red
