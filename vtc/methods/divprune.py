@@ -12,7 +12,7 @@ from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 _CHUNK = 4096
-_FULL = 8192
+_FULL = 25000  # L×L float32 up to ~2.5 GB: one matmul, then cheap greedy steps
 
 
 def max_min_diversity(x: Tensor, k: int) -> Tensor:

@@ -30,7 +30,9 @@ def evs_scores(x: Tensor) -> Tensor:
     params=[Param("q", None, "pruning rate in [0, 1): keep max(N, ⌊T·N·(1 − q)⌋) tokens (default: 1 − --ratio; "
                   "0.7 when no ratio is given)", "q")],
 )
-def evs(x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, q: float | None = None) -> Reduction:
+def evs(
+    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, q: float | None = None
+) -> Reduction:
     """EVS.  x: [T, N, D].  The global top R = max(N, ⌊T·N·(1 − q)⌋) tokens by dissimilarity (stable sort, frame 0
     first with its sentinel score) are kept, in original (frame, row, col) order."""
     t, n, _ = x.shape
