@@ -10,19 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from vtc import __version__
 from vtc.config import CompressConfig, make_config
-from vtc.decode import DecodeReport, Sampling, VideoInfo, content_hash, iter_frames, probe
+from vtc.decode import DecodeReport, Sampling, VideoInfo, content_hash, probe
 from vtc.encode import Encoder, EncoderConfig
-from vtc.errors import InputError, UsageError
+from vtc.errors import UsageError
 from vtc.methods import get_method
 from vtc.reduction import Reduction
 from vtc.signals import Signals
-from vtc.store import TokenFile, load, out_dtype, token_tensors, write
+from vtc.store import TokenFile, load, out_dtype
 
 __all__ = ["CompressResult", "FeatureResult", "compress", "compress_features", "load", "default_output"]
 
@@ -101,10 +100,6 @@ def compress_features(
     return FeatureResult(red.apply(features), red, spec.name, resolved, ratio)
 
 
-def _progress_noop(kind: str, done: int, total: int | None) -> None:
-    return None
-
-
 def compress(
     path: str | os.PathLike[str],
     *,
@@ -121,88 +116,32 @@ def compress(
     TOML path) fills what is not given. An `encoder` can be passed to reuse a loaded model.
     Nothing is written unless every stage succeeds; the write itself is atomic.
     """
-    cfg: CompressConfig = make_config(preset, **options)
-    progress = progress or _progress_noop
-    spec = get_method(cfg.method)
-    params = spec.resolve(cfg.params)
-    dtype_out = out_dtype(cfg.dtype_out)
-    sampling = Sampling(frames=cfg.frames, fps=cfg.fps, every=cfg.every).validate()
-    out_path = Path(output) if output is not None else default_output(path)
-    timings: dict[str, float] = {}
+    from vtc.pipeline import Engine, Job, Plan
 
+    cfg: CompressConfig = make_config(preset, **options)
+    plan = Plan.make(cfg)
+    out_dtype(cfg.dtype_out)
+    out_path = Path(output) if output is not None else default_output(path)
     t0 = time.perf_counter()
-    info = probe(path)
+    probe(path)  # fail fast on a bad input before loading a model
     if encoder is None:
         encoder = Encoder(EncoderConfig(cfg.model, cfg.pretrained, cfg.checkpoint, cfg.layer, cfg.device,
                                         cfg.dtype, cfg.batch_size))
-    timings["load"] = time.perf_counter() - t0
-    want = set(spec.signals) | {s for s in spec.optional_signals if s in ("attn", "pooled", "cls_attn", "keys")}
-    want &= {"attn", "pooled", "cls_attn", "cls_token", "keys"}
+    load_time = time.perf_counter() - t0
+    seen = {"frames": 0}
 
-    report = DecodeReport()
-    outputs: dict[str, list[Tensor]] = {}
-    batch: list[np.ndarray] = []
-    times: list[float] = []
-    t_dec = t_enc = 0.0
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if progress is not None and kind in ("decoded", "encoded"):
+            seen[kind] = seen.get(kind, 0) + int(data["frames"])
+            progress("decode" if kind == "decoded" else "encode", seen[kind], None)
 
-    pixels: list[Tensor] = []
-    views: list[Tensor] = []
-
-    def flush() -> None:
-        nonlocal t_enc
-        if not batch:
-            return
-        te = time.perf_counter()
-        if spec.extra_images is not None:
-            pixels.append(encoder.preprocess(np.stack(batch)))
-        if "frames" in spec.signals:
-            views.append(encoder.view(np.stack(batch)))
-        res = encoder.encode(np.stack(batch), want)
-        t_enc += time.perf_counter() - te
-        for k, v in res.items():
-            outputs.setdefault(k, []).append(v)
-        progress("encode", len(times), None)
-        batch.clear()
-
-    td = time.perf_counter()
-    for ft, frame in iter_frames(path, sampling, encoder.input_size, info=info,
-                                 allow_truncated=cfg.allow_truncated, report=report):
-        batch.append(frame)
-        times.append(ft)
-        progress("decode", len(times), None)
-        if len(batch) >= cfg.batch_size:
-            t_dec += time.perf_counter() - td
-            flush()
-            td = time.perf_counter()
-    t_dec += time.perf_counter() - td
-    flush()
-    if not times:
-        raise InputError(f"{path}: no frame could be sampled (the video stream is empty or unreadable).")
-    timings["decode"] = t_dec
-    timings["encode"] = t_enc
-
-    feats = torch.cat(outputs.pop("patches"))
-    sig_tensors = {k: torch.cat(v) for k, v in outputs.items()}
-    if views:
-        sig_tensors["frames"] = torch.cat(views)
-    if spec.extra_images is not None:  # e.g. TS-LLaVA's thumbnail: build the picture, encode it for real
-        te = time.perf_counter()
-        for name, image in spec.extra_images(torch.cat(pixels), **params).items():
-            sig_tensors[name] = encoder.encode_pixels(image)["patches"].reshape(-1, feats.shape[-1])
-        timings["encode"] += time.perf_counter() - te
-    tc = time.perf_counter()
-    result = compress_features(feats, method=spec.name, ratio=cfg.ratio, grid=encoder.grid, params=params,
-                               **sig_tensors)
-    timings["compress"] = time.perf_counter() - tc
-
-    ts = time.perf_counter()
-    frame_times = torch.tensor(times, dtype=torch.float32)
-    tensors = token_tensors(result.reduction, result.tokens, encoder.grid, frame_times, dtype_out)
-    meta = build_metadata(path, info, cfg, encoder, result, report, sampling, sorted(want), feats.shape)
-    write(out_path, tensors, meta)
-    timings["store"] = time.perf_counter() - ts
-    return CompressResult(out_path, result.reduction.num_outputs, result.reduction.num_sources,
-                          result.ratio_achieved, timings, report.truncated)
+    engine = Engine(plan, encoder, decode_workers=1, on_event=on_event)
+    (outcome,) = list(engine.run([Job(0, Path(path), out_path)]))
+    if not outcome.ok:
+        assert outcome.error is not None
+        raise outcome.error
+    return CompressResult(out_path, outcome.num_tokens, outcome.num_source_tokens, outcome.ratio_achieved,
+                          {"load": load_time, **outcome.timings}, outcome.truncated)
 
 
 def build_metadata(

@@ -9,11 +9,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from vtc import __version__
-from vtc.errors import VtcError
+from vtc.errors import UsageError, VtcError
 
 app = typer.Typer(
     name="vtc",
@@ -49,9 +56,11 @@ def main(
 
 @app.command()
 def compress(
-    input: Annotated[Path, typer.Argument(help="Video file to compress.", show_default=False)],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Token file to write "
-                                               "[default: beside the input, .safetensors]")] = None,
+    inputs: Annotated[list[str], typer.Argument(help="Video file(s), directories (recursive) or glob patterns.",
+                                                show_default=False)],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Token file to write [default: beside the "
+                                               "input, .safetensors]; for several inputs, the output directory "
+                                               "(the input tree is mirrored under it).")] = None,
     method: Annotated[str | None, typer.Option("-m", "--method", help="Compression method; 'vtc methods' "
                                                "lists them [default: fastvid]")] = None,
     ratio: Annotated[float | None, typer.Option("-r", "--ratio", help="Fraction of tokens to keep, in (0, 1] "
@@ -82,11 +91,34 @@ def compress(
     allow_truncated: Annotated[bool, typer.Option("--allow-truncated", help="Keep the frames of a "
                                                   "truncated/corrupt video instead of failing.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Batch: re-run only the inputs whose "
+                                               "last manifest record failed.")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Batch: stop at the first failure.")] = False,
+    shard: Annotated[str | None, typer.Option("--shard", help="Batch: process shard i of n ('i/n'), or 'auto' "
+                                              "from SLURM_PROCID/SLURM_NTASKS, RANK/WORLD_SIZE or VTC_SHARD.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Batch: decode threads running ahead of the "
+                                         "encoder.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Batch: print a JSON summary at the end.")] = False,
 ) -> None:
-    """Compress one video into a token file (decode → encode → compress → store)."""
+    """Compress videos into token files (decode → encode → compress → store).
+
+    One file: writes FILE.safetensors beside it (or -o PATH). Several files, a directory or a glob: batch mode,
+    with -o OUTDIR, a manifest (vtc-manifest.jsonl), resume and failures recorded per input.
+    """
     from vtc.api import compress as api_compress
     from vtc.config import parse_param
 
+    single = len(inputs) == 1 and not Path(inputs[0]).is_dir() and (
+        Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?["))
+    if not single:
+        _batch(inputs, output, dict(
+            method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
+            checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
+            batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None), param, preset,
+            quiet=quiet, retry_failed=retry_failed, fail_fast=fail_fast, shard=shard, workers=workers,
+            as_json=as_json)
+        return
+    input = Path(inputs[0])
     try:
         params = dict(parse_param(p) for p in (param or []))
         options: dict[str, Any] = dict(
@@ -116,6 +148,67 @@ def compress(
             f"compress {t.get('compress', 0):.3f}s{note}",
             highlight=False,
         )
+
+
+def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], param: list[str] | None,
+           preset: str | None, *, quiet: bool, retry_failed: bool, fail_fast: bool, shard: str | None,
+           workers: int, as_json: bool) -> None:
+    from vtc.batch import parse_shard, run_batch
+    from vtc.config import make_config, parse_param
+
+    try:
+        if output is None:
+            raise UsageError("several inputs (or a directory/glob) need -o OUTDIR for the token files.")
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"-o {output} is a file; batch mode needs a directory.")
+        params = dict(parse_param(p) for p in (param or []))
+        if params:
+            options["params"] = params
+        cfg = make_config(preset, **options)
+        shard_t = parse_shard(shard)
+        fancy = not quiet and not as_json and console.is_terminal
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                       console=console, disable=not fancy)
+        state = {"frames": 0, "tokens": 0, "failed": 0, "done": 0, "total": 0}
+        task = bar.add_task("files", total=None, stats="")
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "start":
+                state["total"] = data["todo"]
+                bar.update(task, total=data["todo"])
+                if not quiet and not fancy and not as_json:
+                    console.print(f"{data['total']} inputs, {data['skipped']} already done, {data['todo']} to do",
+                                  highlight=False)
+            elif kind == "encoded":
+                state["frames"] += data["frames"]
+            elif kind == "file":
+                state["done"] += 1
+                state["tokens"] += data["tokens"]
+                state["failed"] += 0 if data["ok"] else 1
+                bar.update(task, completed=state["done"])
+                if not quiet and not as_json and not fancy:
+                    status = "ok" if data["ok"] else f"FAILED: {data['error']}"
+                    console.print(f"[{state['done']}/{state['total']}] {data['input']}: {status}", highlight=False,
+                                  soft_wrap=True)
+                elif fancy and not data["ok"]:
+                    bar.console.print(f"[red]failed[/] {data['error']}", highlight=False, soft_wrap=True)
+            bar.update(task, stats=f"{state['frames']} frames, {state['tokens']} tokens, {state['failed']} failed")
+
+        with bar:
+            summary = run_batch(inputs, output, cfg, shard=shard_t, retry_failed=retry_failed, fail_fast=fail_fast,
+                                decode_workers=workers, on_event=on_event)
+    except VtcError as e:
+        raise _fail(e) from None
+    info = summary.as_dict()
+    if as_json:
+        out.print_json(json.dumps(info, default=str))
+    elif not quiet:
+        out.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped of {summary.total} — "
+                  f"{info['frames_per_s']} frames/s, encoder busy {100 * info['encoder_utilisation']:.0f}% of "
+                  f"{summary.wall:.1f} s; manifest {summary.manifest}", highlight=False)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -280,10 +280,21 @@ class Encoder:
             th if self.resize_mode != "longest" else 1, round(height * s)
         )
 
-    def view(self, frames: np.ndarray | Tensor) -> Tensor:
-        """uint8 [B, H, W, 3] at `input_size` → uint8 [B, h, w, 3]: exactly the pixels the encoder sees."""
-        pix = self.preprocess(frames) * self.std[:, None, None] + self.mean[:, None, None]
+    def view(self, pixels: Tensor) -> Tensor:
+        """Normalised pixels [B, 3, h, w] (from `preprocess`) → uint8 [B, h, w, 3]: what the encoder sees."""
+        pix = pixels.float().cpu() * self.std[:, None, None] + self.mean[:, None, None]
         return (pix * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def preprocess_many(self, frames: list[np.ndarray]) -> Tensor:
+        """Frames of possibly different sizes (several videos) → normalised pixels [B, 3, h, w], in order."""
+        out, i = [], 0
+        while i < len(frames):
+            j = i
+            while j < len(frames) and frames[j].shape == frames[i].shape:
+                j += 1
+            out.append(self.preprocess(np.stack(frames[i:j])))
+            i = j
+        return torch.cat(out)
 
     def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
         """uint8 [B, H, W, 3] at `input_size` → normalised pixels [B, 3, h, w] (center crop or pad)."""

@@ -1,0 +1,250 @@
+"""Batch processing: many inputs (files, directories, globs) → a mirrored tree of token files + a manifest.
+
+- Every input gets a manifest record (JSON lines in OUTDIR): input, output, status (ok/failed/skipped), error,
+  timings, achieved ratio, config hash. A failure never stops the run (unless `fail_fast`).
+- Resume: an input is skipped when its output exists *and* its latest record is `ok` with the same config hash.
+- `retry_failed`: only inputs whose latest record is `failed`.
+- `shard=(i, n)`: process every n-th input of the sorted list, starting at i; each shard writes its own
+  manifest file, and readers merge them.
+- Outputs are written atomically (temporary file + rename), so a run killed at any moment leaves no partial
+  output; stale temporary files of killed runs are removed when their input is processed again.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import glob
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vtc import __version__
+from vtc.config import CompressConfig
+from vtc.encode import Encoder, EncoderConfig
+from vtc.errors import UsageError
+from vtc.pipeline import Engine, Job, Outcome, Plan
+
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .gif".split()
+)
+MANIFEST_PREFIX = "vtc-manifest"
+
+
+@dataclass
+class Item:
+    """An input and where its output goes."""
+
+    input: Path
+    rel: Path  # path relative to its root, mirrored under OUTDIR
+
+    def output(self, outdir: Path) -> Path:
+        return outdir / self.rel.with_suffix(".safetensors")
+
+
+def discover(inputs: list[str]) -> list[Item]:
+    """Expand files, directories (recursive) and glob patterns into a sorted, de-duplicated list of videos."""
+    items: dict[Path, Item] = {}
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS and not f.name.startswith("."):
+                    items.setdefault(f.resolve(), Item(f, f.relative_to(p)))
+        elif p.is_file():
+            items.setdefault(p.resolve(), Item(p, Path(p.name)))
+        elif any(ch in raw for ch in "*?["):
+            matches = sorted(glob.glob(raw, recursive=True))
+            root = Path(os.path.commonpath(matches)) if len(matches) > 1 else None
+            for m in matches:
+                f = Path(m)
+                if f.is_file():
+                    rel = f.relative_to(root) if root is not None and root.is_dir() else Path(f.name)
+                    items.setdefault(f.resolve(), Item(f, rel))
+        else:
+            # a missing input is a failure of that input, recorded like any other
+            items.setdefault(p.absolute(), Item(p, Path(p.name)))
+    return sorted(items.values(), key=lambda it: str(it.rel))
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'i/n' → (i, n); 'auto' reads VTC_SHARD, SLURM_PROCID/SLURM_NTASKS or RANK/WORLD_SIZE."""
+    if text is None:
+        return None
+    if text == "auto":
+        env = os.environ
+        if "VTC_SHARD" in env:
+            text = env["VTC_SHARD"]
+        elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+            text = f"{env['SLURM_PROCID']}/{env['SLURM_NTASKS']}"
+        elif "RANK" in env and "WORLD_SIZE" in env:
+            text = f"{env['RANK']}/{env['WORLD_SIZE']}"
+        else:
+            return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must look like i/n (e.g. 0/4), not '{text}'.") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UsageError(f"--shard {text}: need 0 ≤ i < n.")
+    return i, n
+
+
+def read_manifest(outdir: Path) -> dict[str, dict[str, Any]]:
+    """Latest record per input across every manifest file in `outdir` (tolerates a torn last line)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for f in sorted(outdir.glob(f"{MANIFEST_PREFIX}*.jsonl")):
+        for line in f.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "input" in rec:
+                prev = latest.get(rec["input"])
+                if prev is None or rec.get("finished", "") >= prev.get("finished", ""):
+                    latest[rec["input"]] = rec
+    return latest
+
+
+class Manifest:
+    """Append-only JSON-lines manifest; one line per record, flushed and synced."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record, default=str) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+@dataclass
+class BatchSummary:
+    """Totals of a batch run."""
+
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    frames: int = 0
+    tokens: int = 0
+    source_tokens: int = 0
+    wall: float = 0.0
+    encoder_busy: float = 0.0
+    load: float = 0.0
+    manifest: str = ""
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["files_per_s"] = round(self.ok / self.wall, 3) if self.wall else 0.0
+        d["frames_per_s"] = round(self.frames / self.wall, 2) if self.wall else 0.0
+        d["encoder_utilisation"] = round(self.encoder_busy / self.wall, 3) if self.wall else 0.0
+        return d
+
+
+def _record(out: Outcome, cfg_hash: str) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "input": str(out.job.input),
+        "output": str(out.job.output) if out.ok else None,
+        "status": "ok" if out.ok else "failed",
+        "error": None if out.ok else str(out.error),
+        "error_type": None if out.ok else type(out.error).__name__,
+        "config_hash": cfg_hash,
+        "vtc_version": __version__,
+        "timings": {k: round(v, 4) for k, v in out.timings.items()},
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+    }
+    if out.ok:
+        rec.update(frames=out.frames, tokens=out.num_tokens, ratio_achieved=round(out.ratio_achieved, 6),
+                   truncated=out.truncated)
+    return rec
+
+
+def _clean_stale(output: Path) -> None:
+    """Remove temporary files a killed run left for this output."""
+    if output.parent.is_dir():
+        for tmp in output.parent.glob(f".{output.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def run_batch(
+    inputs: list[str],
+    outdir: str | os.PathLike[str],
+    cfg: CompressConfig,
+    *,
+    shard: tuple[int, int] | None = None,
+    retry_failed: bool = False,
+    fail_fast: bool = False,
+    decode_workers: int = 2,
+    encoder: Encoder | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> BatchSummary:
+    """Process many videos; see the module docstring.  Returns totals; the manifest has the details."""
+    t0 = time.perf_counter()
+    out_root = Path(outdir)
+    plan = Plan.make(cfg)
+    cfg_hash = cfg.config_hash()
+    items = discover(inputs)
+    if not items:
+        raise UsageError(f"no videos found in {', '.join(inputs)} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))}).")
+    if shard is not None:
+        items = items[shard[0] :: shard[1]]
+    name = f"{MANIFEST_PREFIX}.jsonl" if shard is None else f"{MANIFEST_PREFIX}.shard-{shard[0]}-of-{shard[1]}.jsonl"
+    previous = read_manifest(out_root) if out_root.is_dir() else {}
+    summary = BatchSummary(total=len(items), manifest=str(out_root / name))
+    todo: list[Item] = []
+    for it in items:
+        rec = previous.get(str(it.input))
+        done = (rec is not None and rec.get("status") == "ok" and rec.get("config_hash") == cfg_hash
+                and it.output(out_root).exists())
+        if retry_failed:
+            if rec is None or rec.get("status") != "failed" or rec.get("config_hash") != cfg_hash:
+                summary.skipped += 1
+                continue
+        elif done:
+            summary.skipped += 1
+            continue
+        todo.append(it)
+    notify = on_event or (lambda kind, data: None)
+    notify("start", {"total": len(items), "todo": len(todo), "skipped": summary.skipped})
+    manifest = Manifest(out_root / name)
+    try:
+        if todo:
+            tl = time.perf_counter()
+            if encoder is None:
+                encoder = Encoder(EncoderConfig(cfg.model, cfg.pretrained, cfg.checkpoint, cfg.layer, cfg.device,
+                                                cfg.dtype, cfg.batch_size))
+            summary.load = time.perf_counter() - tl
+            engine = Engine(plan, encoder, decode_workers=decode_workers, on_event=notify)
+
+            def jobs() -> Iterator[Job]:
+                for i, it in enumerate(todo):
+                    _clean_stale(it.output(out_root))
+                    yield Job(i, it.input, it.output(out_root))
+
+            for out in engine.run(jobs(), fail_fast=fail_fast):
+                manifest.write(_record(out, cfg_hash))
+                if out.ok:
+                    summary.ok += 1
+                    summary.frames += out.frames
+                    summary.tokens += out.num_tokens
+                    summary.source_tokens += out.num_source_tokens
+                else:
+                    summary.failed += 1
+                    summary.failures.append({"input": str(out.job.input), "error": str(out.error)})
+                notify("file", {"ok": out.ok, "input": str(out.job.input), "tokens": out.num_tokens,
+                                "frames": out.frames, "error": None if out.ok else str(out.error)})
+            summary.encoder_busy = engine.encoder_busy
+    finally:
+        manifest.close()
+    summary.wall = time.perf_counter() - t0
+    return summary
