@@ -240,18 +240,41 @@ def methods(
 def show(
     file: Annotated[Path, typer.Argument(help="Token file (.safetensors) written by vtc.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary.")] = False,
+    video: Annotated[Path | None, typer.Option("--video", help="The source video, to draw the frames' pixels.")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
+    png_out: Annotated[Path | None, typer.Option("--png", help="Write a PNG contact sheet.")] = None,
+    max_frames: Annotated[int, typer.Option("--max-frames", help="Frames drawn at most (uniformly chosen).")] = 256,
 ) -> None:
-    """Summarise a token file: video, model, method, tokens before → after, tokens per frame."""
+    """Summarise a token file: video, model, method, tokens before → after, tokens per frame.
+
+    With --html/--png, draw which patches were kept (clear), dropped (dimmed) and merged (one colour per output
+    token), with a timeline of tokens per frame and the temporal segments.
+    """
     from vtc.show import summary, summary_table
 
     try:
         info = summary(file)
+        if html_out or png_out:
+            from vtc.report import build, write_html, write_png
+
+            if video is not None and not video.exists():
+                raise UsageError(f"--video {video}: no such file.")
+            rep = build(file, video, max_frames=max_frames)
+            if rep["warning"]:
+                console.print(f"[bold yellow]warning:[/] {rep['warning']}", highlight=False, soft_wrap=True)
+            if html_out:
+                write_html(rep, html_out)
+            if png_out:
+                write_png(rep, png_out)
     except VtcError as e:
         raise _fail(e) from None
     if as_json:
         out.print_json(json.dumps(info, default=str))
     else:
         summary_table(info, out)
+        for p in (html_out, png_out):
+            if p:
+                out.print(f"wrote {p}", highlight=False)
 
 
 @app.command()

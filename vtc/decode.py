@@ -178,18 +178,19 @@ def iter_frames(
     info: VideoInfo | None = None,
     allow_truncated: bool = False,
     report: DecodeReport | None = None,
+    times: np.ndarray | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Stream the sampled frames as (time in seconds, uint8 RGB array [H, W, 3]).
 
     `size(width, height)` gives the (width, height) to convert to, from the displayed frame size; the encoder
     supplies it. Only two decoded frames are alive at a time. When several targets fall on the same frame it is
     yielded once. A decode error part-way raises TruncatedVideoError unless `allow_truncated`, which keeps what
-    decoded and flags it in `report`.
+    decoded and flags it in `report`. `times` (seconds, ascending) overrides the sampling plan's targets.
     """
     sampling.validate()
     info = info or probe(path)
     report = report if report is not None else DecodeReport()
-    targets = target_times(info, sampling)
+    targets = np.asarray(times, dtype=np.float64) if times is not None else target_times(info, sampling)
     out_w, out_h = size(*info.display_size)
     swap = info.rotation % 180 == 90
     conv_w, conv_h = (out_h, out_w) if swap else (out_w, out_h)

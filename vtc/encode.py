@@ -196,6 +196,18 @@ def _fetch_error(e: Exception, name: str, pretrained: str | None, offline: bool 
     )
 
 
+def input_size(width: int, height: int, image_size: tuple[int, int], resize_mode: str = "shortest") -> tuple[int, int]:
+    """(width, height) to decode a frame to so that the encoder's crop (or pad) gives `image_size` (h, w)."""
+    th, tw = image_size
+    if resize_mode == "squash":
+        return tw, th
+    if resize_mode == "longest":
+        s = min(tw / width, th / height)
+        return max(1, round(width * s)), max(1, round(height * s))
+    s = max(tw / width, th / height)  # shortest: the short side matches, then a center crop
+    return max(tw, round(width * s)), max(th, round(height * s))
+
+
 def _mha_probs_and_keys(attn: torch.nn.MultiheadAttention, h: Tensor) -> tuple[Tensor, Tensor]:
     """Attention probabilities [B, heads, L, L] and head-mean keys [B, L, head_dim] of an nn.MultiheadAttention.
 
@@ -269,16 +281,7 @@ class Encoder:
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) frames should be decoded to, before the crop/pad done on tensors."""
-        th, tw = self.image_size
-        if self.resize_mode == "squash":
-            return tw, th
-        if self.resize_mode == "longest":
-            s = min(tw / width, th / height)
-        else:  # shortest: the short side matches, then center crop
-            s = max(tw / width, th / height)
-        return max(tw if self.resize_mode != "longest" else 1, round(width * s)), max(
-            th if self.resize_mode != "longest" else 1, round(height * s)
-        )
+        return input_size(width, height, self.image_size, self.resize_mode)
 
     def view(self, pixels: Tensor) -> Tensor:
         """Normalised pixels [B, 3, h, w] (from `preprocess`) → uint8 [B, h, w, 3]: what the encoder sees."""
@@ -414,6 +417,7 @@ class Encoder:
             "tower": self.kind,
             "layer": self.config.layer,
             "image_size": list(self.image_size),
+            "resize_mode": self.resize_mode,
             "grid": list(self.grid),
             "dim": self.width,
             "device": str(self.device),
