@@ -53,7 +53,9 @@ def kept_cells(f: vtc.TokenFile, frame: int) -> set[tuple[int, int]]:
     return {(int(r), int(c)) for t, r, c in pos.tolist() if t == frame}
 
 
-def check_tile(img: np.ndarray, x0: int, y0: int, cell: int, grid: tuple[int, int], kept: set, base: np.ndarray) -> None:
+def check_tile(
+    img: np.ndarray, x0: int, y0: int, cell: int, grid: tuple[int, int], kept: set, base: np.ndarray
+) -> None:
     h, w = grid
     assert kept and len(kept) < h * w
     for r in range(h):
