@@ -104,7 +104,42 @@ def check_evs(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.equal(ours[~band], ref[~band]), "mask outside the near-tie band"
 
 
-SPECIAL = {"rlt": check_rlt, "evs": check_evs}
+def check_omnizip(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    from vtc.methods.omnizip import istc_scores, merge_audio_anchors, select_audio
+
+    spec = get_method("omnizip")
+    p = json.loads(meta["params"])
+    x = t["video_feats"]
+    tt, n, _ = x.shape
+    # audio side: selection and anchor merge
+    dom, anchors = select_audio(t["audio_saliency"], p["rho_audio"], p["contextual_ratio"], p["g"])
+    kept = dom.clone()
+    kept[anchors] = True
+    assert torch.equal(kept, t["audio_keep"].bool()), "audio keep"
+    merged = merge_audio_anchors(t["audio_feats"], dom, anchors, x, p["g"])
+    assert torch.allclose(merged, t["audio_feats_out"], rtol=1e-5, atol=1e-6), "audio anchors"
+    # video side through the method (reference normaliser)
+    fpw = p["frames_per_window"]
+    times = torch.arange(tt, dtype=torch.float64) * (p["audio_per_window"] / p["audio_tokens_per_sec"]) / fpw
+    kw = spec.resolve({"rho_audio": p["rho_audio"], "contextual_ratio": p["contextual_ratio"], "g": p["g"],
+                       "audio_tokens_per_sec": p["audio_tokens_per_sec"], **spec.reference})
+    red = spec.fn(x, grid=tuple(p["grid_hw"]), ratio=1 - p["rho_video"],
+                  signals=Signals(audio_saliency=t["audio_saliency"], times=times), **kw)
+    ratios = torch.tensor(red.info["window_drop_ratios"], dtype=torch.float64)
+    assert torch.allclose(ratios, t["window_drop_ratios"], atol=1e-9, rtol=0), "window drop ratios"
+    ours = torch.zeros(tt * n, dtype=torch.bool)
+    ours[red.rep] = True
+    ours = ours.reshape(tt, n)
+    ref = t["video_keep"].bool()
+    assert torch.equal(ours.sum(1), ref.sum(1)), "per-frame counts"
+    scores = t["derived_istc_scores"]
+    for f in range(tt):
+        band = near_tie_mask(scores[f], ref[f])
+        assert torch.equal(ours[f][~band], ref[f][~band]), f"frame {f} outside the near-tie band"
+    assert torch.allclose(istc_scores(x[:2])[0], scores[0], atol=1e-5)
+
+
+SPECIAL = {"rlt": check_rlt, "evs": check_evs, "omnizip": check_omnizip}
 
 
 @pytest.mark.skipif(not CASES, reason=f"no golden cases under {GOLDEN}")

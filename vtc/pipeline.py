@@ -214,6 +214,13 @@ class Engine:
         sig = {k: torch.cat(v) for k, v in video.outputs.items()}
         if video.views:
             sig["frames"] = torch.cat(video.views)
+        wanted = set(plan.spec.signals) | set(plan.spec.optional_signals)
+        if "times" in wanted:
+            sig["times"] = torch.tensor(video.report.frame_times, dtype=torch.float64)
+        if "audio_saliency" in wanted and video.info is not None and video.info.has_audio:
+            from vtc.audio import audio_saliency
+
+            sig["audio_saliency"] = audio_saliency(video.job.input, start=video.info.start_time)
         timings = {"decode": video.t_decode, "encode": video.t_encode}
         if plan.spec.extra_images is not None:  # e.g. TS-LLaVA's thumbnail, encoded for real
             te = time.perf_counter()
@@ -230,6 +237,13 @@ class Engine:
         assert video.info is not None
         meta = build_metadata(video.job.input, video.info, plan.cfg, enc, result, video.report, plan.sampling,
                               sorted(plan.want), feats.shape)
+        if "audio_saliency" in wanted:
+            from vtc.audio import SALIENCY_NAME
+
+            sal = sig.get("audio_saliency")
+            meta["signals"]["audio_saliency"] = SALIENCY_NAME if sal is not None else "none (no audio track)"
+            if sal is not None:
+                tensors["audio_saliency"] = sal.float().contiguous()
         write(video.job.output, tensors, meta)
         timings["store"] = time.perf_counter() - ts
         return Outcome(video.job, True, None, result.reduction.num_outputs, result.reduction.num_sources,

@@ -25,6 +25,7 @@ SIGNAL_DOCS: dict[str, str] = {
     "frames": "[T, H, W, 3] uint8 frames as the encoder sees them (after resize and crop)",
     "audio_saliency": "[A] audio saliency at 25 tokens/s",
     "relevance": "[T] per-frame query relevance",
+    "times": "[T] presentation time of every sampled frame, seconds",
     "thumbnail": "[N', D] patch tokens of an extra encoded picture (TS-LLaVA's thumbnail)",
 }
 
@@ -47,6 +48,7 @@ class Signals:
     audio_saliency: Tensor | None = None
     relevance: Tensor | None = None
     thumbnail: Tensor | None = None
+    times: Tensor | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
     @classmethod

@@ -10,6 +10,7 @@ from vtc.methods import (  # noqa: F401
     framefusion,
     holitom,
     llava_scissor,
+    omnizip,
     prunevid,
     rlt,
     tome,
