@@ -3,10 +3,9 @@
 OmniZip's authors score each 40 ms audio token by the attention it receives in Qwen2.5-Omni's audio encoder.
 vtc has no audio encoder; it uses a signal-processing stand-in at the same 25 tokens/s:
 
-    saliency = log-mel energy (dB, mean over 64 mel bands, floored at −80 dB relative to full scale)
-               + spectral flux (half-wave rectified frame-to-frame increase of the log-mel spectrum)
-
-normalised to [0, 1] over the clip. Loud, busy audio (speech, music hits, onsets) scores high, silence low. The
+    saliency = 0.8 · mel-band energy in dB (80 dB range, scaled to [0, 1] over the clip)
+             + 0.2 · spectral flux (half-wave rectified frame-to-frame increase of the log-mel spectrum, scaled)
+ Loud, busy audio (speech, music hits, onsets) scores high, silence low. The
 file's metadata records the signal as `logmel_energy+flux`.
 """
 
@@ -60,15 +59,14 @@ def saliency_from_pcm(pcm: np.ndarray | Tensor, rate: int = AUDIO_RATE, tokens_p
                       center=True, return_complex=True).abs() ** 2  # [F, frames]
     mel = mel_filterbank(n_fft, n_mels, rate) @ spec  # [M, frames]
     logmel = 10 * torch.log10(mel + 1e-10)
-    logmel = torch.maximum(logmel, logmel.new_tensor(-80.0) + 10 * math.log10((n_fft / 2) ** 2 * 1e-10 + 1e-10) * 0)
-    energy = logmel.mean(0)
-    flux = torch.zeros_like(energy)
+    logmel = torch.maximum(logmel, logmel.max() - 80.0)  # 80 dB dynamic range
+    energy = 10 * torch.log10(mel.sum(0) + 1e-10)
+    energy = torch.maximum(energy, energy.max() - 80.0)[:n_tok]
+    flux = torch.zeros(logmel.shape[1])
     flux[1:] = (logmel[:, 1:] - logmel[:, :-1]).clamp_min(0).mean(0)
-    score = energy[:n_tok]
-    score = (score - score.min()) / (score.max() - score.min() + 1e-9)
-    f = flux[:n_tok]
-    f = f / (f.max() + 1e-9)
-    out = 0.8 * score + 0.2 * f
+    flux = flux[:n_tok]
+    score = (energy - energy.min()) / (energy.max() - energy.min() + 1e-9)
+    out = 0.8 * score + 0.2 * flux / (flux.max() + 1e-9)
     return out if out.numel() == n_tok else torch.nn.functional.pad(out, (0, n_tok - out.numel()))
 
 
