@@ -23,10 +23,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pa
     """name → (open_clip JSON config, random-weight checkpoint) for a CLIP-style and a SigLIP-style tower."""
     d = tmp_path_factory.mktemp("models")
     clip = tiny_clip_config(d / "tiny-clip.json")
-    siglip = tiny_siglip_config(d / "tiny-siglip.json")
+    # named without "siglip": open_clip would pick SigLIP's Hugging Face tokenizer (network) by name
+    siglip = tiny_siglip_config(d / "tiny-map-pool.json")
     return {
         "clip": (clip, save_random_checkpoint(clip, d / "tiny-clip.pt", seed=0)),
-        "siglip": (siglip, save_random_checkpoint(siglip, d / "tiny-siglip.pt", seed=1)),
+        "siglip": (siglip, save_random_checkpoint(siglip, d / "tiny-map-pool.pt", seed=1)),
     }
 
 

@@ -90,6 +90,9 @@ def compress(
                                                "explicit options override it.")] = None,
     allow_truncated: Annotated[bool, typer.Option("--allow-truncated", help="Keep the frames of a "
                                                   "truncated/corrupt video instead of failing.")] = False,
+    query: Annotated[str | None, typer.Option("--query", help="Give more tokens to frames that match this text "
+                                              "(encoded by the model's text tower); needs a query-aware method, "
+                                              "e.g. --method budgeted -p budget=query.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Batch: re-run only the inputs whose "
                                                "last manifest record failed.")] = False,
@@ -114,7 +117,8 @@ def compress(
         _batch(inputs, output, dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
             checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
-            batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None), param, preset,
+            batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None, query=query), param,
+            preset,
             quiet=quiet, retry_failed=retry_failed, fail_fast=fail_fast, shard=shard, workers=workers,
             as_json=as_json)
         return
@@ -124,7 +128,7 @@ def compress(
         options: dict[str, Any] = dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
             checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
-            batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None,
+            batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None, query=query,
         )
         if params:
             options["params"] = params

@@ -46,6 +46,7 @@ class CompressConfig:
     batch_size: int = 16
     dtype_out: str = "float16"
     allow_truncated: bool = False
+    query: str | None = None
 
     def validate(self) -> CompressConfig:
         if self.ratio is not None and not (0.0 < float(self.ratio) <= 1.0):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vtc.errors import ModelError, UsageError
+from vtc.errors import MissingDependencyError, ModelError, UsageError
 
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
@@ -406,6 +406,25 @@ class Encoder:
             y = y + ap.mlp(ap.norm(y))
         y = y[:, 0] if ap.pool == "token" else y.mean(1)
         return y, probs.mean(1)[:, 0]
+
+    @torch.inference_mode()
+    def encode_text(self, text: str) -> Tensor:
+        """The text tower's embedding of `text`, L2-normalised: [D'] float32 CPU (same space as `pooled`)."""
+        import open_clip
+
+        try:
+            tokenizer = open_clip.get_tokenizer(self.name)
+            tokens = tokenizer([text]).to(self.device)
+        except ModuleNotFoundError as e:
+            raise MissingDependencyError(
+                f"the tokenizer of {self.name} needs the '{e.name}' package for --query: pip install {e.name}"
+            ) from None
+        except Exception as e:
+            raise ModelError(f"cannot load the tokenizer of {self.name} for --query ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:150] if str(e) else ''}); it may need network access "
+                             f"once.") from None
+        emb = self.model.encode_text(tokens).float()[0]
+        return torch.nn.functional.normalize(emb, dim=-1).cpu()
 
     def describe(self) -> dict[str, Any]:
         """Metadata recorded in token files."""

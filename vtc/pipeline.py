@@ -25,7 +25,7 @@ from torch import Tensor
 from vtc.config import CompressConfig
 from vtc.decode import DecodeReport, Sampling, VideoInfo, iter_frames, probe
 from vtc.encode import ENCODER_SIGNALS, Encoder
-from vtc.errors import InputError, VtcError
+from vtc.errors import InputError, UsageError, VtcError
 from vtc.methods import MethodSpec, get_method
 
 
@@ -47,6 +47,11 @@ class Plan:
         params = spec.resolve(cfg.params)
         sampling = Sampling(frames=cfg.frames, fps=cfg.fps, every=cfg.every).validate()
         want = (set(spec.signals) | set(spec.optional_signals)) & set(ENCODER_SIGNALS)
+        if cfg.query:
+            if "relevance" not in set(spec.signals) | set(spec.optional_signals):
+                raise UsageError(f"--query needs a query-aware method; '{spec.name}' is not. Use --method budgeted "
+                                 f"-p budget=query (or --preset query-attention).")
+            want.add("pooled")
         return cls(cfg, spec, params, sampling, frozenset(want), "frames" in spec.signals,
                    spec.extra_images is not None)
 
@@ -116,6 +121,7 @@ class Engine:
         self.on_event = on_event or (lambda kind, data: None)
         self.encoder_busy = 0.0
         self.frames_encoded = 0
+        self.query_embedding = encoder.encode_text(plan.cfg.query) if plan.cfg.query else None
 
     # ------------------------------------------------------------------ decode side (worker threads)
     def _decode(self, video: _Video, q: queue.Queue[Any], stop: threading.Event) -> None:
@@ -215,6 +221,9 @@ class Engine:
         if video.views:
             sig["frames"] = torch.cat(video.views)
         wanted = set(plan.spec.signals) | set(plan.spec.optional_signals)
+        if self.query_embedding is not None:  # per-frame relevance to the query, in the joint embedding space
+            pooled = torch.nn.functional.normalize(sig["pooled"].float(), dim=-1)
+            sig["relevance"] = pooled @ self.query_embedding
         if "times" in wanted:
             sig["times"] = torch.tensor(video.report.frame_times, dtype=torch.float64)
         if "audio_saliency" in wanted and video.info is not None and video.info.has_audio:
@@ -237,6 +246,10 @@ class Engine:
         assert video.info is not None
         meta = build_metadata(video.job.input, video.info, plan.cfg, enc, result, video.report, plan.sampling,
                               sorted(plan.want), feats.shape)
+        if self.query_embedding is not None:
+            meta["signals"]["relevance"] = f"query {plan.cfg.query!r}: cosine of frame and text embeddings"
+            meta["query"] = plan.cfg.query
+            tensors["relevance"] = sig["relevance"].float().contiguous()
         if "audio_saliency" in wanted:
             from vtc.audio import SALIENCY_NAME
 

@@ -2,6 +2,7 @@
 
 from vtc.methods import (  # noqa: F401
     baselines,
+    budgeted,
     divprune,
     dycoke,
     evs,
