@@ -408,6 +408,25 @@ class Encoder:
         return y, probs.mean(1)[:, 0]
 
     @torch.inference_mode()
+    def encode_patches(self, pixels: Tensor, keep: Tensor) -> Tensor:
+        """Patch tokens of only the `keep` [N] patches of one frame [1, 3, h, w]: the other patches are left out
+        of the sequence (each kept one keeps its position embedding). Out of distribution for CLIP/SigLIP, which
+        never saw partial token sets; used by RLT's opt-in `encode_changed_only`.  → [n_keep, D]."""
+        pixels = pixels.to(self.device, self.dtype)
+        idx = torch.nonzero(keep.to(self.device)).flatten()
+        if self.kind == "clip":
+            v = self.model.visual
+            x = v._embeds(pixels)[:, torch.cat([idx.new_zeros(1), idx + 1])]
+            for blk in v.transformer.resblocks[: self.layer_index + 1]:
+                x = blk(x) if v.transformer.batch_first else blk(x.transpose(0, 1)).transpose(0, 1)
+            return x[0, 1:].float().cpu()
+        tr = self.model.visual.trunk
+        x = tr.norm_pre(tr.patch_drop(tr._pos_embed(tr.patch_embed(pixels))))[:, idx]
+        for blk in tr.blocks[: self.layer_index + 1]:
+            x = blk(x)
+        return x[0].float().cpu()
+
+    @torch.inference_mode()
     def encode_text(self, text: str) -> Tensor:
         """The text tower's embedding of `text`, L2-normalised: [D'] float32 CPU (same space as `pooled`)."""
         import open_clip

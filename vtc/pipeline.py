@@ -40,6 +40,8 @@ class Plan:
     want: frozenset[str]
     keep_views: bool
     keep_pixels: bool
+    skip_tau: float | None = None  # RLT pre-encoder: skip frames with no changed patch (threshold τ)
+    changed_only: bool = False  # encode only the changed patches (out of distribution for CLIP; opt-in)
 
     @classmethod
     def make(cls, cfg: CompressConfig) -> Plan:
@@ -52,8 +54,11 @@ class Plan:
                 raise UsageError(f"--query needs a query-aware method; '{spec.name}' is not. Use --method budgeted "
                                  f"-p budget=query (or --preset query-attention).")
             want.add("pooled")
+        # RLT's pre-encoder skip uses the previous-frame rule, so only with compare="previous"
+        skip = (float(params.get("tau", 0.1))
+                if params.get("skip_static_frames") and params.get("compare", "previous") == "previous" else None)
         return cls(cfg, spec, params, sampling, frozenset(want), "frames" in spec.signals,
-                   spec.extra_images is not None)
+                   spec.extra_images is not None, skip, bool(params.get("encode_changed_only", False)))
 
 
 @dataclass
@@ -97,6 +102,11 @@ class _Video:
     t_decode: float = 0.0
     t_encode: float = 0.0
     error: VtcError | None = None
+    last_view: Tensor | None = None  # pre-encoder state: the previous frame as the encoder saw it
+    last_out: dict[str, Tensor] | None = None  # and its encoder outputs
+    skipped: int = 0
+    patches_encoded: int = 0
+    patches_total: int = 0
 
 
 _END = object()
@@ -175,8 +185,12 @@ class Engine:
     def _encode(self, pending: list[tuple[_Video, np.ndarray, float]]) -> None:
         t0 = time.perf_counter()
         pixels = self.encoder.preprocess_many([f for _, f, _ in pending])  # videos may differ in size
-        res = self.encoder.encode_pixels(pixels, self.plan.want)
-        views = self.encoder.view(pixels) if self.plan.keep_views else None
+        if self.plan.skip_tau is not None:
+            views = self.encoder.view(pixels)
+            res = self._encode_changed(pending, pixels, views)
+        else:
+            res = self.encoder.encode_pixels(pixels, self.plan.want)
+            views = self.encoder.view(pixels) if self.plan.keep_views else None
         if not self.plan.keep_pixels:
             pixels = None
         dt = time.perf_counter() - t0
@@ -198,6 +212,47 @@ class Engine:
             v.t_encode += dt * (j - i) / len(pending)
             i = j
         self.on_event("encoded", {"frames": len(pending)})
+
+    def _encode_changed(self, pending: list[tuple[_Video, np.ndarray, float]], pixels: Tensor,
+                        views: Tensor) -> dict[str, Tensor]:
+        """RLT before the encoder: frames with no changed patch (vs the previous frame) are not encoded — they
+        take the previous frame's outputs; with `changed_only`, only changed patches go through the ViT and the
+        rest are copied from the previous frame."""
+        from vtc.stages.pre_encoder import normalise, patch_change
+
+        enc, tau = self.encoder, float(self.plan.skip_tau or 0.0)
+        h, w = enc.grid
+        patch = views.shape[1] // h
+        masks: list[Tensor | None] = []
+        for i, (v, _, _) in enumerate(pending):
+            if v.last_view is None:
+                masks.append(None)  # first frame: everything
+            else:
+                change = patch_change(normalise(views[i : i + 1]), normalise(v.last_view[None]), patch)[0]
+                masks.append(change.reshape(-1) > tau)
+            v.last_view = views[i]
+        full = [i for i, m in enumerate(masks) if m is None or (not self.plan.changed_only and bool(m.any()))]
+        res_full = enc.encode_pixels(pixels[full], self.plan.want) if full else {}
+        row_of = {i: k for k, i in enumerate(full)}
+        out: dict[str, list[Tensor]] = {}
+        for i, (v, _, _) in enumerate(pending):
+            m = masks[i]
+            v.patches_total += h * w
+            if i in row_of:
+                cur = {k: val[row_of[i]] for k, val in res_full.items()}
+                v.patches_encoded += h * w
+            else:
+                assert v.last_out is not None
+                cur = {k: val.clone() for k, val in v.last_out.items()}
+                if m is not None and bool(m.any()):  # changed_only: encode just the changed patches
+                    cur["patches"][m] = enc.encode_patches(pixels[i : i + 1], m)
+                    v.patches_encoded += int(m.sum())
+                else:
+                    v.skipped += 1
+            v.last_out = cur
+            for k, val in cur.items():
+                out.setdefault(k, []).append(val)
+        return {k: torch.stack(val) for k, val in out.items()}
 
     def _encode_safe(self, pending: list[tuple[_Video, np.ndarray, float]]) -> None:
         """Encode; if the batch fails, fail the videos in it (and only them), keep the run going."""
@@ -246,6 +301,11 @@ class Engine:
         assert video.info is not None
         meta = build_metadata(video.job.input, video.info, plan.cfg, enc, result, video.report, plan.sampling,
                               sorted(plan.want), feats.shape)
+        if plan.skip_tau is not None:
+            meta["pre_encoder"] = {"rule": "rlt (mean |Δ| per patch vs the previous frame, ImageNet units)",
+                                   "tau": plan.skip_tau, "frames_skipped": video.skipped,
+                                   "patches_encoded": video.patches_encoded, "patches_total": video.patches_total,
+                                   "changed_patches_only": plan.changed_only}
         if self.query_embedding is not None:
             meta["signals"]["relevance"] = f"query {plan.cfg.query!r}: cosine of frame and text embeddings"
             meta["query"] = plan.cfg.query

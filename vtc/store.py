@@ -179,7 +179,8 @@ def load(path: str | os.PathLike[str]) -> TokenFile:
         raise FormatError(f"{path}: missing tensors {', '.join(missing)}.")
     meta: dict[str, Any] = {}
     for k, v in raw_meta.items():
-        if k in JSON_KEYS or k in ("T", "N", "D", "K", "ratio_requested", "ratio_achieved", "truncated"):
+        if k in JSON_KEYS or k in ("T", "N", "D", "K", "ratio_requested", "ratio_achieved", "truncated") \
+                or v[:1] in ("{", "["):
             try:
                 meta[k] = json.loads(v)
                 continue

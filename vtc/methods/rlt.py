@@ -25,12 +25,16 @@ from vtc.stages.pre_encoder import rlt_keep, run_lengths
               "threshold"),
         Param("compare", "previous", "previous: against the previous frame (authors); last_kept: against the last "
               "kept patch, which catches slow drift", choices=("previous", "last_kept")),
+        Param("skip_static_frames", True, "pipeline: do not encode frames with no changed patch (they reuse the "
+              "previous frame's features, which no kept token uses)"),
+        Param("encode_changed_only", False, "pipeline: feed only the changed patches of a frame through the encoder "
+              "(out of distribution for CLIP/SigLIP: experimental)"),
     ],
     signals=("frames",),
 )
 def rlt(
     x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, tau: float = 0.1,
-    compare: str = "previous",
+    compare: str = "previous", skip_static_frames: bool = True, encode_changed_only: bool = False,
 ) -> Reduction:
     """RLT.  x: [T, N, D]; signals.frames: uint8 [T, H, W, 3], the encoder's view of each frame.
 
