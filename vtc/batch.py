@@ -176,22 +176,11 @@ def _clean_stale(output: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def run_batch(
-    inputs: list[str],
-    outdir: str | os.PathLike[str],
-    cfg: CompressConfig,
-    *,
-    shard: tuple[int, int] | None = None,
+def plan_items(
+    inputs: list[str], out_root: Path, cfg: CompressConfig, *, shard: tuple[int, int] | None = None,
     retry_failed: bool = False,
-    fail_fast: bool = False,
-    decode_workers: int = 2,
-    encoder: Encoder | None = None,
-    on_event: Callable[[str, dict[str, Any]], None] | None = None,
-) -> BatchSummary:
-    """Process many videos; see the module docstring.  Returns totals; the manifest has the details."""
-    t0 = time.perf_counter()
-    out_root = Path(outdir)
-    plan = Plan.make(cfg)
+) -> tuple[list[Item], BatchSummary, Path]:
+    """Discover, shard and filter inputs by the manifest (resume / retry-failed).  → (to do, summary, manifest)."""
     cfg_hash = cfg.config_hash()
     items = discover(inputs)
     if not items:
@@ -214,9 +203,30 @@ def run_batch(
             summary.skipped += 1
             continue
         todo.append(it)
+    return todo, summary, out_root / name
+
+
+def run_batch(
+    inputs: list[str],
+    outdir: str | os.PathLike[str],
+    cfg: CompressConfig,
+    *,
+    shard: tuple[int, int] | None = None,
+    retry_failed: bool = False,
+    fail_fast: bool = False,
+    decode_workers: int = 2,
+    encoder: Encoder | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> BatchSummary:
+    """Process many videos; see the module docstring.  Returns totals; the manifest has the details."""
+    t0 = time.perf_counter()
+    out_root = Path(outdir)
+    plan = Plan.make(cfg)
+    cfg_hash = cfg.config_hash()
+    todo, summary, manifest_path = plan_items(inputs, out_root, cfg, shard=shard, retry_failed=retry_failed)
     notify = on_event or (lambda kind, data: None)
-    notify("start", {"total": len(items), "todo": len(todo), "skipped": summary.skipped})
-    manifest = Manifest(out_root / name)
+    notify("start", {"total": summary.total, "todo": len(todo), "skipped": summary.skipped})
+    manifest = Manifest(manifest_path)
     try:
         if todo:
             tl = time.perf_counter()

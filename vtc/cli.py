@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -102,6 +103,12 @@ def compress(
     workers: Annotated[int, typer.Option("--workers", help="Batch: decode threads running ahead of the "
                                          "encoder.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Batch: print a JSON summary at the end.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="Batch engine: local (threads, one machine) or ray "
+                                        "(a Ray cluster; pip install 'vtc[ray]').")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (default: "
+                                                    "RAY_ADDRESS, else a local Ray instance).")] = None,
+    actors: Annotated[int, typer.Option("--actors", help="Ray: encoder actors (one GPU each when the "
+                                        "cluster has GPUs).")] = 1,
 ) -> None:
     """Compress videos into token files (decode → encode → compress → store).
 
@@ -120,7 +127,7 @@ def compress(
             batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None, query=query), param,
             preset,
             quiet=quiet, retry_failed=retry_failed, fail_fast=fail_fast, shard=shard, workers=workers,
-            as_json=as_json)
+            as_json=as_json, engine=engine, ray_address=ray_address, actors=actors)
         return
     input = Path(inputs[0])
     try:
@@ -156,7 +163,8 @@ def compress(
 
 def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], param: list[str] | None,
            preset: str | None, *, quiet: bool, retry_failed: bool, fail_fast: bool, shard: str | None,
-           workers: int, as_json: bool) -> None:
+           workers: int, as_json: bool, engine: str = "local", ray_address: str | None = None,
+           actors: int = 1) -> None:
     from vtc.batch import parse_shard, run_batch
     from vtc.config import make_config, parse_param
 
@@ -199,9 +207,17 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
                     bar.console.print(f"[red]failed[/] {data['error']}", highlight=False, soft_wrap=True)
             bar.update(task, stats=f"{state['frames']} frames, {state['tokens']} tokens, {state['failed']} failed")
 
+        if engine not in ("local", "ray"):
+            raise UsageError(f"--engine must be local or ray, not '{engine}'.")
         with bar:
-            summary = run_batch(inputs, output, cfg, shard=shard_t, retry_failed=retry_failed, fail_fast=fail_fast,
-                                decode_workers=workers, on_event=on_event)
+            if engine == "ray":
+                from vtc.ray_engine import run_ray
+
+                summary = run_ray(inputs, output, cfg, address=ray_address or os.environ.get("RAY_ADDRESS"),
+                                  shard=shard_t, retry_failed=retry_failed, actors=actors, on_event=on_event)
+            else:
+                summary = run_batch(inputs, output, cfg, shard=shard_t, retry_failed=retry_failed,
+                                    fail_fast=fail_fast, decode_workers=workers, on_event=on_event)
     except VtcError as e:
         raise _fail(e) from None
     info = summary.as_dict()

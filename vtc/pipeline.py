@@ -322,6 +322,22 @@ class Engine:
         return Outcome(video.job, True, None, result.reduction.num_outputs, result.reduction.num_sources,
                        result.ratio_achieved, int(feats.shape[0]), video.report.truncated, timings)
 
+    # ------------------------------------------------------------------ one decoded video (Ray actors)
+    def process_decoded(self, job: Job, info: VideoInfo, report: DecodeReport, frames: list[np.ndarray]) -> Outcome:
+        """Encode (in batches), compress and store one video whose sampled frames were decoded elsewhere."""
+        v = _Video(job, info=info, report=report, decoded=True)
+        try:
+            bs = self.plan.cfg.batch_size
+            for s in range(0, len(frames), bs):
+                chunk = [(v, f, t) for f, t in zip(frames[s : s + bs], report.frame_times[s : s + bs], strict=True)]
+                v.queued += len(chunk)
+                self._encode(chunk)
+            return self._finish(v)
+        except VtcError as e:
+            return Outcome(job, False, e)
+        except Exception as e:  # one input's failure, recorded as data
+            return Outcome(job, False, VtcError(f"{job.input}: {type(e).__name__}: {e}"))
+
     # ------------------------------------------------------------------ the loop
     def run(self, jobs: Iterable[Job], *, fail_fast: bool = False) -> Iterator[Outcome]:
         """Process jobs; yield one Outcome per job as it completes (not necessarily in input order)."""

@@ -1,0 +1,66 @@
+"""`--engine ray` on a local Ray instance (2 CPUs): same outputs and manifest semantics as the local engine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import vtc
+from vtc.batch import read_manifest
+from vtc.cli import app
+
+@pytest.fixture(scope="module")
+def ray_local():  # noqa: ANN201
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'vtc[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_matches_local_engine(ray_local, tmp_path: Path, clip_path: Path, silent_clip: Path, models) -> None:  # noqa: ANN001
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(clip_path, src / "a.mp4")
+    shutil.copy(silent_clip, src / "sub" / "b.mp4")
+    (src / "broken.mp4").write_bytes(b"not a video at all")
+    cfg, ckpt = models["clip"]
+    common = ["--method", "fastvid", "--ratio", "0.2", "--frames", "6", "--model", str(cfg), "--checkpoint",
+              str(ckpt), "--json"]
+    r_local = CliRunner().invoke(app, ["compress", str(src), "-o", str(tmp_path / "local"), *common])
+    r_ray = CliRunner().invoke(app, ["compress", str(src), "-o", str(tmp_path / "ray"), "--engine", "ray", *common])
+    assert r_local.exit_code == 1 and r_ray.exit_code == 1, r_ray.output
+    s = json.loads(r_ray.output[r_ray.output.index("{"):])
+    assert s["ok"] == 2 and s["failed"] == 1
+    for rel in ("a", "sub/b"):
+        a, b = vtc.load(tmp_path / "local" / f"{rel}.safetensors"), vtc.load(tmp_path / "ray" / f"{rel}.safetensors")
+        assert torch.equal(a.positions, b.positions)
+        assert torch.allclose(a.tokens.float(), b.tokens.float(), atol=1e-3)
+    recs = read_manifest(tmp_path / "ray")
+    assert recs[str(src / "broken.mp4")]["status"] == "failed"
+    # resume on Ray: nothing left but the failure
+    again = CliRunner().invoke(app, ["compress", str(src), "-o", str(tmp_path / "ray"), "--engine", "ray", *common])
+    s2 = json.loads(again.output[again.output.index("{"):])
+    assert s2["skipped"] == 2 and s2["ok"] == 0
+
+
+def test_missing_ray_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from vtc import ray_engine
+    from vtc.errors import MissingDependencyError
+
+    real = builtins.__import__
+
+    def fake(name: str, *a, **k):  # noqa: ANN002, ANN003, ANN202
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'vtc\[ray\]'"):
+        ray_engine._ray()
