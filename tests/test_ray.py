@@ -14,6 +14,7 @@ import vtc
 from vtc.batch import read_manifest
 from vtc.cli import app
 
+
 @pytest.fixture(scope="module")
 def ray_local():  # noqa: ANN201
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'vtc[ray]'")
