@@ -35,7 +35,8 @@ def test_ray_matches_local_engine(ray_local, tmp_path: Path, clip_path: Path, si
     r_local = CliRunner().invoke(app, ["compress", str(src), "-o", str(tmp_path / "local"), *common])
     r_ray = CliRunner().invoke(app, ["compress", str(src), "-o", str(tmp_path / "ray"), "--engine", "ray", *common])
     assert r_local.exit_code == 1 and r_ray.exit_code == 1, r_ray.output
-    s = json.loads(r_ray.output[r_ray.output.index("{"):])
+
+    s = json.loads(r_ray.output)
     assert s["ok"] == 2 and s["failed"] == 1
     for rel in ("a", "sub/b"):
         a, b = vtc.load(tmp_path / "local" / f"{rel}.safetensors"), vtc.load(tmp_path / "ray" / f"{rel}.safetensors")
@@ -45,7 +46,7 @@ def test_ray_matches_local_engine(ray_local, tmp_path: Path, clip_path: Path, si
     assert recs[str(src / "broken.mp4")]["status"] == "failed"
     # resume on Ray: nothing left but the failure
     again = CliRunner().invoke(app, ["compress", str(src), "-o", str(tmp_path / "ray"), "--engine", "ray", *common])
-    s2 = json.loads(again.output[again.output.index("{"):])
+    s2 = json.loads(again.output)
     assert s2["skipped"] == 2 and s2["ok"] == 0
 
 

@@ -118,16 +118,25 @@ def run_ray(
     probe_enc = Encoder(EncoderConfig(cfg.model, cfg.pretrained, cfg.checkpoint, cfg.layer, "cpu", "fp32", 1))
     geometry = {"image_size": list(probe_enc.image_size), "resize_mode": probe_enc.resize_mode}
     del probe_enc
+    import logging
+
+    for name in ("ray", "ray.data", "ray._private"):  # vtc reports progress itself; keep stdout clean (--json)
+        logging.getLogger(name).setLevel(logging.ERROR)
     if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     cfg_json = json.dumps(dataclasses.asdict(cfg))
     rows = [{"input": str(it.input), "output": str(it.output(out_root))} for it in todo]
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200))
     ds = ds.map(_decode_row, fn_kwargs={"cfg_json": cfg_json, "geometry": geometry}, num_cpus=1)
-    ds = ds.map(_EncodeActor, fn_constructor_kwargs={"cfg_json": cfg_json}, concurrency=max(1, actors),
-                num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 1)
+    ds = ds.map(_EncodeActor, fn_constructor_kwargs={"cfg_json": cfg_json},
+                compute=ray.data.ActorPoolStrategy(size=max(1, actors)), num_gpus=gpus_per_actor,
+                num_cpus=0 if gpus_per_actor else 1)
     manifest = Manifest(manifest_path)
     try:
         for row in ds.iter_rows():
