@@ -16,7 +16,7 @@ from torch import Tensor
 from vtc import __version__
 from vtc.config import CompressConfig, make_config
 from vtc.decode import DecodeReport, Sampling, VideoInfo, content_hash, probe
-from vtc.encode import Encoder, EncoderConfig
+from vtc.encode import Encoder
 from vtc.errors import UsageError
 from vtc.methods import get_method
 from vtc.reduction import Reduction
@@ -125,8 +125,7 @@ def compress(
     t0 = time.perf_counter()
     probe(path)  # fail fast on a bad input before loading a model
     if encoder is None:
-        encoder = Encoder(EncoderConfig(cfg.model, cfg.pretrained, cfg.checkpoint, cfg.layer, cfg.device,
-                                        cfg.dtype, cfg.batch_size))
+        encoder = Encoder(cfg.encoder_config())
     load_time = time.perf_counter() - t0
     seen = {"frames": 0}
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from vtc import __version__
 from vtc.config import CompressConfig
-from vtc.encode import Encoder, EncoderConfig
+from vtc.encode import Encoder
 from vtc.errors import UsageError
 from vtc.pipeline import Engine, Job, Outcome, Plan
 
@@ -231,8 +231,7 @@ def run_batch(
         if todo:
             tl = time.perf_counter()
             if encoder is None:
-                encoder = Encoder(EncoderConfig(cfg.model, cfg.pretrained, cfg.checkpoint, cfg.layer, cfg.device,
-                                                cfg.dtype, cfg.batch_size))
+                encoder = Encoder(cfg.encoder_config())
             summary.load = time.perf_counter() - tl
             engine = Engine(plan, encoder, decode_workers=decode_workers, on_event=notify)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import tomllib
 
-from vtc.encode import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from vtc.encode import DEFAULT_MODEL, DEFAULT_PRETRAINED, EncoderConfig
 from vtc.errors import UsageError
 
 DEFAULT_METHOD = "fastvid"
@@ -56,6 +56,11 @@ class CompressConfig:
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be ≥ 1, not {self.batch_size}.")
         return self
+
+    def encoder_config(self, **override: Any) -> EncoderConfig:
+        """The encoder part of this configuration (fields overridable, e.g. device="cpu")."""
+        fields = {f.name for f in dataclasses.fields(EncoderConfig)}
+        return EncoderConfig(**{**{k: getattr(self, k) for k in fields}, **override})
 
     def hash_dict(self) -> dict[str, Any]:
         """The fields that decide the output (for resume/config hashes)."""

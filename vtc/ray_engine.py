@@ -63,12 +63,12 @@ class _EncodeActor:
     """Ray actor: loads the model once; encodes, compresses and stores each decoded video."""
 
     def __init__(self, cfg_json: str) -> None:
-        from vtc.encode import Encoder, EncoderConfig
+        from vtc.encode import Encoder
         from vtc.pipeline import Engine, Plan
 
         self.cfg = CompressConfig(**json.loads(cfg_json))
         c = self.cfg
-        encoder = Encoder(EncoderConfig(c.model, c.pretrained, c.checkpoint, c.layer, c.device, c.dtype, c.batch_size))
+        encoder = Encoder(c.encoder_config())
         self.engine = Engine(Plan.make(c), encoder)
         self.cfg_hash = c.config_hash()
 
@@ -105,7 +105,7 @@ def run_ray(
 ) -> BatchSummary:
     """Run a batch on Ray (see the module docstring); returns the same summary as `vtc.batch.run_batch`."""
     ray = _ray()
-    from vtc.encode import Encoder, EncoderConfig
+    from vtc.encode import Encoder
 
     t0 = time.perf_counter()
     out_root = Path(outdir)
@@ -115,7 +115,7 @@ def run_ray(
     if not todo:
         summary.wall = time.perf_counter() - t0
         return summary
-    probe_enc = Encoder(EncoderConfig(cfg.model, cfg.pretrained, cfg.checkpoint, cfg.layer, "cpu", "fp32", 1))
+    probe_enc = Encoder(cfg.encoder_config(device="cpu", dtype="fp32", batch_size=1))
     geometry = {"image_size": list(probe_enc.image_size), "resize_mode": probe_enc.resize_mode}
     del probe_enc
     import logging
