@@ -182,7 +182,8 @@ def _quiet_logs() -> Iterator[None]:
 def _fetch_error(e: Exception, name: str, pretrained: str | None, offline: bool = False) -> ModelError:
     if offline:
         return ModelError(
-            f"cannot fetch weights for {name}/{pretrained or ''}: the model hub is unreachable (offline?) and they "
+            f"cannot fetch weights for {name}{'/' + pretrained if pretrained else ''}: the model hub is unreachable "
+            f"(offline?) and they "
             f"are not in the local cache. Run once with network access (weights are cached under "
             f"~/.cache/huggingface), or pass --checkpoint PATH to a local weights file for this architecture."
         )
