@@ -25,7 +25,14 @@ def inputs(t: int, n: int, d: int, device: str) -> tuple[torch.Tensor, Signals]:
     drift = torch.randn(t, n, d, generator=g) * 0.05
     scenes = torch.stack([(base if i < t * 3 // 5 else other) for i in range(t)])
     x = scenes + drift * torch.linspace(0, 1, t)[:, None, None]
+    side = int(round(n**0.5))
+    frames = torch.full((t, side * 16, side * 16, 3), 90, dtype=torch.uint8)
+    for i in range(t):  # a moving bright block over a static background
+        x0 = (i * 16) % (side * 16 - 32)
+        frames[i, 32:96, x0 : x0 + 32] = 230
     sig = Signals(attn=torch.softmax(torch.randn(t, n, generator=g) * 3, -1).to(device),
+                  frames=frames, times=torch.arange(t, dtype=torch.float64),
+                  audio_saliency=torch.rand(t * 25, generator=g),
                   pooled=x.mean(1).to(device), cls_attn=torch.softmax(torch.randn(t, n, generator=g), -1).to(device),
                   cls_token=x.mean(1).to(device), keys=torch.randn(t, n + 1, 64, generator=g).to(device))
     return x.to(device), sig
