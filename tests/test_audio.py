@@ -80,3 +80,13 @@ def test_real_soundtracks() -> None:
     assert sal[:25].mean() < sal[25 * 20 : 25 * 40].mean()
     silent = audio_saliency(MEDIA / "car_detection.mp4")
     assert silent is not None and float(silent.max()) == 0.0
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.4, 0.6])
+def test_monotone_mode_meets_any_ratio(ratio: float) -> None:
+    spec = get_method("omnizip")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 49, 16, generator=g)
+    sig = Signals(audio_saliency=torch.rand(32 * 25, generator=g), times=torch.arange(32, dtype=torch.float64))
+    red = spec.fn(x, grid=(7, 7), ratio=ratio, signals=sig, **spec.defaults())
+    assert ratio - 0.03 <= red.ratio() <= ratio + 1e-9  # per-frame floor rounding only

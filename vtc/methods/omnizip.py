@@ -74,9 +74,9 @@ def merge_audio_anchors(audio: Tensor, dom: Tensor, anchors: Tensor, video: Tens
 
 
 # ---------------------------------------------------------------------------------------------- budgets
-def base_drop_ratios(retention: Tensor) -> Tensor:
-    """ρ_v(i) = clip(0.75 − 0.40·S_a(i), 0.35, 0.75).  retention: [W] float64."""
-    return (RHO_MAX + (RHO_MIN - RHO_MAX) * retention).clamp(RHO_MIN, RHO_MAX)
+def base_drop_ratios(retention: Tensor, lo: float = RHO_MIN, hi: float = RHO_MAX) -> Tensor:
+    """ρ_v(i) = clip(hi + (lo − hi)·S_a(i), lo, hi); the authors' band is [0.35, 0.75].  retention: [W] float64."""
+    return (hi + (lo - hi) * retention).clamp(lo, hi)
 
 
 def renormalise_reference(ratios: Tensor, sizes: Tensor, rho_video: float, unguided: int = 0) -> Tensor:
@@ -102,19 +102,20 @@ def renormalise_reference(ratios: Tensor, sizes: Tensor, rho_video: float, ungui
     return r
 
 
-def renormalise_monotone(ratios: Tensor, sizes: Tensor, rho_video: float) -> Tensor:
+def renormalise_monotone(ratios: Tensor, sizes: Tensor, rho_video: float, lo: float = RHO_MIN,
+                         hi: float = RHO_MAX) -> Tensor:
     """Shift every window by one offset b (bisection) so that Σ clip(ρ_i + b)·n_i = ρ_v·Σ n_i: louder windows
     never keep fewer tokens than quieter ones, and the target is met unless clipping binds everywhere."""
     r, n = ratios.double(), sizes.double()
     target = rho_video * float(n.sum())
-    lo, hi = -1.0, 1.0
+    a, b = -1.0, 1.0
     for _ in range(60):
-        mid = (lo + hi) / 2
-        if float(((r + mid).clamp(RHO_MIN, RHO_MAX) * n).sum()) < target:
-            lo = mid
+        mid = (a + b) / 2
+        if float(((r + mid).clamp(lo, hi) * n).sum()) < target:
+            a = mid
         else:
-            hi = mid
-    return (r + (lo + hi) / 2).clamp(RHO_MIN, RHO_MAX)
+            b = mid
+    return (r + (a + b) / 2).clamp(lo, hi)
 
 
 # ---------------------------------------------------------------------------------------------- ISTC
@@ -198,7 +199,9 @@ def omnizip(
     3. ISTC in each window: k = ⌊N·(1 − ρ_v(i))⌋ per frame; even frames by DPC-kNN score, odd frames least
        similar to the previous frame. Tokens are dropped, not merged.
     Fallback: no audio saliency, or a flat one (silence throughout): every window gets ρ_v (uniform budget), and
-    `info["guidance"]` says so. Deviation: DPC ties among equal densities break by index, not randomly.
+    `info["guidance"]` says so. Deviations: DPC ties among equal densities break by index, not randomly; the
+    monotone normaliser moves the authors' band [0.35, 0.75] with the target, to [ρ_v − 0.25, ρ_v + 0.15], so
+    that ratios far from their 0.4 can be met (the reference normaliser keeps the fixed band).
     """
     t, n, _ = x.shape
     rho_video = 0.6 if ratio is None else 1.0 - ratio
@@ -222,11 +225,11 @@ def omnizip(
         for i in range(n_win):
             seg = kept[a_start[i] : a_start[i] + per_win]
             retention[i] = float(seg.float().mean()) if seg.numel() else 0.0  # float32, as the authors
-        base = base_drop_ratios(retention)
         if normaliser == "reference":
-            drops = renormalise_reference(base, sizes, rho_video)
-        else:
-            drops = renormalise_monotone(base, sizes, rho_video)
+            drops = renormalise_reference(base_drop_ratios(retention), sizes, rho_video)
+        else:  # the authors' band [0.35, 0.75] is [ρ_v − 0.25, ρ_v + 0.15] at their ρ_v = 0.6: keep it around ρ_v
+            lo, hi = max(0.0, rho_video - 0.25), min(0.99, rho_video + 0.15)
+            drops = renormalise_monotone(base_drop_ratios(retention, lo, hi), sizes, rho_video, lo, hi)
         info.update(guidance="audio", audio_retention=[round(float(v), 6) for v in retention])
     keep = torch.zeros(t, n, dtype=torch.bool)
     for i in range(n_win):
