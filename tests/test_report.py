@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -15,6 +13,7 @@ from typer.testing import CliRunner
 import vtc
 from vtc.cli import app
 from vtc.report import build, tile_origin_png, write_html, write_png
+from vtc.testing import write_video
 
 PIL = pytest.importorskip("PIL.Image")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -22,20 +21,9 @@ GREEN = np.array([0, 200, 0])
 
 
 def flat_clip(path: Path, colour: tuple[int, int, int] = (0, 200, 0), n: int = 12) -> Path:
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=12)
-        s.width, s.height, s.pix_fmt = 96, 96, "yuv444p"
-        s.options = {"crf": "0", "preset": "ultrafast"}
-        img = np.zeros((96, 96, 3), np.uint8)
-        img[:] = colour
-        for i in range(n):
-            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
-            fr.pts, fr.time_base = i, Fraction(1, 12)
-            for p in s.encode(fr):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    img = np.zeros((96, 96, 3), np.uint8)
+    img[:] = colour
+    return write_video(path, [img] * n, fps=12, lossless=True)
 
 
 @pytest.fixture(scope="module")
