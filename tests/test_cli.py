@@ -82,6 +82,12 @@ def test_defaults_beside_input_and_show(tmp_path: Path, clip_path: Path, model_a
     assert info["tokens_after"] == f.tokens.shape[0] and sum(info["tokens_per_frame"]) == f.tokens.shape[0]
 
 
+def test_output_directory_for_one_file(tmp_path: Path, clip_path: Path, model_args) -> None:  # noqa: ANN001
+    r = cli("compress", clip_path, "-o", tmp_path, "--method", "pool", "--frames", "2", *model_flags(model_args))
+    assert r.exit_code == 0, r.output
+    assert vtc.load(tmp_path / "square.safetensors").num_frames == 2
+
+
 def test_preset_and_explicit_override(tmp_path: Path, clip_path: Path, model_args) -> None:  # noqa: ANN001
     preset = tmp_path / "p.toml"
     preset.write_text('method = "pool"\nframes = 6\ndtype_out = "float32"\n[params]\nstride = 3\n')

@@ -122,6 +122,8 @@ def compress(
     plan = Plan.make(cfg)
     out_dtype(cfg.dtype_out)
     out_path = Path(output) if output is not None else default_output(path)
+    if out_path.is_dir():  # -o DIR for one file: write DIR/<name>.safetensors
+        out_path = out_path / default_output(Path(path).name)
     t0 = time.perf_counter()
     probe(path)  # fail fast on a bad input before loading a model
     if encoder is None:
