@@ -73,3 +73,24 @@ def test_audio_mono_float(clip_path: Path, silent_clip: Path) -> None:
     assert len(pcm) == pytest.approx(2.0 * 16000, rel=0.1)
     assert 0.2 < float(np.abs(pcm).max()) <= 1.0
     assert decode_audio(silent_clip) is None
+
+
+def test_seek_sampling_matches_sequential(tmp_path: Path) -> None:
+    """Sparse targets on a short-GOP clip: seeking chooses exactly the frames a full pass chooses."""
+    from vtc.decode import _sparse, keyframe_times
+    from vtc.testing import write_video
+
+    frames = []
+    for i in range(120):  # 12 s at 10 fps, a keyframe every 5 frames
+        img = np.full((48, 64, 3), 40, np.uint8)
+        img[10:30, (i * 3) % 44 : (i * 3) % 44 + 20] = 220
+        frames.append(img)
+    short = write_video(tmp_path / "short_gop.mp4", frames, fps=10, gop=5)
+    assert len(keyframe_times(short)) >= 20
+    seq_r, seek_r = DecodeReport(), DecodeReport()
+    seq = list(iter_frames(short, Sampling(frames=6), same, report=seq_r, seek=False))
+    sk = list(iter_frames(short, Sampling(frames=6), same, report=seek_r, seek=True))
+    assert [t for t, _ in seq] == [t for t, _ in sk]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(seq, sk, strict=True))
+    assert seek_r.decoded_frames < seq_r.decoded_frames
+    assert _sparse(short, np.array([t for t, _ in seq]))  # auto mode picks seeking here

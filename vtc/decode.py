@@ -179,6 +179,7 @@ def iter_frames(
     allow_truncated: bool = False,
     report: DecodeReport | None = None,
     times: np.ndarray | None = None,
+    seek: bool | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Stream the sampled frames as (time in seconds, uint8 RGB array [H, W, 3]).
 
@@ -186,6 +187,10 @@ def iter_frames(
     supplies it. Only two decoded frames are alive at a time. When several targets fall on the same frame it is
     yielded once. A decode error part-way raises TruncatedVideoError unless `allow_truncated`, which keeps what
     decoded and flags it in `report`. `times` (seconds, ascending) overrides the sampling plan's targets.
+
+    `seek=None` picks the strategy: when the targets are at least two keyframe intervals apart (sparse sampling of
+    a long video), each target is reached by a seek to the keyframe before it and a short forward decode; else one
+    sequential pass. Both choose the same frames (the nearest to each target).
     """
     sampling.validate()
     info = info or probe(path)
@@ -201,6 +206,9 @@ def iter_frames(
             arr = np.ascontiguousarray(np.rot90(arr, k=info.rotation // 90))
         return arr
 
+    if targets is not None and (seek if seek is not None else _sparse(path, targets)):
+        yield from _iter_seek(path, targets, convert, info, report, allow_truncated)
+        return
     j = 0
     prev: av.VideoFrame | None = None
     prev_t = -math.inf
@@ -250,6 +258,85 @@ def iter_frames(
                 yield prev_t, convert(prev)
     report.sampled_frames = len(report.frame_times)
     if report.decoded_frames == 0:
+        raise InputError(f"{path}: no video frame could be decoded (empty or corrupt stream).")
+
+
+def keyframe_times(path: str | os.PathLike[str]) -> list[float]:
+    """Presentation times of the video's keyframes, from one demux pass (no decoding)."""
+    with _open(path) as c:
+        stream = c.streams.video[0]
+        out = []
+        try:
+            for pkt in c.demux(stream):
+                if pkt.is_keyframe and pkt.pts is not None:
+                    out.append(float(pkt.pts * stream.time_base))
+        except av.error.FFmpegError:
+            pass
+        return out
+
+
+def _sparse(path: str | os.PathLike[str], targets: np.ndarray) -> bool:
+    """Are the targets at least two keyframe intervals apart (so seeking beats decoding everything)?"""
+    if len(targets) < 2:
+        return False
+    keys = keyframe_times(path)
+    if len(keys) < 3:
+        return False
+    return float(np.median(np.diff(targets))) >= 2.0 * float(np.median(np.diff(keys)))
+
+
+def _iter_seek(
+    path: str | os.PathLike[str],
+    targets: np.ndarray,
+    convert: Callable[[av.VideoFrame], np.ndarray],
+    info: VideoInfo,
+    report: DecodeReport,
+    allow_truncated: bool,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Seek-per-target sampling: keyframe before the target, then decode forward to the nearest frame."""
+    last_pts: int | None = None
+    with _open(path) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        for target in targets:
+            prev: av.VideoFrame | None = None
+            chosen: av.VideoFrame | None = None
+            try:
+                c.seek(int(max(target, 0.0) / stream.time_base), stream=stream, backward=True, any_frame=False)
+                for frame in c.decode(stream):
+                    report.decoded_frames += 1
+                    ft = float(frame.time) if frame.time is not None else 0.0
+                    report.last_time = max(report.last_time, ft)
+                    if ft < target:
+                        prev = frame
+                        continue
+                    use_prev = prev is not None and (target - float(prev.time)) <= (ft - target)
+                    chosen = prev if use_prev else frame
+                    break
+                else:
+                    chosen = prev  # the stream ended: the last frame is the nearest
+                    if target < info.duration - 1.0 and (prev is None or float(prev.time) < target - 1.0):
+                        report.truncated = True
+                        report.error = "stream ended before the duration in the header"
+            except av.error.FFmpegError as e:
+                report.truncated = True
+                report.error = str(e.strerror or e)
+            if report.truncated:
+                if not allow_truncated:
+                    raise TruncatedVideoError(
+                        f"{path}: decoding stopped near {target:.2f} s of {info.duration:.2f} s ({report.error}): "
+                        f"the file is truncated or corrupt. Repair or re-encode it, or pass --allow-truncated to "
+                        f"keep the frames that decoded."
+                    )
+                break
+            if chosen is None or chosen.pts == last_pts:
+                continue
+            last_pts = chosen.pts
+            ct = float(chosen.time)
+            report.frame_times.append(ct)
+            yield ct, convert(chosen)
+    report.sampled_frames = len(report.frame_times)
+    if not report.frame_times and report.decoded_frames == 0:
         raise InputError(f"{path}: no video frame could be decoded (empty or corrupt stream).")
 
 

@@ -73,14 +73,18 @@ def save_random_checkpoint(config: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int, *, lossless: bool = False) -> Path:
-    """Encode RGB uint8 frames [H, W, 3] to H.264 (yuv444p lossless, or yuv420p crf 23) with exact pts."""
+def write_video(path: Path, frames: list[np.ndarray], fps: int, *, lossless: bool = False,
+                gop: int | None = None) -> Path:
+    """Encode RGB uint8 frames [H, W, 3] to H.264 (yuv444p lossless, or yuv420p crf 23) with exact pts;
+    `gop` forces a keyframe every `gop` frames."""
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height = w, h
         s.pix_fmt = "yuv444p" if lossless else "yuv420p"
         s.options = {"crf": "0" if lossless else "23", "preset": "ultrafast"}
+        if gop:
+            s.options = {**s.options, "g": str(gop), "keyint_min": str(gop)}
         for i, img in enumerate(frames):
             fr = av.VideoFrame.from_ndarray(img, format="rgb24")
             fr.pts, fr.time_base = i, Fraction(1, fps)
