@@ -94,3 +94,32 @@ def test_seek_sampling_matches_sequential(tmp_path: Path) -> None:
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(seq, sk, strict=True))
     assert seek_r.decoded_frames < seq_r.decoded_frames
     assert _sparse(short, np.array([t for t, _ in seq]))  # auto mode picks seeking here
+
+
+def test_display_rotation_is_applied(tmp_path: Path) -> None:
+    """A 90° (counter-clockwise) display matrix: the frame comes out upright, 32×64 instead of 64×32."""
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "rot.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=4)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv444p"
+        s.options = {"crf": "0"}
+        s.set_display_rotation(90)
+        img = np.zeros((32, 64, 3), np.uint8)
+        img[:8, :8] = 255  # marker at the top-left of the stored picture
+        for i in range(4):
+            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
+            fr.pts, fr.time_base = i, Fraction(1, 4)
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    info = probe(path)
+    assert info.rotation == 90 and info.display_size == (32, 64)
+    (_, frame), = list(iter_frames(path, Sampling(frames=1), lambda w, h: (w, h)))
+    assert frame.shape == (64, 32, 3)
+    ys, xs = np.nonzero(frame[..., 0] > 128)
+    assert ys.min() >= 56 and xs.max() <= 7  # turned counter-clockwise: the marker is now bottom-left
