@@ -21,7 +21,7 @@ from vtc.errors import UsageError
 from vtc.methods import get_method
 from vtc.reduction import Reduction
 from vtc.signals import Signals
-from vtc.store import TokenFile, load, out_dtype
+from vtc.store import load, out_dtype
 
 __all__ = ["CompressResult", "FeatureResult", "compress", "compress_features", "load", "default_output"]
 
@@ -200,8 +200,3 @@ def build_metadata(
         "decode": {"decoded_frames": report.decoded_frames, "last_time": report.last_time, "error": report.error},
         "info": red.info,
     }
-
-
-def load_tokens(path: str | os.PathLike[str]) -> TokenFile:
-    """Alias of `vtc.load`."""
-    return load(path)
