@@ -66,9 +66,16 @@ def save_random_checkpoint(config: Path, out: Path, seed: int = 0) -> Path:
     import open_clip
     import torch
 
+    import logging
+
     open_clip.add_model_config(config)
     torch.manual_seed(seed)
-    model = open_clip.create_model(config.stem, pretrained=None)
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # "no pretrained weights loaded" is the point here
+    try:
+        model = open_clip.create_model(config.stem, pretrained=None)
+    finally:
+        root.setLevel(level)
     torch.save(model.state_dict(), out)
     return out
 
