@@ -63,10 +63,10 @@ def tiny_siglip_config(path: Path) -> Path:
 
 def save_random_checkpoint(config: Path, out: Path, seed: int = 0) -> Path:
     """Build the model of `config` with random weights (seeded) and save its state dict to `out`."""
+    import logging
+
     import open_clip
     import torch
-
-    import logging
 
     open_clip.add_model_config(config)
     torch.manual_seed(seed)
