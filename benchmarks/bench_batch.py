@@ -11,13 +11,11 @@ process; reported: wall time, files/s, frames/s, encoder utilisation (encoder bu
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from _common import median, run_child
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 
@@ -75,15 +73,9 @@ def main() -> None:
         n_files = len(list(src.iterdir()))
         print(f"{n_files} files, frames={a.frames}, workers={a.workers}, device={a.device}, runs={a.runs}")
         for mode in ("one-by-one", "batch"):
-            rows = []
-            for r in range(a.runs):
-                out = Path(tmp) / f"out-{mode}-{r}"
-                p = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), str(out), str(a.frames),
-                                    str(a.workers), a.device], capture_output=True, text=True, check=True)
-                rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
-            wall = statistics.median(x["wall"] for x in rows)
-            busy = statistics.median(x["encoder_busy"] for x in rows)
-            rss = statistics.median(x["peak_rss_mb"] for x in rows)
+            rows = [run_child(CHILD, mode, src, Path(tmp) / f"out-{mode}-{r}", a.frames, a.workers, a.device)
+                    for r in range(a.runs)]
+            wall, busy, rss = median(rows, "wall"), median(rows, "encoder_busy"), median(rows, "peak_rss_mb")
             x = rows[0]
             print(f"{mode:10s} wall {wall:7.2f} s  files/s {x['ok'] / wall:5.2f}  frames/s {x['frames'] / wall:6.1f}  "
                   f"encoder busy {busy:6.2f} s ({100 * busy / wall:4.1f}%)  peak RSS {rss:5.0f} MB  "

@@ -10,11 +10,9 @@ frame to RGB first and samples afterwards — what streaming avoids.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from _common import median, repeat
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "media" / "one_by_one_person_detection.mp4"
 
@@ -62,12 +60,6 @@ print(json.dumps(out))
 """
 
 
-def run(mode: str, video: str, frames: int, device: str) -> dict:
-    p = subprocess.run([sys.executable, "-c", CHILD, mode, video, str(frames), device], capture_output=True,
-                       text=True, check=True)
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("video", nargs="?", default=str(DEFAULT))
@@ -81,9 +73,8 @@ def main() -> None:
     print(f"video={a.video} frames={a.frames} runs={a.runs} device={a.device} torch={torch.__version__} "
           f"threads={torch.get_num_threads()} cuda={torch.cuda.is_available()}")
     for mode in a.modes.split(","):
-        res = [run(mode, a.video, a.frames, a.device) for _ in range(a.runs)]
-        med = statistics.median(r["seconds"] for r in res)
-        mem = statistics.median(r["peak_rss_mb"] for r in res)
+        res = repeat(CHILD, a.runs, mode, a.video, a.frames, a.device)
+        med, mem = median(res, "seconds"), median(res, "peak_rss_mb")
         extra = {k: v for k, v in res[0].items() if k not in ("seconds", "peak_rss_mb")}
         print(f"{mode:7s} median {med:7.3f} s  peak RSS {mem:7.0f} MB  {extra}")
 

@@ -10,11 +10,9 @@ Reported: median encoder seconds, frames skipped, patches encoded, tokens kept.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from _common import median, repeat
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "media" / "one_by_one_person_detection.mp4"
 
@@ -44,10 +42,8 @@ def main() -> None:
     a = ap.parse_args()
     print(f"video={a.video} fps={a.fps} runs={a.runs} device={a.device}")
     for setting in ("none", "skip", "changed"):
-        rows = [json.loads(subprocess.run([sys.executable, "-c", CHILD, a.video, str(a.fps), a.device, setting],
-                                          capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-                for _ in range(a.runs)]
-        enc = statistics.median(r["encode"] for r in rows)
+        rows = repeat(CHILD, a.runs, a.video, a.fps, a.device, setting)
+        enc = median(rows, "encode")
         x = rows[0]
         print(f"{setting:8s} encoder {enc:7.2f} s  frames {x['frames']}  skipped {x['skipped']}  patches encoded "
               f"{x['patches_encoded']}/{x['source_tokens']}  tokens kept {x['tokens']} "

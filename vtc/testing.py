@@ -80,6 +80,18 @@ def save_random_checkpoint(config: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
+def _mux(container: av.container.OutputContainer, stream: av.stream.Stream, frame: object | None) -> None:
+    """Encode one frame (None flushes the encoder) and mux the packets."""
+    for p in stream.encode(frame):
+        container.mux(p)
+
+
+def _video_frame(img: np.ndarray, index: int, fps: int) -> av.VideoFrame:
+    fr = av.VideoFrame.from_ndarray(img, format="rgb24")
+    fr.pts, fr.time_base = index, Fraction(1, fps)
+    return fr
+
+
 def write_video(path: Path, frames: list[np.ndarray], fps: int, *, lossless: bool = False,
                 gop: int | None = None) -> Path:
     """Encode RGB uint8 frames [H, W, 3] to H.264 (yuv444p lossless, or yuv420p crf 23) with exact pts;
@@ -93,12 +105,8 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int, *, lossless: boo
         if gop:
             s.options = {**s.options, "g": str(gop), "keyint_min": str(gop)}
         for i, img in enumerate(frames):
-            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
-            fr.pts, fr.time_base = i, Fraction(1, fps)
-            for p in s.encode(fr):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+            _mux(c, s, _video_frame(img, i, fps))
+        _mux(c, s, None)
     return path
 
 
@@ -140,13 +148,8 @@ def synth_clip(
             x0 = int((w - s) * (0.5 + 0.5 * math.sin(2 * math.pi * t / seconds)))
             y0 = (h - s) // 2
             img[y0 : y0 + s, x0 : x0 + s] = 255
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            for p in vs.encode(frame):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
+            _mux(c, vs, _video_frame(img, i, fps))
+        _mux(c, vs, None)
         if ast is not None:
             rate, chunk = 16000, 1024
             total = int(seconds * rate)
@@ -162,8 +165,6 @@ def synth_clip(
                 af.sample_rate = rate
                 af.pts = k
                 af.time_base = Fraction(1, rate)
-                for p in ast.encode(af):
-                    c.mux(p)
-            for p in ast.encode():
-                c.mux(p)
+                _mux(c, ast, af)
+            _mux(c, ast, None)
     return path
