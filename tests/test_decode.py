@@ -67,6 +67,13 @@ def test_truncated_is_an_error_unless_allowed(truncated_clip: Path) -> None:
     assert report.truncated and 0 < len(kept) < 16
 
 
+@pytest.mark.parametrize("seek", [False, True])
+def test_truncation_is_caught_by_both_strategies(truncated_clip: Path, seek: bool) -> None:
+    """Two samples, the last one past the cut: seeking must notice the stream ended early too."""
+    with pytest.raises(TruncatedVideoError):
+        list(iter_frames(truncated_clip, Sampling(frames=2), same, seek=seek))
+
+
 def test_audio_mono_float(clip_path: Path, silent_clip: Path) -> None:
     pcm = decode_audio(clip_path)
     assert pcm is not None and pcm.dtype == np.float32

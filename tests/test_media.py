@@ -22,6 +22,8 @@ def test_media_clip(tmp_path: Path, clip: Path, model_args) -> None:  # noqa: AN
     if "truncated" in clip.name:
         with pytest.raises(TruncatedVideoError, match="--allow-truncated"):
             vtc.compress(clip, **kw)
+        with pytest.raises(TruncatedVideoError):  # sparse sampling (seek per target) must notice it too
+            vtc.compress(clip, **{**kw, "frames": 2})
         assert not out.exists()
         res = vtc.compress(clip, allow_truncated=True, **kw)
         assert res.truncated and vtc.load(out).meta["truncated"] is True

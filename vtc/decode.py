@@ -314,8 +314,9 @@ def _iter_seek(
                     chosen = prev if use_prev else frame
                     break
                 else:
-                    chosen = prev  # the stream ended: the last frame is the nearest
-                    if target < info.duration - 1.0 and (prev is None or float(prev.time) < target - 1.0):
+                    chosen = prev  # the stream ended: the last frame is the nearest, if it is near
+                    slack = max(1.0, 2.0 / info.fps if info.fps > 0 else 1.0)
+                    if prev is None or float(prev.time) < target - slack:
                         report.truncated = True
                         report.error = "stream ended before the duration in the header"
             except av.error.FFmpegError as e:
