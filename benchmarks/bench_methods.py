@@ -58,7 +58,7 @@ def main() -> None:
             times = []
             for _ in range(a.runs + 1):
                 t0 = time.perf_counter()
-                red = spec.fn(x, grid=(side, side), ratio=a.ratio, signals=sig, **spec.defaults())
+                red = spec.run(x, grid=(side, side), ratio=a.ratio, signals=sig, params=spec.defaults())
                 red.apply(x)
                 if a.device.startswith("cuda"):
                     torch.cuda.synchronize()

@@ -59,7 +59,8 @@ def test_no_audio_and_silence_fall_back_to_uniform(silent_clip: Path, model_args
     assert f.meta["signals"]["audio_saliency"].startswith("none")
     spec = get_method("omnizip")
     x = torch.randn(8, 16, 8)
-    red = spec.fn(x, grid=(4, 4), ratio=0.5, signals=Signals(audio_saliency=torch.zeros(200)), **spec.defaults())
+    red = spec.run(x, grid=(4, 4), ratio=0.5, signals=Signals(audio_saliency=torch.zeros(200)),
+                   params=spec.defaults())
     assert red.info["guidance"] == "uniform (flat audio)" and set(red.info["window_drop_ratios"]) == {0.5}
 
 
@@ -88,5 +89,5 @@ def test_monotone_mode_meets_any_ratio(ratio: float) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 49, 16, generator=g)
     sig = Signals(audio_saliency=torch.rand(32 * 25, generator=g), times=torch.arange(32, dtype=torch.float64))
-    red = spec.fn(x, grid=(7, 7), ratio=ratio, signals=sig, **spec.defaults())
+    red = spec.run(x, grid=(7, 7), ratio=ratio, signals=sig, params=spec.defaults())
     assert ratio - 0.03 <= red.ratio() <= ratio + 1e-9  # per-frame floor rounding only

@@ -62,8 +62,8 @@ def run_case(path: Path):  # noqa: ANN201
         grid = (side, side)
     sig = Signals(attn=t.get("attn"), pooled=t.get("frame_global"), cls_attn=t.get("cls_attn"),
                   cls_token=t.get("cls_token"), keys=t.get("metric"))
-    kw = spec.resolve({**params, **spec.reference})
-    red = spec.fn(x, grid=grid, ratio=ratio, signals=sig, **kw)
+    kw = spec.resolve(params, "reference" if "reference" in spec.variants else None)
+    red = spec.run(x, grid=grid, ratio=ratio, signals=sig, params=kw)
     return meta, t, red
 
 
@@ -94,7 +94,7 @@ def check_evs(meta: dict, t: dict[str, torch.Tensor]) -> None:
     p = json.loads(meta["params"])
     x = t["video_feats"]
     tt, n, _ = x.shape
-    red = spec.fn(x, grid=tuple(p["video_size_thw"][1:]), ratio=None, signals=Signals(), q=p["q"])
+    red = spec.run(x, grid=tuple(p["video_size_thw"][1:]), ratio=None, signals=Signals(), params=spec.resolve({"q": p["q"]}))
     ours = torch.zeros(tt * n, dtype=torch.bool)
     ours[red.rep] = True
     ref = t["keep"].bool().reshape(-1)
@@ -122,9 +122,9 @@ def check_omnizip(meta: dict, t: dict[str, torch.Tensor]) -> None:
     fpw = p["frames_per_window"]
     times = torch.arange(tt, dtype=torch.float64) * (p["audio_per_window"] / p["audio_tokens_per_sec"]) / fpw
     kw = spec.resolve({"rho_audio": p["rho_audio"], "contextual_ratio": p["contextual_ratio"], "g": p["g"],
-                       "audio_tokens_per_sec": p["audio_tokens_per_sec"], **spec.reference})
-    red = spec.fn(x, grid=tuple(p["grid_hw"]), ratio=1 - p["rho_video"],
-                  signals=Signals(audio_saliency=t["audio_saliency"], times=times), **kw)
+                       "audio_tokens_per_sec": p["audio_tokens_per_sec"]}, "reference")
+    red = spec.run(x, grid=tuple(p["grid_hw"]), ratio=1 - p["rho_video"],
+                   signals=Signals(audio_saliency=t["audio_saliency"], times=times), params=kw)
     ratios = torch.tensor(red.info["window_drop_ratios"], dtype=torch.float64)
     assert torch.allclose(ratios, t["window_drop_ratios"], atol=1e-9, rtol=0), "window drop ratios"
     ours = torch.zeros(tt * n, dtype=torch.bool)

@@ -44,7 +44,7 @@ def test_invariants(name: str, t: int, h: int, w: int, ratio: float) -> None:
     x = video_like(t, h, w, d, gen)
     sig = make_signals(t, h * w, d, gen, h, w)
     spec = get_method(name)
-    red = spec.fn(x, grid=(h, w), ratio=ratio, signals=sig, **spec.defaults())
+    red = spec.run(x, grid=(h, w), ratio=ratio, signals=sig, params=spec.defaults())
     k, n_src = red.num_outputs, t * h * w
     assert k >= 1
     budget = math.ceil(ratio * n_src) + t
@@ -64,7 +64,7 @@ def test_invariants(name: str, t: int, h: int, w: int, ratio: float) -> None:
     tok = red.apply(x)
     full = x.reshape(n_src, d) if red.extra is None else torch.cat([x.reshape(n_src, d), red.extra])
     assert torch.allclose(tok.double(), red.dense() @ full.double(), atol=1e-5)
-    red2 = spec.fn(x, grid=(h, w), ratio=ratio, signals=sig, **spec.defaults())
+    red2 = spec.run(x, grid=(h, w), ratio=ratio, signals=sig, params=spec.defaults())
     assert torch.equal(red2.dst, red.dst) and torch.equal(red2.src, red.src) and torch.equal(red2.rep, red.rep)
     # a representative is one of the row's sources (when it has one)
     has = red.rep >= 0

@@ -93,10 +93,8 @@ def compress_features(
     if unknown:
         raise UsageError(f"unknown signal(s) {', '.join(sorted(unknown))}; known: {', '.join(Signals.names())}.")
     sig = Signals(**{k: v for k, v in signals.items() if v is not None})
-    for name in spec.signals:
-        sig.require(name, spec.name)
     resolved = spec.resolve(params or {})
-    red = spec.fn(features, grid=tuple(grid), ratio=ratio, signals=sig, **resolved)
+    red = spec.run(features, grid=tuple(grid), ratio=ratio, signals=sig, params=resolved)
     return FeatureResult(red.apply(features), red, spec.name, resolved, ratio)
 
 

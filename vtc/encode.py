@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vtc.errors import MissingDependencyError, ModelError, UsageError
+from vtc.signals import provided_by
 
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
 
 #: signals the encoder can produce
-ENCODER_SIGNALS = ("attn", "pooled", "cls_attn", "cls_token", "keys")
+ENCODER_SIGNALS = provided_by("encoder")
 
 
 @dataclass(frozen=True)

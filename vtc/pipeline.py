@@ -24,9 +24,10 @@ from torch import Tensor
 
 from vtc.config import CompressConfig
 from vtc.decode import DecodeReport, Sampling, VideoInfo, iter_frames, probe
-from vtc.encode import ENCODER_SIGNALS, Encoder
+from vtc.encode import Encoder
 from vtc.errors import InputError, UsageError, VtcError
 from vtc.methods import MethodSpec, get_method
+from vtc.signals import provided_by
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Plan:
         spec = get_method(cfg.method)
         params = spec.resolve(cfg.params)
         sampling = Sampling(frames=cfg.frames, fps=cfg.fps, every=cfg.every).validate()
-        want = (set(spec.signals) | set(spec.optional_signals)) & set(ENCODER_SIGNALS)
+        want = set(spec.wanted_signals & provided_by("encoder"))
         if cfg.query:
             if "relevance" not in set(spec.signals) | set(spec.optional_signals):
                 raise UsageError(f"--query needs a query-aware method; '{spec.name}' is not. Use --method budgeted "

@@ -1,41 +1,61 @@
-"""`Features` and `Signals`: what an encoder hands to the methods.
+"""`Signals`: what the pipeline hands to the methods besides the features, and the one table that says where each
+signal comes from.
 
-Methods see tensors only. The encoder fills the signals a pipeline asks for; users who bring their own
-encoder pass them to `vtc.compress_features`.
+Methods see tensors only. The run plan asks each provider for the signals the method declares; users who bring
+their own encoder pass them to `vtc.compress_features`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
 from vtc.errors import UsageError
 
-#: What each signal is, for `vtc methods`, error messages and the file's metadata.
-SIGNAL_DOCS: dict[str, str] = {
-    "attn": "[T, N] per-patch attention (CLIP: CLS→patch attention of the last block; SigLIP: attention-pool "
-    "probe→patch attention); rows sum to ~1",
-    "pooled": "[T, D'] per-frame pooled embedding (CLIP: CLS embedding; SigLIP: attention-pool output)",
-    "cls_attn": "[T, N] head-mean CLS-query attention of the selected block, CLS column dropped (SigLIP: "
-    "the attention-pool probe attention as substitute)",
-    "cls_token": "[T, D] CLS token of the selected block (SigLIP: the attention-pool output as substitute)",
-    "keys": "[T, N+1, d] head-mean attention keys of the selected block, row 0 = CLS",
-    "frames": "[T, H, W, 3] uint8 frames as the encoder sees them (after resize and crop)",
-    "audio_saliency": "[A] audio saliency at 25 tokens/s",
-    "relevance": "[T] per-frame query relevance",
-    "times": "[T] presentation time of every sampled frame, seconds",
-    "thumbnail": "[N', D] patch tokens of an extra encoded picture (TS-LLaVA's thumbnail)",
+Provider = Literal["encoder", "decode", "audio", "query", "extra_images"]
+
+
+@dataclass(frozen=True)
+class SignalDoc:
+    """What a signal is (shape and meaning) and which part of the pipeline provides it."""
+
+    meaning: str
+    provider: Provider
+
+
+#: signal → (meaning, provider): the one table for `vtc methods`, the run plan, error messages and the file.
+SIGNALS: dict[str, SignalDoc] = {
+    "attn": SignalDoc("[T, N] per-patch attention (CLIP: CLS→patch attention of the last block; SigLIP: "
+                      "attention-pool probe→patch attention); rows sum to ~1", "encoder"),
+    "pooled": SignalDoc("[T, D'] per-frame pooled embedding (CLIP: CLS embedding; SigLIP: attention-pool output)",
+                        "encoder"),
+    "cls_attn": SignalDoc("[T, N] head-mean CLS-query attention of the selected block, CLS column dropped "
+                          "(SigLIP: the attention-pool probe attention as substitute)", "encoder"),
+    "cls_token": SignalDoc("[T, D] CLS token of the selected block (SigLIP: the attention-pool output as "
+                           "substitute)", "encoder"),
+    "keys": SignalDoc("[T, N+1, d] head-mean attention keys of the selected block, row 0 = CLS", "encoder"),
+    "frames": SignalDoc("[T, H, W, 3] uint8 frames as the encoder sees them (after resize and crop)", "decode"),
+    "times": SignalDoc("[T] presentation time of every sampled frame, seconds", "decode"),
+    "audio_saliency": SignalDoc("[A] audio saliency at 25 tokens/s", "audio"),
+    "relevance": SignalDoc("[T] per-frame query relevance", "query"),
+    "thumbnail": SignalDoc("[N', D] patch tokens of an extra encoded picture (TS-LLaVA's thumbnail)",
+                           "extra_images"),
 }
+
+
+def provided_by(provider: Provider) -> frozenset[str]:
+    """The signals one provider makes."""
+    return frozenset(k for k, v in SIGNALS.items() if v.provider == provider)
 
 
 @dataclass
 class Signals:
-    """Optional per-frame signals.  Every field is a tensor or None.
+    """Optional per-frame signals.  Every field is a tensor or None (shapes in `SIGNALS`).
 
     attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D], keys [T, N+1, d], frames uint8 [T, H, W, 3],
-    audio_saliency [A], relevance [T], thumbnail [N', D].
+    times [T], audio_saliency [A], relevance [T], thumbnail [N', D].
     `sources` names where each signal came from (recorded in the file).
     """
 
@@ -60,10 +80,28 @@ class Signals:
         value = getattr(self, name)
         if value is None:
             raise UsageError(
-                f"method '{method}' needs the signal '{name}' ({SIGNAL_DOCS.get(name, '')}); "
-                f"vtc's encoder provides it — with compress_features, pass {name}=..."
+                f"method '{method}' needs the signal '{name}' ({SIGNALS[name].meaning}); "
+                f"vtc's pipeline provides it — with compress_features, pass {name}=..."
             )
         return value
+
+    def check(self, num_frames: int, num_patches: int) -> None:
+        """Every present signal has the leading shape its doc states (T frames, N patches), else a UsageError."""
+        t, n = num_frames, num_patches
+        expect: dict[str, tuple[int | None, ...]] = {
+            "attn": (t, n), "cls_attn": (t, n), "pooled": (t, None), "cls_token": (t, None), "keys": (t, n + 1, None),
+            "frames": (t, None, None, 3), "times": (t,), "relevance": (t,), "audio_saliency": (None,),
+            "thumbnail": (None, None),
+        }
+        for name, dims in expect.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            shape = tuple(value.shape)
+            if len(shape) != len(dims) or any(d is not None and s != d for s, d in zip(shape, dims, strict=True)):
+                want = ", ".join("·" if d is None else str(d) for d in dims)
+                raise UsageError(f"signal '{name}' has shape {list(shape)}; expected [{want}] "
+                                 f"({SIGNALS[name].meaning}).")
 
     def present(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n in self.names() if getattr(self, n) is not None}

@@ -41,12 +41,13 @@ def lattice_factors(t: int, h: int, w: int, ratio: float) -> tuple[int, int, int
 @register(
     "uniform",
     summary="a uniform spatio-temporal lattice of tokens meeting the ratio (strides in time, rows, columns)",
+    paper_ratio=0.25,
 )
-def uniform(x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals) -> Reduction:
+def uniform(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals) -> Reduction:
     """Keep the tokens on a regular (frame, row, col) lattice; count ≤ ratio·T·N.  x: [T, N, D]."""
     t, n, _ = x.shape
     h, w = grid
-    st, sh, sw = lattice_factors(t, h, w, 0.25 if ratio is None else ratio)
+    st, sh, sw = lattice_factors(t, h, w, ratio)
     ft, fh, fw = (torch.arange(0, t, st), torch.arange(sh // 2, h, sh), torch.arange(sw // 2, w, sw))
     idx = (ft[:, None, None] * n + fh[None, :, None] * w + fw[None, None, :]).reshape(-1)
     red = Reduction.select(idx, t * n)
@@ -74,9 +75,10 @@ def _pool_weights(src: int, dst: int, mode: str) -> Tensor:
 @register(
     "pool",
     summary="per-frame spatial pooling (LLaVA-OneVision: 2×2 bilinear; LLaVA-Video: average)",
+    paper_ratio=0.25,
     params=[
-        Param("stride", None, "pooling factor per side (default: from --ratio, 2 when no ratio is given)"),
-        Param("mode", "bilinear", "bilinear (LLaVA-OneVision, ceil size) or average (LLaVA-Video, floor size)",
+        Param("stride", "pooling factor per side (default: from --ratio)", lo=1),
+        Param("mode", "bilinear (LLaVA-OneVision, ceil size) or average (LLaVA-Video, floor size)",
               choices=("bilinear", "average")),
     ],
 )
@@ -84,7 +86,7 @@ def pool(
     x: Tensor,
     *,
     grid: tuple[int, int],
-    ratio: float | None,
+    ratio: float,
     signals: Signals,
     stride: int | None = None,
     mode: str = "bilinear",
@@ -98,9 +100,8 @@ def pool(
     h, w = grid
     size = math.ceil if mode == "bilinear" else (lambda v: max(1, math.floor(v)))
     if stride is None:
-        r = 0.25 if ratio is None else ratio
         stride = 1
-        while size(h / stride) * size(w / stride) > r * n and (size(h / stride) > 1 or size(w / stride) > 1):
+        while size(h / stride) * size(w / stride) > ratio * n and (size(h / stride) > 1 or size(w / stride) > 1):
             stride += 1
     oh, ow = size(h / stride), size(w / stride)
     wh, ww = _pool_weights(h, oh, mode), _pool_weights(w, ow, mode)  # [oh, h], [ow, w]

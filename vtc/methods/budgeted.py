@@ -10,9 +10,8 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.divprune import max_min_diversity
 from vtc.methods.registry import Param, register
-from vtc.ops import topk_indices
+from vtc.ops import max_min_diversity, topk_indices
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages.budget import relevance_budget, saliency_budget, uniform_budget
@@ -38,17 +37,18 @@ def select_frame(x: Tensor, k: int, selector: str, attn: Tensor | None, grid: tu
     summary="share the budget among frames (uniform, by --query relevance, or by audio saliency), then select "
     "tokens per frame (attention, diversity or uniform)",
     params=[
-        Param("budget", "uniform", "how frames share the budget", choices=("uniform", "query", "audio")),
-        Param("selector", "attn", "per-frame selector", choices=("attn", "diversity", "uniform")),
-        Param("temperature", 0.05, "query budget: softmax temperature over frame relevance (lower: sharper)"),
+        Param("budget", "how frames share the budget", choices=("uniform", "query", "audio")),
+        Param("selector", "per-frame selector", choices=("attn", "diversity", "uniform")),
+        Param("temperature", "query budget: softmax temperature over frame relevance (lower: sharper)", lo=1e-6),
     ],
     optional_signals=("attn", "relevance", "audio_saliency", "times"),
+    paper_ratio=0.1,
 )
 def budgeted(
     x: Tensor,
     *,
     grid: tuple[int, int],
-    ratio: float | None,
+    ratio: float,
     signals: Signals,
     budget: str = "uniform",
     selector: str = "attn",
@@ -60,7 +60,7 @@ def budgeted(
     falls back to uniform and `info["budget"]` says so.
     """
     t, n, _ = x.shape
-    r = 0.1 if ratio is None else ratio
+    r = ratio
     used = budget
     if budget == "query" and signals.relevance is not None:
         counts = relevance_budget(signals.relevance, n, r, temperature)

@@ -41,12 +41,12 @@ def dycoke_plan(num_frames: int, reference_loops: bool) -> list[int | None]:
     "reference frame",
     paper="Tao et al., DyCoke: Dynamic Compression of Tokens for Fast Video LLMs, CVPR 2025",
     params=[
-        Param("prune_share", None, "k: share of tokens dropped in pruned frames (default: derived from --ratio; "
-              "0.7 when no ratio is given)", "merging_ratio"),
-        Param("reference_loops", False, "reproduce the authors' loop bounds: odd T drops its last frame, the "
+        Param("prune_share", "k: share of tokens dropped in pruned frames (default: derived from --ratio; "
+              "0.7 when no ratio is given)", "merging_ratio", lo=0.0, hi=1.0),
+        Param("reference_loops", "reproduce the authors' loop bounds: odd T drops its last frame, the "
               "final group of four is skipped; kept tokens in similarity order"),
     ],
-    reference={"reference_loops": True},
+    variants={"reference": {"reference_loops": True}},
 )
 def dycoke(
     x: Tensor,

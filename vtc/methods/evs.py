@@ -27,17 +27,18 @@ def evs_scores(x: Tensor) -> Tensor:
     "evs",
     summary="EVS: keep the tokens that changed most versus the same cell of the previous frame (first frame kept)",
     paper="Bagrov et al., Efficient Video Sampling: Pruning Temporally Redundant Tokens for Faster VLM Inference, 2025",
-    params=[Param("q", None, "pruning rate in [0, 1): keep max(N, ⌊T·N·(1 − q)⌋) tokens (default: 1 − --ratio; "
-                  "0.7 when no ratio is given)", "q")],
+    params=[Param("q", "pruning rate in [0, 1): keep max(N, ⌊T·N·(1 − q)⌋) tokens (default: 1 − --ratio; "
+                  "0.7 when no ratio is given)", "q", lo=0.0, hi=1.0)],
+    paper_ratio=0.3,
 )
 def evs(
-    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, q: float | None = None
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, q: float | None = None
 ) -> Reduction:
     """EVS.  x: [T, N, D].  The global top R = max(N, ⌊T·N·(1 − q)⌋) tokens by dissimilarity (stable sort, frame 0
     first with its sentinel score) are kept, in original (frame, row, col) order."""
     t, n, _ = x.shape
     if q is None:
-        q = 0.7 if ratio is None else 1.0 - ratio
+        q = 1.0 - ratio
     keep_count = max(n, math.floor(t * n * (1 - q)))
     score = evs_scores(x).reshape(-1)
     order = torch.argsort(score, descending=True, stable=True)[:keep_count]

@@ -15,11 +15,12 @@ from vtc.signals import Signals
     "fastervlm",
     summary="FasterVLM: keep each frame's tokens with the highest CLS attention",
     paper="Zhang et al., [CLS] Attention is All You Need for Training-Free Visual Token Pruning, 2024",
-    params=[Param("k_per_frame", None, "tokens kept per frame (default: round(ratio·N))", "k_per_frame")],
+    params=[Param("k_per_frame", "tokens kept per frame (default: round(ratio·N))", "k_per_frame", lo=1)],
+    paper_ratio=0.25,
     signals=("cls_attn",),
 )
 def fastervlm(
-    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, k_per_frame: int | None = None
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, k_per_frame: int | None = None
 ) -> Reduction:
     """FasterVLM.  x: [T, N, D]; signals.cls_attn [T, N] (head-mean CLS-query attention of the chosen block).
 
@@ -27,7 +28,7 @@ def fastervlm(
     Kept tokens are in raster order per frame.
     """
     t, n, _ = x.shape
-    k = k_per_frame if k_per_frame is not None else max(1, py_round((0.25 if ratio is None else ratio) * n))
+    k = k_per_frame if k_per_frame is not None else max(1, py_round(ratio * n))
     keep = topk_indices(signals.require("cls_attn", "fastervlm").float(), k)  # [T, k] ascending
     offs = (keep + (keep.new_tensor(range(t)) * n)[:, None]).reshape(-1)
     return Reduction.select(offs, t * n)

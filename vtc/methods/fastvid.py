@@ -16,7 +16,7 @@ from vtc.ops import cosine_matrix, dpc_knn, topk_indices
 from vtc.ops.merge import blend_groups
 from vtc.reduction import Reduction
 from vtc.signals import Signals
-from vtc.stages import SEGMENTERS, dyseg
+from vtc.stages import SEGMENTERS, segment
 
 
 @register(
@@ -24,23 +24,23 @@ from vtc.stages import SEGMENTERS, dyseg
     summary="FastVID: DySeg segments, attention-salient tokens kept, density anchors merge the rest (DTM)",
     paper="Shen et al., FastVID: Dynamic Density Pruning for Fast Video LLMs, NeurIPS 2025",
     params=[
-        Param("min_segments", 8, "DySeg c: at least c segments (the c−1 lowest-similarity cuts)", "DySeg_c"),
-        Param("tau", 0.9, "DySeg τ: also cut wherever adjacent pooled-embedding cosine < τ", "DySeg_tau"),
-        Param("context_share", 0.4, "STPrune d: share of each frame's budget spent on merged context tokens",
-              "STPrune_d"),
-        Param("anchor_stride", 4, "DTM p: every p-th frame (from the segment's end) is an anchor frame", "DTM_p"),
-        Param("beta", 0.6, "DTM β: weight of the anchor token in its blend with the group mean", "DTM_beta"),
-        Param("knn", 4, "k of the DPC-kNN density"),
-        Param("segmenter", "dyseg", "temporal segmenter", choices=tuple(SEGMENTERS)),
+        Param("min_segments", "DySeg c: at least c segments (the c−1 lowest-similarity cuts)", "DySeg_c", lo=1),
+        Param("tau", "DySeg τ: also cut wherever adjacent pooled-embedding cosine < τ", "DySeg_tau", lo=-1.0, hi=1.0),
+        Param("context_share", "STPrune d: share of each frame's budget spent on merged context tokens",
+              "STPrune_d", lo=0.0, hi=1.0),
+        Param("anchor_stride", "DTM p: every p-th frame (from the segment's end) is an anchor frame", "DTM_p", lo=1),
+        Param("beta", "DTM β: weight of the anchor token in its blend with the group mean", "DTM_beta", lo=0.0, hi=1.0),
+        Param("knn", "k of the DPC-kNN density", lo=1),
+        Param("segmenter", "temporal segmenter", choices=tuple(SEGMENTERS)),
     ],
     signals=("attn", "pooled"),
-    reference={},
+    paper_ratio=0.1,
 )
 def fastvid(
     x: Tensor,
     *,
     grid: tuple[int, int],
-    ratio: float | None,
+    ratio: float,
     signals: Signals,
     min_segments: int = 8,
     tau: float = 0.9,
@@ -65,12 +65,9 @@ def fastvid(
     Ties in the density score break by index instead of random jitter.
     """
     t, n, d = x.shape
-    r = 0.10 if ratio is None else ratio
+    r = ratio
     attn = signals.require("attn", "fastvid").float()
-    if segmenter == "dyseg":
-        segments = dyseg(signals.require("pooled", "fastvid"), min_segments=min_segments, tau=tau)
-    else:
-        segments = SEGMENTERS[segmenter](x, signals)
+    segments = segment(segmenter, x, signals, native="dyseg", min_segments=min_segments, tau=tau)
     if anchor_stride < 1:
         raise UsageError("fastvid: anchor_stride must be ≥ 1.")
     budget = max(1, int(n * r))

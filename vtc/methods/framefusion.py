@@ -18,9 +18,9 @@ from vtc.signals import Signals
     summary="FrameFusion: merge tokens into the same position of the previous frame above a similarity threshold",
     paper="Fu et al., FrameFusion: Combining Similarity and Importance for Video Token Reduction, ICCV 2025",
     params=[
-        Param("similarity_threshold", None, "S_th: merge where cos to the previous frame ≥ S_th (default: searched "
-              "to meet --ratio; 0.6 when no ratio is given)", "similarity_lower_bound"),
-        Param("cost", 0.3, "FLOPs budget; at most 1 − cost of the tokens merge in the threshold mode", "cost"),
+        Param("similarity_threshold", "S_th: merge where cos to the previous frame ≥ S_th (default: searched "
+              "to meet --ratio; 0.6 when no ratio is given)", "similarity_lower_bound", lo=-1.0, hi=1.0),
+        Param("cost", "FLOPs budget; at most 1 − cost of the tokens merge in the threshold mode", "cost", lo=0.0, hi=1.0),
     ],
 )
 def framefusion(

@@ -14,7 +14,7 @@ from vtc.ops import adjacent_cosine, cosine_matrix, dpc_knn, topk_indices
 from vtc.ops.merge import blend_groups, mean_groups
 from vtc.reduction import Reduction
 from vtc.signals import Signals
-from vtc.stages import SEGMENTERS, holitom_windows
+from vtc.stages import SEGMENTERS, segment
 
 
 @register(
@@ -22,15 +22,16 @@ from vtc.stages import SEGMENTERS, holitom_windows
     summary="HoliTom: DP windows maximising static savings; static tokens merged over time and clustered, "
     "dynamic tokens kept by attention",
     paper="Shao et al., HoliTom: Holistic Token Merging for Fast Video LLMs, NeurIPS 2025",
+    paper_ratio=0.1,
     params=[
-        Param("tau", 0.8, "cosine above which a position is static between adjacent frames", "tau"),
-        Param("beta", 0.6, "weight of a cluster center in its blend with the mean of its members", "beta"),
-        Param("knn", 7, "cap K of the DPC-kNN size (k = min(K, #centers))", "K"),
-        Param("contextual_share", 0.0, "D: share of each frame's dynamic budget merged into contextual tokens "
-              "(the authors' D > 0 path crashes; vtc merges around strided anchors)", "D"),
-        Param("max_window_size", 1024, "longest DP window in frames", "max_window_size"),
-        Param("no_beta", False, "plain mean of center and members instead of the β blend", "no_beta"),
-        Param("segmenter", "holitom", "temporal segmenter", choices=tuple(SEGMENTERS)),
+        Param("tau", "cosine above which a position is static between adjacent frames", "tau", lo=-1.0, hi=1.0),
+        Param("beta", "weight of a cluster center in its blend with the mean of its members", "beta", lo=0.0, hi=1.0),
+        Param("knn", "cap K of the DPC-kNN size (k = min(K, #centers))", "K", lo=1),
+        Param("contextual_share", "D: share of each frame's dynamic budget merged into contextual tokens "
+              "(the authors' D > 0 path crashes; vtc merges around strided anchors)", "D", lo=0.0, hi=1.0),
+        Param("max_window_size", "longest DP window in frames", "max_window_size", lo=1),
+        Param("no_beta", "plain mean of center and members instead of the β blend", "no_beta"),
+        Param("segmenter", "temporal segmenter", choices=tuple(SEGMENTERS)),
     ],
     signals=("attn",),
 )
@@ -38,7 +39,7 @@ def holitom(
     x: Tensor,
     *,
     grid: tuple[int, int],
-    ratio: float | None,
+    ratio: float,
     signals: Signals,
     tau: float = 0.8,
     beta: float = 0.6,
@@ -62,13 +63,10 @@ def holitom(
     the other ceil(|dyn|·r') − kept tokens around strided anchors (plain mean, cosine assignment).
     """
     t, n, d = x.shape
-    r = 0.10 if ratio is None else ratio
+    r = ratio
     attn = signals.require("attn", "holitom").float()
     sim = adjacent_cosine(x.float())  # [T-1, N]
-    if segmenter == "holitom":
-        segments, _ = holitom_windows(x, tau=tau, max_window_size=max_window_size)
-    else:
-        segments = SEGMENTERS[segmenter](x, signals)
+    segments = segment(segmenter, x, signals, native="holitom", tau=tau, max_window_size=max_window_size)
     saved = 0
     for s, e in segments.tolist():
         if e > s:

@@ -59,15 +59,15 @@ class _Scissor:
     "merged into its nearest component",
     paper="Sun et al., LLaVA-Scissor: Token Compression with Semantic Connected Components for Video LLMs, 2025",
     params=[
-        Param("tau", None, "cosine above which two tokens are connected (default: searched to meet --ratio; 0.9, "
-              "the README's, when no ratio is given)", "tau"),
-        Param("epsilon", 0.05, "sampling tolerance of the approximate components (reference mode)", "epsilon"),
-        Param("union_find", "exact", "exact: true components; reference: the authors' read-out, which can lose a "
+        Param("tau", "cosine above which two tokens are connected (default: searched to meet --ratio; 0.9, "
+              "the README's, when no ratio is given)", "tau", lo=-1.0, hi=1.0),
+        Param("epsilon", "sampling tolerance of the approximate components (reference mode)", "epsilon", lo=0.0, hi=1.0),
+        Param("union_find", "exact: true components; reference: the authors' read-out, which can lose a "
               "node (bug), with their node sampling", choices=("exact", "reference")),
-        Param("seed", 0, "seed of the reference mode's node sampling (the authors use numpy's global RNG)",
+        Param("seed", "seed of the reference mode's node sampling (the authors use numpy's global RNG)",
               "numpy_global_seed"),
     ],
-    reference={"union_find": "reference"},
+    variants={"reference": {"union_find": "reference"}},
 )
 def llava_scissor(
     x: Tensor,

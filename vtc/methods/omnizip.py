@@ -166,23 +166,24 @@ def windows_of(times: Tensor, window_seconds: float) -> Tensor:
     "temporal pruning inside windows",
     paper="Tao et al., OmniZip: Audio-Guided Dynamic Token Compression for Fast Omnimodal LLMs, 2025",
     params=[
-        Param("rho_audio", 0.3, "share of audio tokens dropped by the global saliency selection", "rho_audio"),
-        Param("contextual_ratio", 0.05, "share of audio tokens kept as anchors among the rest", "contextual_ratio"),
-        Param("g", 3, "members merged into each audio anchor (0: no anchors)", "g"),
-        Param("window_seconds", 2.0, "window length in seconds (Qwen2.5-Omni's interleaving chunk)"),
-        Param("audio_tokens_per_sec", 25, "rate of the audio saliency", "audio_tokens_per_sec"),
-        Param("normaliser", "monotone", "monotone: one offset for all windows, louder never keeps less; "
+        Param("rho_audio", "share of audio tokens dropped by the global saliency selection", "rho_audio", lo=0.0, hi=1.0),
+        Param("contextual_ratio", "share of audio tokens kept as anchors among the rest", "contextual_ratio", lo=0.0, hi=1.0),
+        Param("g", "members merged into each audio anchor (0: no anchors)", "g", lo=0),
+        Param("window_seconds", "window length in seconds (Qwen2.5-Omni's interleaving chunk)", lo=1e-3),
+        Param("audio_tokens_per_sec", "rate of the audio saliency", "audio_tokens_per_sec", lo=1),
+        Param("normaliser", "monotone: one offset for all windows, louder never keeps less; "
               "reference: the authors' pin-min/max-and-scale (not monotone)", choices=("monotone", "reference")),
     ],
     signals=(),
     optional_signals=("audio_saliency", "times"),
-    reference={"normaliser": "reference"},
+    variants={"reference": {"normaliser": "reference"}},
+    paper_ratio=0.4,
 )
 def omnizip(
     x: Tensor,
     *,
     grid: tuple[int, int],
-    ratio: float | None,
+    ratio: float,
     signals: Signals,
     rho_audio: float = 0.3,
     contextual_ratio: float = 0.05,
@@ -204,7 +205,7 @@ def omnizip(
     that ratios far from their 0.4 can be met (the reference normaliser keeps the fixed band).
     """
     t, n, _ = x.shape
-    rho_video = 0.6 if ratio is None else 1.0 - ratio
+    rho_video = 1.0 - ratio
     times = signals.times if signals.times is not None else torch.arange(t, dtype=torch.float64)
     win = windows_of(times, window_seconds)
     n_win = int(win.max()) + 1

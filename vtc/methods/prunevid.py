@@ -11,7 +11,7 @@ from vtc.methods.registry import Param, register
 from vtc.ops import dpc_knn, l2_normalize
 from vtc.reduction import Reduction
 from vtc.signals import Signals
-from vtc.stages import SEGMENTERS, prunevid_windows
+from vtc.stages import SEGMENTERS, segment
 
 
 def _group_count(size: int, cluster_ratio: float, min_cluster_size: int) -> int:
@@ -38,14 +38,14 @@ def _fit_cluster_ratio(sizes: list[int], budget: float, min_cluster_size: int) -
     "clusters averaged",
     paper="Huang et al., PruneVid: Visual Token Pruning for Efficient Video LLMs, ACL 2025 Findings",
     params=[
-        Param("tau", 0.8, "mean pairwise cosine above which a position is static in its window", "tau"),
-        Param("segment_ratio", 0.25, "temporal clusters = int(T·segment_ratio)", "temporal_segment_ratio"),
-        Param("cluster_ratio", None, "spatial clusters per group = int(size·cluster_ratio) (default: fitted to "
-              "--ratio; 0.5 when no ratio is given)", "cluster_ratio"),
-        Param("knn", 7, "k of the temporal DPC-kNN", "k"),
-        Param("spatial_knn", 7, "k of the spatial DPC-kNN", "spatial_k"),
-        Param("min_cluster_size", 15, "groups smaller than this are kept unmerged", "min_tokens_to_cluster"),
-        Param("segmenter", "prunevid", "temporal segmenter", choices=tuple(SEGMENTERS)),
+        Param("tau", "mean pairwise cosine above which a position is static in its window", "tau", lo=-1.0, hi=1.0),
+        Param("segment_ratio", "temporal clusters = int(T·segment_ratio)", "temporal_segment_ratio", lo=0.0, hi=1.0),
+        Param("cluster_ratio", "spatial clusters per group = int(size·cluster_ratio) (default: fitted to "
+              "--ratio; 0.5 when no ratio is given)", "cluster_ratio", lo=0.0, hi=1.0),
+        Param("knn", "k of the temporal DPC-kNN", "k", lo=1),
+        Param("spatial_knn", "k of the spatial DPC-kNN", "spatial_k", lo=1),
+        Param("min_cluster_size", "groups smaller than this are kept unmerged", "min_tokens_to_cluster", lo=1),
+        Param("segmenter", "temporal segmenter", choices=tuple(SEGMENTERS)),
     ],
 )
 def prunevid(
@@ -79,10 +79,7 @@ def prunevid(
     at least one cluster. Ties in density break by index instead of random jitter.
     """
     t, n, d = x.shape
-    if segmenter == "prunevid":
-        segments = prunevid_windows(x, segment_ratio=segment_ratio, k=knn)
-    else:
-        segments = SEGMENTERS[segmenter](x, signals)
+    segments = segment(segmenter, x, signals, native="prunevid", segment_ratio=segment_ratio, k=knn)
     # every group: (features [n_g, D], sources [n_g, W] flat indices, weights per source, rep [n_g])
     plan: list[tuple[Tensor, Tensor, Tensor]] = []
     for s, e in segments.tolist():

@@ -12,7 +12,15 @@ from vtc.errors import UsageError
 from vtc.methods.registry import Param, register
 from vtc.reduction import Reduction
 from vtc.signals import Signals
-from vtc.stages.pre_encoder import rlt_keep, run_lengths
+from vtc.stages.pre_encoder import PreEncoderRule, rlt_keep, run_lengths
+
+
+def pre_encoder_rule(*, tau: float, compare: str, skip_static_frames: bool, encode_changed_only: bool
+                     ) -> PreEncoderRule | None:
+    """The pipeline skips static frames with RLT's own previous-frame test (so only with compare="previous")."""
+    if not skip_static_frames or compare != "previous":
+        return None
+    return PreEncoderRule(tau, encode_changed_only)
 
 
 @register(
@@ -21,16 +29,17 @@ from vtc.stages.pre_encoder import rlt_keep, run_lengths
     "static runs",
     paper="Choudhury et al., Don't Look Twice: Faster Video Transformers with Run-Length Tokenization, NeurIPS 2024",
     params=[
-        Param("tau", 0.1, "mean absolute change per patch (ImageNet-normalised units) above which a patch is kept",
-              "threshold"),
-        Param("compare", "previous", "previous: against the previous frame (authors); last_kept: against the last "
+        Param("tau", "mean absolute change per patch (ImageNet-normalised units) above which a patch is kept",
+              "threshold", lo=0.0),
+        Param("compare", "previous: against the previous frame (authors); last_kept: against the last "
               "kept patch, which catches slow drift", choices=("previous", "last_kept")),
-        Param("skip_static_frames", True, "pipeline: do not encode frames with no changed patch (they reuse the "
+        Param("skip_static_frames", "pipeline: do not encode frames with no changed patch (they reuse the "
               "previous frame's features, which no kept token uses)"),
-        Param("encode_changed_only", False, "pipeline: feed only the changed patches of a frame through the encoder "
+        Param("encode_changed_only", "pipeline: feed only the changed patches of a frame through the encoder "
               "(out of distribution for CLIP/SigLIP: experimental)"),
     ],
     signals=("frames",),
+    pre_encoder=pre_encoder_rule,
 )
 def rlt(
     x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, tau: float = 0.1,

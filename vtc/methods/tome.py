@@ -69,11 +69,12 @@ def tome_rounds(x: Tensor, target: int) -> tuple[Tensor, Tensor, Tensor, list[in
     "tome",
     summary="ToMe: bipartite soft matching with size-weighted merging, in rounds, per frame or over the clip",
     paper="Bolya et al., Token Merging: Your ViT But Faster, ICLR 2023",
-    params=[Param("mode", "per_frame", "per_frame or joint (one set over the clip)", "mode",
+    paper_ratio=0.25,
+    params=[Param("mode", "per_frame or joint (one set over the clip)", "mode",
                   choices=("per_frame", "joint"))],
 )
 def tome(
-    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, mode: str = "per_frame"
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, mode: str = "per_frame"
 ) -> Reduction:
     """ToMe, post hoc.  x: [T, N, D]; K = round(ratio·N) per frame (or round(ratio·T·N) joint).
 
@@ -81,7 +82,7 @@ def tome(
     its representative is the surviving slot's original token. Output order is ToMe's (not raster).
     """
     t, n, d = x.shape
-    r = 0.25 if ratio is None else ratio
+    r = ratio
     sets = x.reshape(1, t * n, d) if mode == "joint" else x
     length = sets.shape[1]
     target = max(1, py_round(r * length))

@@ -35,11 +35,12 @@ def thumbnail_images(frames: Tensor, variant: str = "V2", **_: object) -> dict[s
     "ts_llava",
     summary="TS-LLaVA: tokens sampled uniformly over the clip plus a re-encoded thumbnail of a few frames tiled",
     paper="Qu et al., TS-LLaVA: Constructing Visual Tokens through Thumbnail-and-Sampling, 2024",
+    paper_ratio=0.1,
     params=[
-        Param("variant", "V2", "V1/V2/V3: 4/6/8 thumbnail frames, sampled tokens first; Y1/Y2/Y3: thumbnail first",
+        Param("variant", "V1/V2/V3: 4/6/8 thumbnail frames, sampled tokens first; Y1/Y2/Y3: thumbnail first",
               "method", choices=tuple(VARIANTS)),
-        Param("num_sampled", None, "sampled tokens S (default: the ratio's budget minus the thumbnail's tokens)",
-              "num_sampled_tokens"),
+        Param("num_sampled", "sampled tokens S (default: the ratio's budget minus the thumbnail's tokens)",
+              "num_sampled_tokens", lo=1),
     ],
     optional_signals=("thumbnail",),
     extra_images=thumbnail_images,
@@ -48,7 +49,7 @@ def ts_llava(
     x: Tensor,
     *,
     grid: tuple[int, int],
-    ratio: float | None,
+    ratio: float,
     signals: Signals,
     variant: str = "V2",
     num_sampled: int | None = None,
@@ -62,7 +63,7 @@ def ts_llava(
     thumb = signals.thumbnail
     n_thumb = 0 if thumb is None else thumb.shape[0]
     if num_sampled is None:
-        num_sampled = py_round((0.1 if ratio is None else ratio) * t * n) - n_thumb
+        num_sampled = py_round(ratio * t * n) - n_thumb
     s = max(1, min(int(num_sampled), t * n))
     idx = linspace_indices(t * n - 1, s)
     sampled = Reduction.select(idx, t * n)

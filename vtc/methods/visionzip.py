@@ -25,13 +25,14 @@ def split_budget(tokens_per_frame: int) -> tuple[int, int]:
     "visionzip",
     summary="VisionZip: per frame, CLS + the most-attended tokens, plus contextual tokens merged around anchors",
     paper="Yang et al., VisionZip: Longer is Better but Not Necessary in Vision Language Models, CVPR 2025",
+    paper_ratio=0.1,
     params=[
-        Param("dominant", None, "dominant tokens per frame, counting the CLS row (default: from --ratio, 54:10)",
-              "dominant"),
-        Param("contextual", None, "contextual (merged) tokens per frame (default: from --ratio)", "contextual"),
-        Param("contextual_merge", "add", "add: anchor + mean(assigned), the authors' code and published numbers; "
+        Param("dominant", "dominant tokens per frame, counting the CLS row (default: from --ratio, 54:10)",
+              "dominant", lo=1),
+        Param("contextual", "contextual (merged) tokens per frame (default: from --ratio)", "contextual", lo=0),
+        Param("contextual_merge", "add: anchor + mean(assigned), the authors' code and published numbers; "
               "mean: the mean of anchor and assigned (corrected, norm-preserving)", choices=("add", "mean")),
-        Param("cls_row", True, "output each frame's CLS token first (SigLIP: the attention-pool output)"),
+        Param("cls_row", "output each frame's CLS token first (SigLIP: the attention-pool output)"),
     ],
     signals=("cls_attn", "keys", "cls_token"),
 )
@@ -39,7 +40,7 @@ def visionzip(
     x: Tensor,
     *,
     grid: tuple[int, int],
-    ratio: float | None,
+    ratio: float,
     signals: Signals,
     dominant: int | None = None,
     contextual: int | None = None,
@@ -59,7 +60,7 @@ def visionzip(
     """
     t, n, d = x.shape
     if dominant is None or contextual is None:
-        k = max(1, py_round((0.1 if ratio is None else ratio) * n))
+        k = max(1, py_round(ratio * n))
         dom_auto, ctx_auto = split_budget(k)
         dominant = dom_auto if dominant is None else dominant
         contextual = ctx_auto if contextual is None else contextual

@@ -4,6 +4,6 @@
 with a ``segmenter`` parameter can use any of them (for example HoliTom's windows with FastVID's pruning).
 """
 
-from vtc.stages.segment import SEGMENTERS, dyseg, fixed_windows, holitom_windows, prunevid_windows
+from vtc.stages.segment import SEGMENTERS, dyseg, fixed_windows, holitom_windows, prunevid_windows, segment
 
-__all__ = ["SEGMENTERS", "dyseg", "fixed_windows", "holitom_windows", "prunevid_windows"]
+__all__ = ["SEGMENTERS", "dyseg", "fixed_windows", "holitom_windows", "prunevid_windows", "segment"]

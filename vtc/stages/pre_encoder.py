@@ -5,6 +5,8 @@ All functions take uint8 frames [T, H, W, 3] and work in ImageNet-normalised uni
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -81,3 +83,24 @@ def run_lengths(keep: Tensor) -> Tensor:
         out[k] = torch.where(keep[k], nxt - k, torch.zeros_like(nxt))
         nxt = torch.where(keep[k], torch.full_like(nxt, k), nxt)
     return out
+
+
+@dataclass(frozen=True)
+class PreEncoderRule:
+    """A method's request to the pipeline, applied before the encoder (RLT's frame skipping).
+
+    Frames whose every patch changed by at most `tau` (mean |Δ|, ImageNet units) since the previous frame are not
+    encoded: they reuse the previous frame's outputs. With `changed_only`, a frame with some changed patches sends
+    only those through the encoder (out of distribution for CLIP/SigLIP: experimental).
+    """
+
+    tau: float
+    changed_only: bool = False
+    description: str = "rlt (mean |Δ| per patch vs the previous frame, ImageNet units)"
+
+    def changed(self, view: Tensor, previous: Tensor | None, grid: tuple[int, int]) -> Tensor | None:
+        """Changed-patch mask [h·w] of one frame's view uint8 [H, W, 3] against the previous one (None: first)."""
+        if previous is None:
+            return None
+        patch = view.shape[0] // grid[0]
+        return patch_change(normalise(view[None]), normalise(previous[None]), patch)[0].reshape(-1) > self.tau

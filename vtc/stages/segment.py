@@ -168,19 +168,19 @@ def fixed_windows(num_frames: int, *, window: int = 4) -> Tensor:
 
 
 def _seg_dyseg(x: Tensor, signals: Signals, **p: Any) -> Tensor:
-    return dyseg(signals.require("pooled", "dyseg"), min_segments=p.get("min_segments", 8), tau=p.get("tau", 0.9))
+    return dyseg(signals.require("pooled", "dyseg"), **p)
 
 
 def _seg_holitom(x: Tensor, signals: Signals, **p: Any) -> Tensor:
-    return holitom_windows(x, tau=p.get("tau", 0.8), max_window_size=p.get("max_window_size", 1024))[0]
+    return holitom_windows(x, **p)[0]
 
 
 def _seg_prunevid(x: Tensor, signals: Signals, **p: Any) -> Tensor:
-    return prunevid_windows(x, segment_ratio=p.get("segment_ratio", 0.25), k=p.get("k", 7))
+    return prunevid_windows(x, **p)
 
 
 def _seg_fixed(x: Tensor, signals: Signals, **p: Any) -> Tensor:
-    return fixed_windows(x.shape[0], window=p.get("window", 4))
+    return fixed_windows(x.shape[0], **p)
 
 
 def _seg_none(x: Tensor, signals: Signals, **p: Any) -> Tensor:
@@ -195,3 +195,12 @@ SEGMENTERS: dict[str, Callable[..., Tensor]] = {
     "fixed": _seg_fixed,
     "single": _seg_none,
 }
+
+
+def segment(name: str, x: Tensor, signals: Signals, *, native: str, **native_params: Any) -> Tensor:
+    """Segments [S, 2] of x [T, N, D] by segmenter `name`.
+
+    A method passes its own segmenter as `native` with its own knobs (e.g. FastVID's DySeg c and τ); those knobs
+    reach only that segmenter, any other runs with its defaults (e.g. FastVID with HoliTom's windows).
+    """
+    return SEGMENTERS[name](x, signals, **(native_params if name == native else {}))
