@@ -94,7 +94,8 @@ def check_evs(meta: dict, t: dict[str, torch.Tensor]) -> None:
     p = json.loads(meta["params"])
     x = t["video_feats"]
     tt, n, _ = x.shape
-    red = spec.run(x, grid=tuple(p["video_size_thw"][1:]), ratio=None, signals=Signals(), params=spec.resolve({"q": p["q"]}))
+    red = spec.run(x, grid=tuple(p["video_size_thw"][1:]), ratio=None, signals=Signals(),
+                   params=spec.resolve({"q": p["q"]}))
     ours = torch.zeros(tt * n, dtype=torch.bool)
     ours[red.rep] = True
     ref = t["keep"].bool().reshape(-1)

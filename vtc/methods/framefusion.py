@@ -20,7 +20,8 @@ from vtc.signals import Signals
     params=[
         Param("similarity_threshold", "S_th: merge where cos to the previous frame ≥ S_th (default: searched "
               "to meet --ratio; 0.6 when no ratio is given)", "similarity_lower_bound", lo=-1.0, hi=1.0),
-        Param("cost", "FLOPs budget; at most 1 − cost of the tokens merge in the threshold mode", "cost", lo=0.0, hi=1.0),
+        Param("cost", "FLOPs budget; at most 1 − cost of the tokens merge in the threshold mode", "cost",
+              lo=0.0, hi=1.0),
     ],
 )
 def framefusion(

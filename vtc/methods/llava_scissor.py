@@ -61,7 +61,8 @@ class _Scissor:
     params=[
         Param("tau", "cosine above which two tokens are connected (default: searched to meet --ratio; 0.9, "
               "the README's, when no ratio is given)", "tau", lo=-1.0, hi=1.0),
-        Param("epsilon", "sampling tolerance of the approximate components (reference mode)", "epsilon", lo=0.0, hi=1.0),
+        Param("epsilon", "sampling tolerance of the approximate components (reference mode)", "epsilon",
+              lo=0.0, hi=1.0),
         Param("union_find", "exact: true components; reference: the authors' read-out, which can lose a "
               "node (bug), with their node sampling", choices=("exact", "reference")),
         Param("seed", "seed of the reference mode's node sampling (the authors use numpy's global RNG)",

@@ -166,8 +166,10 @@ def windows_of(times: Tensor, window_seconds: float) -> Tensor:
     "temporal pruning inside windows",
     paper="Tao et al., OmniZip: Audio-Guided Dynamic Token Compression for Fast Omnimodal LLMs, 2025",
     params=[
-        Param("rho_audio", "share of audio tokens dropped by the global saliency selection", "rho_audio", lo=0.0, hi=1.0),
-        Param("contextual_ratio", "share of audio tokens kept as anchors among the rest", "contextual_ratio", lo=0.0, hi=1.0),
+        Param("rho_audio", "share of audio tokens dropped by the global saliency selection", "rho_audio",
+              lo=0.0, hi=1.0),
+        Param("contextual_ratio", "share of audio tokens kept as anchors among the rest", "contextual_ratio",
+              lo=0.0, hi=1.0),
         Param("g", "members merged into each audio anchor (0: no anchors)", "g", lo=0),
         Param("window_seconds", "window length in seconds (Qwen2.5-Omni's interleaving chunk)", lo=1e-3),
         Param("audio_tokens_per_sec", "rate of the audio saliency", "audio_tokens_per_sec", lo=1),
