@@ -24,9 +24,9 @@ import json, resource, sys, time
 from pathlib import Path
 import open_clip
 import vtc
-from vtc.batch import discover, run_batch
-from vtc.config import make_config
-from vtc.encode import Encoder, EncoderConfig
+from vtc.run.batch import discover, run_batch
+from vtc.run.config import make_config
+from vtc.io.encode import Encoder, EncoderConfig
 mode, src, out, frames, workers, device = sys.argv[1:7]
 cfg = make_config(method="fastvid", ratio=0.1, frames=int(frames), model="ViT-B-16", pretrained=None, device=device)
 enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, device=device), model=open_clip.create_model("ViT-B-16"),

@@ -30,13 +30,13 @@ if mode == "naive":
     picked = [allf[i] for i in idx]
     out["frames"] = len(allf)
 elif mode == "decode":  # streaming decode alone, at ViT-B/16's input size (shortest side 224)
-    from vtc.decode import Sampling, iter_frames
+    from vtc.io.decode import Sampling, iter_frames
     size = lambda w, h: (round(w * 224 / min(w, h)), round(h * 224 / min(w, h)))
     t0 = time.perf_counter()
     out["frames"] = sum(1 for _ in iter_frames(video, Sampling(frames=frames), size))
 else:
     import open_clip, torch
-    from vtc.encode import Encoder, EncoderConfig
+    from vtc.io.encode import Encoder, EncoderConfig
     model = open_clip.create_model("ViT-B-16", pretrained=None)
     enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, device=device), model=model, name="ViT-B-16")
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "media" / "one_by_one
 CHILD = r"""
 import json, sys
 import open_clip, vtc
-from vtc.encode import Encoder, EncoderConfig
+from vtc.io.encode import Encoder, EncoderConfig
 video, fps, device, setting = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 params = {"none": {"skip_static_frames": False}, "skip": {}, "changed": {"encode_changed_only": True}}[setting]
 enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, device=device), model=open_clip.create_model("ViT-B-16"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vtc
-from vtc.audio import audio_saliency, saliency_from_pcm
+from vtc.io.audio import audio_saliency, saliency_from_pcm
 from vtc.methods import get_method
 from vtc.methods.omnizip import renormalise_monotone
 from vtc.signals import Signals

@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 import vtc
-from vtc.batch import discover, parse_shard, read_manifest
 from vtc.cli import app
 from vtc.errors import UsageError
+from vtc.run.batch import discover, parse_shard, read_manifest
 
 runner = CliRunner()
 

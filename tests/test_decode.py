@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vtc.decode import DecodeReport, Sampling, decode_audio, iter_frames, probe
 from vtc.errors import InputError, TruncatedVideoError, UsageError
+from vtc.io.decode import DecodeReport, Sampling, decode_audio, iter_frames, probe
 
 
 def same(w: int, h: int) -> tuple[int, int]:
@@ -84,7 +84,7 @@ def test_audio_mono_float(clip_path: Path, silent_clip: Path) -> None:
 
 def test_seek_sampling_matches_sequential(tmp_path: Path) -> None:
     """Sparse targets on a short-GOP clip: seeking chooses exactly the frames a full pass chooses."""
-    from vtc.decode import _sparse, keyframe_times
+    from vtc.io.decode import _sparse, keyframe_times
     from vtc.testing import write_video
 
     frames = []

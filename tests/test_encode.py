@@ -5,8 +5,8 @@ import open_clip
 import pytest
 import torch
 
-from vtc.encode import Encoder, EncoderConfig
 from vtc.errors import ModelError, UsageError
+from vtc.io.encode import Encoder, EncoderConfig
 
 ALL = {"attn", "pooled", "cls_attn", "cls_token", "keys"}
 

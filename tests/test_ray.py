@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 import vtc
-from vtc.batch import read_manifest
 from vtc.cli import app
+from vtc.run.batch import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def test_ray_matches_local_engine(ray_local, tmp_path: Path, clip_path: Path, si
 def test_missing_ray_message(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
-    from vtc import ray_engine
     from vtc.errors import MissingDependencyError
+    from vtc.run import ray_engine
 
     real = builtins.__import__
 

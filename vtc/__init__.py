@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from vtc.api import CompressResult, FeatureResult, compress, compress_features  # noqa: E402
 from vtc.errors import VtcError  # noqa: E402
-from vtc.store import TokenFile, load  # noqa: E402
+from vtc.io.store import TokenFile, load  # noqa: E402
 
 __all__ = ["CompressResult", "FeatureResult", "TokenFile", "VtcError", "__version__", "compress",
            "compress_features", "load"]

@@ -14,14 +14,14 @@ import torch
 from torch import Tensor
 
 from vtc import __version__
-from vtc.config import CompressConfig, make_config
-from vtc.decode import DecodeReport, Sampling, VideoInfo, content_hash, probe
-from vtc.encode import Encoder
 from vtc.errors import UsageError
+from vtc.io.decode import DecodeReport, Sampling, VideoInfo, content_hash, probe
+from vtc.io.encode import Encoder
+from vtc.io.store import load, out_dtype
 from vtc.methods import get_method
 from vtc.reduction import Reduction
+from vtc.run.config import CompressConfig, make_config
 from vtc.signals import Signals
-from vtc.store import load, out_dtype
 
 __all__ = ["CompressResult", "FeatureResult", "compress", "compress_features", "load", "default_output"]
 
@@ -114,7 +114,7 @@ def compress(
     TOML path) fills what is not given. An `encoder` can be passed to reuse a loaded model.
     Nothing is written unless every stage succeeds; the write itself is atomic.
     """
-    from vtc.pipeline import Engine, Job, Plan
+    from vtc.run.pipeline import Engine, Job, Plan
 
     cfg: CompressConfig = make_config(preset, **options)
     plan = Plan.make(cfg)

@@ -116,7 +116,7 @@ def compress(
     with -o OUTDIR, a manifest (vtc-manifest.jsonl), resume and failures recorded per input.
     """
     from vtc.api import compress as api_compress
-    from vtc.config import parse_param
+    from vtc.run.config import parse_param
 
     single = len(inputs) == 1 and not Path(inputs[0]).is_dir() and (
         Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?["))
@@ -165,8 +165,8 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
            preset: str | None, *, quiet: bool, retry_failed: bool, fail_fast: bool, shard: str | None,
            workers: int, as_json: bool, engine: str = "local", ray_address: str | None = None,
            actors: int = 1) -> None:
-    from vtc.batch import parse_shard, run_batch
-    from vtc.config import make_config, parse_param
+    from vtc.run.batch import parse_shard, run_batch
+    from vtc.run.config import make_config, parse_param
 
     try:
         if output is None:
@@ -211,7 +211,7 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
             raise UsageError(f"--engine must be local or ray, not '{engine}'.")
         with bar:
             if engine == "ray":
-                from vtc.ray_engine import run_ray
+                from vtc.run.ray_engine import run_ray
 
                 summary = run_ray(inputs, output, cfg, address=ray_address or os.environ.get("RAY_ADDRESS"),
                                   shard=shard_t, retry_failed=retry_failed, actors=actors, on_event=on_event)
@@ -304,7 +304,7 @@ def doctor() -> None:
     import open_clip
     import torch
 
-    from vtc.encode import pick_device, pick_dtype
+    from vtc.io.encode import pick_device, pick_dtype
 
     dev = pick_device("auto")
     table = Table(show_header=False, box=None)

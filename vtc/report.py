@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from vtc.errors import MissingDependencyError
-from vtc.store import TokenFile, load
+from vtc.io.store import TokenFile, load
 
 CELL_MAX = 32  # pixels per patch cell in the tiles (tiles are at most 16·32 = 512 px wide)
 TILE_TARGET = 192  # aim for tiles about this wide
@@ -79,8 +79,8 @@ def cell_maps(f: TokenFile) -> Maps:
 
 def frame_views(video: str | os.PathLike[str], f: TokenFile, cell: int) -> list[np.ndarray]:
     """The sampled frames as the encoder saw them (resize + crop), scaled to tiles: uint8 [h·cell, w·cell, 3]."""
-    from vtc.decode import Sampling, iter_frames
-    from vtc.encode import input_size
+    from vtc.io.decode import Sampling, iter_frames
+    from vtc.io.encode import input_size
 
     enc = f.meta.get("encoder", {}) or {}
     image_size = tuple(enc.get("image_size") or f.meta.get("image_size") or (224, 224))
@@ -166,7 +166,7 @@ def check_video(f: TokenFile, video: str | os.PathLike[str] | None) -> str | Non
     """A warning when `video` is not the video the file was made from (content hash), else None."""
     if video is None:
         return None
-    from vtc.decode import content_hash
+    from vtc.io.decode import content_hash
 
     want = (f.meta.get("video") or {}).get("sha256")
     if want and content_hash(video) != want:

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vtc.store import load
+from vtc.io.store import load
 
 BARS = "▁▂▃▄▅▆▇█"
 

@@ -2,7 +2,7 @@
 Follows KD-TAO/OmniZip (`omnizip_core.omnizip`, `omnizip_audio_attn`, `omnizip_istm`).
 
 The authors read audio saliency from the Qwen2.5-Omni audio encoder; vtc has none and computes a training-free
-saliency from the decoded audio (`vtc.audio.saliency`: log-mel energy and spectral flux at 25 tokens/s).
+saliency from the decoded audio (`vtc.io.audio.saliency`: log-mel energy and spectral flux at 25 tokens/s).
 Users with real audio-encoder scores pass them as `audio_saliency` to `vtc.compress_features`.
 """
 

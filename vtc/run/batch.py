@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from vtc import __version__
-from vtc.config import CompressConfig
-from vtc.encode import Encoder
 from vtc.errors import UsageError
-from vtc.pipeline import Engine, Job, Outcome, Plan
+from vtc.io.encode import Encoder
+from vtc.run.config import CompressConfig
+from vtc.run.pipeline import Engine, Job, Outcome, Plan
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .gif".split()

@@ -4,7 +4,7 @@
                   GPU when available) ──▶ records ──▶ the same manifest as the local engine
 
 Outputs go to OUTDIR, which must be storage every node sees (NFS, a mounted bucket). Resume, retry-failed,
-shards and failure records are the local engine's (`vtc.batch`): only the execution differs. Ray is optional:
+shards and failure records are the local engine's (`vtc.run.batch`): only the execution differs. Ray is optional:
 `pip install 'vtc[ray]'`.
 """
 
@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vtc.batch import BatchSummary, Manifest, _clean_stale, _record, plan_items
-from vtc.config import CompressConfig
 from vtc.errors import MissingDependencyError, VtcError
+from vtc.run.batch import BatchSummary, Manifest, _clean_stale, _record, plan_items
+from vtc.run.config import CompressConfig
 
 
 def _ray() -> Any:
@@ -37,8 +37,8 @@ def _decode_row(row: dict[str, Any], cfg_json: str, geometry: dict[str, Any]) ->
     """Ray task: decode one video's sampled frames at the encoder's input size (or record the error)."""
     import numpy as np
 
-    from vtc.decode import DecodeReport, Sampling, iter_frames, probe
-    from vtc.encode import input_size
+    from vtc.io.decode import DecodeReport, Sampling, iter_frames, probe
+    from vtc.io.encode import input_size
 
     cfg = CompressConfig(**json.loads(cfg_json))
     out: dict[str, Any] = {"input": row["input"], "output": row["output"], "error": None, "error_type": None}
@@ -63,8 +63,8 @@ class _EncodeActor:
     """Ray actor: loads the model once; encodes, compresses and stores each decoded video."""
 
     def __init__(self, cfg_json: str) -> None:
-        from vtc.encode import Encoder
-        from vtc.pipeline import Engine, Plan
+        from vtc.io.encode import Encoder
+        from vtc.run.pipeline import Engine, Plan
 
         self.cfg = CompressConfig(**json.loads(cfg_json))
         c = self.cfg
@@ -73,8 +73,8 @@ class _EncodeActor:
         self.cfg_hash = c.config_hash()
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from vtc.decode import DecodeReport, VideoInfo
-        from vtc.pipeline import Job, Outcome
+        from vtc.io.decode import DecodeReport, VideoInfo
+        from vtc.run.pipeline import Job, Outcome
 
         job = Job(0, Path(row["input"]), Path(row["output"]))
         if row["error"]:
@@ -103,9 +103,9 @@ def run_ray(
     gpus_per_actor: float | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> BatchSummary:
-    """Run a batch on Ray (see the module docstring); returns the same summary as `vtc.batch.run_batch`."""
+    """Run a batch on Ray (see the module docstring); returns the same summary as `vtc.run.batch.run_batch`."""
     ray = _ray()
-    from vtc.encode import Encoder
+    from vtc.io.encode import Encoder
 
     t0 = time.perf_counter()
     out_root = Path(outdir)

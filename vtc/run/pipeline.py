@@ -1,5 +1,5 @@
 """The streaming engine: decode in worker threads ahead of the encoder, batch frames across videos, compress and
-store in a writer thread.  `vtc.compress` (one file) and `vtc.batch` (many) both run on it.
+store in a writer thread.  `vtc.compress` (one file) and `vtc.run.batch` (many) both run on it.
 
     decode workers ──(bounded queue of frame chunks)──▶ encoder (main thread) ──▶ writer thread (compress+store)
 
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vtc.config import CompressConfig
-from vtc.decode import DecodeReport, Sampling, VideoInfo, iter_frames, probe
-from vtc.encode import Encoder
 from vtc.errors import InputError, UsageError, VtcError
+from vtc.io.decode import DecodeReport, Sampling, VideoInfo, iter_frames, probe
+from vtc.io.encode import Encoder
 from vtc.methods import MethodSpec, get_method
+from vtc.run.config import CompressConfig
 from vtc.signals import provided_by
 
 
@@ -268,7 +268,7 @@ class Engine:
     # ------------------------------------------------------------------ finish (writer thread)
     def _finish(self, video: _Video) -> Outcome:
         from vtc.api import build_metadata, compress_features
-        from vtc.store import out_dtype, token_tensors, write
+        from vtc.io.store import out_dtype, token_tensors, write
 
         plan, enc = self.plan, self.encoder
         t0 = time.perf_counter()
@@ -283,7 +283,7 @@ class Engine:
         if "times" in wanted:
             sig["times"] = torch.tensor(video.report.frame_times, dtype=torch.float64)
         if "audio_saliency" in wanted and video.info is not None and video.info.has_audio:
-            from vtc.audio import audio_saliency
+            from vtc.io.audio import audio_saliency
 
             sig["audio_saliency"] = audio_saliency(video.job.input, start=video.info.start_time)
         timings = {"decode": video.t_decode, "encode": video.t_encode}
@@ -312,7 +312,7 @@ class Engine:
             meta["query"] = plan.cfg.query
             tensors["relevance"] = sig["relevance"].float().contiguous()
         if "audio_saliency" in wanted:
-            from vtc.audio import SALIENCY_NAME
+            from vtc.io.audio import SALIENCY_NAME
 
             sal = sig.get("audio_saliency")
             meta["signals"]["audio_saliency"] = SALIENCY_NAME if sal is not None else "none (no audio track)"

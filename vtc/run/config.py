@@ -21,8 +21,8 @@ from typing import Any
 
 import tomllib
 
-from vtc.encode import DEFAULT_MODEL, DEFAULT_PRETRAINED, EncoderConfig
 from vtc.errors import UsageError
+from vtc.io.encode import DEFAULT_MODEL, DEFAULT_PRETRAINED, EncoderConfig
 
 DEFAULT_METHOD = "fastvid"
 
@@ -77,8 +77,8 @@ class CompressConfig:
 
 def presets_dirs() -> list[Path]:
     """Where named presets live: the installed package's copy, then the repository's `presets/`."""
-    here = Path(__file__).resolve().parent
-    return [here / "presets", here.parent / "presets"]
+    package = Path(__file__).resolve().parents[1]
+    return [package / "presets", package.parent / "presets"]
 
 
 def list_presets() -> dict[str, Path]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vtc.decode import AUDIO_RATE, decode_audio
+from vtc.io.decode import AUDIO_RATE, decode_audio
 
 SALIENCY_NAME = "logmel_energy+flux (training-free stand-in for Qwen2.5-Omni audio attention)"
 
