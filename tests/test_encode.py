@@ -37,7 +37,7 @@ def test_last_layer_pooled_equals_open_clip(kind: str, model_args) -> None:  # n
     f = frames(enc)
     ours = enc.encode(f, {"pooled"})["pooled"]
     with torch.inference_mode():
-        ref = enc.model.encode_image(enc.preprocess(f))
+        ref = enc.model.encode_image(enc.geometry.preprocess(f))
     assert torch.allclose(ours, ref, atol=1e-5)
 
 

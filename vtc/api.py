@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import time
 from collections.abc import Callable
@@ -10,20 +9,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from vtc import __version__
 from vtc.errors import UsageError
-from vtc.io.decode import DecodeReport, Sampling, VideoInfo, content_hash, probe
+from vtc.io.decode import probe
 from vtc.io.encode import Encoder
-from vtc.io.store import load, out_dtype
-from vtc.methods import get_method
+from vtc.io.store import load
+from vtc.methods.registry import parse_method
 from vtc.reduction import Reduction
-from vtc.run.config import CompressConfig, make_config
+from vtc.run.batch import BatchSummary, LocalExecutor, run_batch
+from vtc.run.config import make_config
+from vtc.run.finish import Job
+from vtc.run.pipeline import Engine
+from vtc.run.plan import Plan
+from vtc.run.ray_engine import RayExecutor
 from vtc.signals import Signals
 
-__all__ = ["CompressResult", "FeatureResult", "compress", "compress_features", "load", "default_output"]
+__all__ = ["CompressResult", "FeatureResult", "compress", "compress_batch", "compress_features", "load",
+           "default_output"]
 
 
 @dataclass
@@ -35,6 +38,7 @@ class FeatureResult:
     method: str
     params: dict[str, Any]
     ratio_requested: float | None
+    variant: str | None = None
 
     @property
     def ratio_achieved(self) -> float:
@@ -70,14 +74,18 @@ def compress_features(
     """Compress features from any encoder.
 
     features: [T, N, D] (N = h·w, row-major) or [T, h, w, D]. `grid` (h, w) defaults to a square N.
+    `method` is a name or `name:variant` (e.g. "dycoke:reference", the authors' exact behaviour).
     Signals a method needs are passed by name: attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D],
-    keys [T, N+1, d], audio_saliency [A], relevance [T]. Method parameters go in `params` (vtc or authors' names).
+    keys [T, N+1, d], frames [T, H, W, 3], times [T], audio_saliency [A], relevance [T], thumbnail [N', D].
+    Method parameters go in `params` (vtc or authors' names).
     """
+    if not isinstance(features, Tensor):
+        raise UsageError(f"features must be a torch.Tensor [T, N, D], not {type(features).__name__}.")
     if features.dim() == 4:
         grid = grid or (features.shape[1], features.shape[2])
         features = features.reshape(features.shape[0], -1, features.shape[-1])
-    if features.dim() != 3:
-        raise UsageError(f"features must be [T, N, D] or [T, h, w, D], got shape {tuple(features.shape)}.")
+    if features.dim() != 3 or features.shape[0] < 1 or features.shape[1] < 1:
+        raise UsageError(f"features must be [T ≥ 1, N ≥ 1, D] or [T, h, w, D], got shape {tuple(features.shape)}.")
     t, n, _ = features.shape
     if grid is None:
         side = int(round(n**0.5))
@@ -88,14 +96,14 @@ def compress_features(
         raise UsageError(f"grid {grid} does not match N = {n}.")
     if ratio is not None and not 0.0 < float(ratio) <= 1.0:
         raise UsageError(f"ratio must be in (0, 1] — the fraction of tokens kept — not {ratio}.")
-    spec = get_method(method)
+    spec, variant = parse_method(method)
     unknown = set(signals) - set(Signals.names())
     if unknown:
         raise UsageError(f"unknown signal(s) {', '.join(sorted(unknown))}; known: {', '.join(Signals.names())}.")
     sig = Signals(**{k: v for k, v in signals.items() if v is not None})
-    resolved = spec.resolve(params or {})
+    resolved = spec.resolve(params or {}, variant)
     red = spec.run(features, grid=tuple(grid), ratio=ratio, signals=sig, params=resolved)
-    return FeatureResult(red.apply(features), red, spec.name, resolved, ratio)
+    return FeatureResult(red.apply(features), red, spec.name, resolved, ratio, variant)
 
 
 def compress(
@@ -109,25 +117,22 @@ def compress(
 ) -> CompressResult:
     """Decode → encode → compress → store one video.
 
-    Options have the CLI's names (see `CompressConfig`): method, ratio, params, frames, fps, every, model,
-    pretrained, checkpoint, layer, device, dtype, batch_size, dtype_out, allow_truncated. A `preset` (name or
-    TOML path) fills what is not given. An `encoder` can be passed to reuse a loaded model.
-    Nothing is written unless every stage succeeds; the write itself is atomic.
+    Options have the CLI's names (see `CompressConfig.option_names()`): method, ratio, params, frames, fps,
+    every, model, pretrained, checkpoint, layer, device, dtype, batch_size, dtype_out, allow_truncated, query.
+    A `preset` (name or TOML path) fills what is not given. An `encoder` can be passed to reuse a loaded model.
+    Every option is validated before the video is opened; nothing is written unless every stage succeeds, and
+    the write itself is atomic.
     """
-    from vtc.run.pipeline import Engine, Job, Plan
-
-    cfg: CompressConfig = make_config(preset, **options)
-    plan = Plan.make(cfg)
-    out_dtype(cfg.dtype_out)
+    t0 = time.perf_counter()
+    plan = Plan.make(make_config(preset, **options))
     out_path = Path(output) if output is not None else default_output(path)
     if out_path.is_dir():  # -o DIR for one file: write DIR/<name>.safetensors
         out_path = out_path / default_output(Path(path).name)
-    t0 = time.perf_counter()
     probe(path)  # fail fast on a bad input before loading a model
     if encoder is None:
-        encoder = Encoder(cfg.encoder_config())
+        encoder = Encoder(plan.cfg.encoder)
     load_time = time.perf_counter() - t0
-    seen = {"frames": 0}
+    seen: dict[str, int] = {}
 
     def on_event(kind: str, data: dict[str, Any]) -> None:
         if progress is not None and kind in ("decoded", "encoded"):
@@ -143,58 +148,32 @@ def compress(
                           {"load": load_time, **outcome.timings}, outcome.truncated)
 
 
-def build_metadata(
-    path: str | os.PathLike[str],
-    info: VideoInfo,
-    cfg: CompressConfig,
-    encoder: Encoder,
-    result: FeatureResult,
-    report: DecodeReport,
-    sampling: Sampling,
-    signals: list[str],
-    shape: torch.Size,
-) -> dict[str, Any]:
-    """The string metadata of a token file (format v1)."""
-    t, n, d = shape
-    red = result.reduction
-    enc = encoder.describe()
-    sources = encoder.signal_sources()
-    return {
-        "vtc_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "method": result.method,
-        "params": result.params,
-        "ratio_requested": result.ratio_requested,
-        "ratio_achieved": round(red.ratio(), 6),
-        "order": red.info.get("order", "frame-row-col"),
-        "model": enc["model"],
-        "pretrained": enc["pretrained"],
-        "checkpoint": enc["checkpoint"],
-        "checkpoint_sha256": enc["checkpoint_sha256"],
-        "layer": str(cfg.layer),
-        "image_size": enc["image_size"],
-        "grid": list(encoder.grid),
-        "T": t,
-        "N": n,
-        "D": d,
-        "K": red.num_outputs,
-        "signals": {s: sources.get(s, "") for s in signals},
-        "encoder": enc,
-        "sampling": sampling.describe(),
-        "video": {
-            "path": str(Path(path).resolve()),
-            "size_bytes": info.size_bytes,
-            "sha256": content_hash(path),
-            "duration": info.duration,
-            "fps": info.fps,
-            "width": info.width,
-            "height": info.height,
-            "rotation": info.rotation,
-            "codec": info.codec,
-            "container": info.container,
-            "has_audio": info.has_audio,
-        },
-        "truncated": report.truncated,
-        "decode": {"decoded_frames": report.decoded_frames, "last_time": report.last_time, "error": report.error},
-        "info": red.info,
-    }
+def compress_batch(
+    inputs: list[str],
+    outdir: str | os.PathLike[str],
+    *,
+    preset: str | None = None,
+    shard: tuple[int, int] | None = None,
+    retry_failed: bool = False,
+    fail_fast: bool = False,
+    engine: str = "local",
+    workers: int = 2,
+    ray_address: str | None = None,
+    actors: int = 1,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> BatchSummary:
+    """Many videos (files, directories, globs) → OUTDIR with a manifest; see `vtc.run.batch`.
+
+    `engine` is "local" (threads on this machine) or "ray" (a Ray cluster); both share the plan, the manifest,
+    resume and the summary. Options as for `compress`; they are validated before anything runs.
+    """
+    cfg = make_config(preset, **options)
+    if engine == "local":
+        executor: Any = LocalExecutor(decode_workers=workers)
+    elif engine == "ray":
+        executor = RayExecutor(address=ray_address, actors=actors)
+    else:
+        raise UsageError(f"--engine must be local or ray, not '{engine}'.")
+    return run_batch(inputs, outdir, cfg, shard=shard, retry_failed=retry_failed, fail_fast=fail_fast,
+                     executor=executor, on_event=on_event)

@@ -165,8 +165,9 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
            preset: str | None, *, quiet: bool, retry_failed: bool, fail_fast: bool, shard: str | None,
            workers: int, as_json: bool, engine: str = "local", ray_address: str | None = None,
            actors: int = 1) -> None:
-    from vtc.run.batch import parse_shard, run_batch
-    from vtc.run.config import make_config, parse_param
+    from vtc.api import compress_batch
+    from vtc.run.batch import parse_shard
+    from vtc.run.config import parse_param
 
     try:
         if output is None:
@@ -176,7 +177,6 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
         params = dict(parse_param(p) for p in (param or []))
         if params:
             options["params"] = params
-        cfg = make_config(preset, **options)
         shard_t = parse_shard(shard)
         fancy = not quiet and not as_json and console.is_terminal
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -207,17 +207,11 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
                     bar.console.print(f"[red]failed[/] {data['error']}", highlight=False, soft_wrap=True)
             bar.update(task, stats=f"{state['frames']} frames, {state['tokens']} tokens, {state['failed']} failed")
 
-        if engine not in ("local", "ray"):
-            raise UsageError(f"--engine must be local or ray, not '{engine}'.")
         with bar:
-            if engine == "ray":
-                from vtc.run.ray_engine import run_ray
-
-                summary = run_ray(inputs, output, cfg, address=ray_address or os.environ.get("RAY_ADDRESS"),
-                                  shard=shard_t, retry_failed=retry_failed, actors=actors, on_event=on_event)
-            else:
-                summary = run_batch(inputs, output, cfg, shard=shard_t, retry_failed=retry_failed,
-                                    fail_fast=fail_fast, decode_workers=workers, on_event=on_event)
+            summary = compress_batch(inputs, output, preset=preset, shard=shard_t, retry_failed=retry_failed,
+                                     fail_fast=fail_fast, engine=engine, workers=workers,
+                                     ray_address=ray_address or os.environ.get("RAY_ADDRESS"), actors=actors,
+                                     on_event=on_event, **options)
     except VtcError as e:
         raise _fail(e) from None
     info = summary.as_dict()

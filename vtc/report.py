@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from vtc.errors import MissingDependencyError
+from vtc.io.decode import Sampling, content_hash, iter_frames
+from vtc.io.geometry import FrameGeometry
 from vtc.io.store import TokenFile, load
 
 CELL_MAX = 32  # pixels per patch cell in the tiles (tiles are at most 16·32 = 512 px wide)
@@ -77,28 +79,27 @@ def cell_maps(f: TokenFile) -> Maps:
     return Maps(state.reshape(t, h, w), source.reshape(t, h, w), outline.reshape(t, h, w))
 
 
-def frame_views(video: str | os.PathLike[str], f: TokenFile, cell: int) -> list[np.ndarray]:
-    """The sampled frames as the encoder saw them (resize + crop), scaled to tiles: uint8 [h·cell, w·cell, 3]."""
-    from vtc.io.decode import Sampling, iter_frames
-    from vtc.io.encode import input_size
-
+def file_geometry(f: TokenFile) -> FrameGeometry:
+    """The frame geometry a token file was made with (files before it was recorded: size and resize mode)."""
     enc = f.meta.get("encoder", {}) or {}
-    image_size = tuple(enc.get("image_size") or f.meta.get("image_size") or (224, 224))
-    mode = enc.get("resize_mode", "shortest")
+    if isinstance(enc.get("geometry"), dict):
+        return FrameGeometry.from_dict(enc["geometry"])
+    size = enc.get("image_size") or f.meta.get("image_size") or (224, 224)
+    return FrameGeometry((int(size[0]), int(size[-1])), enc.get("resize_mode", "shortest"))
+
+
+def frame_views(video: str | os.PathLike[str], f: TokenFile, cell: int) -> list[np.ndarray]:
+    """The sampled frames exactly as the encoder saw them (resize, crop or pad), scaled to tiles:
+    uint8 [h·cell, w·cell, 3] each."""
+    geo = file_geometry(f)
     times = f["frame_times"].double().numpy()
     h, w = f.grid
     Image, _ = _pil()
     out = []
-
-    def size(width: int, height: int) -> tuple[int, int]:
-        return input_size(width, height, image_size, mode)
-
-    for _, arr in iter_frames(video, Sampling(frames=len(times)), size, times=times, allow_truncated=True):
-        hh, ww = arr.shape[:2]
-        th, tw = image_size
-        top, left = max(0, (hh - th) // 2), max(0, (ww - tw) // 2)
-        crop = arr[top : top + th, left : left + tw]
-        out.append(np.asarray(Image.fromarray(crop).resize((w * cell, h * cell), Image.BILINEAR)))
+    for _, arr in iter_frames(video, Sampling(frames=len(times)), geo.decode_size, times=times,
+                              allow_truncated=True):
+        seen = geo.view(geo.preprocess(arr[None]))[0].numpy()
+        out.append(np.asarray(Image.fromarray(seen).resize((w * cell, h * cell), Image.BILINEAR)))
     return out
 
 
@@ -166,7 +167,6 @@ def check_video(f: TokenFile, video: str | os.PathLike[str] | None) -> str | Non
     """A warning when `video` is not the video the file was made from (content hash), else None."""
     if video is None:
         return None
-    from vtc.io.decode import content_hash
 
     want = (f.meta.get("video") or {}).get("sha256")
     if want and content_hash(video) != want:

@@ -49,6 +49,11 @@ class VideoInfo:
         return asdict(self)
 
 
+#: sanity bounds of the sampling options
+MAX_FPS = 1000.0
+MAX_FRAMES = 1_000_000
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How to pick frames: `frames` uniformly over the duration, or `fps` per second, or `every` n-th frame."""
@@ -58,15 +63,19 @@ class Sampling:
     every: int | None = None
 
     def validate(self) -> Sampling:
-        given = [v for v in (self.fps, self.every) if v is not None]
+        """One mode, with a value of the right type and a sane size; else a UsageError."""
+        given = [k for k in ("fps", "every") if getattr(self, k) is not None]
         if len(given) > 1:
             raise UsageError("choose one of --frames, --fps or --every.")
-        if self.fps is not None and not self.fps > 0:
-            raise UsageError(f"--fps must be > 0, not {self.fps}.")
-        if self.every is not None and self.every < 1:
-            raise UsageError(f"--every must be ≥ 1, not {self.every}.")
-        if not given and (self.frames is None or self.frames < 1):
-            raise UsageError(f"--frames must be ≥ 1, not {self.frames}.")
+        if self.fps is not None:
+            if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not math.isfinite(self.fps) \
+                    or not 0 < self.fps <= MAX_FPS:
+                raise UsageError(f"--fps must be a number in (0, {MAX_FPS}], not {self.fps!r}.")
+        elif self.every is not None:
+            if isinstance(self.every, bool) or not isinstance(self.every, int) or not 1 <= self.every:
+                raise UsageError(f"--every must be an integer ≥ 1, not {self.every!r}.")
+        elif isinstance(self.frames, bool) or not isinstance(self.frames, int) or not 1 <= self.frames <= MAX_FRAMES:
+            raise UsageError(f"--frames must be an integer in [1, {MAX_FRAMES}], not {self.frames!r}.")
         return self
 
     def describe(self) -> dict[str, object]:

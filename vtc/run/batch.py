@@ -8,6 +8,10 @@
   manifest file, and readers merge them.
 - Outputs are written atomically (temporary file + rename), so a run killed at any moment leaves no partial
   output; stale temporary files of killed runs are removed when their input is processed again.
+
+This module is the batch core that both engines share: it plans (before any work), discovers, resumes, writes
+the manifest and adds up the summary. An `Executor` only turns jobs into outcomes: `LocalExecutor` (threads on
+this machine, `vtc.run.pipeline.Engine`) or `vtc.run.ray_engine.RayExecutor` (a Ray cluster).
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vtc import __version__
 from vtc.errors import UsageError
 from vtc.io.encode import Encoder
 from vtc.run.config import CompressConfig
-from vtc.run.pipeline import Engine, Job, Outcome, Plan
+from vtc.run.finish import Job, Outcome
+from vtc.run.pipeline import Engine
+from vtc.run.plan import Plan
+
+Notify = Callable[[str, dict[str, Any]], None]
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .gif".split()
@@ -143,6 +151,17 @@ class BatchSummary:
     manifest: str = ""
     failures: list[dict[str, str]] = field(default_factory=list)
 
+    def add(self, out: Outcome) -> None:
+        """Count one outcome."""
+        if out.ok:
+            self.ok += 1
+            self.frames += out.frames
+            self.tokens += out.num_tokens
+            self.source_tokens += out.num_source_tokens
+        else:
+            self.failed += 1
+            self.failures.append({"input": str(out.job.input), "error": str(out.error)})
+
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["files_per_s"] = round(self.ok / self.wall, 3) if self.wall else 0.0
@@ -169,7 +188,7 @@ def _record(out: Outcome, cfg_hash: str) -> dict[str, Any]:
     return rec
 
 
-def _clean_stale(output: Path) -> None:
+def clean_stale(output: Path) -> None:
     """Remove temporary files a killed run left for this output."""
     if output.parent.is_dir():
         for tmp in output.parent.glob(f".{output.name}.*.tmp"):
@@ -206,6 +225,35 @@ def plan_items(
     return todo, summary, out_root / name
 
 
+class Executor(Protocol):
+    """Turns jobs into outcomes (in any order).  After `execute`, `load` and `encoder_busy` hold seconds spent."""
+
+    load: float
+    encoder_busy: float
+
+    def execute(self, plan: Plan, jobs: list[Job], *, fail_fast: bool, notify: Notify) -> Iterator[Outcome]: ...
+
+
+class LocalExecutor:
+    """This machine: decode threads ahead of one encoder (`vtc.run.pipeline.Engine`)."""
+
+    def __init__(self, decode_workers: int = 2, encoder: Encoder | None = None) -> None:
+        self.decode_workers = decode_workers
+        self.encoder = encoder
+        self.load = 0.0
+        self.encoder_busy = 0.0
+
+    def execute(self, plan: Plan, jobs: list[Job], *, fail_fast: bool, notify: Notify) -> Iterator[Outcome]:
+        t0 = time.perf_counter()
+        encoder = self.encoder or Encoder(plan.cfg.encoder)
+        self.load = time.perf_counter() - t0
+        engine = Engine(plan, encoder, decode_workers=self.decode_workers, on_event=notify)
+        try:
+            yield from engine.run(jobs, fail_fast=fail_fast)
+        finally:
+            self.encoder_busy = engine.encoder_busy
+
+
 def run_batch(
     inputs: list[str],
     outdir: str | os.PathLike[str],
@@ -214,45 +262,33 @@ def run_batch(
     shard: tuple[int, int] | None = None,
     retry_failed: bool = False,
     fail_fast: bool = False,
-    decode_workers: int = 2,
-    encoder: Encoder | None = None,
-    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    executor: Executor | None = None,
+    on_event: Notify | None = None,
 ) -> BatchSummary:
-    """Process many videos; see the module docstring.  Returns totals; the manifest has the details."""
+    """Process many videos; see the module docstring.  Returns totals; the manifest has the details.
+
+    The plan is made first: a bad option fails here, before any input is decoded or a model loaded.
+    """
     t0 = time.perf_counter()
-    out_root = Path(outdir)
     plan = Plan.make(cfg)
+    out_root = Path(outdir)
     cfg_hash = cfg.config_hash()
     todo, summary, manifest_path = plan_items(inputs, out_root, cfg, shard=shard, retry_failed=retry_failed)
     notify = on_event or (lambda kind, data: None)
     notify("start", {"total": summary.total, "todo": len(todo), "skipped": summary.skipped})
+    executor = executor or LocalExecutor()
     manifest = Manifest(manifest_path)
     try:
         if todo:
-            tl = time.perf_counter()
-            if encoder is None:
-                encoder = Encoder(cfg.encoder_config())
-            summary.load = time.perf_counter() - tl
-            engine = Engine(plan, encoder, decode_workers=decode_workers, on_event=notify)
-
-            def jobs() -> Iterator[Job]:
-                for i, it in enumerate(todo):
-                    _clean_stale(it.output(out_root))
-                    yield Job(i, it.input, it.output(out_root))
-
-            for out in engine.run(jobs(), fail_fast=fail_fast):
+            jobs = [Job(i, it.input, it.output(out_root)) for i, it in enumerate(todo)]
+            for job in jobs:
+                clean_stale(job.output)
+            for out in executor.execute(plan, jobs, fail_fast=fail_fast, notify=notify):
                 manifest.write(_record(out, cfg_hash))
-                if out.ok:
-                    summary.ok += 1
-                    summary.frames += out.frames
-                    summary.tokens += out.num_tokens
-                    summary.source_tokens += out.num_source_tokens
-                else:
-                    summary.failed += 1
-                    summary.failures.append({"input": str(out.job.input), "error": str(out.error)})
+                summary.add(out)
                 notify("file", {"ok": out.ok, "input": str(out.job.input), "tokens": out.num_tokens,
                                 "frames": out.frames, "error": None if out.ok else str(out.error)})
-            summary.encoder_busy = engine.encoder_busy
+            summary.load, summary.encoder_busy = executor.load, executor.encoder_busy
     finally:
         manifest.close()
     summary.wall = time.perf_counter() - t0

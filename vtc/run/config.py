@@ -14,6 +14,7 @@ A preset names any `CompressConfig` field at top level and method parameters in 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +23,19 @@ from typing import Any
 import tomllib
 
 from vtc.errors import UsageError
-from vtc.io.encode import DEFAULT_MODEL, DEFAULT_PRETRAINED, EncoderConfig
+from vtc.io.encode import EncoderConfig
+from vtc.io.store import OUT_DTYPES
 
 DEFAULT_METHOD = "fastvid"
+#: the encoder's fields, declared once in `EncoderConfig`, given flat in options and presets
+ENCODER_FIELDS = tuple(f.name for f in dataclasses.fields(EncoderConfig))
+SAMPLING_FIELDS = ("frames", "fps", "every")
 
 
 @dataclass
 class CompressConfig:
-    """Everything `vtc compress` needs besides the input path; the CLI flags have the same names."""
+    """Everything `vtc compress` needs besides the input path.  Options and presets use flat names: the run's
+    own fields below, and the encoder's (`EncoderConfig`: model, pretrained, checkpoint, layer, device, dtype)."""
 
     method: str = DEFAULT_METHOD
     ratio: float | None = None
@@ -37,34 +43,66 @@ class CompressConfig:
     frames: int | None = 32
     fps: float | None = None
     every: int | None = None
-    model: str = DEFAULT_MODEL
-    pretrained: str | None = DEFAULT_PRETRAINED
-    checkpoint: str | None = None
-    layer: int = -2
-    device: str = "auto"
-    dtype: str = "auto"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     batch_size: int = 16
     dtype_out: str = "float16"
     allow_truncated: bool = False
     query: str | None = None
 
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Every flat option name (what `vtc.compress`, presets and the CLI accept)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name != "encoder"] + list(ENCODER_FIELDS)
+
+    def set(self, key: str, value: Any) -> None:
+        """Set one flat option."""
+        if key in ENCODER_FIELDS:
+            self.encoder = dataclasses.replace(self.encoder, **{key: value})
+        else:
+            setattr(self, key, value)
+
     def validate(self) -> CompressConfig:
-        if self.ratio is not None and not (0.0 < float(self.ratio) <= 1.0):
-            raise UsageError(
-                f"--ratio must be in (0, 1] — the fraction of tokens kept (e.g. 0.1) — not {self.ratio}."
-            )
+        """Types and ranges of every field (the method and its parameters are checked by the plan)."""
+        _check(self.method, str, "--method")
+        if self.ratio is not None:
+            _check(self.ratio, float, "--ratio")
+            if not 0.0 < float(self.ratio) <= 1.0:
+                raise UsageError(
+                    f"--ratio must be in (0, 1] — the fraction of tokens kept (e.g. 0.1) — not {self.ratio}."
+                )
+        if not isinstance(self.params, dict):
+            raise UsageError(f"params must be a table of method parameters, not {self.params!r}.")
+        _check(self.batch_size, int, "--batch-size")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be ≥ 1, not {self.batch_size}.")
+        if self.dtype_out not in OUT_DTYPES:
+            raise UsageError(f"--dtype-out must be float16, bfloat16 or float32, not '{self.dtype_out}'.")
+        _check(self.allow_truncated, bool, "--allow-truncated")
+        if self.query is not None:
+            _check(self.query, str, "--query")
+        e = self.encoder
+        _check(e.model, str, "--model")
+        _check(e.layer, int, "--layer")
+        for name in ("pretrained", "checkpoint"):
+            if getattr(e, name) is not None:
+                _check(getattr(e, name), str, f"--{name}")
         return self
 
-    def encoder_config(self, **override: Any) -> EncoderConfig:
-        """The encoder part of this configuration (fields overridable, e.g. device="cpu")."""
-        fields = {f.name for f in dataclasses.fields(EncoderConfig)}
-        return EncoderConfig(**{**{k: getattr(self, k) for k in fields}, **override})
+    def as_flat(self) -> dict[str, Any]:
+        """Flat options (JSON-able): the inverse of `from_flat`."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "encoder"}
+        return {**d, **dataclasses.asdict(self.encoder)}
+
+    @classmethod
+    def from_flat(cls, options: dict[str, Any]) -> CompressConfig:
+        cfg = cls()
+        for key, value in options.items():
+            cfg.set(key, value)
+        return cfg
 
     def hash_dict(self) -> dict[str, Any]:
         """The fields that decide the output (for resume/config hashes)."""
-        d = dataclasses.asdict(self)
+        d = self.as_flat()
         d.pop("device", None)
         d.pop("batch_size", None)
         return d
@@ -73,6 +111,15 @@ class CompressConfig:
         import hashlib
 
         return hashlib.sha256(json.dumps(self.hash_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check(value: Any, kind: type, option: str) -> None:
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        name = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[kind]
+        raise UsageError(f"{option} takes {name}, not {value!r}.")
 
 
 def presets_dirs() -> list[Path]:
@@ -105,7 +152,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         data = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"preset {p} is not valid TOML: {e}") from None
-    fields = {f.name for f in dataclasses.fields(CompressConfig)}
+    fields = set(CompressConfig.option_names())
     unknown = set(data) - fields - {"description"}
     if unknown:
         raise UsageError(
@@ -120,26 +167,38 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 
 
 def make_config(preset: str | None = None, **explicit: Any) -> CompressConfig:
-    """Defaults, then the preset, then every explicit (non-None) option. `params` dicts are merged."""
+    """Defaults, then the preset, then every explicit (non-None) option. `params` dicts are merged.
+
+    Unknown option names and more than one explicit sampling option (--frames, --fps, --every) are UsageErrors;
+    an explicit sampling option replaces the preset's.
+    """
+    known = CompressConfig.option_names()
+    unknown = sorted(set(explicit) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UsageError(f"unknown option '{unknown[0]}'.{hint} Options: {', '.join(known)}.")
+    given = {k: v for k, v in explicit.items() if v is not None}
+    sampling = [k for k in SAMPLING_FIELDS if k in given]
+    if len(sampling) > 1:
+        raise UsageError(f"give one way of sampling frames, not {' and '.join('--' + k for k in sampling)}.")
     cfg = CompressConfig()
     layers: list[dict[str, Any]] = []
     if preset:
         layers.append(load_preset(preset))
-    layers.append({k: v for k, v in explicit.items() if v is not None})
+    layers.append(given)
     for layer in layers:
+        if any(k in layer for k in SAMPLING_FIELDS):
+            cfg.frames = cfg.fps = cfg.every = None
         for key, value in layer.items():
             if key == "params":
+                if not isinstance(value, dict):
+                    raise UsageError(f"params must be a table of method parameters, not {value!r}.")
                 cfg.params = {**cfg.params, **dict(value)}
             else:
-                setattr(cfg, key, value)
-        if "checkpoint" in layer and layer["checkpoint"] and "pretrained" not in layer:
-            cfg.pretrained = None
-    if explicit.get("frames") is not None:
-        cfg.fps = cfg.every = None
-    if explicit.get("fps") is not None:
-        cfg.every = None
-    if explicit.get("every") is not None:
-        cfg.fps = None
+                cfg.set(key, value)
+        if layer.get("checkpoint") and "pretrained" not in layer:
+            cfg.set("pretrained", None)
     return cfg.validate()
 
 

@@ -1,0 +1,203 @@
+"""Tower adapters: one interface over the vision towers vtc reads tokens from.
+
+- `ClipTower`: open_clip's own `VisionTransformer` (with a CLS token);
+- `SiglipTower`: a timm ViT with an attention-pool "MAP" head and no CLS token, as open_clip builds SigLIP.
+
+Each adapter runs its tower up to the chosen block and returns the patch tokens plus the signals a method asks
+for (`vtc.signals.SIGNALS`, provider "encoder"), says where each signal comes from, and can encode a subset of
+patches (RLT's opt-in `encode_changed_only`). `Encoder` (vtc.io.encode) owns device, dtype and preprocessing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vtc.errors import ModelError
+
+
+class Tower:
+    """A vision tower read at block `layer_index`.  Subclasses implement `forward` and `forward_subset`."""
+
+    kind = ""
+
+    def __init__(self, visual: Any, grid: tuple[int, int], num_layers: int, width: int) -> None:
+        self.visual = visual
+        self.grid = grid
+        self.num_layers = num_layers
+        self.width = width
+
+    def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
+        """pixels [B, 3, h, w] → `patches` [B, N, D] of block `layer_index` and the wanted signals."""
+        raise NotImplementedError
+
+    def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
+        """Patch tokens [n_keep, D] of only the `keep` [N] patches of one frame [1, 3, h, w]."""
+        raise NotImplementedError
+
+    def signal_sources(self, layer: int) -> dict[str, str]:
+        """Where each signal comes from, in words (recorded in the file's metadata)."""
+        raise NotImplementedError
+
+
+def _mha_probs_and_keys(attn: torch.nn.MultiheadAttention, h: Tensor) -> tuple[Tensor, Tensor]:
+    """Attention probabilities [B, heads, L, L] and head-mean keys [B, L, head_dim] of an nn.MultiheadAttention.
+
+    h: [B, L, W] (batch first), already normalised by the block's ln_1.
+    """
+    b, length, width = h.shape
+    heads = attn.num_heads
+    hd = width // heads
+    w, bias = attn.in_proj_weight, attn.in_proj_bias
+    q = F.linear(h, w[:width], None if bias is None else bias[:width])
+    k = F.linear(h, w[width : 2 * width], None if bias is None else bias[width : 2 * width])
+    q = q.reshape(b, length, heads, hd).transpose(1, 2)
+    k = k.reshape(b, length, heads, hd).transpose(1, 2)
+    probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) / hd**0.5, dim=-1)
+    return probs, k.float().mean(1)
+
+
+class ClipTower(Tower):
+    """open_clip `VisionTransformer`: CLS at row 0, `transformer.resblocks`, `_pool` + `proj` for the embedding."""
+
+    kind = "clip"
+
+    def __init__(self, visual: Any) -> None:
+        super().__init__(visual, tuple(int(g) for g in visual.grid_size), len(visual.transformer.resblocks),
+                         int(visual.transformer.width))
+
+    def _block(self, blk: Any, x: Tensor) -> Tensor:
+        return blk(x) if self.visual.transformer.batch_first else blk(x.transpose(0, 1)).transpose(0, 1)
+
+    def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
+        v = self.visual
+        x = v._embeds(pixels)  # [B, 1+N, W]
+        last = self.num_layers - 1
+        stop = last if {"attn", "pooled"} & want else layer_index
+        out: dict[str, Tensor] = {}
+        for i, blk in enumerate(v.transformer.resblocks[: stop + 1]):
+            sel = i == layer_index and bool({"cls_attn", "keys"} & want)
+            if sel or (i == last and "attn" in want):
+                probs, keys = _mha_probs_and_keys(blk.attn, blk.ln_1(x))
+                cls_row = probs.mean(1)[:, 0, 1:]  # head-mean CLS query → patches, [B, N]
+                if sel:
+                    out["cls_attn"] = cls_row
+                    out["keys"] = keys
+                if i == last and "attn" in want:
+                    out["attn"] = cls_row / cls_row.sum(-1, keepdim=True)
+            x = self._block(blk, x)
+            if i == layer_index:
+                out["patches"] = x[:, 1:]
+                if "cls_token" in want:
+                    out["cls_token"] = x[:, 0]
+        if "pooled" in want:
+            pooled, _ = v._pool(x)
+            out["pooled"] = pooled @ v.proj if v.proj is not None else pooled
+        return out
+
+    def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
+        idx = torch.nonzero(keep.to(pixels.device)).flatten()
+        x = self.visual._embeds(pixels)[:, torch.cat([idx.new_zeros(1), idx + 1])]
+        for blk in self.visual.transformer.resblocks[: layer_index + 1]:
+            x = self._block(blk, x)
+        return x[0, 1:]
+
+    def signal_sources(self, layer: int) -> dict[str, str]:
+        return {
+            "attn": "clip: head-mean CLS→patch attention of the last block (renormalised over patches)",
+            "pooled": "clip: image embedding (ln_post(CLS) @ proj)",
+            "cls_attn": f"clip: head-mean CLS→patch attention of block {layer}",
+            "cls_token": f"clip: CLS token after block {layer}",
+            "keys": f"clip: head-mean keys of block {layer}",
+        }
+
+
+class SiglipTower(Tower):
+    """timm ViT trunk with an attention-pool (MAP) head: no CLS; the head's probe stands in for it."""
+
+    kind = "siglip"
+
+    def __init__(self, visual: Any) -> None:
+        tr = visual.trunk
+        if getattr(tr, "num_prefix_tokens", 0):
+            raise ModelError("timm towers with prefix tokens are not supported yet.")
+        super().__init__(visual, tuple(int(g) for g in tr.patch_embed.grid_size), len(tr.blocks), int(tr.embed_dim))
+
+    def _embed(self, pixels: Tensor) -> Tensor:
+        tr = self.visual.trunk
+        return tr.norm_pre(tr.patch_drop(tr._pos_embed(tr.patch_embed(pixels))))
+
+    def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
+        tr = self.visual.trunk
+        x = self._embed(pixels)
+        out: dict[str, Tensor] = {}
+        for i, blk in enumerate(tr.blocks[: layer_index + 1]):
+            if i == layer_index and "keys" in want:
+                h = blk.norm1(x)
+                b, n, c = h.shape
+                qkv = blk.attn.qkv(h).reshape(b, n, 3, blk.attn.num_heads, c // blk.attn.num_heads)
+                keys = blk.attn.k_norm(qkv[:, :, 1].transpose(1, 2)).float().mean(1)  # [B, N, d]
+                out["keys"] = torch.cat([keys.new_zeros(b, 1, keys.shape[-1]), keys], 1)  # row 0: no CLS
+            x = blk(x)
+        out["patches"] = x
+        if {"attn", "pooled", "cls_attn", "cls_token"} & want:
+            pooled, probe_attn = self._attn_pool(tr.norm(x))
+            pooled = self.visual.head(pooled)
+            out.update(attn=probe_attn, cls_attn=probe_attn, pooled=pooled, cls_token=pooled)
+        return {k: v for k, v in out.items() if k == "patches" or k in want}
+
+    def _attn_pool(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """timm AttentionPoolLatent, re-stated to also return the head-mean probe→patch attention [B, N]."""
+        ap = self.visual.trunk.attn_pool
+        b, n, c = x.shape
+        if ap.pos_embed is not None:
+            x = x + ap.pos_embed.unsqueeze(0).to(x.dtype)
+        q = ap.q(ap.latent.expand(b, -1, -1)).reshape(b, ap.latent_len, ap.num_heads, ap.head_dim).transpose(1, 2)
+        kv = ap.kv(x).reshape(b, n, 2, ap.num_heads, ap.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        q, k = ap.q_norm(q), ap.k_norm(k)
+        probs = torch.softmax((q.float() * ap.scale) @ k.float().transpose(-1, -2), dim=-1)  # [B, H, Lq, N]
+        y = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, ap.latent_len, c)
+        y = ap.proj_drop(ap.proj(y))
+        if ap.mlp is not None:
+            y = y + ap.mlp(ap.norm(y))
+        y = y[:, 0] if ap.pool == "token" else y.mean(1)
+        return y, probs.mean(1)[:, 0]
+
+    def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
+        idx = torch.nonzero(keep.to(pixels.device)).flatten()
+        x = self._embed(pixels)[:, idx]
+        for blk in self.visual.trunk.blocks[: layer_index + 1]:
+            x = blk(x)
+        return x[0]
+
+    def signal_sources(self, layer: int) -> dict[str, str]:
+        src = f"siglip: attention-pool (MAP) head applied to block {layer} after the trunk norm"
+        return {
+            "attn": f"{src}, head-mean probe→patch attention",
+            "pooled": f"{src}, pooled output",
+            "cls_attn": f"{src}, probe→patch attention (SigLIP has no CLS: substitute)",
+            "cls_token": f"{src}, pooled output (SigLIP has no CLS: substitute)",
+            "keys": f"siglip: head-mean keys of block {layer}, row 0 zero (no CLS)",
+        }
+
+
+def make_tower(visual: Any, name: str) -> Tower:
+    """The adapter for an open_clip model's `visual` module, or a ModelError naming what is supported."""
+    from open_clip.timm_model import TimmModel
+    from open_clip.transformer import VisionTransformer
+
+    try:
+        if isinstance(visual, VisionTransformer):
+            return ClipTower(visual)
+        if isinstance(visual, TimmModel) and getattr(visual.trunk, "attn_pool", None) is not None:
+            return SiglipTower(visual)
+    except ModelError as e:
+        raise ModelError(f"{name}: {e}") from None
+    raise ModelError(
+        f"{name}: vision tower {type(visual).__name__} is not supported; vtc handles open_clip ViTs "
+        f"(CLIP, with CLS) and timm ViTs with an attention-pool head (SigLIP)."
+    )

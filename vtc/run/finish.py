@@ -1,0 +1,194 @@
+"""Finish one video: gather its signals, run the planned method, write the token file.
+
+Both engines hand a `Video` (encoder outputs gathered, decode facts) to `finish`; nothing here looks a method up
+or resolves a parameter again: the plan did.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vtc import __version__
+from vtc.errors import VtcError
+from vtc.io.audio import SALIENCY_NAME, audio_saliency
+from vtc.io.decode import DecodeReport, VideoInfo, content_hash
+from vtc.io.encode import Encoder
+from vtc.io.store import out_dtype, token_tensors, write
+from vtc.reduction import Reduction
+from vtc.run.plan import Plan
+from vtc.signals import Signals
+from vtc.stages.pre_encoder import PreEncoderRule
+
+
+@dataclass
+class Job:
+    """One video to process."""
+
+    index: int
+    input: Path
+    output: Path
+
+
+@dataclass
+class Outcome:
+    """What happened to one job: its facts, or an error."""
+
+    job: Job
+    ok: bool
+    error: VtcError | None = None
+    num_tokens: int = 0
+    num_source_tokens: int = 0
+    ratio_achieved: float = 0.0
+    frames: int = 0
+    truncated: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FrameReuse:
+    """Per-video state of a pre-encoder rule: the previous frame's view and outputs, and what was saved."""
+
+    rule: PreEncoderRule
+    last_view: Tensor | None = None
+    last_out: dict[str, Tensor] | None = None
+    skipped: int = 0
+    patches_encoded: int = 0
+    patches_total: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"rule": self.rule.description, "tau": self.rule.tau, "frames_skipped": self.skipped,
+                "patches_encoded": self.patches_encoded, "patches_total": self.patches_total,
+                "changed_patches_only": self.rule.changed_only}
+
+
+@dataclass
+class Video:
+    """A video in flight: decode facts and the encoder outputs gathered so far."""
+
+    job: Job
+    info: VideoInfo | None = None
+    report: DecodeReport = field(default_factory=DecodeReport)
+    outputs: dict[str, list[Tensor]] = field(default_factory=dict)
+    views: list[Tensor] = field(default_factory=list)
+    pixels: list[Tensor] = field(default_factory=list)
+    reuse: FrameReuse | None = None
+    queued: int = 0  # frames sent to the encoder
+    encoded: int = 0  # frames encoded
+    decoded: bool = False
+    t_decode: float = 0.0
+    t_encode: float = 0.0
+    error: VtcError | None = None
+
+    def add(self, outputs: dict[str, Tensor], views: Tensor | None, pixels: Tensor | None) -> None:
+        """Append one run of encoded frames."""
+        for k, v in outputs.items():
+            self.outputs.setdefault(k, []).append(v)
+        if views is not None:
+            self.views.append(views)
+        if pixels is not None:
+            self.pixels.append(pixels)
+
+
+def finish(plan: Plan, encoder: Encoder, video: Video, query_embedding: Tensor | None) -> Outcome:
+    """Compress and store one fully encoded video.  → its Outcome."""
+    t0 = time.perf_counter()
+    assert video.info is not None
+    feats = torch.cat(video.outputs.pop("patches"))  # [T, N, D]
+    sig = {k: torch.cat(v) for k, v in video.outputs.items()}
+    sources = {k: v for k, v in encoder.signal_sources().items() if k in plan.encoder_signals}
+    timings = {"decode": video.t_decode, "encode": video.t_encode}
+    if video.views:
+        sig["frames"] = torch.cat(video.views)
+    if "times" in plan.signals:
+        sig["times"] = torch.tensor(video.report.frame_times, dtype=torch.float64)
+    if query_embedding is not None:  # per-frame relevance to the query, in the joint embedding space
+        sig["relevance"] = torch.nn.functional.normalize(sig["pooled"].float(), dim=-1) @ query_embedding
+        sources["relevance"] = f"query {plan.cfg.query!r}: cosine of frame and text embeddings"
+    if "audio_saliency" in plan.signals:
+        sal = audio_saliency(video.job.input, start=video.info.start_time) if video.info.has_audio else None
+        sources["audio_saliency"] = SALIENCY_NAME if sal is not None else "none (no audio track)"
+        if sal is not None:
+            sig["audio_saliency"] = sal
+    if plan.keep_pixels:  # e.g. TS-LLaVA's thumbnail, encoded for real
+        assert plan.spec.extra_images is not None
+        te = time.perf_counter()
+        for name, image in plan.spec.extra_images(torch.cat(video.pixels), **plan.params).items():
+            sig[name] = encoder.encode_pixels(image)["patches"].reshape(-1, feats.shape[-1])
+        timings["encode"] += time.perf_counter() - te
+        t0 = time.perf_counter()
+    red = plan.spec.run(feats, grid=encoder.grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
+    tokens = red.apply(feats)
+    timings["compress"] = time.perf_counter() - t0
+    ts = time.perf_counter()
+    frame_times = torch.tensor(video.report.frame_times, dtype=torch.float32)
+    tensors = token_tensors(red, tokens, encoder.grid, frame_times, out_dtype(plan.cfg.dtype_out))
+    meta = build_metadata(plan, encoder, video, red, sources, feats.shape)
+    for name in ("relevance", "audio_saliency"):
+        if name in sig:
+            tensors[name] = sig[name].float().contiguous()
+    write(video.job.output, tensors, meta)
+    timings["store"] = time.perf_counter() - ts
+    return Outcome(video.job, True, None, red.num_outputs, red.num_sources, red.ratio(), int(feats.shape[0]),
+                   video.report.truncated, timings)
+
+
+def build_metadata(plan: Plan, encoder: Encoder, video: Video, red: Reduction, sources: dict[str, str],
+                   shape: torch.Size) -> dict[str, Any]:
+    """The string metadata of a token file (format v1)."""
+    t, n, d = shape
+    info, report, cfg = video.info, video.report, plan.cfg
+    assert info is not None
+    enc = encoder.describe()
+    path = video.job.input
+    meta: dict[str, Any] = {
+        "vtc_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": plan.spec.name,
+        "variant": plan.variant or "",
+        "params": plan.params,
+        "ratio_requested": cfg.ratio,
+        "ratio_achieved": round(red.ratio(), 6),
+        "order": red.info.get("order", "frame-row-col"),
+        "model": enc["model"],
+        "pretrained": enc["pretrained"],
+        "checkpoint": enc["checkpoint"],
+        "checkpoint_sha256": enc["checkpoint_sha256"],
+        "layer": str(cfg.encoder.layer),
+        "image_size": enc["image_size"],
+        "grid": list(encoder.grid),
+        "T": t,
+        "N": n,
+        "D": d,
+        "K": red.num_outputs,
+        "signals": sources,
+        "encoder": enc,
+        "sampling": plan.sampling.describe(),
+        "video": {
+            "path": str(Path(path).resolve()),
+            "size_bytes": info.size_bytes,
+            "sha256": content_hash(path),
+            "duration": info.duration,
+            "fps": info.fps,
+            "width": info.width,
+            "height": info.height,
+            "rotation": info.rotation,
+            "codec": info.codec,
+            "container": info.container,
+            "has_audio": info.has_audio,
+        },
+        "truncated": report.truncated,
+        "decode": {"decoded_frames": report.decoded_frames, "last_time": report.last_time, "error": report.error},
+        "info": red.info,
+    }
+    if video.reuse is not None:
+        meta["pre_encoder"] = video.reuse.describe()
+    if cfg.query:
+        meta["query"] = cfg.query
+    return meta

@@ -1,0 +1,79 @@
+"""The plan: the one place where a run is validated and resolved, before a frame is decoded or a model loaded.
+
+`Plan.make(config)` checks every option (types and ranges of the configuration, the method and its variant, each
+method parameter against its declaration, the sampling, the encoder configuration without loading weights, the
+output dtype) and decides what each provider must produce from the signal table (`vtc.signals.SIGNALS`).
+Engines execute plans; they never look a method up or re-resolve a parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vtc.errors import UsageError
+from vtc.io.decode import Sampling
+from vtc.io.encode import check_config
+from vtc.methods import MethodSpec
+from vtc.methods.registry import parse_method
+from vtc.run.config import CompressConfig
+from vtc.signals import Provider, provided_by
+from vtc.stages.pre_encoder import PreEncoderRule
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated run: the method with its resolved parameters, the sampling, and what each provider makes."""
+
+    cfg: CompressConfig
+    spec: MethodSpec
+    variant: str | None
+    params: dict[str, Any]
+    sampling: Sampling
+    #: every signal the method will be given, by provider
+    signals: frozenset[str]
+    #: a rule the engine applies before the encoder (RLT's frame skipping), or None
+    pre_encoder: PreEncoderRule | None
+
+    @classmethod
+    def make(cls, cfg: CompressConfig, *, check_encoder: bool = True) -> Plan:
+        """Validate `cfg` completely; every error is a UsageError/ModelError raised here, before any work."""
+        cfg.validate()
+        spec, variant = parse_method(cfg.method)
+        params = spec.resolve(cfg.params, variant)
+        sampling = Sampling(frames=cfg.frames, fps=cfg.fps, every=cfg.every).validate()
+        signals = set(spec.wanted_signals)
+        if cfg.query:
+            if "relevance" not in signals:
+                raise UsageError(f"--query needs a query-aware method; '{spec.name}' is not. Use --method budgeted "
+                                 f"-p budget=query (or --preset query-attention).")
+            signals.add("pooled")  # the frame embeddings the query is compared with
+        else:
+            signals.discard("relevance")
+        if check_encoder:
+            check_config(cfg.encoder)
+        rule = spec.pre_encoder(**params) if spec.pre_encoder is not None else None
+        return cls(cfg, spec, variant, params, sampling, frozenset(signals), rule)
+
+    @property
+    def method_label(self) -> str:
+        """'dycoke' or 'dycoke:reference'."""
+        return self.spec.name + (f":{self.variant}" if self.variant else "")
+
+    def wants(self, provider: Provider) -> frozenset[str]:
+        """The signals one provider must make for this run."""
+        return self.signals & provided_by(provider)
+
+    @property
+    def encoder_signals(self) -> frozenset[str]:
+        return self.wants("encoder")
+
+    @property
+    def keep_views(self) -> bool:
+        """Whether the method sees the frames as the encoder saw them (signal `frames`)."""
+        return "frames" in self.signals
+
+    @property
+    def keep_pixels(self) -> bool:
+        """Whether the method asks for extra pictures made from the frames (TS-LLaVA's thumbnail)."""
+        return self.spec.extra_images is not None
