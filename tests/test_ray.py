@@ -38,6 +38,11 @@ def test_ray_matches_local_engine(ray_local, tmp_path: Path, clip_path: Path, si
 
     s = json.loads(r_ray.output)
     assert s["ok"] == 2 and s["failed"] == 1
+    s_local = json.loads(r_local.output)  # one batch core: the same summary from both executors
+    for key in ("total", "ok", "failed", "skipped", "frames", "tokens", "source_tokens"):
+        assert s[key] == s_local[key], key
+    assert s["source_tokens"] > 0 and s["encoder_busy"] > 0
+    assert [f["input"] for f in s["failures"]] == [f["input"] for f in s_local["failures"]]
     for rel in ("a", "sub/b"):
         a, b = vtc.load(tmp_path / "local" / f"{rel}.safetensors"), vtc.load(tmp_path / "ray" / f"{rel}.safetensors")
         assert torch.equal(a.positions, b.positions)

@@ -6,8 +6,7 @@
     f = vtc.load("clip.safetensors"); f.tokens, f.positions
 """
 
-__version__ = "0.1.0"
-
+from vtc._version import __version__
 from vtc.api import CompressResult, FeatureResult, compress, compress_features  # noqa: E402
 from vtc.errors import VtcError  # noqa: E402
 from vtc.io.store import TokenFile, load  # noqa: E402

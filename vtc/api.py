@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from vtc._version import __version__
 from vtc.errors import UsageError
 from vtc.io.decode import probe
 from vtc.io.encode import Encoder
-from vtc.io.store import load
+from vtc.io.store import load, out_dtype, token_tensors, write
 from vtc.methods.registry import parse_method
 from vtc.reduction import Reduction
 from vtc.run.batch import BatchSummary, LocalExecutor, run_batch
@@ -43,6 +45,20 @@ class FeatureResult:
     @property
     def ratio_achieved(self) -> float:
         return self.reduction.ratio()
+
+    def save(self, path: str | os.PathLike[str], *, grid: tuple[int, int], frame_times: Tensor | None = None,
+             dtype_out: str = "float16", source: dict[str, Any] | None = None) -> Path:
+        """Write these tokens as a vtc token file (format v1; atomic).  frame_times [T] default to 0, 1, 2, …"""
+        red = self.reduction
+        t = red.num_sources // (grid[0] * grid[1])
+        times = frame_times if frame_times is not None else torch.arange(t, dtype=torch.float32)
+        tensors = token_tensors(red, self.tokens, grid, times, out_dtype(dtype_out))
+        meta = {"vtc_version": __version__, "method": self.method, "variant": self.variant or "",
+                "params": self.params, "ratio_requested": self.ratio_requested,
+                "ratio_achieved": round(self.ratio_achieved, 6), "order": red.info.get("order", "frame-row-col"),
+                "grid": list(grid), "T": t, "N": grid[0] * grid[1], "D": int(self.tokens.shape[-1]),
+                "K": red.num_outputs, "space": "features", "features": source or {}, "info": red.info}
+        return write(path, tensors, meta)
 
 
 @dataclass

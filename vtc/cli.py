@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from vtc import __version__
+from vtc._version import __version__
 from vtc.errors import UsageError, VtcError
 
 app = typer.Typer(
@@ -225,29 +225,87 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
         raise typer.Exit(1)
 
 
+@app.command("compress-features")
+def compress_features_cmd(
+    features: Annotated[Path, typer.Argument(help="safetensors file with 'features' [T, N, D] (or [T, h, w, D]) "
+                                             "and optional signals under vtc's names (attn, pooled, keys, …).",
+                                             show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Token file to write.")],
+    method: Annotated[str, typer.Option("-m", "--method", help="Method, or method:variant (e.g. "
+                                        "dycoke:reference); 'vtc methods' lists them.")] = "fastvid",
+    ratio: Annotated[float | None, typer.Option("-r", "--ratio", help="Fraction of tokens to keep, in (0, 1] "
+                                                "[default: the method's paper setting]")] = None,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter key=value "
+                                                    "(repeatable).")] = None,
+    grid: Annotated[str | None, typer.Option("--grid", help="Patch grid h,w [default: the file's 'grid' "
+                                             "metadata, else a square N].")] = None,
+    dtype_out: Annotated[str, typer.Option("--dtype-out", help="Stored token dtype: float16, bfloat16, "
+                                           "float32.")] = "float16",
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+) -> None:
+    """Compress features from your own encoder (no video, no model): the CLI of vtc.compress_features."""
+    from vtc.api import compress_features
+    from vtc.io.store import load_features
+    from vtc.run.config import parse_param
+
+    try:
+        if dtype_out not in ("float16", "bfloat16", "float32"):
+            raise UsageError(f"--dtype-out must be float16, bfloat16 or float32, not '{dtype_out}'.")
+        params = dict(parse_param(p) for p in (param or []))
+        grid_hw = None
+        if grid is not None:
+            try:
+                h, w = (int(v) for v in grid.split(","))
+            except ValueError:
+                raise UsageError(f"--grid must look like h,w (e.g. 14,14), not '{grid}'.") from None
+            grid_hw = (h, w)
+        feats, signals, file_grid = load_features(features)
+        grid_hw = grid_hw or file_grid or (tuple(feats.shape[1:3]) if feats.dim() == 4 else None)
+        res = compress_features(feats, method=method, ratio=ratio, grid=grid_hw, params=params, **signals)
+        n = res.reduction.num_sources // feats.shape[0]
+        side = int(round(n**0.5))
+        res.save(output, grid=grid_hw or (side, side), frame_times=signals.get("times"), dtype_out=dtype_out,
+                 source={"path": str(features.resolve())})
+    except VtcError as e:
+        raise _fail(e) from None
+    if not quiet:
+        out.print(f"{output}: {res.reduction.num_outputs} of {res.reduction.num_sources} tokens "
+                  f"({100 * res.ratio_achieved:.1f}%)", highlight=False)
+
+
 @app.command()
 def methods(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List every compression method with its parameters and defaults."""
+    """List every compression method: its default ratio, variants, signals and parameters."""
     from vtc.methods import all_methods
 
     specs = all_methods()
     if as_json:
         out.print_json(json.dumps([
-            {"name": s.name, "summary": s.summary, "signals": list(s.signals), "paper": s.paper,
-             "params": [{"name": p.name, "default": p.default, "help": p.help, "author_name": p.author_name,
-                         "choices": list(p.choices) if p.choices else None} for p in s.params]}
+            {"name": s.name, "summary": s.summary, "signals": list(s.signals), "optional_signals":
+             list(s.optional_signals), "paper": s.paper, "paper_ratio": s.paper_ratio, "variants": s.variants,
+             "params": [{"name": p.name, "default": p.default, "type": p.describe_type(), "help": p.help,
+                         "author_name": p.author_name, "choices": list(p.choices) if p.choices else None,
+                         "range": [p.lo, p.hi] if p.lo is not None or p.hi is not None else None}
+                        for p in s.params]}
             for s in specs], default=str))
         return
     for s in specs:
         out.print(f"[bold cyan]{s.name}[/] — {s.summary}", highlight=False)
+        ratio = f"{s.paper_ratio:g}" if s.paper_ratio is not None else "none (its own knob sets the count)"
+        out.print(f"  default ratio: {ratio}", style="dim", highlight=False)
+        for v, settings in s.variants.items():
+            knobs = ", ".join(f"{k}={val!r}" for k, val in settings.items())
+            out.print(f"  variant [bold]{s.name}:{v}[/]: {knobs}", style="dim", highlight=False)
         if s.signals:
             out.print(f"  needs: {', '.join(s.signals)}", style="dim", highlight=False)
         for p in s.params:
             author = f" (authors: {p.author_name})" if p.author_name and p.author_name != p.name else ""
-            choices = f" one of {', '.join(map(str, p.choices))}" if p.choices else ""
-            out.print(f"  [green]{p.name}[/]={p.default!r}{author}: {p.help}{choices}", highlight=False)
+            allowed = f" one of {', '.join(map(str, p.choices))}" if p.choices else ""
+            if p.lo is not None or p.hi is not None:
+                allowed = f" in {p.describe_range()}"
+            out.print(f"  [green]{p.name}[/]={p.default!r}{author}: {p.help}{allowed}", highlight=False)
 
 
 @app.command()

@@ -192,3 +192,29 @@ def load(path: str | os.PathLike[str]) -> TokenFile:
         if tensors[name].shape[0] != k:
             raise FormatError(f"{path}: '{name}' has {tensors[name].shape[0]} rows, tokens has {k}.")
     return TokenFile(path, tensors, meta)
+
+
+def load_features(path: str | os.PathLike[str]) -> tuple[Tensor, dict[str, Tensor], tuple[int, int] | None]:
+    """A features file for `vtc compress-features`: safetensors with `features` [T, N, D] or [T, h, w, D] and
+    optional signal tensors under vtc's signal names; metadata `grid` ("h,w" or JSON [h, w]) is optional.
+    → (features, signals, grid or None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such features file.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise UsageError(f"{path}: not a safetensors file ({e}).") from None
+    if "features" not in tensors:
+        raise UsageError(f"{path}: no 'features' tensor [T, N, D] (has: {', '.join(sorted(tensors)) or 'nothing'}).")
+    grid = None
+    if meta.get("grid"):
+        try:
+            h, w = (int(v) for v in meta["grid"].strip("[] ").split(","))
+            grid = (h, w)
+        except (ValueError, TypeError):
+            raise UsageError(f"{path}: metadata grid must be 'h,w' or [h, w], not {meta['grid']!r}.") from None
+    features = tensors.pop("features")
+    return features, tensors, grid

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from vtc import __version__
+from vtc._version import __version__
 from vtc.errors import UsageError
 from vtc.io.encode import Encoder
 from vtc.run.config import CompressConfig

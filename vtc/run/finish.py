@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vtc import __version__
+from vtc._version import __version__
 from vtc.errors import VtcError
 from vtc.io.audio import SALIENCY_NAME, audio_saliency
 from vtc.io.decode import DecodeReport, VideoInfo, content_hash

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vtc import errors
+import vtc.errors as errors
 from vtc.errors import MissingDependencyError, VtcError
 from vtc.io.decode import DecodeReport, VideoInfo
 from vtc.io.encode import Encoder, geometry_for

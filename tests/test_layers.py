@@ -1,0 +1,99 @@
+"""The layout is the architecture: core → IO → run → face, imports pointing down only, no import loop.
+
+Every `import vtc...` in every module counts, including imports inside functions (a lazy import must not hide a
+loop or a climb).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vtc"
+#: layer of each module (by dotted prefix); higher numbers may import lower ones, never the reverse
+LAYERS = {
+    "vtc._version": 0, "vtc.errors": 0, "vtc.reduction": 0, "vtc.signals": 0, "vtc.ops": 0, "vtc.stages": 0,
+    "vtc.methods": 0,
+    "vtc.io": 1,
+    "vtc.run": 2,
+    "vtc.api": 3, "vtc.cli": 3, "vtc.show": 3, "vtc.report": 3, "vtc.testing": 3, "vtc.__main__": 3,
+    "vtc": 4,  # the package's public face re-exports the API
+}
+FORBIDDEN_IN_CORE = ("av", "open_clip", "transformers", "timm", "safetensors")
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer(name: str) -> int:
+    best = max((k for k in LAYERS if name == k or name.startswith(k + ".")), key=len)
+    return LAYERS[best]
+
+
+def imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            if node.module != "vtc" or not subs <= set(MODULES):  # `from vtc import errors` imports vtc.errors
+                found.add(node.module)
+            found.update(subs)
+    return found
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def internal(names: set[str]) -> set[str]:
+    return {n for n in names if n in MODULES}
+
+
+def test_imports_point_down() -> None:
+    climbs = []
+    for name, path in MODULES.items():
+        for dep in internal(imports(path)):
+            if layer(dep) > layer(name):
+                climbs.append(f"{name} → {dep}")
+    assert not climbs, climbs
+
+
+def test_core_is_pure_tensors() -> None:
+    bad = []
+    for name, path in MODULES.items():
+        if layer(name) == 0:
+            bad += [f"{name} → {d}" for d in imports(path) if d.split(".")[0] in FORBIDDEN_IN_CORE]
+    assert not bad, bad
+
+
+def test_no_import_loop() -> None:
+    graph = {name: {d for d in internal(imports(p)) if d != name and not name.startswith(d + ".")}
+             for name, p in MODULES.items() if name != "vtc"}
+    state: dict[str, int] = {}
+
+    def visit(n: str, stack: list[str]) -> None:
+        state[n] = 1
+        for d in graph.get(n, ()):
+            if state.get(d) == 1:
+                raise AssertionError("import loop: " + " → ".join(stack[stack.index(d):] + [n, d]))
+            if d not in state:
+                visit(d, stack + [n])
+        state[n] = 2
+
+    for n in graph:
+        if n not in state:
+            visit(n, [])
+
+
+def test_methods_do_not_import_each_other() -> None:
+    for name, path in MODULES.items():
+        if name.startswith("vtc.methods.") and name != "vtc.methods.registry":
+            others = {d for d in internal(imports(path)) if d.startswith("vtc.methods.") and d != name
+                      and d != "vtc.methods.registry"}
+            assert not others, f"{name} imports {others}: shared pieces belong in ops/ or stages/"
