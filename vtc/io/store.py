@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from vtc.errors import FormatError, UsageError
+from vtc.errors import FormatError, UsageError, VtcError
 from vtc.reduction import Reduction
 
 FORMAT_NAME = "vtc-tokens"
@@ -156,17 +156,21 @@ class TokenFile:
         return torch.bincount(f[f >= 0], minlength=self.num_frames)
 
 
+def _read(path: Path, error: type[VtcError], hint: str) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """Metadata and tensors of a safetensors file; a missing or unreadable file raises `error`."""
+    if not path.is_file():
+        raise error(f"{path}: no such file.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise error(f"{path}: not a safetensors file ({e}). {hint}") from None
+
+
 def load(path: str | os.PathLike[str]) -> TokenFile:
     """Read and validate a vtc token file.  Raises FormatError with what is wrong."""
     path = Path(path)
-    if not path.exists():
-        raise FormatError(f"{path}: no such file.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw_meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types
-        raise FormatError(f"{path}: not a safetensors file ({e}). Is it a vtc token file?") from None
+    raw_meta, tensors = _read(path, FormatError, "Is it a vtc token file?")
     if raw_meta.get("format") != FORMAT_NAME:
         raise FormatError(f"{path}: not a vtc token file (format '{raw_meta.get('format', '')}').")
     if raw_meta.get("format_version") != FORMAT_VERSION:
@@ -199,14 +203,7 @@ def load_features(path: str | os.PathLike[str]) -> tuple[Tensor, dict[str, Tenso
     optional signal tensors under vtc's signal names; metadata `grid` ("h,w" or JSON [h, w]) is optional.
     → (features, signals, grid or None)."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such features file.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise UsageError(f"{path}: not a safetensors file ({e}).") from None
+    meta, tensors = _read(path, UsageError, "Write one with safetensors.torch.save_file({'features': x}, PATH).")
     if "features" not in tensors:
         raise UsageError(f"{path}: no 'features' tensor [T, N, D] (has: {', '.join(sorted(tensors)) or 'nothing'}).")
     grid = None
