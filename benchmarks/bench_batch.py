@@ -24,7 +24,7 @@ import json, resource, sys, time
 from pathlib import Path
 import open_clip
 import vtc
-from vtc.run.batch import discover, run_batch
+from vtc.run.batch import LocalExecutor, discover, run_batch
 from vtc.run.config import make_config
 from vtc.io.encode import Encoder, EncoderConfig
 mode, src, out, frames, workers, device = sys.argv[1:7]
@@ -34,7 +34,7 @@ enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, device=device), m
 t0 = time.perf_counter()
 res = {}
 if mode == "batch":
-    s = run_batch([src], out, cfg, decode_workers=int(workers), encoder=enc)
+    s = run_batch([src], out, cfg, executor=LocalExecutor(decode_workers=int(workers), encoder=enc))
     res = {"ok": s.ok, "failed": s.failed, "frames": s.frames, "encoder_busy": s.encoder_busy}
 else:
     ok = failed = nframes = 0

@@ -174,3 +174,41 @@ def test_reference_variant_from_the_cli(tmp_path: Path, path: Path) -> None:
     assert ours.shape == ref.shape
     dist = torch.cdist(ours, ref)
     assert (dist.min(1).values < 1e-4).all() and torch.equal(dist.argmin(1).sort().values, torch.arange(len(ref)))
+
+
+def test_output_never_replaces_the_input_or_other_files(tmp_path: Path, clip_path: Path, model_args,  # noqa: ANN001
+                                                        no_work: dict[str, int]) -> None:
+    a = model_args("clip")
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(clip_path.read_bytes())
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("my notes")
+    for target, message in [(video, "is the input itself"), (notes, "refusing to overwrite")]:
+        r = runner.invoke(app, ["compress", str(video), "-o", str(target), "--model", a["model"],
+                                "--checkpoint", a["checkpoint"]])
+        one_line_exit2(r)
+        assert message in r.output.replace("\n", " ")
+    assert video.read_bytes() == clip_path.read_bytes() and notes.read_text() == "my notes"
+    assert no_work == {"decode": 0, "model": 0}
+
+
+def test_batch_inputs_that_share_an_output_fail_up_front(tmp_path: Path, clip_path: Path, model_args,  # noqa: ANN001
+                                                         no_work: dict[str, int]) -> None:
+    a = model_args("clip")
+    for cam in ("camA", "camB"):
+        (tmp_path / cam).mkdir()
+        (tmp_path / cam / "0001.mp4").write_bytes(clip_path.read_bytes())
+    (tmp_path / "camA" / "0001.mkv").write_bytes(clip_path.read_bytes())
+    r = runner.invoke(app, ["compress", str(tmp_path / "camA"), str(tmp_path / "camB"), "-o", str(tmp_path / "out"),
+                            "--model", a["model"], "--checkpoint", a["checkpoint"]])
+    one_line_exit2(r)
+    assert "would both be written to" in r.output.replace("\n", " ")
+    assert no_work == {"decode": 0, "model": 0} and not (tmp_path / "out").exists()
+
+
+def test_python_dash_m() -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "vtc", "--version"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("vtc ")

@@ -23,7 +23,7 @@ from vtc.run.batch import BatchSummary, LocalExecutor, run_batch
 from vtc.run.config import make_config
 from vtc.run.finish import Job
 from vtc.run.pipeline import Engine
-from vtc.run.plan import Plan
+from vtc.run.plan import Plan, check_output
 from vtc.run.ray_engine import RayExecutor
 from vtc.signals import Signals
 
@@ -144,6 +144,7 @@ def compress(
     out_path = Path(output) if output is not None else default_output(path)
     if out_path.is_dir():  # -o DIR for one file: write DIR/<name>.safetensors
         out_path = out_path / default_output(Path(path).name)
+    check_output(Path(path), out_path)
     probe(path)  # fail fast on a bad input before loading a model
     if encoder is None:
         encoder = Encoder(plan.cfg.encoder)

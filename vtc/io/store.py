@@ -215,3 +215,16 @@ def load_features(path: str | os.PathLike[str]) -> tuple[Tensor, dict[str, Tenso
             raise UsageError(f"{path}: metadata grid must be 'h,w' or [h, w], not {meta['grid']!r}.") from None
     features = tensors.pop("features")
     return features, tensors, grid
+
+
+def is_token_file(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a vtc token file, judged from its safetensors header alone (bounded read)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                return False
+            header = json.loads(f.read(size))
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT_NAME

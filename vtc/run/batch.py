@@ -32,7 +32,7 @@ from vtc.io.encode import Encoder
 from vtc.run.config import CompressConfig
 from vtc.run.finish import Job, Outcome
 from vtc.run.pipeline import Engine
-from vtc.run.plan import Plan
+from vtc.run.plan import Plan, check_outputs
 
 Notify = Callable[[str, dict[str, Any]], None]
 
@@ -204,6 +204,7 @@ def plan_items(
     items = discover(inputs)
     if not items:
         raise UsageError(f"no videos found in {', '.join(inputs)} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))}).")
+    check_outputs([(it.input, it.output(out_root)) for it in items])  # over every shard: shards share OUTDIR
     if shard is not None:
         items = items[shard[0] :: shard[1]]
     name = f"{MANIFEST_PREFIX}.jsonl" if shard is None else f"{MANIFEST_PREFIX}.shard-{shard[0]}-of-{shard[1]}.jsonl"

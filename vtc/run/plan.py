@@ -9,11 +9,13 @@ Engines execute plans; they never look a method up or re-resolve a parameter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vtc.errors import UsageError
 from vtc.io.decode import Sampling
 from vtc.io.encode import check_config
+from vtc.io.store import is_token_file
 from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
 from vtc.run.config import CompressConfig
@@ -77,3 +79,29 @@ class Plan:
     def keep_pixels(self) -> bool:
         """Whether the method asks for extra pictures made from the frames (TS-LLaVA's thumbnail)."""
         return self.spec.extra_images is not None
+
+
+def check_output(input: Path, output: Path) -> None:
+    """An output may be written: it is not the input, not a folder, its folder is not a file, and it does not
+    replace anything but an earlier vtc token file.  Else a UsageError, before any work."""
+    if output.resolve() == input.resolve():
+        raise UsageError(f"the output {output} is the input itself; choose another -o.")
+    if output.is_dir():
+        raise UsageError(f"the output {output} is a directory.")
+    if output.exists() and not is_token_file(output):
+        raise UsageError(f"refusing to overwrite {output}: it is not a vtc token file. Remove it or choose another -o.")
+    parent = next((p for p in output.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"cannot write {output}: {parent} is a file, not a directory.")
+
+
+def check_outputs(pairs: list[tuple[Path, Path]]) -> None:
+    """Many (input, output) pairs: each checked as by `check_output`, and no two inputs share an output."""
+    seen: dict[Path, Path] = {}
+    for src, dst in pairs:
+        key = dst.resolve()
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {src} would both be written to {dst}; rename one of them or run "
+                             f"them in separate batches.")
+        seen[key] = src
+        check_output(src, dst)

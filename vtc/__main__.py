@@ -1,0 +1,5 @@
+"""`python -m vtc` runs the command line."""
+
+from vtc.cli import run
+
+run()
