@@ -212,3 +212,14 @@ def test_python_dash_m() -> None:
 
     p = subprocess.run([sys.executable, "-m", "vtc", "--version"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.startswith("vtc ")
+
+
+def test_show_prints_found_knobs_and_reports(tmp_path: Path) -> None:
+    x = torch.randn(4, 16, 8, generator=torch.Generator().manual_seed(0))
+    res = vtc.compress_features(x, method="llava_scissor", ratio=0.3)
+    res.save(tmp_path / "s.safetensors", grid=(4, 4))
+    data = json.loads(runner.invoke(app, ["show", str(tmp_path / "s.safetensors"), "--json"]).output)
+    assert data["params"]["tau"] is None and data["params_effective"]["tau"] == res.reduction.info["tau"]
+    assert data["info"]["n_after_spatial"] == res.reduction.info["n_after_spatial"]
+    text = runner.invoke(app, ["show", str(tmp_path / "s.safetensors")]).output
+    assert "tau=None" not in text and f"tau={res.reduction.info['tau']}" in text and "n_after_spatial" in text

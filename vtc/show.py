@@ -31,6 +31,8 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     per_frame = f.tokens_per_frame().tolist()
     seg = f.tensors.get("segments")
     t, n = int(m.get("T", 0)), int(m.get("N", 0))
+    params = m.get("params", {}) if isinstance(m.get("params"), dict) else {}
+    info = m.get("info", {}) if isinstance(m.get("info"), dict) else {}
     return {
         "file": str(f.path),
         "format": f"{m.get('format')} v{m.get('format_version')}",
@@ -41,7 +43,12 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         "grid": m.get("grid"),
         "image_size": m.get("image_size"),
         "method": m.get("method"),
-        "params": m.get("params", {}),
+        "variant": m.get("variant", ""),
+        "features": m.get("features") if isinstance(m.get("features"), dict) else None,
+        "params": params,
+        # a knob left unset (None) is shown with the value the method found for it (e.g. LLaVA-Scissor's τ)
+        "params_effective": {k: info.get(k, v) if v is None else v for k, v in params.items()},
+        "info": info,
         "signals": m.get("signals", {}),
         "frames": t,
         "tokens_before": t * n,
@@ -65,14 +72,24 @@ def summary_table(info: dict[str, Any], console: Console) -> None:
     table.add_column(style="bold")
     table.add_column()
     dur = v.get("duration")
-    table.add_row("video", f"{v.get('path', '?')}\n{v.get('width')}×{v.get('height')}, "
-                  f"{(v.get('fps') or 0):.3g} fps, {(dur or 0):.1f} s, {v.get('codec', '?')}"
-                  + (" [yellow](truncated input)[/]" if info["truncated"] else ""))
     mdl = info["model"]
-    src = mdl.get("pretrained") or (f"checkpoint {mdl.get('checkpoint')}" if mdl.get("checkpoint") else "")
-    table.add_row("model", f"{mdl.get('model')} {src}, layer {mdl.get('layer')}, grid {info['grid']}")
-    params = ", ".join(f"{k}={val}" for k, val in (info["params"] or {}).items())
-    table.add_row("method", f"{info['method']}  {params}")
+    if v:
+        table.add_row("video", f"{v.get('path', '?')}\n{v.get('width')}×{v.get('height')}, "
+                      f"{(v.get('fps') or 0):.3g} fps, {(dur or 0):.1f} s, {v.get('codec', '?')}"
+                      + (" [yellow](truncated input)[/]" if info["truncated"] else ""))
+    if mdl.get("model"):
+        src = mdl.get("pretrained") or (f"checkpoint {mdl.get('checkpoint')}" if mdl.get("checkpoint") else "")
+        table.add_row("model", f"{mdl.get('model')} {src}, layer {mdl.get('layer')}, grid {info['grid']}")
+    else:
+        origin = (info.get("features") or {}).get("path") or "(compress_features)"
+        table.add_row("source", f"features {origin}, grid {info['grid']}")
+    params = ", ".join(f"{k}={val}" for k, val in (info["params_effective"] or {}).items())
+    variant = f":{info['variant']}" if info.get("variant") else ""
+    table.add_row("method", f"{info['method']}{variant}  {params}")
+    facts = {k: v for k, v in (info["info"] or {}).items()
+             if k not in info["params_effective"] and (not isinstance(v, list) or len(v) <= 8)}
+    if facts:
+        table.add_row("reported", ", ".join(f"{k}={v}" for k, v in facts.items()))
     req = info["ratio_requested"]
     table.add_row("tokens", f"{info['tokens_before']} → {info['tokens_after']} "
                   f"({100 * (info['ratio_achieved'] or 0):.1f}% kept"

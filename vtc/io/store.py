@@ -41,7 +41,8 @@ REQUIRED = ("tokens", "positions", "timestamps", "frame_times", "sizes", "source
 OUT_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
               "float32": torch.float32, "fp32": torch.float32}
 #: metadata keys whose values are JSON
-JSON_KEYS = ("params", "grid", "image_size", "signals", "sampling", "video", "encoder", "info", "decode")
+JSON_KEYS = ("params", "grid", "image_size", "signals", "sampling", "video", "encoder", "info", "decode", "features",
+             "pre_encoder")
 
 
 def out_dtype(name: str) -> torch.dtype:
