@@ -10,6 +10,7 @@ patches (RLT's opt-in `encode_changed_only`). `Encoder` (vtc.io.encode) owns dev
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 from vtc.errors import ModelError
 
 
-class Tower:
+class Tower(ABC):
     """A vision tower read at block `layer_index`.  Subclasses implement `forward` and `forward_subset`."""
 
     kind = ""
@@ -30,17 +31,17 @@ class Tower:
         self.num_layers = num_layers
         self.width = width
 
+    @abstractmethod
     def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
         """pixels [B, 3, h, w] → `patches` [B, N, D] of block `layer_index` and the wanted signals."""
-        raise NotImplementedError
 
+    @abstractmethod
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
         """Patch tokens [n_keep, D] of only the `keep` [N] patches of one frame [1, 3, h, w]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def signal_sources(self, layer: int) -> dict[str, str]:
         """Where each signal comes from, in words (recorded in the file's metadata)."""
-        raise NotImplementedError
 
 
 def _mha_probs_and_keys(attn: torch.nn.MultiheadAttention, h: Tensor) -> tuple[Tensor, Tensor]:
