@@ -170,6 +170,7 @@ def test_reference_variant_from_the_cli(tmp_path: Path, path: Path) -> None:
     assert r.exit_code == 0, r.output
     f = vtc.load(tmp_path / "out.safetensors")
     assert f.meta["variant"] == "reference"
+    one_line_exit2(runner.invoke(app, [*args[:3], str(feats), *args[4:]]))  # never over its own input
     ours, ref = f.tokens.double(), t["tokens"].double()
     assert ours.shape == ref.shape
     dist = torch.cdist(ours, ref)
@@ -217,7 +218,8 @@ def test_python_dash_m() -> None:
 def test_show_prints_found_knobs_and_reports(tmp_path: Path) -> None:
     x = torch.randn(4, 16, 8, generator=torch.Generator().manual_seed(0))
     res = vtc.compress_features(x, method="llava_scissor", ratio=0.3)
-    res.save(tmp_path / "s.safetensors", grid=(4, 4))
+    res.save(tmp_path / "s.safetensors")
+    assert res.grid == (4, 4)
     data = json.loads(runner.invoke(app, ["show", str(tmp_path / "s.safetensors"), "--json"]).output)
     assert data["params"]["tau"] is None and data["params_effective"]["tau"] == res.reduction.info["tau"]
     assert data["info"]["n_after_spatial"] == res.reduction.info["n_after_spatial"]

@@ -41,15 +41,16 @@ class FeatureResult:
     params: dict[str, Any]
     ratio_requested: float | None
     variant: str | None = None
+    grid: tuple[int, int] = (0, 0)  # (h, w) of the features' patch grid
 
     @property
     def ratio_achieved(self) -> float:
         return self.reduction.ratio()
 
-    def save(self, path: str | os.PathLike[str], *, grid: tuple[int, int], frame_times: Tensor | None = None,
+    def save(self, path: str | os.PathLike[str], *, frame_times: Tensor | None = None,
              dtype_out: str = "float16", source: dict[str, Any] | None = None) -> Path:
         """Write these tokens as a vtc token file (format v1; atomic).  frame_times [T] default to 0, 1, 2, …"""
-        red = self.reduction
+        red, grid = self.reduction, self.grid
         t = red.num_sources // (grid[0] * grid[1])
         times = frame_times if frame_times is not None else torch.arange(t, dtype=torch.float32)
         tensors = token_tensors(red, self.tokens, grid, times, out_dtype(dtype_out))
@@ -119,7 +120,7 @@ def compress_features(
     sig = Signals(**{k: v for k, v in signals.items() if v is not None})
     resolved = spec.resolve(params or {}, variant)
     red = spec.run(features, grid=tuple(grid), ratio=ratio, signals=sig, params=resolved)
-    return FeatureResult(red.apply(features), red, spec.name, resolved, ratio, variant)
+    return FeatureResult(red.apply(features), red, spec.name, resolved, ratio, variant, (int(grid[0]), int(grid[1])))
 
 
 def compress(

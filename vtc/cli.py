@@ -247,6 +247,7 @@ def compress_features_cmd(
     from vtc.api import compress_features
     from vtc.io.store import load_features
     from vtc.run.config import parse_param
+    from vtc.run.plan import check_output
 
     try:
         if dtype_out not in ("float16", "bfloat16", "float32"):
@@ -259,12 +260,11 @@ def compress_features_cmd(
             except ValueError:
                 raise UsageError(f"--grid must look like h,w (e.g. 14,14), not '{grid}'.") from None
             grid_hw = (h, w)
+        check_output(features, output)
         feats, signals, file_grid = load_features(features)
-        grid_hw = grid_hw or file_grid or (tuple(feats.shape[1:3]) if feats.dim() == 4 else None)
+        grid_hw = grid_hw or file_grid
         res = compress_features(feats, method=method, ratio=ratio, grid=grid_hw, params=params, **signals)
-        n = res.reduction.num_sources // feats.shape[0]
-        side = int(round(n**0.5))
-        res.save(output, grid=grid_hw or (side, side), frame_times=signals.get("times"), dtype_out=dtype_out,
+        res.save(output, frame_times=signals.get("times"), dtype_out=dtype_out,
                  source={"path": str(features.resolve())})
     except VtcError as e:
         raise _fail(e) from None
