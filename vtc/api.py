@@ -15,7 +15,7 @@ from torch import Tensor
 from vtc._version import __version__
 from vtc.errors import UsageError
 from vtc.io.decode import probe
-from vtc.io.encode import Encoder
+from vtc.io.encoders import AnyEncoder, open_encoder
 from vtc.io.store import load, out_dtype, token_tensors, write
 from vtc.methods.registry import parse_method
 from vtc.reduction import Reduction
@@ -128,14 +128,15 @@ def compress(
     *,
     output: str | os.PathLike[str] | None = None,
     preset: str | None = None,
-    encoder: Encoder | None = None,
+    encoder: AnyEncoder | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
     **options: Any,
 ) -> CompressResult:
     """Decode → encode → compress → store one video.
 
     Options have the CLI's names (see `CompressConfig.option_names()`): method, ratio, params, frames, fps,
-    every, model, pretrained, checkpoint, layer, device, dtype, batch_size, dtype_out, allow_truncated, query.
+    every, model, pretrained, checkpoint, layer, device, dtype, target, target_model, batch_size, dtype_out,
+    allow_truncated, query.
     A `preset` (name or TOML path) fills what is not given. An `encoder` can be passed to reuse a loaded model.
     Every option is validated before the video is opened; nothing is written unless every stage succeeds, and
     the write itself is atomic.
@@ -148,7 +149,7 @@ def compress(
     check_output(Path(path), out_path)
     probe(path)  # fail fast on a bad input before loading a model
     if encoder is None:
-        encoder = Encoder(plan.cfg.encoder)
+        encoder = open_encoder(plan.cfg.encoder)
     load_time = time.perf_counter() - t0
     seen: dict[str, int] = {}
 

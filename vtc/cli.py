@@ -69,7 +69,7 @@ def compress(
     param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter key=value "
                                                     "(repeatable), e.g. -p tau=0.8")] = None,
     frames: Annotated[int | None, typer.Option("--frames", "-t", help="Sample T frames uniformly "
-                                               "[default: 32]")] = None,
+                                               "[default: 32; llava-video target: 64]")] = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Sample F frames per second instead.")] = None,
     every: Annotated[int | None, typer.Option("--every", help="Sample every n-th frame instead.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="open_clip model name, hf-hub:ORG/REPO, or a "
@@ -80,6 +80,12 @@ def compress(
                                                     "(no network needed).")] = None,
     layer: Annotated[int | None, typer.Option("--layer", help="Block whose patch tokens are used; -2 = "
                                               "penultimate, as LLaVA [default: -2]")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Write tokens in this video LLM's input space, made "
+                                               "by its own vision path: llava-onevision or llava-video (needs "
+                                               "--target-model; pip install 'vtc[hf]').")] = None,
+    target_model: Annotated[str | None, typer.Option("--target-model", help="The target's transformers "
+                                                     "checkpoint: a local directory or a hub id (only its vision "
+                                                     "weights are read).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: auto]")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="Encoder precision: auto (fp32 on CPU, bf16/"
                                               "fp16 on GPU), fp32, fp16, bf16")] = None,
@@ -124,6 +130,7 @@ def compress(
         _batch(inputs, output, dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
             checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
+            target=target, target_model=target_model,
             batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None, query=query), param,
             preset,
             quiet=quiet, retry_failed=retry_failed, fail_fast=fail_fast, shard=shard, workers=workers,
@@ -135,6 +142,7 @@ def compress(
         options: dict[str, Any] = dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
             checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
+            target=target, target_model=target_model,
             batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None, query=query,
         )
         if params:

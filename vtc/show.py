@@ -50,6 +50,9 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         "params_effective": {k: info.get(k, v) if v is None else v for k, v in params.items()},
         "info": info,
         "signals": m.get("signals", {}),
+        # which token space: the encoder's own (files written before targets existed say nothing) or a target LLM's
+        "space": m.get("space") if isinstance(m.get("space"), dict) else {"kind": "encoder"},
+        "newline": m.get("newline") if isinstance(m.get("newline"), dict) else {"layout": "none"},
         "frames": t,
         "tokens_before": t * n,
         "tokens_after": int(f.tokens.shape[0]),
@@ -77,7 +80,16 @@ def summary_table(info: dict[str, Any], console: Console) -> None:
         table.add_row("video", f"{v.get('path', '?')}\n{v.get('width')}×{v.get('height')}, "
                       f"{(v.get('fps') or 0):.3g} fps, {(dur or 0):.1f} s, {v.get('codec', '?')}"
                       + (" [yellow](truncated input)[/]" if info["truncated"] else ""))
-    if mdl.get("model"):
+    space = info["space"]
+    if space.get("kind") == "target":
+        nl = info["newline"]
+        table.add_row("space", f"target {space.get('target')} ({space.get('checkpoint')}, vision sha256 "
+                      f"{str(space.get('vision_sha256', ''))[:12]}), LLM hidden size {space.get('hidden_size')}, "
+                      f"token grid {space.get('grid')} from vision grid {space.get('vision_grid')}\n"
+                      f"newline: {nl.get('layout')} — {nl.get('where', '')}")
+        table.add_row("model", f"vision path of {space.get('checkpoint')}, grid {info['grid']}")
+    elif mdl.get("model"):
+        table.add_row("space", "encoder (the vision tower's own tokens; not an LLM's input space)")
         src = mdl.get("pretrained") or (f"checkpoint {mdl.get('checkpoint')}" if mdl.get("checkpoint") else "")
         table.add_row("model", f"{mdl.get('model')} {src}, layer {mdl.get('layer')}, grid {info['grid']}")
     else:

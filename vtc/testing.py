@@ -168,3 +168,35 @@ def synth_clip(
                 _mux(c, ast, af)
             _mux(c, ast, None)
     return path
+
+
+#: token ids of the tiny LLaVA-OneVision model's vocabulary that the tests use
+TINY_LLAVA_VIDEO_TOKEN = 291
+TINY_LLAVA_IMAGE_TOKEN = 290
+
+
+def tiny_llava_onevision(out: Path, *, seed: int = 0, head: bool = False, image_size: int = 84,
+                         text_hidden: int = 48, text_layers: int = 2, vocab: int = 300,
+                         shard_size: str | None = None) -> Path:
+    """Save a tiny random-weight LLaVA-OneVision checkpoint (transformers `save_pretrained`) with its video
+    processor config, as a real one is laid out: SigLIP vision tower (patch 14 → 6×6 at 84 px; no attention-pool
+    head unless `head`), 2-layer projector, image_newline, Qwen2 language model.  → the directory."""
+    import torch
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+
+    torch.manual_seed(seed)
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, image_size=image_size, patch_size=14, vision_use_head=head)
+    text = dict(model_type="qwen2", hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+                num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                max_position_embeddings=4096)
+    cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=TINY_LLAVA_IMAGE_TOKEN,
+                               video_token_index=TINY_LLAVA_VIDEO_TOKEN, vision_feature_layer=-1,
+                               vision_feature_select_strategy="full")
+    model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    kwargs = {"max_shard_size": shard_size} if shard_size else {}
+    model.save_pretrained(out, **kwargs)
+    LlavaOnevisionVideoProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                                 image_std=[0.5] * 3).save_pretrained(out)
+    return out

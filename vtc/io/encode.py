@@ -36,7 +36,10 @@ ENCODER_SIGNALS = provided_by("encoder")
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Which encoder to build and how to run it (the CLI's --model/--pretrained/--checkpoint/--layer/...)."""
+    """Which encoder to build and how to run it (the CLI's --model/--pretrained/--checkpoint/--layer/...).
+
+    With `target` (and `target_model`), tokens come from that video LLM's own vision path instead of an open_clip
+    tower (`vtc.io.target`); model/pretrained/checkpoint/layer then do not apply."""
 
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
@@ -44,6 +47,8 @@ class EncoderConfig:
     layer: int = -2
     device: str = "auto"
     dtype: str = "auto"
+    target: str | None = None
+    target_model: str | None = None
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -322,6 +327,15 @@ class Encoder:
                              f"once.") from None
         emb = self.model.encode_text(tokens).float()[0]
         return torch.nn.functional.normalize(emb, dim=-1).cpu()
+
+    def space(self) -> dict[str, Any]:
+        """The `space` metadata of a token file: the encoder's own token space."""
+        return {"kind": "encoder", "model": self.name, "dim": self.width}
+
+    def newline_layout(self) -> dict[str, Any] | None:
+        return None
+
+    newline: Tensor | None = None
 
     def describe(self) -> dict[str, Any]:
         """Metadata recorded in token files."""

@@ -27,6 +27,11 @@ class FrameGeometry:
     - shortest: the short side is resized to fit, then a centre crop (CLIP, SigLIP);
     - longest: the long side is resized to fit, then centred padding with `fill` (0..255);
     - squash: resized to `image_size` ignoring the aspect ratio.
+
+    `resize_on` says who resizes: "decode" (the decoder converts frames to `decode_size`, open_clip towers) or
+    "tensor" (frames arrive at their native size and `preprocess` resizes them the way transformers' video
+    processors do: antialiased bicubic on uint8, then a fused rescale-and-normalise, so a target model gets the
+    very pixels its own processor would make).
     """
 
     image_size: tuple[int, int] = (224, 224)
@@ -34,6 +39,7 @@ class FrameGeometry:
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     fill: float = 0.0
+    resize_on: str = "decode"
 
     @classmethod
     def from_preprocess_cfg(cls, cfg: dict[str, Any], size: int | tuple[int, ...] | list[int]) -> FrameGeometry:
@@ -44,7 +50,8 @@ class FrameGeometry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrameGeometry:
-        return cls(tuple(d["image_size"]), d["resize_mode"], tuple(d["mean"]), tuple(d["std"]), float(d["fill"]))
+        return cls(tuple(d["image_size"]), d["resize_mode"], tuple(d["mean"]), tuple(d["std"]), float(d["fill"]),
+                   str(d.get("resize_on", "decode")))
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -54,6 +61,8 @@ class FrameGeometry:
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) to convert a decoded frame to, so that the crop (or pad) gives `image_size`."""
         th, tw = self.image_size
+        if self.resize_on == "tensor":
+            return width, height
         if self.resize_mode == "squash":
             return tw, th
         if self.resize_mode == "longest":
@@ -64,6 +73,8 @@ class FrameGeometry:
 
     def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
         """uint8 [B, H, W, 3] at `decode_size` → normalised pixels float32 [B, 3, h, w] (centre crop or pad)."""
+        if self.resize_on == "tensor":
+            return self._preprocess_like_transformers(torch.as_tensor(frames).permute(0, 3, 1, 2))
         x = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
         th, tw = self.image_size
         _, _, h, w = x.shape
@@ -78,6 +89,21 @@ class FrameGeometry:
             x = x[:, :, top : top + th, left : left + tw]
         mean, std = torch.tensor(self.mean)[:, None, None], torch.tensor(self.std)[:, None, None]
         return (x - mean) / std
+
+    def _preprocess_like_transformers(self, x: Tensor) -> Tensor:
+        """uint8 [B, 3, H, W] → float32 [B, 3, h, w], step for step as transformers' torchvision backend does it
+        (`resize` with antialias on uint8, then `rescale_and_normalize` with mean and std folded by 1/255)."""
+        import torchvision.transforms.v2.functional as tvF
+
+        if self.resize_mode != "squash":
+            raise ValueError("resize_on='tensor' supports the squash resize only")
+        if tuple(x.shape[-2:]) != tuple(self.image_size):
+            x = tvF.resize(x.contiguous(), list(self.image_size), interpolation=tvF.InterpolationMode.BICUBIC,
+                           antialias=True)
+        rescale = 1 / 255
+        mean = torch.tensor(self.mean) * (1.0 / rescale)
+        std = torch.tensor(self.std) * (1.0 / rescale)
+        return tvF.normalize(x.to(torch.float32), mean.tolist(), std.tolist(), inplace=True)
 
     def preprocess_many(self, frames: list[np.ndarray]) -> Tensor:
         """Frames of possibly different sizes (several videos) → normalised pixels [B, 3, h, w], in order."""

@@ -14,8 +14,11 @@ Tensors (K output tokens, T frames, N = h·w patches per frame, D channels, E me
 | merge_w       | float32 [E]       |                                                                          |
 | segments      | int32 [S, 2]      | inclusive frame ranges of temporal segments (methods that have them)     |
 | extra_tokens  | [X, D]            | off-grid sources (CLS tokens, thumbnail tokens): merge_src T·N + i       |
+| newline       | [D]               | target files only: the model's newline embedding, placed by consumers    |
 
-String metadata: see `build_metadata`; values that are not plain strings are JSON.
+String metadata: see `build_metadata`; values that are not plain strings are JSON. `space` says which token space
+the file is in ({"kind": "encoder"} or {"kind": "target", "target", "checkpoint", "vision_sha256", "hidden_size",
+...}; files without it are encoder-space) and `newline` where a target's newline tokens go.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ OUT_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch
               "float32": torch.float32, "fp32": torch.float32}
 #: metadata keys whose values are JSON
 JSON_KEYS = ("params", "grid", "image_size", "signals", "sampling", "video", "encoder", "info", "decode", "features",
-             "pre_encoder")
+             "pre_encoder", "space", "newline")
 
 
 def out_dtype(name: str) -> torch.dtype:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from vtc._version import __version__
 from vtc.errors import UsageError
-from vtc.io.encode import Encoder
+from vtc.io.encoders import AnyEncoder, open_encoder
 from vtc.run.config import CompressConfig
 from vtc.run.finish import Job, Outcome
 from vtc.run.pipeline import Engine
@@ -238,7 +238,7 @@ class Executor(Protocol):
 class LocalExecutor:
     """This machine: decode threads ahead of one encoder (`vtc.run.pipeline.Engine`)."""
 
-    def __init__(self, decode_workers: int = 2, encoder: Encoder | None = None) -> None:
+    def __init__(self, decode_workers: int = 2, encoder: AnyEncoder | None = None) -> None:
         self.decode_workers = decode_workers
         self.encoder = encoder
         self.load = 0.0
@@ -246,7 +246,7 @@ class LocalExecutor:
 
     def execute(self, plan: Plan, jobs: list[Job], *, fail_fast: bool, notify: Notify) -> Iterator[Outcome]:
         t0 = time.perf_counter()
-        encoder = self.encoder or Encoder(plan.cfg.encoder)
+        encoder = self.encoder or open_encoder(plan.cfg.encoder)
         self.load = time.perf_counter() - t0
         engine = Engine(plan, encoder, decode_workers=self.decode_workers, on_event=notify)
         try:

@@ -25,6 +25,7 @@ import tomllib
 from vtc.errors import UsageError
 from vtc.io.encode import EncoderConfig
 from vtc.io.store import OUT_DTYPES
+from vtc.io.target import TARGETS
 
 DEFAULT_METHOD = "fastvid"
 #: the encoder's fields, declared once in `EncoderConfig`, given flat in options and presets
@@ -83,7 +84,7 @@ class CompressConfig:
         e = self.encoder
         _check(e.model, str, "--model")
         _check(e.layer, int, "--layer")
-        for name in ("pretrained", "checkpoint"):
+        for name in ("pretrained", "checkpoint", "target", "target_model"):
             if getattr(e, name) is not None:
                 _check(getattr(e, name), str, f"--{name}")
         return self
@@ -183,6 +184,7 @@ def make_config(preset: str | None = None, **explicit: Any) -> CompressConfig:
     if len(sampling) > 1:
         raise UsageError(f"give one way of sampling frames, not {' and '.join('--' + k for k in sampling)}.")
     cfg = CompressConfig()
+    sampled = False
     layers: list[dict[str, Any]] = []
     if preset:
         layers.append(load_preset(preset))
@@ -190,6 +192,7 @@ def make_config(preset: str | None = None, **explicit: Any) -> CompressConfig:
     for layer in layers:
         if any(k in layer for k in SAMPLING_FIELDS):
             cfg.frames = cfg.fps = cfg.every = None
+            sampled = True
         for key, value in layer.items():
             if key == "params":
                 if not isinstance(value, dict):
@@ -199,6 +202,8 @@ def make_config(preset: str | None = None, **explicit: Any) -> CompressConfig:
                 cfg.set(key, value)
         if layer.get("checkpoint") and "pretrained" not in layer:
             cfg.set("pretrained", None)
+    if not sampled and cfg.encoder.target in TARGETS:  # the target's own frame count (LLaVA-Video: 64)
+        cfg.frames = TARGETS[cfg.encoder.target].frames
     return cfg.validate()
 
 

@@ -19,7 +19,7 @@ from vtc._version import __version__
 from vtc.errors import VtcError
 from vtc.io.audio import SALIENCY_NAME, audio_saliency
 from vtc.io.decode import DecodeReport, VideoInfo, content_hash
-from vtc.io.encode import Encoder
+from vtc.io.encoders import AnyEncoder
 from vtc.io.store import out_dtype, token_tensors, write
 from vtc.reduction import Reduction
 from vtc.run.plan import Plan
@@ -96,7 +96,7 @@ class Video:
             self.pixels.append(pixels)
 
 
-def finish(plan: Plan, encoder: Encoder, video: Video, query_embedding: Tensor | None) -> Outcome:
+def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None) -> Outcome:
     """Compress and store one fully encoded video.  → its Outcome."""
     t0 = time.perf_counter()
     assert video.info is not None
@@ -130,6 +130,8 @@ def finish(plan: Plan, encoder: Encoder, video: Video, query_embedding: Tensor |
     frame_times = torch.tensor(video.report.frame_times, dtype=torch.float32)
     tensors = token_tensors(red, tokens, encoder.grid, frame_times, out_dtype(plan.cfg.dtype_out))
     meta = build_metadata(plan, encoder, video, red, sources, feats.shape)
+    if encoder.newline is not None:  # the target's newline embedding: placed by consumers, never compressed
+        tensors["newline"] = encoder.newline.to(tensors["tokens"].dtype).contiguous()
     for name in ("relevance", "audio_saliency"):
         if name in sig:
             tensors[name] = sig[name].float().contiguous()
@@ -139,7 +141,7 @@ def finish(plan: Plan, encoder: Encoder, video: Video, query_embedding: Tensor |
                    video.report.truncated, timings)
 
 
-def build_metadata(plan: Plan, encoder: Encoder, video: Video, red: Reduction, sources: dict[str, str],
+def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: Reduction, sources: dict[str, str],
                    shape: torch.Size) -> dict[str, Any]:
     """The string metadata of a token file (format v1)."""
     t, n, d = shape
@@ -168,6 +170,8 @@ def build_metadata(plan: Plan, encoder: Encoder, video: Video, red: Reduction, s
         "D": d,
         "K": red.num_outputs,
         "signals": sources,
+        "space": encoder.space(),
+        "newline": encoder.newline_layout() or {"layout": "none"},
         "encoder": enc,
         "sampling": plan.sampling.describe(),
         "video": {

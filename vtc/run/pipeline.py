@@ -23,7 +23,7 @@ from torch import Tensor
 
 from vtc.errors import InputError, VtcError
 from vtc.io.decode import DecodeReport, VideoInfo, iter_frames, probe
-from vtc.io.encode import Encoder
+from vtc.io.encoders import AnyEncoder
 from vtc.io.geometry import FrameGeometry
 from vtc.run.finish import FrameReuse, Job, Outcome, Video, finish
 from vtc.run.plan import Plan
@@ -66,7 +66,7 @@ class Engine:
     def __init__(
         self,
         plan: Plan,
-        encoder: Encoder,
+        encoder: AnyEncoder,
         *,
         decode_workers: int = 2,
         queue_chunks: int = 4,

@@ -14,7 +14,7 @@ from typing import Any
 
 from vtc.errors import UsageError
 from vtc.io.decode import Sampling
-from vtc.io.encode import check_config
+from vtc.io.encoders import check_encoder as check_encoder_config
 from vtc.io.store import is_token_file
 from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
@@ -53,7 +53,7 @@ class Plan:
         else:
             signals.discard("relevance")
         if check_encoder:
-            check_config(cfg.encoder)
+            check_encoder_config(cfg.encoder)
         rule = spec.pre_encoder(**params) if spec.pre_encoder is not None else None
         return cls(cfg, spec, variant, params, sampling, frozenset(signals), rule)
 

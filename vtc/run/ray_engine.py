@@ -23,7 +23,7 @@ import numpy as np
 import vtc.errors as errors
 from vtc.errors import MissingDependencyError, VtcError
 from vtc.io.decode import DecodeReport, VideoInfo
-from vtc.io.encode import Encoder, geometry_for
+from vtc.io.encoders import encoder_geometry, open_encoder
 from vtc.io.geometry import FrameGeometry
 from vtc.run.batch import Notify
 from vtc.run.config import CompressConfig
@@ -90,7 +90,7 @@ class _EncodeActor:
 
     def __init__(self, cfg_json: str) -> None:
         plan = _plan(cfg_json)
-        self.engine = Engine(plan, Encoder(plan.cfg.encoder))
+        self.engine = Engine(plan, open_encoder(plan.cfg.encoder))
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         job = Job(0, Path(row["input"]), Path(row["output"]))
@@ -116,7 +116,7 @@ class RayExecutor:
 
     def execute(self, plan: Plan, jobs: list[Job], *, fail_fast: bool, notify: Notify) -> Iterator[Outcome]:
         ray = _ray()
-        geometry = geometry_for(plan.cfg.encoder).as_dict()  # from config files: no weights on the driver
+        geometry = encoder_geometry(plan.cfg.encoder).as_dict()  # from config files: no weights on the driver
         for name in ("ray", "ray.data", "ray._private"):  # vtc reports progress itself; keep stdout clean (--json)
             logging.getLogger(name).setLevel(logging.ERROR)
         if not ray.is_initialized():

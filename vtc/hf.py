@@ -1,0 +1,156 @@
+"""Feed a vtc token file to a transformers video LLM: one call builds what `model(...)` / `model.generate(...)` need.
+
+    import vtc.hf
+    inputs = vtc.hf.video_inputs("clip.safetensors", model, input_ids)      # input_ids hold one <video> token
+    out = model.generate(**inputs, max_new_tokens=64)
+
+The file must be in the model's space (`vtc compress --target llava-onevision --target-model SAME_CHECKPOINT`).
+The prompt's single video placeholder is replaced by the kept tokens, in (frame, row, column) order of their
+representatives, and the target's newline token(s) where the model puts them (`newline` in the file: one after
+the video for LLaVA-OneVision; one after every row that keeps a token for LLaVA-Video).
+
+Positions: `positions="contiguous"` numbers the sequence 0..L-1 (what FastVID, HoliTom and DyCoke's released code
+effectively do for LLaVA-OneVision, and what `generate` continues from); `positions="original"` gives every kept
+token the position it had in the uncompressed sequence (text after the video keeps its original position too), for
+a single forward pass that studies position effects.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vtc.errors import FormatError, UsageError
+from vtc.io.store import TokenFile, load
+
+POSITIONS = ("contiguous", "original")
+
+
+@dataclass(frozen=True)
+class VisualSequence:
+    """The visual part of an LLM input: `embeds` [V, D] in order, `offsets` [V] int64 (each entry's position
+    within the uncompressed video block), `full_length` (that block's length before compression) and
+    `is_newline` [V] bool."""
+
+    embeds: Tensor
+    offsets: Tensor
+    full_length: int
+    is_newline: Tensor
+
+
+def visual_sequence(tokens_file: TokenFile) -> VisualSequence:
+    """Kept tokens in (frame, row, column) order with the target's newline tokens inserted."""
+    m = tokens_file.meta
+    space = m.get("space") if isinstance(m.get("space"), dict) else {"kind": "encoder"}
+    if space.get("kind") != "target":
+        raise UsageError(f"{tokens_file.path} holds encoder-space tokens (no LLM's input space); make it with "
+                         f"vtc compress --target llava-onevision --target-model CHECKPOINT.")
+    layout = (m.get("newline") or {}).get("layout", "none")
+    if layout not in ("one", "per_row", "none"):
+        raise FormatError(f"{tokens_file.path}: unknown newline layout '{layout}'.")
+    if layout != "none" and "newline" not in tokens_file.tensors:
+        raise FormatError(f"{tokens_file.path}: newline layout '{layout}' but no 'newline' tensor.")
+    t = tokens_file.num_frames
+    h, w = tokens_file.grid
+    n = h * w
+    pos = tokens_file.positions.long()
+    frame, row, col = pos[:, 0], pos[:, 1], pos[:, 2]
+    cell = torch.where(row >= 0, row * w + col, torch.full_like(row, -1))
+    key = torch.where(frame >= 0, frame * (n + 1) + cell + 1, torch.full_like(frame, -1))
+    order = torch.argsort(key, stable=True)
+    tokens = tokens_file.tokens[order]
+    frame, row, col, cell = frame[order], row[order], col[order], cell[order]
+    if layout == "per_row":  # each frame is h rows of (w tokens + newline)
+        stride = w + 1
+        offsets = frame.clamp(min=0) * h * stride + torch.where(row >= 0, row * stride + col, torch.zeros_like(row))
+        full = t * h * stride
+        newline = tokens_file.tensors["newline"].to(tokens.dtype)
+        pieces, offs, flags = [], [], []
+        row_key = torch.where(row >= 0, frame * h + row, torch.full_like(row, -1))
+        ends = torch.ones_like(row_key, dtype=torch.bool)
+        ends[:-1] = row_key[1:] != row_key[:-1]
+        ends &= row_key >= 0
+        for i in range(tokens.shape[0]):  # cheap: K entries
+            pieces.append(tokens[i])
+            offs.append(int(offsets[i]))
+            flags.append(False)
+            if ends[i]:
+                pieces.append(newline)
+                offs.append(int(frame[i]) * h * stride + int(row[i]) * stride + w)
+                flags.append(True)
+        embeds = torch.stack(pieces) if pieces else tokens
+        return VisualSequence(embeds, torch.tensor(offs, dtype=torch.long), full, torch.tensor(flags))
+    offsets = frame.clamp(min=0) * n + cell.clamp(min=0)
+    if layout == "one":
+        newline = tokens_file.tensors["newline"].to(tokens.dtype)
+        return VisualSequence(torch.cat([tokens, newline[None]]), torch.cat([offsets, torch.tensor([t * n])]),
+                              t * n + 1, torch.cat([torch.zeros(len(offsets), dtype=torch.bool), torch.ones(1,
+                                                                                                             dtype=torch.bool)]))
+    return VisualSequence(tokens, offsets, t * n, torch.zeros(len(offsets), dtype=torch.bool))
+
+
+def _video_token_id(model: Any) -> int:
+    cfg = model.config
+    for name in ("video_token_id", "video_token_index"):
+        value = getattr(cfg, name, None)
+        if value is not None:
+            return int(value)
+    raise UsageError(f"{type(model).__name__} has no video placeholder token (config.video_token_id).")
+
+
+def _check_model(tf: TokenFile, model: Any) -> None:
+    space = tf.meta.get("space") or {}
+    hidden = getattr(getattr(model.config, "text_config", model.config), "hidden_size", None)
+    if hidden is not None and int(space.get("hidden_size", hidden)) != int(hidden):
+        raise UsageError(f"{tf.path} was made for a model with hidden size {space.get('hidden_size')} "
+                         f"({space.get('checkpoint')}); this model's is {hidden}.")
+    mine = getattr(getattr(model, "model", model), "image_newline", None)
+    if mine is not None and "newline" in tf.tensors and mine.device.type != "meta":
+        ref = tf.tensors["newline"].float()
+        if not torch.allclose(mine.detach().float().cpu(), ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max())):
+            raise UsageError(f"{tf.path} was made from another checkpoint ({space.get('checkpoint')}): its newline "
+                             f"embedding differs from this model's. Re-run vtc compress with --target-model set to "
+                             f"this model's checkpoint.")
+
+
+def video_inputs(tokens_file: str | os.PathLike[str] | TokenFile, model: Any, input_ids: Tensor | list[int], *,
+                 positions: str = "contiguous") -> dict[str, Tensor]:
+    """`inputs_embeds` [1, L, D], `attention_mask` [1, L] and `position_ids` [1, L] for `model(**...)` or
+    `model.generate(**...)`.
+
+    input_ids: [L] or [1, L] token ids of the prompt with exactly one video placeholder
+    (`model.config.video_token_id`), e.g. from the model's chat template with the processor's expansion turned
+    off, or simply `tokenizer(text)` where text contains "<video>" once.
+    """
+    if positions not in POSITIONS:
+        raise UsageError(f"positions must be one of {', '.join(POSITIONS)}, not '{positions}'.")
+    tf = tokens_file if isinstance(tokens_file, TokenFile) else load(tokens_file)
+    ids = torch.as_tensor(input_ids, dtype=torch.long)
+    if ids.dim() == 2:
+        if ids.shape[0] != 1:
+            raise UsageError("video_inputs builds one sequence; pass input_ids of shape [L] or [1, L].")
+        ids = ids[0]
+    vid = _video_token_id(model)
+    where = torch.nonzero(ids == vid).flatten()
+    if where.numel() != 1:
+        raise UsageError(f"the prompt must hold the video placeholder (token {vid}) exactly once, not "
+                         f"{where.numel()} times; do not expand it (the file decides how many tokens go there).")
+    _check_model(tf, model)
+    seq = visual_sequence(tf)
+    at = int(where[0])
+    embed = model.get_input_embeddings()
+    text = embed(ids.to(embed.weight.device))
+    visual = seq.embeds.to(device=text.device, dtype=text.dtype)
+    embeds = torch.cat([text[:at], visual, text[at + 1:]])
+    if positions == "contiguous":
+        pos = torch.arange(embeds.shape[0])
+    else:
+        after = torch.arange(ids.numel() - at - 1) + at + seq.full_length
+        pos = torch.cat([torch.arange(at), seq.offsets + at, after])
+    return {"inputs_embeds": embeds[None], "attention_mask": torch.ones(1, embeds.shape[0], dtype=torch.long,
+                                                                         device=text.device),
+            "position_ids": pos[None].to(text.device)}

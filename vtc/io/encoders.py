@@ -1,0 +1,32 @@
+"""One entry point for whatever makes the tokens: an open_clip tower (`vtc.io.encode`) or a target model's own
+vision path (`vtc.io.target`), chosen by `EncoderConfig.target`."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from vtc.io.encode import Encoder, EncoderConfig, check_config, geometry_for
+from vtc.io.geometry import FrameGeometry
+from vtc.io.target import TargetEncoder, check_target, checkpoint_geometry
+
+AnyEncoder: TypeAlias = Encoder | TargetEncoder
+
+
+def check_encoder(config: EncoderConfig) -> None:
+    """Validate an encoder configuration without loading weights (UsageError / ModelError)."""
+    if config.target is not None or config.target_model is not None:
+        check_target(config)
+    else:
+        check_config(config)
+
+
+def open_encoder(config: EncoderConfig) -> AnyEncoder:
+    """Load the encoder `config` describes."""
+    return TargetEncoder(config) if config.target is not None else Encoder(config)
+
+
+def encoder_geometry(config: EncoderConfig) -> FrameGeometry:
+    """The frame geometry of `config` from configuration files only (no weights)."""
+    if config.target is not None:
+        return checkpoint_geometry(check_target(config)[1])
+    return geometry_for(config)
