@@ -227,7 +227,7 @@ def checkpoint_geometry(ckpt: Checkpoint) -> FrameGeometry:
 def check_target(config: EncoderConfig) -> tuple[TargetSpec, Checkpoint]:
     """Validate a target configuration without loading weights or transformers."""
     if config.target is None:
-        raise UsageError("no --target given.")
+        raise UsageError(f"--target-model needs --target ({' or '.join(TARGETS)}).")
     spec = target_spec(config.target)
     if not config.target_model:
         raise UsageError(f"--target {spec.name} needs --target-model DIR_OR_HUB_ID (e.g. {spec.example}).")
@@ -401,7 +401,10 @@ class TargetEncoder:
         try:
             import transformers
             from transformers import AutoConfig, AutoModel
-            from transformers.initialization import no_init_weights
+            try:
+                from transformers.initialization import no_init_weights  # transformers 5
+            except ImportError:  # transformers 4
+                from transformers.modeling_utils import no_init_weights  # type: ignore[no-redef]
             from transformers.models.llava_onevision.modeling_llava_onevision import (
                 LlavaOnevisionMultiModalProjector,
             )
