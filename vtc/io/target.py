@@ -277,17 +277,41 @@ class LlavaTower(Tower):
         t = self.visual.vision_tower
         return (t.vision_model if hasattr(t, "vision_model") else t).encoder.layers
 
-    def features(self, pixels: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        """pixels [B, 3, H, W] → (selected vision features [B, g·g, Dv], pooled tokens [B, N', D_llm], hidden
-        states), as `LlavaOnevisionModel.get_video_features` selects and projects them."""
+    def _selected(self) -> list[int]:
+        """Indices into transformers' `hidden_states` tuple (0 = embeddings, i = output of block i-1) that the
+        checkpoint's `vision_feature_layer` selects."""
+        layer = self.visual.config.vision_feature_layer
+        total = self.num_layers + 1
+        picked = [(i % total) for i in ([layer] if isinstance(layer, int) else list(layer))]
+        if 0 in picked:
+            raise ModelError("the target's vision_feature_layer selects the patch embeddings; not supported.")
+        return picked
+
+    def features(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """pixels [B, 3, H, W] → (selected vision features [B, g·g, Dv], pooled tokens [B, N', D_llm], input of
+        the last selected block [B, g·g, Dv]), selected and projected as `LlavaOnevisionModel.get_video_features`
+        does. Hooks keep just the hidden states that are used (not every block's)."""
         holder = self.visual
         cfg = holder.config
-        out = holder.vision_tower(pixels, output_hidden_states=True, return_dict=True)
-        layer = cfg.vision_feature_layer
-        if isinstance(layer, int):
-            sel = out.hidden_states[layer]
-        else:
-            sel = torch.cat([out.hidden_states[i] for i in layer], dim=-1)
+        picked = self._selected()
+        layers = self._encoder_layers()
+        kept: dict[int, Tensor] = {}
+        block_input: list[Tensor] = []
+
+        def keep(i: int) -> Any:
+            def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+                kept[i] = output[0] if isinstance(output, tuple) else output
+                if i == max(picked):
+                    block_input.append(args[0] if args else kwargs["hidden_states"])
+            return hook
+
+        handles = [layers[i - 1].register_forward_hook(keep(i), with_kwargs=True) for i in set(picked)]
+        try:
+            holder.vision_tower(pixels, return_dict=True)
+        finally:
+            for h in handles:
+                h.remove()
+        sel = torch.cat([kept[i] for i in picked], dim=-1)
         if cfg.vision_feature_select_strategy == "default":
             sel = sel[:, 1:]
         proj = holder.multi_modal_projector(sel)
@@ -297,19 +321,15 @@ class LlavaTower(Tower):
             tokens = LlavaOnevisionModel.apply_pooling(holder, proj)  # the model's own pooling
         else:  # LLaVA-NeXT get_2dPool, mm_spatial_pool_mode="average", stride 2
             tokens = pool_map(proj, self.g, "average").to(proj.dtype)
-        return sel, tokens, out.hidden_states
+        return sel, tokens, block_input[0]
 
-    def _attention(self, hidden: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    def _attention(self, block_input: Tensor) -> tuple[Tensor, Tensor]:
         """'Attention received' [B, g·g] (mean over heads and queries) and head-mean keys [B, g·g, d] of the last
         block that feeds the selected features (computed one frame at a time: [heads, L, L] is large)."""
-        layer = self.visual.config.vision_feature_layer
-        idx = (layer if isinstance(layer, int) else max(layer)) % len(hidden)
-        if idx == 0:
-            raise ModelError("the target's vision_feature_layer selects the embeddings; no attention to read.")
-        block = self._encoder_layers()[idx - 1]
+        block = self._encoder_layers()[max(self._selected()) - 1]
         attn = block.self_attn
         received, keys = [], []
-        for h in hidden[idx - 1]:
+        for h in block_input:
             x = block.layer_norm1(h[None])
             n, heads = x.shape[1], attn.num_heads
             q = attn.q_proj(x).reshape(1, n, heads, -1).transpose(1, 2).float()
@@ -332,10 +352,10 @@ class LlavaTower(Tower):
         return y[:, 0], weights[:, 0].float()
 
     def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
-        sel, tokens, hidden = self.features(pixels)
+        sel, tokens, block_input = self.features(pixels)
         out: dict[str, Tensor] = {"patches": tokens}
         if {"attn", "cls_attn", "keys"} & want:
-            received, keys = self._attention(hidden)
+            received, keys = self._attention(block_input)
             out["cls_attn"] = pool_map(received, self.g, self.spec.pool)
             out["attn"] = out["cls_attn"]
             k = pool_map(keys, self.g, self.spec.pool)
@@ -367,6 +387,19 @@ class LlavaTower(Tower):
             "cls_token": f"{self.spec.name}: mean of the frame's target tokens (SigLIP has no CLS: substitute)",
             "keys": f"{self.spec.name}: head-mean keys of the last vision block used, {pool}; row 0 zero (no CLS)",
         }
+
+
+def _materialise_buffers(module: torch.nn.Module) -> None:
+    """Buffers that are not in checkpoints (built on the meta device): SigLIP's `position_ids` = arange."""
+    for name, buf in list(module.named_buffers()):
+        if buf.device.type != "meta":
+            continue
+        owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
+        leaf = name.rpartition(".")[2]
+        if leaf != "position_ids":
+            raise ModelError(f"vision tower buffer '{name}' is not stored in the checkpoint and vtc does not know "
+                             f"how to rebuild it.")
+        owner._buffers[leaf] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
 
 
 def _tensor_bytes(t: Tensor) -> memoryview:
@@ -420,7 +453,7 @@ class TargetEncoder:
             except Exception as e:
                 raise ModelError(f"{self.ckpt.path}: transformers cannot read its config "
                                  f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}).") from None
-            with no_init_weights():
+            with no_init_weights(), torch.device("meta"):  # no storage until the checkpoint's tensors arrive
                 tower = AutoModel.from_config(config.vision_config)
                 projector = LlavaOnevisionMultiModalProjector(config)
         state: dict[str, dict[str, Tensor]] = {p: {} for p in PARTS}
@@ -456,6 +489,7 @@ class TargetEncoder:
             except RuntimeError as e:
                 raise ModelError(f"{self.ckpt.path}: the {part} weights do not fit its config "
                                  f"({str(e).splitlines()[-1][:200]}).") from None
+        _materialise_buffers(tower)
         newline = state["newline"][""]
         if newline.shape != (config.text_config.hidden_size,):
             raise ModelError(f"{self.ckpt.path}: image_newline has shape {list(newline.shape)}, expected "
