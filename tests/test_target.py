@@ -331,3 +331,18 @@ def test_target_without_model_and_offline_hub_ids(tmp_path: Path, clip_path: Pat
         make_config(target="llava-onevision", target_model="llava-hf/llava-onevision-qwen2-7b-ov-hf")
         open_encoder(make_config(target="llava-onevision",
                                  target_model="llava-hf/llava-onevision-qwen2-7b-ov-hf").encoder)
+
+
+def test_target_presets_and_batch(tmp_path: Path, clip_path: Path, silent_clip: Path, ckpt: Path) -> None:
+    for name, target, frames in (("llava-onevision-target", "llava-onevision", 32),
+                                 ("llava-video-target", "llava-video", 64)):
+        cfg = make_config(name, target_model=str(ckpt))
+        assert cfg.encoder.target == target and cfg.frames == frames and cfg.encoder.target_model == str(ckpt)
+    out = tmp_path / "tokens"
+    r = cli("compress", clip_path, silent_clip, "-o", out, "--preset", "llava-video-target", "--target-model", ckpt,
+            "--frames", 4, "-q")
+    assert r.exit_code == 0, r.output
+    files = sorted(out.rglob("*.safetensors"))
+    assert len(files) == 2
+    for f in map(vtc.load, files):
+        assert f.meta["space"]["target"] == "llava-video" and f.num_frames == 4 and "newline" in f.tensors

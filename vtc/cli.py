@@ -378,6 +378,7 @@ def doctor() -> None:
         ("PyAV", av.__version__),
         ("FFmpeg libavcodec", ".".join(map(str, av.library_versions.get("libavcodec", ())))),
         ("open_clip", open_clip.__version__),
+        ("transformers (--target)", _version_of("transformers") or "not installed: pip install 'vtc[hf]'"),
         ("device", str(dev)),
         ("dtype", str(pick_dtype(dev, "auto")).replace("torch.", "")),
         ("threads", str(torch.get_num_threads())),
@@ -385,6 +386,15 @@ def doctor() -> None:
     for k, v in rows:
         table.add_row(f"[bold]{k}[/]", v)
     out.print(table)
+
+
+def _version_of(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def run() -> None:

@@ -160,7 +160,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
             f"preset {p}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(fields))}."
         )
     data.pop("description", None)
-    for key in ("model", "checkpoint"):  # relative file paths in a preset are relative to the preset file
+    for key in ("model", "checkpoint", "target_model"):  # relative paths in a preset are relative to the preset
         value = data.get(key)
         if isinstance(value, str) and not Path(value).is_absolute() and (p.parent / value).exists():
             data[key] = str((p.parent / value).resolve())
