@@ -9,10 +9,17 @@ The prompt's single video placeholder is replaced by the kept tokens, in (frame,
 representatives, and the target's newline token(s) where the model puts them (`newline` in the file: one after
 the video for LLaVA-OneVision; one after every row that keeps a token for LLaVA-Video).
 
-Positions: `positions="contiguous"` numbers the sequence 0..L-1 (what FastVID, HoliTom and DyCoke's released code
-effectively do for LLaVA-OneVision, and what `generate` continues from); `positions="original"` gives every kept
-token the position it had in the uncompressed sequence (text after the video keeps its original position too), for
-a single forward pass that studies position effects.
+Positions (LLaVA): `positions="contiguous"` numbers the sequence 0..L-1 (what FastVID, HoliTom and DyCoke's released
+code effectively do for LLaVA-OneVision, and what `generate` continues from); `positions="original"` gives every
+kept token the position it had in the uncompressed sequence (text after the video keeps its original position
+too), for a single forward pass that studies position effects.
+
+Positions (Qwen2.5-VL, M-RoPE): kept tokens always keep their original 3-D positions (t, h, w) from the file, as
+vLLM's EVS and TensorRT-Edge-LLM do. Text after the video continues from the largest position of the full video
+grid + 1 (`after_video="reference"`, Qwen's rule and vLLM's); `after_video="model"` asks the installed model's own
+`get_rope_index` instead (transformers 5.x restarts text at start + max(h', w'), ignoring the temporal extent).
+`position_ids` has 4 rows on transformers ≥ 5 (row 0: text positions 0..L-1 for the mask) and 3 before; `generate`
+continues each row from its last value.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from vtc.errors import FormatError, UsageError
 from vtc.io.store import TokenFile, load
 
 POSITIONS = ("contiguous", "original")
+AFTER_VIDEO = ("reference", "model")
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,8 @@ def _check_model(tf: TokenFile, model: Any) -> None:
 
 
 def video_inputs(tokens_file: str | os.PathLike[str] | TokenFile, model: Any, input_ids: Tensor | list[int], *,
-                 positions: str = "contiguous") -> dict[str, Tensor]:
+                 positions: str = "contiguous", after_video: str = "reference",
+                 rows: int | None = None) -> dict[str, Tensor]:
     """`inputs_embeds` [1, L, D], `attention_mask` [1, L] and `position_ids` [1, L] for `model(**...)` or
     `model.generate(**...)`.
 
@@ -128,6 +137,8 @@ def video_inputs(tokens_file: str | os.PathLike[str] | TokenFile, model: Any, in
     """
     if positions not in POSITIONS:
         raise UsageError(f"positions must be one of {', '.join(POSITIONS)}, not '{positions}'.")
+    if after_video not in AFTER_VIDEO:
+        raise UsageError(f"after_video must be one of {', '.join(AFTER_VIDEO)}, not '{after_video}'.")
     tf = tokens_file if isinstance(tokens_file, TokenFile) else load(tokens_file)
     ids = torch.as_tensor(input_ids, dtype=torch.long)
     if ids.dim() == 2:
@@ -140,8 +151,10 @@ def video_inputs(tokens_file: str | os.PathLike[str] | TokenFile, model: Any, in
         raise UsageError(f"the prompt must hold the video placeholder (token {vid}) exactly once, not "
                          f"{where.numel()} times; do not expand it (the file decides how many tokens go there).")
     _check_model(tf, model)
-    seq = visual_sequence(tf)
     at = int(where[0])
+    if (tf.meta.get("space") or {}).get("target") == "qwen2.5-vl":
+        return _qwen_inputs(tf, model, ids, at, after_video, rows)
+    seq = visual_sequence(tf)
     embed = model.get_input_embeddings()
     text = embed(ids.to(embed.weight.device))
     visual = seq.embeds.to(device=text.device, dtype=text.dtype)
@@ -154,3 +167,64 @@ def video_inputs(tokens_file: str | os.PathLike[str] | TokenFile, model: Any, in
     return {"inputs_embeds": embeds[None], "attention_mask": torch.ones(1, embeds.shape[0], dtype=torch.long,
                                                                          device=text.device),
             "position_ids": pos[None].to(text.device)}
+
+
+def _raster_order(tf: TokenFile) -> Tensor:
+    """Kept tokens in (frame, row, column) order of their representatives (rows without one first in their frame)."""
+    h, w = tf.grid
+    pos = tf.positions.long()
+    frame, row, col = pos[:, 0], pos[:, 1], pos[:, 2]
+    cell = torch.where(row >= 0, row * w + col, torch.full_like(row, -1))
+    key = torch.where(frame >= 0, frame * (h * w + 1) + cell + 1, torch.full_like(frame, -1))
+    return torch.argsort(key, stable=True)
+
+
+def _default_rows() -> int:
+    import transformers
+
+    return 4 if int(transformers.__version__.split(".")[0]) >= 5 else 3
+
+
+def _model_text_restart(model: Any, ids: Tensor, at: int, space: dict[str, Any], vid: int) -> int:
+    """The position the installed model's own `get_rope_index` gives the first token after the (full) video."""
+    t, gh, gw = space["video_grid_thw"]
+    m = int(space["spatial_merge_size"])
+    n = t * (gh // m) * (gw // m)
+    full = torch.cat([ids[:at], torch.full((n,), vid), ids[at + 1:]])[None]
+    kwargs: dict[str, Any] = {"video_grid_thw": torch.tensor([[t, gh, gw]]),
+                              "second_per_grid_ts": torch.tensor([space["second_per_grid_t"]])}
+    inner = getattr(model, "model", model)
+    try:
+        pos, _ = inner.get_rope_index(full, mm_token_type_ids=(full == vid).int() * 2, **kwargs)
+    except TypeError:  # transformers 4.x: no mm_token_type_ids
+        pos, _ = inner.get_rope_index(full, **kwargs)
+    return int(pos[0, 0, at + n]) if ids.numel() > at + 1 else int(pos[0, 0, -1]) + 1
+
+
+def _qwen_inputs(tf: TokenFile, model: Any, ids: Tensor, at: int, after_video: str,
+                 rows: int | None) -> dict[str, Tensor]:
+    """Qwen2.5-VL: the kept tokens at the placeholder, with their original M-RoPE positions."""
+    if "mrope_positions" not in tf.tensors:
+        raise FormatError(f"{tf.path}: a qwen2.5-vl file without 'mrope_positions'.")
+    space = tf.meta["space"]
+    order = _raster_order(tf)
+    embed = model.get_input_embeddings()
+    text = embed(ids.to(embed.weight.device))
+    visual = tf.tokens[order].to(device=text.device, dtype=text.dtype)
+    embeds = torch.cat([text[:at], visual, text[at + 1:]])
+    vision_pos = tf["mrope_positions"][order].long().T + at  # [3, K]
+    if after_video == "reference":
+        restart = at + int(space["max_position"]) + 1
+    else:
+        restart = _model_text_restart(model, ids, at, space, _video_token_id(model))
+    before = torch.arange(at).expand(3, -1)
+    after = (torch.arange(ids.numel() - at - 1) + restart).expand(3, -1)
+    pos3 = torch.cat([before, vision_pos, after], 1)  # [3, L]
+    rows = rows or _default_rows()
+    if rows not in (3, 4):
+        raise UsageError(f"rows must be 3 or 4, not {rows}.")
+    if rows == 4:  # row 0: the text positions transformers uses for the mask
+        pos3 = torch.cat([torch.arange(pos3.shape[1])[None], pos3])
+    n = embeds.shape[0]
+    return {"inputs_embeds": embeds[None], "attention_mask": torch.ones(1, n, dtype=torch.long, device=text.device),
+            "position_ids": pos3[:, None, :].to(text.device)}

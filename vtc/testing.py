@@ -200,3 +200,37 @@ def tiny_llava_onevision(out: Path, *, seed: int = 0, head: bool = False, image_
     LlavaOnevisionVideoProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
                                  image_std=[0.5] * 3).save_pretrained(out)
     return out
+
+
+#: token ids of the tiny Qwen2.5-VL model's vocabulary that the tests use
+TINY_QWEN_VIDEO_TOKEN = 291
+TINY_QWEN_VISION_START = 292
+TINY_QWEN_VISION_END = 293
+
+
+def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_pixels: int = 112 * 140,
+                    tokens_per_second: int = 2, shard_size: str | None = None) -> Path:
+    """Save a tiny random-weight Qwen2.5-VL checkpoint (transformers `save_pretrained`) with a video processor
+    config: vision transformer (patch 14, 2×2 merge, frame pairs, window attention with one full-attention block),
+    Qwen2 language model with M-RoPE.  → the directory."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    torch.manual_seed(seed)
+    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=48, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[2],
+                  tokens_per_second=tokens_per_second, in_channels=3)
+    text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=300, max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2]},
+                bos_token_id=1, eos_token_id=2)
+    cfg = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=290,
+                           video_token_id=TINY_QWEN_VIDEO_TOKEN, vision_start_token_id=TINY_QWEN_VISION_START,
+                           vision_end_token_id=TINY_QWEN_VISION_END)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    kwargs = {"max_shard_size": shard_size} if shard_size else {}
+    model.save_pretrained(out, **kwargs)
+    Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                          cap_pixels_per_frame=False).save_pretrained(out)
+    return out

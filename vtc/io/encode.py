@@ -332,10 +332,18 @@ class Encoder:
         """The `space` metadata of a token file: the encoder's own token space."""
         return {"kind": "encoder", "model": self.name, "dim": self.width}
 
-    def newline_layout(self) -> dict[str, Any] | None:
-        return None
+    #: frames per token frame (Qwen targets pair frames; open_clip towers do not)
+    temporal_patch = 1
 
-    newline: Tensor | None = None
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """The patch grid of a picture (fixed for open_clip towers)."""
+        return self.grid
+
+    def file_extras(self, positions: Tensor, rep: Tensor, grid: tuple[int, int], num_frames: int,
+                    frame_times: list[float], fps: float, picture: tuple[int, int]) -> tuple[dict[str, Any],
+                                                                                              dict[str, Tensor]]:
+        """The `space` and `newline` metadata of a file (encoder space: no extra tensors)."""
+        return {"space": self.space(), "newline": {"layout": "none"}}, {}
 
     def describe(self) -> dict[str, Any]:
         """Metadata recorded in token files."""

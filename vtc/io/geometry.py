@@ -7,6 +7,7 @@ tasks. It is known without loading weights (`vtc.io.encode.geometry_for`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,7 +18,25 @@ from torch import Tensor
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-RESIZE_MODES = ("shortest", "longest", "squash")
+RESIZE_MODES = ("shortest", "longest", "squash", "smart")
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's frame size rule: both sides multiples of `factor` (patch × merge, 28), the pixel count within
+    [min_pixels, max_pixels], the aspect ratio kept as closely as possible.  → (height, width)."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.0f} is over 200")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
 
 
 @dataclass(frozen=True)
@@ -26,7 +45,9 @@ class FrameGeometry:
 
     - shortest: the short side is resized to fit, then a centre crop (CLIP, SigLIP);
     - longest: the long side is resized to fit, then centred padding with `fill` (0..255);
-    - squash: resized to `image_size` ignoring the aspect ratio.
+    - squash: resized to `image_size` ignoring the aspect ratio;
+    - smart: Qwen2-VL's dynamic size (`smart_resize` with `factor`, `min_pixels`, `max_pixels`): each video keeps
+      its aspect ratio, so the picture (and the token grid) depend on the video; `image_size` is unused.
 
     `resize_on` says who resizes: "decode" (the decoder converts frames to `decode_size`, open_clip towers) or
     "tensor" (frames arrive at their native size and `preprocess` resizes them the way transformers' video
@@ -40,6 +61,9 @@ class FrameGeometry:
     std: tuple[float, float, float] = OPENAI_STD
     fill: float = 0.0
     resize_on: str = "decode"
+    factor: int = 0
+    min_pixels: int = 0
+    max_pixels: int = 0
 
     @classmethod
     def from_preprocess_cfg(cls, cfg: dict[str, Any], size: int | tuple[int, ...] | list[int]) -> FrameGeometry:
@@ -51,7 +75,8 @@ class FrameGeometry:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrameGeometry:
         return cls(tuple(d["image_size"]), d["resize_mode"], tuple(d["mean"]), tuple(d["std"]), float(d["fill"]),
-                   str(d.get("resize_on", "decode")))
+                   str(d.get("resize_on", "decode")), int(d.get("factor", 0)), int(d.get("min_pixels", 0)),
+                   int(d.get("max_pixels", 0)))
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -70,6 +95,12 @@ class FrameGeometry:
             return max(1, round(width * s)), max(1, round(height * s))
         s = max(tw / width, th / height)  # shortest: the short side matches, then a center crop
         return max(tw, round(width * s)), max(th, round(height * s))
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the picture made from a decoded frame of `height` × `width` (the `decode_size` output)."""
+        if self.resize_mode == "smart":
+            return smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
+        return self.image_size
 
     def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
         """uint8 [B, H, W, 3] at `decode_size` → normalised pixels float32 [B, 3, h, w] (centre crop or pad)."""
@@ -95,18 +126,19 @@ class FrameGeometry:
         (`resize` with antialias on uint8, then `rescale_and_normalize` with mean and std folded by 1/255)."""
         import torchvision.transforms.v2.functional as tvF
 
-        if self.resize_mode != "squash":
-            raise ValueError("resize_on='tensor' supports the squash resize only")
-        if tuple(x.shape[-2:]) != tuple(self.image_size):
-            x = tvF.resize(x.contiguous(), list(self.image_size), interpolation=tvF.InterpolationMode.BICUBIC,
-                           antialias=True)
+        if self.resize_mode not in ("squash", "smart"):
+            raise ValueError("resize_on='tensor' supports the squash and smart resizes only")
+        size = self.output_size(int(x.shape[-2]), int(x.shape[-1]))
+        if tuple(x.shape[-2:]) != size:
+            x = tvF.resize(x.contiguous(), list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
         rescale = 1 / 255
         mean = torch.tensor(self.mean) * (1.0 / rescale)
         std = torch.tensor(self.std) * (1.0 / rescale)
         return tvF.normalize(x.to(torch.float32), mean.tolist(), std.tolist(), inplace=True)
 
     def preprocess_many(self, frames: list[np.ndarray]) -> Tensor:
-        """Frames of possibly different sizes (several videos) → normalised pixels [B, 3, h, w], in order."""
+        """Frames of possibly different sizes (several videos) → normalised pixels [B, 3, h, w], in order (every
+        frame must make a picture of the same size: see `output_size`)."""
         out, i = [], 0
         while i < len(frames):
             j = i

@@ -35,6 +35,7 @@ from torch import Tensor
 from vtc.errors import MissingDependencyError, ModelError, UsageError
 from vtc.io.encode import EncoderConfig, _hub_offline, _hub_reachable, _quiet_logs, pick_device, pick_dtype
 from vtc.io.geometry import FrameGeometry
+from vtc.io.target_qwen import QwenTower, mrope_positions, qwen_geometry, second_per_grid, temporal_positions
 from vtc.io.towers import Tower
 
 
@@ -45,12 +46,21 @@ class TargetSpec:
     name: str
     summary: str
     model_types: tuple[str, ...]
-    #: "bilinear" (resize to ceil(g/2), LLaVA-OneVision) or "average" (2×2 average pool, floor, LLaVA-Video)
+    #: "bilinear" (resize to ceil(g/2), LLaVA-OneVision), "average" (2×2 average pool, floor, LLaVA-Video) or
+    #: "merge" (Qwen's 2×2 patch merger)
     pool: str
-    #: "one" (a single newline embedding after the whole video) or "per_row" (after every grid row of every frame)
+    #: "one" (a single newline embedding after the whole video), "per_row" (after every grid row of every frame)
+    #: or "none"
     newline: str
     frames: int
     example: str
+    #: "llava" or "qwen": which checkpoint layout and vision path
+    family: str = "llava"
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The checkpoint parts vtc reads; everything else (the language model, lm_head) is never touched."""
+        return ("visual",) if self.family == "qwen" else ("vision_tower", "projector", "newline")
 
 
 TARGETS: dict[str, TargetSpec] = {
@@ -60,10 +70,12 @@ TARGETS: dict[str, TargetSpec] = {
     "llava-video": TargetSpec(
         "llava-video", "LLaVA-Video: SigLIP → projector → 2×2 average pool (27×27 → 13×13), a newline after every "
         "row", ("llava_onevision",), "average", "per_row", 64, "llava-hf/LLaVA-Video-7B-Qwen2-hf"),
+    "qwen2.5-vl": TargetSpec(
+        "qwen2.5-vl", "Qwen2.5-VL: its vision transformer and 2×2 patch merger on frame pairs at the processor's "
+        "dynamic size; original M-RoPE positions", ("qwen2_5_vl",), "merge", "none", 32,
+        "Qwen/Qwen2.5-VL-7B-Instruct", "qwen"),
 }
 
-#: checkpoint parts vtc reads; everything else (the language model, lm_head) is never touched
-PARTS = ("vision_tower", "projector", "newline")
 
 
 def target_spec(name: str) -> TargetSpec:
@@ -72,12 +84,14 @@ def target_spec(name: str) -> TargetSpec:
     return TARGETS[name]
 
 
-def weight_role(key: str) -> tuple[str, str] | None:
+def weight_role(key: str, family: str = "llava") -> tuple[str, str] | None:
     """A checkpoint tensor name → (part, name inside that part's module), or None for weights vtc never reads.
 
     Accepts the layouts transformers has saved over time: `model.vision_tower.…` (v5), `vision_tower.…` and
-    `vision_tower.vision_model.…` (v4 hub checkpoints)."""
+    `vision_tower.vision_model.…` (v4 hub checkpoints); Qwen: `model.visual.…` (v5) and `visual.…` (hub)."""
     k = key[len("model."):] if key.startswith("model.") else key
+    if family == "qwen":
+        return ("visual", k[len("visual."):]) if k.startswith("visual.") else None
     if k.startswith("vision_tower."):
         rest = k[len("vision_tower."):]
         return "vision_tower", rest[len("vision_model."):] if rest.startswith("vision_model.") else rest
@@ -97,6 +111,7 @@ class Checkpoint:
     #: checkpoint key → shard file, for the vision tower, projector and newline only
     vision_keys: dict[str, Path] = field(default_factory=dict)
     preprocess: dict[str, Any] = field(default_factory=dict)
+    spec: TargetSpec | None = None
 
 
 def resolve_checkpoint(ref: str) -> Path:
@@ -165,7 +180,7 @@ def read_checkpoint(ref: str, spec: TargetSpec) -> Checkpoint:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ModelError(f"{index} is not a safetensors index ({e}).") from None
-        keys = {k: folder / f for k, f in weight_map.items() if weight_role(k) is not None}
+        keys = {k: folder / f for k, f in weight_map.items() if weight_role(k, spec.family) is not None}
         if folder != Path(ref).expanduser():  # a hub snapshot: fetch only the shards with vision weights
             _fetch_shards(ref, folder, {p.name for p in keys.values()})
     else:
@@ -180,14 +195,15 @@ def read_checkpoint(ref: str, spec: TargetSpec) -> Checkpoint:
         for shard in shards:
             try:
                 with safe_open(str(shard), framework="pt") as f:
-                    keys.update({k: shard for k in f.keys() if weight_role(k) is not None})
+                    keys.update({k: shard for k in f.keys() if weight_role(k, spec.family) is not None})
             except Exception as e:
                 raise ModelError(f"{shard} is not a readable safetensors file ({e}).") from None
-    found = {weight_role(k)[0] for k in keys}  # type: ignore[index]
-    missing = [p for p in PARTS if p not in found]
+    found = {weight_role(k, spec.family)[0] for k in keys}  # type: ignore[index]
+    missing = [p for p in spec.parts if p not in found]
     if missing:
-        raise ModelError(f"{folder} has no {' / '.join(missing)} weights; a {spec.name} target needs the vision "
-                         f"tower, the multi_modal_projector and image_newline.")
+        need = "the vision transformer (visual.*)" if spec.family == "qwen" else \
+            "the vision tower, the multi_modal_projector and image_newline"
+        raise ModelError(f"{folder} has no {' / '.join(missing)} weights; a {spec.name} target needs {need}.")
     preprocess: dict[str, Any] = {}
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
         if (folder / name).is_file():
@@ -196,7 +212,7 @@ def read_checkpoint(ref: str, spec: TargetSpec) -> Checkpoint:
             except (OSError, ValueError):
                 raise ModelError(f"{folder / name} cannot be read as JSON.") from None
             break
-    return Checkpoint(folder, config, keys, preprocess)
+    return Checkpoint(folder, config, keys, preprocess, spec)
 
 
 #: LlavaOnevisionVideoProcessor's defaults (used when the checkpoint ships no processor config)
@@ -207,6 +223,8 @@ _PROCESSOR_STD = (0.26862954, 0.26130258, 0.27577711)
 def checkpoint_geometry(ckpt: Checkpoint) -> FrameGeometry:
     """The picture the target's own video processor makes: a squash resize to the tower's input size (antialiased
     bicubic on uint8), rescale 1/255, normalise with the processor's mean and std."""
+    if ckpt.spec is not None and ckpt.spec.family == "qwen":
+        return qwen_geometry(ckpt.config, ckpt.preprocess, str(ckpt.path))
     pp = ckpt.preprocess
     vision = ckpt.config.get("vision_config") or {}
     side = int(vision.get("image_size", 384))
@@ -389,19 +407,6 @@ class LlavaTower(Tower):
         }
 
 
-def _materialise_buffers(module: torch.nn.Module) -> None:
-    """Buffers that are not in checkpoints (built on the meta device): SigLIP's `position_ids` = arange."""
-    for name, buf in list(module.named_buffers()):
-        if buf.device.type != "meta":
-            continue
-        owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
-        leaf = name.rpartition(".")[2]
-        if leaf != "position_ids":
-            raise ModelError(f"vision tower buffer '{name}' is not stored in the checkpoint and vtc does not know "
-                             f"how to rebuild it.")
-        owner._buffers[leaf] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
-
-
 def _tensor_bytes(t: Tensor) -> memoryview:
     return memoryview(t.contiguous().view(-1).view(torch.uint8).numpy())
 
@@ -410,7 +415,8 @@ class TargetEncoder:
     """A target model's vision path, loaded from its checkpoint without the language model.
 
     Same surface as `vtc.io.encode.Encoder`: `geometry`, `grid`, `width` (the LLM hidden size), `encode_pixels`,
-    `describe`, `signal_sources`; plus `newline` [D] and `space`."""
+    `describe`, `signal_sources`; plus `temporal_patch` (frames per token frame), `grid_for` (the token grid of a
+    picture size, which varies per video for Qwen) and `file_extras` (the space metadata and tensors of a file)."""
 
     def __init__(self, config: EncoderConfig) -> None:
         self.config = config
@@ -420,27 +426,49 @@ class TargetEncoder:
         self.geometry = checkpoint_geometry(self.ckpt)
         self.name = f"{self.spec.name}:{config.target_model}"
         self.holder, self.vision_sha256 = self._load()
-        self.tower: Tower = LlavaTower(self.holder, self.spec)
+        self.tower: Tower = QwenTower(self.holder) if self.spec.family == "qwen" else \
+            LlavaTower(self.holder, self.spec)
         self.kind = self.tower.kind
         self.grid = self.tower.grid
         self.num_layers = self.tower.num_layers
         self.width = self.tower.width
         self.layer_index = -1
-        self.newline = self.holder.image_newline.detach().float().cpu()
+        self.temporal_patch = getattr(self.tower, "temporal", 1)
+        image_newline = getattr(self.holder, "image_newline", None)
+        self.newline = None if image_newline is None else image_newline.detach().float().cpu()
 
-    def _load(self) -> tuple[Any, str]:
-        """Build the vision tower and projector with empty storage, then assign only their checkpoint tensors
-        (read one by one from the shards); hash what was read."""
+    def _modules(self, config: Any) -> dict[str, torch.nn.Module]:
+        """The vision modules of this family, built with unallocated storage (no_init_weights: torch.empty pages
+        are not touched, so they cost no memory until the checkpoint's tensors replace them)."""
         try:
-            import transformers
-            from transformers import AutoConfig, AutoModel
+            from transformers import AutoModel
             try:
                 from transformers.initialization import no_init_weights  # transformers 5
             except ImportError:  # transformers 4
                 from transformers.modeling_utils import no_init_weights  # type: ignore[no-redef]
+        except ImportError as e:
+            raise MissingDependencyError(f"--target needs transformers ({e.name} is missing): "
+                                         f"pip install 'vtc[hf]'") from None
+        with no_init_weights():
+            if self.spec.family == "qwen":
+                from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+                    Qwen2_5_VisionTransformerPretrainedModel,
+                )
+
+                return {"visual": Qwen2_5_VisionTransformerPretrainedModel._from_config(config.vision_config)}
             from transformers.models.llava_onevision.modeling_llava_onevision import (
                 LlavaOnevisionMultiModalProjector,
             )
+
+            return {"vision_tower": AutoModel.from_config(config.vision_config),
+                    "projector": LlavaOnevisionMultiModalProjector(config)}
+
+    def _load(self) -> tuple[Any, str]:
+        """Build the vision modules, then assign only their checkpoint tensors (read one by one from the shards);
+        hash what was read."""
+        try:
+            import transformers
+            from transformers import AutoConfig
         except ImportError as e:
             raise MissingDependencyError(f"--target needs transformers ({e.name} is missing): "
                                          f"pip install 'vtc[hf]'") from None
@@ -453,10 +481,9 @@ class TargetEncoder:
             except Exception as e:
                 raise ModelError(f"{self.ckpt.path}: transformers cannot read its config "
                                  f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}).") from None
-            with no_init_weights(), torch.device("meta"):  # no storage until the checkpoint's tensors arrive
-                tower = AutoModel.from_config(config.vision_config)
-                projector = LlavaOnevisionMultiModalProjector(config)
-        state: dict[str, dict[str, Tensor]] = {p: {} for p in PARTS}
+            modules = self._modules(config)
+        family = self.spec.family
+        state: dict[str, dict[str, Tensor]] = {p: {} for p in self.spec.parts}
         digest = hashlib.sha256(json.dumps(self.ckpt.config, sort_keys=True).encode())
         by_file: dict[Path, list[str]] = {}
         for key, shard in self.ckpt.vision_keys.items():
@@ -468,45 +495,82 @@ class TargetEncoder:
                         t = f.get_tensor(key)
                         digest.update(key.encode())
                         digest.update(_tensor_bytes(t))
-                        part, name = weight_role(key)  # type: ignore[misc]
+                        part, name = weight_role(key, family)  # type: ignore[misc]
                         state[part][name] = t.to(self.dtype)
-            except ModelError:
-                raise
             except Exception as e:
                 raise ModelError(f"{shard}: cannot read its vision weights ({e}).") from None
-        head_keys = {k for k in state["vision_tower"] if k.startswith("head.")}
-        if getattr(tower, "head", None) is not None and not head_keys:
+        tower = modules.get("vision_tower")
+        if tower is not None and getattr(tower, "head", None) is not None \
+                and not any(k.startswith("head.") for k in state["vision_tower"]):
             tower.head = None  # the config has a head, the checkpoint does not: no head signals
-        for module, part in ((tower, "vision_tower"), (projector, "projector")):
+        for part, module in modules.items():
             own = dict(module.state_dict())
             missing = sorted(set(own) - set(state[part]))
             if missing:
                 raise ModelError(f"{self.ckpt.path}: the {part} weights do not match its config (missing "
                                  f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}).")
-            extra = {k: v for k, v in state[part].items() if k in own}
             try:
-                module.load_state_dict(extra, strict=True, assign=True)
+                module.load_state_dict({k: v for k, v in state[part].items() if k in own}, strict=True,
+                                       assign=True)
             except RuntimeError as e:
                 raise ModelError(f"{self.ckpt.path}: the {part} weights do not fit its config "
                                  f"({str(e).splitlines()[-1][:200]}).") from None
-        _materialise_buffers(tower)
-        newline = state["newline"][""]
-        if newline.shape != (config.text_config.hidden_size,):
-            raise ModelError(f"{self.ckpt.path}: image_newline has shape {list(newline.shape)}, expected "
-                             f"[{config.text_config.hidden_size}].")
+        newline = None
+        if "newline" in state:
+            newline = state["newline"][""]
+            if newline.shape != (config.text_config.hidden_size,):
+                raise ModelError(f"{self.ckpt.path}: image_newline has shape {list(newline.shape)}, expected "
+                                 f"[{config.text_config.hidden_size}].")
 
         class Holder(torch.nn.Module):
-            """What `LlavaOnevisionModel.apply_pooling` and the tower adapter read: config and vision modules."""
+            """What the tower adapter (and `LlavaOnevisionModel.apply_pooling`) read: config and vision modules."""
 
             def __init__(self) -> None:
                 super().__init__()
                 self.config = config
-                self.vision_tower = tower
-                self.multi_modal_projector = projector
-                self.image_newline = torch.nn.Parameter(newline, requires_grad=False)
+                if family == "qwen":
+                    self.visual = modules["visual"]
+                else:
+                    self.vision_tower = modules["vision_tower"]
+                    self.multi_modal_projector = modules["projector"]
+                    self.image_newline = torch.nn.Parameter(newline, requires_grad=False)
 
         holder = Holder().eval().to(self.device)
         return holder, digest.hexdigest()
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """The token grid of a picture of height × width pixels (fixed for LLaVA; per video for Qwen)."""
+        return self.tower.grid_for(height, width) if isinstance(self.tower, QwenTower) else self.grid
+
+    def file_extras(self, positions: Tensor, rep: Tensor, grid: tuple[int, int], num_frames: int,
+                    frame_times: list[float], fps: float, picture: tuple[int, int]) -> tuple[dict[str, Any],
+                                                                                              dict[str, Tensor]]:
+        """The `space` and `newline` metadata and the extra tensors of one file.
+
+        positions [K, 3] (frame, row, col of each kept token), rep [K] (flat source index or -1), grid (h, w),
+        num_frames T (token frames), frame_times of the sampled frames, the video's fps, the picture (H, W)."""
+        space = self.space()
+        tensors: dict[str, Tensor] = {}
+        if self.spec.family == "qwen":
+            vc = self.holder.config.vision_config
+            spg = second_per_grid(frame_times, self.temporal_patch, fps)
+            tps = float(vc.tokens_per_second)
+            t_pos = temporal_positions(num_frames, spg, tps)
+            m = int(vc.spatial_merge_size)
+            space.update(grid=list(grid), image_size=list(picture),
+                         video_grid_thw=[num_frames, grid[0] * m, grid[1] * m], spatial_merge_size=m,
+                         temporal_patch_size=self.temporal_patch, tokens_per_second=tps, second_per_grid_t=spg,
+                         frames_sampled=len(frame_times),
+                         vision_start_token_id=self.ckpt.config.get("vision_start_token_id"),
+                         vision_end_token_id=self.ckpt.config.get("vision_end_token_id"),
+                         max_position=int(max(int(t_pos[-1]), grid[0] - 1, grid[1] - 1)))
+            tensors["mrope_positions"] = mrope_positions(positions, t_pos).contiguous()
+            mask = torch.zeros(num_frames * grid[0] * grid[1], dtype=torch.bool)
+            mask[rep[rep >= 0].long()] = True
+            tensors["retention_mask"] = mask
+        elif self.newline is not None:
+            tensors["newline"] = self.newline
+        return {"space": space, "newline": self.newline_layout()}, tensors
 
     # ------------------------------------------------------------------ the Encoder surface
     @property
@@ -543,10 +607,13 @@ class TargetEncoder:
         return {"kind": "target", "target": self.spec.name, "checkpoint": str(self.config.target_model),
                 "checkpoint_dir": str(self.ckpt.path.resolve()), "vision_sha256": self.vision_sha256,
                 "model_type": self.ckpt.config.get("model_type"), "hidden_size": self.width,
-                "vision_grid": [self.tower.g, self.tower.g], "grid": list(self.grid), "pool": self.spec.pool,
+                "vision_grid": list(getattr(self.tower, "g", None) and [self.tower.g, self.tower.g] or []),
+                "grid": list(self.grid), "pool": self.spec.pool,
                 "video_token_id": self.ckpt.config.get("video_token_index", self.ckpt.config.get("video_token_id"))}
 
     def newline_layout(self) -> dict[str, Any]:
+        if self.spec.newline == "none":
+            return {"layout": "none"}
         where = "after the last token of the video" if self.spec.newline == "one" else \
             "after every grid row of every frame (a row whose tokens were all dropped loses its newline)"
         return {"layout": self.spec.newline, "where": where, "tensor": "newline"}
@@ -559,7 +626,7 @@ class TargetEncoder:
             "checkpoint": str(self.config.target_model),
             "checkpoint_sha256": self.vision_sha256,
             "tower": self.kind,
-            "layer": self.holder.config.vision_feature_layer,
+            "layer": getattr(self.holder.config, "vision_feature_layer", -1),
             "image_size": list(self.image_size),
             "resize_mode": self.geometry.resize_mode,
             "geometry": self.geometry.as_dict(),

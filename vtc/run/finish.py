@@ -85,6 +85,9 @@ class Video:
     t_decode: float = 0.0
     t_encode: float = 0.0
     error: VtcError | None = None
+    #: the token grid and picture size of this video (they vary per video for Qwen targets)
+    grid: tuple[int, int] | None = None
+    picture: tuple[int, int] | None = None
 
     def add(self, outputs: dict[str, Tensor], views: Tensor | None, pixels: Tensor | None) -> None:
         """Append one run of encoded frames."""
@@ -100,14 +103,17 @@ def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tenso
     """Compress and store one fully encoded video.  → its Outcome."""
     t0 = time.perf_counter()
     assert video.info is not None
-    feats = torch.cat(video.outputs.pop("patches"))  # [T, N, D]
+    feats = torch.cat(video.outputs.pop("patches"))  # [T, N, D] (T: token frames; Qwen pairs sampled frames)
+    grid = video.grid or encoder.grid
+    sampled = video.report.frame_times
+    token_times = sampled[:: encoder.temporal_patch]  # the first sampled frame of each token frame
     sig = {k: torch.cat(v) for k, v in video.outputs.items()}
     sources = {k: v for k, v in encoder.signal_sources().items() if k in plan.encoder_signals}
     timings = {"decode": video.t_decode, "encode": video.t_encode}
     if video.views:
         sig["frames"] = torch.cat(video.views)
     if "times" in plan.signals:
-        sig["times"] = torch.tensor(video.report.frame_times, dtype=torch.float64)
+        sig["times"] = torch.tensor(token_times, dtype=torch.float64)
     if query_embedding is not None:  # per-frame relevance to the query, in the joint embedding space
         sig["relevance"] = torch.nn.functional.normalize(sig["pooled"].float(), dim=-1) @ query_embedding
         sources["relevance"] = f"query {plan.cfg.query!r}: cosine of frame and text embeddings"
@@ -123,15 +129,20 @@ def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tenso
             sig[name] = encoder.encode_pixels(image)["patches"].reshape(-1, feats.shape[-1])
         timings["encode"] += time.perf_counter() - te
         t0 = time.perf_counter()
-    red = plan.spec.run(feats, grid=encoder.grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
+    red = plan.spec.run(feats, grid=grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
     tokens = red.apply(feats)
     timings["compress"] = time.perf_counter() - t0
     ts = time.perf_counter()
-    frame_times = torch.tensor(video.report.frame_times, dtype=torch.float32)
-    tensors = token_tensors(red, tokens, encoder.grid, frame_times, out_dtype(plan.cfg.dtype_out))
-    meta = build_metadata(plan, encoder, video, red, sources, feats.shape)
-    if encoder.newline is not None:  # the target's newline embedding: placed by consumers, never compressed
-        tensors["newline"] = encoder.newline.to(tensors["tokens"].dtype).contiguous()
+    frame_times = torch.tensor(token_times, dtype=torch.float32)
+    tensors = token_tensors(red, tokens, grid, frame_times, out_dtype(plan.cfg.dtype_out))
+    meta = build_metadata(plan, encoder, video, red, sources, feats.shape, grid)
+    # the token space: a target's newline embedding (placed by consumers, never compressed), Qwen's M-RoPE
+    # positions and retention mask
+    space, extra = encoder.file_extras(tensors["positions"], red.rep, grid, int(feats.shape[0]), list(sampled),
+                                       float(video.info.fps or 0.0), video.picture or (0, 0))
+    meta.update(space)
+    for name, value in extra.items():
+        tensors[name] = value.to(tensors["tokens"].dtype).contiguous() if value.is_floating_point() else value
     for name in ("relevance", "audio_saliency"):
         if name in sig:
             tensors[name] = sig[name].float().contiguous()
@@ -142,7 +153,7 @@ def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tenso
 
 
 def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: Reduction, sources: dict[str, str],
-                   shape: torch.Size) -> dict[str, Any]:
+                   shape: torch.Size, grid: tuple[int, int]) -> dict[str, Any]:
     """The string metadata of a token file (format v1)."""
     t, n, d = shape
     info, report, cfg = video.info, video.report, plan.cfg
@@ -164,14 +175,12 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: Reduction
         "checkpoint_sha256": enc["checkpoint_sha256"],
         "layer": str(cfg.encoder.layer),
         "image_size": enc["image_size"],
-        "grid": list(encoder.grid),
+        "grid": list(grid),
         "T": t,
         "N": n,
         "D": d,
         "K": red.num_outputs,
         "signals": sources,
-        "space": encoder.space(),
-        "newline": encoder.newline_layout() or {"layout": "none"},
         "encoder": enc,
         "sampling": plan.sampling.describe(),
         "video": {

@@ -80,10 +80,13 @@ class Engine:
         self.encoder_busy = 0.0
         self.frames_encoded = 0
         self.query_embedding = encoder.encode_text(plan.cfg.query) if plan.cfg.query else None
+        #: frames per token frame (2 for Qwen: a batch never splits a pair, so batches are a multiple of it)
+        self.tp = encoder.temporal_patch
+        self.batch = -(-plan.cfg.batch_size // self.tp) * self.tp
 
     # ------------------------------------------------------------------ decode side (worker threads)
     def _decode(self, video: Video, q: queue.Queue[Any], stop: threading.Event) -> None:
-        bs = self.plan.cfg.batch_size
+        bs = self.batch
         t0 = time.perf_counter()
         chunk: list[np.ndarray] = []
         times: list[float] = []
@@ -99,6 +102,9 @@ class Engine:
                     q.put(("frames", video, chunk, times))
                     chunk, times = [], []
             if chunk:
+                while len(chunk) % self.tp:  # an odd last frame pairs with itself, as Qwen's processor does
+                    chunk.append(chunk[-1])
+                    times.append(times[-1])
                 q.put(("frames", video, chunk, times))
             if not video.report.frame_times:
                 raise no_frames(path)
@@ -129,6 +135,18 @@ class Engine:
 
     # ------------------------------------------------------------------ encode side (caller's thread)
     def _encode(self, pending: list[tuple[Video, np.ndarray, float]]) -> None:
+        """Encode a batch of frames (possibly of several videos), in runs that make pictures of one size."""
+        geo = self.encoder.geometry
+        sizes = [geo.output_size(*f.shape[:2]) for _, f, _ in pending]
+        i = 0
+        while i < len(pending):
+            j = i
+            while j < len(pending) and sizes[j] == sizes[i]:
+                j += 1
+            self._encode_run(pending[i:j])
+            i = j
+
+    def _encode_run(self, pending: list[tuple[Video, np.ndarray, float]]) -> None:
         t0 = time.perf_counter()
         geo = self.encoder.geometry
         pixels = geo.preprocess_many([f for _, f, _ in pending])  # videos may differ in size
@@ -141,14 +159,18 @@ class Engine:
         dt = time.perf_counter() - t0
         self.encoder_busy += dt
         self.frames_encoded += len(pending)
+        picture = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        tp = self.tp
         i = 0
         while i < len(pending):  # split the batch back into per-video runs, in order
             v = pending[i][0]
             j = i
             while j < len(pending) and pending[j][0] is v:
                 j += 1
-            v.add({k: val[i:j] for k, val in res.items()}, views[i:j] if self.plan.keep_views else None,
-                  pixels[i:j] if self.plan.keep_pixels else None)
+            rows = slice(i // tp, j // tp)  # token frames: one per `tp` sampled frames (runs are whole pairs)
+            v.add({k: val[rows] for k, val in res.items()}, views[i:j:tp] if self.plan.keep_views else None,
+                  pixels[i:j:tp] if self.plan.keep_pixels else None)
+            v.grid, v.picture = self.encoder.grid_for(*picture), picture
             v.encoded += j - i
             v.t_encode += dt * (j - i) / len(pending)
             i = j
@@ -211,9 +233,12 @@ class Engine:
         try:
             if not frames:
                 raise no_frames(job.input)
-            bs = self.plan.cfg.batch_size
+            bs = self.batch
+            if len(frames) % self.tp:  # an odd last frame pairs with itself (Qwen)
+                frames = frames + [frames[-1]] * (self.tp - len(frames) % self.tp)
+            times = list(report.frame_times) + [report.frame_times[-1]] * (len(frames) - len(report.frame_times))
             for s in range(0, len(frames), bs):
-                chunk = [(v, f, t) for f, t in zip(frames[s : s + bs], report.frame_times[s : s + bs], strict=True)]
+                chunk = [(v, f, t) for f, t in zip(frames[s : s + bs], times[s : s + bs], strict=True)]
                 v.queued += len(chunk)
                 self._encode(chunk)
             return self._finish(v)
@@ -232,7 +257,7 @@ class Engine:
         in_flight: list[tuple[Video, Future[Outcome]]] = []
         pending: list[tuple[Video, np.ndarray, float]] = []
         done_decoding: list[Video] = []
-        bs = self.plan.cfg.batch_size
+        bs = self.batch
 
         def ready(v: Video) -> bool:
             return v.decoded and v.encoded == v.queued

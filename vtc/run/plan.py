@@ -16,6 +16,7 @@ from vtc.errors import UsageError
 from vtc.io.decode import Sampling
 from vtc.io.encoders import check_encoder as check_encoder_config
 from vtc.io.store import is_token_file
+from vtc.io.target import TARGETS
 from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
 from vtc.run.config import CompressConfig
@@ -55,6 +56,15 @@ class Plan:
         if check_encoder:
             check_encoder_config(cfg.encoder)
         rule = spec.pre_encoder(**params) if spec.pre_encoder is not None else None
+        target = cfg.encoder.target
+        if target is not None:
+            if cfg.query:
+                raise UsageError("--query is not available with --target yet (a target has no text tower in the frame "
+                                 "embedding space); drop --query or use an open_clip --model.")
+            if rule is not None and (rule.changed_only or TARGETS.get(target, TARGETS["llava-onevision"]).family
+                                     == "qwen"):
+                raise UsageError(f"{spec.name}'s pre-encoder step (frame reuse / encode_changed_only) is not "
+                                 f"available with --target {target}; pass -p skip_static_frames=false.")
         return cls(cfg, spec, variant, params, sampling, frozenset(signals), rule)
 
     @property

@@ -1,0 +1,141 @@
+"""The Qwen2.5-VL target: the model's own vision transformer and patch merger, its frame sizes, its M-RoPE positions.
+
+Qwen2.5-VL patches two consecutive frames together (`temporal_patch_size` 2) and merges 2×2 neighbouring patches,
+so `F` sampled frames of `H × W` pixels (multiples of 28, chosen per video by `smart_resize`) give a token grid
+`[T' = ⌈F/2⌉, (H/28)·(W/28), D_llm]`; an odd frame count repeats the last frame, as the model's processor does.
+The vision transformer attends within each frame pair only (full-attention blocks) or within windows, so frame
+pairs can be encoded in any batch.
+
+Positions: the model gives the video token at (t', row, col) the rotary position
+`(⌊t'·second_per_grid_t·tokens_per_second⌋, row, col) + start`, where start is the position after the text before
+the video. A vtc file stores that triple (without `start`) for every kept token (`mrope_positions`), with
+`video_grid_thw`, `second_per_grid_t` and the retention mask over the full grid, so a consumer or a serving engine
+gives kept tokens their original positions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vtc.errors import ModelError
+from vtc.io.geometry import OPENAI_MEAN, OPENAI_STD, FrameGeometry
+from vtc.io.towers import Tower
+
+#: Qwen2VLVideoProcessor's default pixel bounds per frame (shortest_edge / longest_edge of its `size`)
+DEFAULT_MIN_PIXELS = 128 * 28 * 28
+DEFAULT_MAX_PIXELS = 768 * 28 * 28
+
+
+def qwen_geometry(config: dict[str, Any], pp: dict[str, Any], where: str) -> FrameGeometry:
+    """The frame geometry of a Qwen2.5-VL checkpoint's video processor (`video_preprocessor_config.json`, else the
+    image processor's `preprocessor_config.json`, as `AutoVideoProcessor` falls back), with the processor's
+    precedence: `size` {shortest_edge, longest_edge}, overridden by `min_pixels` / `max_pixels`."""
+    vision = config.get("vision_config") or {}
+    if pp.get("cap_pixels_per_frame"):
+        raise ModelError(f"{where}: the video processor's cap_pixels_per_frame is not supported by vtc yet.")
+    if pp.get("do_resize") is False or pp.get("do_rescale") is False or pp.get("do_normalize") is False:
+        raise ModelError(f"{where}: its video processor settings (resize/rescale/normalize) are not the ones vtc "
+                         f"reproduces.")
+    size = pp.get("size") or {}
+    lo = int(pp.get("min_pixels") or size.get("shortest_edge") or DEFAULT_MIN_PIXELS)
+    hi = int(pp.get("max_pixels") or size.get("longest_edge") or DEFAULT_MAX_PIXELS)
+    patch = int(pp.get("patch_size") or vision.get("patch_size", 14))
+    merge = int(pp.get("merge_size") or vision.get("spatial_merge_size", 2))
+    if patch != int(vision.get("patch_size", 14)) or merge != int(vision.get("spatial_merge_size", 2)):
+        raise ModelError(f"{where}: processor patch/merge size ({patch}/{merge}) differ from the vision config's.")
+    mean = tuple(float(v) for v in pp.get("image_mean", OPENAI_MEAN))
+    std = tuple(float(v) for v in pp.get("image_std", OPENAI_STD))
+    return FrameGeometry((0, 0), "smart", mean, std, 0.0, "tensor", patch * merge, lo, hi)  # type: ignore[arg-type]
+
+
+def patchify(pixels: Tensor, patch: int, merge: int, temporal: int) -> tuple[Tensor, list[int]]:
+    """Normalised pixels [F, 3, H, W] of one video run → the model's flat patches [T'·h·w, 3·temporal·p·p] and
+    grid (T', h, w) in patch units, laid out as the model's video processor does it (an odd F repeats the last
+    frame; patches ordered by 2×2 merge block)."""
+    if pad := -pixels.shape[0] % temporal:
+        pixels = torch.cat([pixels, pixels[-1:].expand(pad, -1, -1, -1)])
+    f, c, h, w = pixels.shape
+    gt, gh, gw = f // temporal, h // patch, w // patch
+    x = pixels.reshape(1, gt, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
+    x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    return x.reshape(gt * gh * gw, c * temporal * patch * patch), [gt, gh, gw]
+
+
+class QwenTower(Tower):
+    """Qwen2.5-VL's vision transformer + patch merger as a tower adapter: frames [F, 3, H, W] (F even, or the last
+    frame repeats) → `patches` [F/2, (H/28)·(W/28), D_llm] and substitute signals (see `signal_sources`)."""
+
+    kind = "qwen"
+
+    def __init__(self, holder: Any) -> None:
+        vc = holder.config.vision_config
+        self.patch = int(vc.patch_size)
+        self.merge = int(vc.spatial_merge_size)
+        self.temporal = int(vc.temporal_patch_size)
+        super().__init__(holder, (0, 0), int(vc.depth), int(vc.out_hidden_size))
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """The merged token grid of a picture of height × width pixels."""
+        step = self.patch * self.merge
+        return height // step, width // step
+
+    def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
+        flat, (gt, gh, gw) = patchify(pixels, self.patch, self.merge, self.temporal)
+        visual = self.visual.visual
+        thw = torch.tensor([[gt, gh, gw]], device=flat.device)
+        out = visual(flat.to(visual.dtype), grid_thw=thw)
+        merged = getattr(out, "pooler_output", out)  # transformers 5: an output object; 4.x: the tensor
+        tokens = merged.reshape(gt, (gh // self.merge) * (gw // self.merge), -1)
+        res: dict[str, Tensor] = {"patches": tokens}
+        if want:
+            t = tokens.float()
+            probe = t.mean(1)  # [T', D]
+            probs = torch.softmax((t @ probe[:, :, None])[..., 0] / math.sqrt(t.shape[-1]), dim=-1)
+            res.update(attn=probs, cls_attn=probs, pooled=probe, cls_token=probe,
+                       keys=torch.cat([t.new_zeros(gt, 1, t.shape[-1]), t], 1))
+        return {k: v for k, v in res.items() if k == "patches" or k in want}
+
+    def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
+        from vtc.errors import UsageError
+
+        raise UsageError("encoding only the changed patches is not available with --target qwen2.5-vl.")
+
+    def signal_sources(self, layer: int) -> dict[str, str]:
+        probe = ("qwen2.5-vl: softmax over the frame's tokens of (token · mean token)/√D, in the LLM space "
+                 "(substitute: Qwen's vision tower has no CLS token and no pooling head)")
+        return {
+            "attn": probe, "cls_attn": probe,
+            "pooled": "qwen2.5-vl: mean of the frame pair's tokens (substitute: no pooling head)",
+            "cls_token": "qwen2.5-vl: mean of the frame pair's tokens (substitute: no CLS token)",
+            "keys": "qwen2.5-vl: the merged tokens themselves, row 0 zero (substitute: no CLS, keys not exposed)",
+        }
+
+
+def temporal_positions(num: int, second_per_grid_t: float, tokens_per_second: float) -> Tensor:
+    """[T'] int64: the t coordinate the model gives each temporal grid step (before the start offset), computed as
+    the model does (float32 interval = tokens_per_second · second_per_grid_t, then ⌊arange · interval⌋)."""
+    interval = tokens_per_second * torch.tensor(second_per_grid_t, dtype=torch.float32)
+    return (torch.arange(num) * interval).long()
+
+
+def mrope_positions(positions: Tensor, t_pos: Tensor) -> Tensor:
+    """Per kept token (frame, row, col) [K, 3] (row/col -1 = no representative cell: 0 is used) → the model's
+    (t, h, w) rotary position within the video block, int32 [K, 3]."""
+    frame = positions[:, 0].long().clamp(min=0)
+    hw = positions[:, 1:].long().clamp(min=0)
+    return torch.cat([t_pos[frame][:, None], hw], 1).int()
+
+
+def second_per_grid(frame_times: list[float], temporal: int, fallback_fps: float) -> float:
+    """Seconds covered by one temporal grid step: temporal_patch_size / the sampling rate (frames per second of
+    the sampled frames, from their median spacing), as the model's processor sets `second_per_grid_ts`."""
+    if len(frame_times) > 1:
+        gaps = sorted(b - a for a, b in zip(frame_times, frame_times[1:], strict=False))
+        step = gaps[len(gaps) // 2]
+        if step > 0:
+            return float(temporal * step)
+    return float(temporal / fallback_fps) if fallback_fps > 0 else float(temporal)
