@@ -317,6 +317,25 @@ def methods(
 
 
 @app.command()
+def export(
+    file: Annotated[Path, typer.Argument(help="A target-space token file (vtc compress --target qwen2.5-vl).",
+                                         show_default=False)],
+    to: Annotated[str, typer.Option("--to", help="Engine: vllm or sglang.", show_default=False)],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (torch.save) [default: "
+                                               "FILE with .vllm.pt / .sglang.pt]")] = None,
+) -> None:
+    """Write a token file in the shapes vLLM or SGLang take for precomputed video tokens (Qwen2.5-VL)."""
+    from vtc.export import export as do_export
+
+    try:
+        out_path = output or file.with_suffix(f".{to}.pt")
+        written = do_export(file, to, out_path)
+    except VtcError as e:
+        raise _fail(e) from None
+    out.print(f"wrote {written}", highlight=False)
+
+
+@app.command()
 def show(
     file: Annotated[Path, typer.Argument(help="Token file (.safetensors) written by vtc.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary.")] = False,

@@ -83,10 +83,19 @@ def summary_table(info: dict[str, Any], console: Console) -> None:
     space = info["space"]
     if space.get("kind") == "target":
         nl = info["newline"]
-        table.add_row("space", f"target {space.get('target')} ({space.get('checkpoint')}, vision sha256 "
-                      f"{str(space.get('vision_sha256', ''))[:12]}), LLM hidden size {space.get('hidden_size')}, "
-                      f"token grid {space.get('grid')} from vision grid {space.get('vision_grid')}\n"
-                      f"newline: {nl.get('layout')} — {nl.get('where', '')}")
+        head = (f"target {space.get('target')} ({space.get('checkpoint')}, vision sha256 "
+                f"{str(space.get('vision_sha256', ''))[:12]}), LLM hidden size {space.get('hidden_size')}")
+        if "video_grid_thw" in space:  # Qwen: frame pairs, 2×2-merged cells, original M-RoPE positions
+            t, gh, gw = space["video_grid_thw"]
+            m = space.get("spatial_merge_size", 2)
+            body = (f"video_grid_thw [{t}, {gh}, {gw}] (patches) → {t} × {gh // m}×{gw // m} merged cells, each "
+                    f"token frame = {space.get('temporal_patch_size')} sampled frames, picture "
+                    f"{space.get('image_size')}\nM-RoPE: t step {space.get('second_per_grid_t', 0):.4g} s × "
+                    f"{space.get('tokens_per_second')} tokens/s; kept tokens keep their original (t, h, w)")
+        else:
+            body = (f"token grid {space.get('grid')} from vision grid {space.get('vision_grid')}\n"
+                    f"newline: {nl.get('layout')} — {nl.get('where', '')}")
+        table.add_row("space", f"{head}\n{body}")
         table.add_row("model", f"vision path of {space.get('checkpoint')}, grid {info['grid']}")
     elif mdl.get("model"):
         table.add_row("space", "encoder (the vision tower's own tokens; not an LLM's input space)")

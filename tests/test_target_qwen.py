@@ -1,0 +1,219 @@
+"""The Qwen2.5-VL target: pixels, tokens, M-RoPE positions and generation against the real transformers model.
+
+A tiny random-weight Qwen2.5-VL is built from a config and written with `save_pretrained`; vtc reads it through
+`--target-model DIR`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+pytest.importorskip("transformers")
+
+from transformers import AutoVideoProcessor, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+
+import vtc  # noqa: E402
+import vtc.hf  # noqa: E402
+from vtc.cli import app  # noqa: E402
+from vtc.errors import UsageError  # noqa: E402
+from vtc.io.decode import Sampling, iter_frames  # noqa: E402
+from vtc.io.encoders import open_encoder  # noqa: E402
+from vtc.io.target import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
+from vtc.io.target_qwen import patchify  # noqa: E402
+from vtc.run.config import make_config  # noqa: E402
+from vtc.testing import TINY_QWEN_VISION_END, TINY_QWEN_VISION_START, tiny_qwen2_5_vl  # noqa: E402
+
+runner = CliRunner()
+FRAMES = 7  # odd on purpose: the last frame pairs with itself, as the model's processor does
+
+
+def cli(*args: object):  # noqa: ANN201
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen") / "qwen")
+
+
+@pytest.fixture(scope="module")
+def model(ckpt: Path) -> Qwen2_5_VLForConditionalGeneration:
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt).eval()
+
+
+@pytest.fixture(scope="module")
+def encoder(ckpt: Path):  # noqa: ANN201
+    return open_encoder(make_config(target="qwen2.5-vl", target_model=str(ckpt)).encoder)
+
+
+def decoded(clip: Path, ckpt: Path, frames: int = FRAMES) -> np.ndarray:
+    geo = checkpoint_geometry(read_checkpoint(str(ckpt), TARGETS["qwen2.5-vl"]))
+    return np.stack([f for _, f in iter_frames(clip, Sampling(frames=frames), geo.decode_size)])
+
+
+def prompt(model: Qwen2_5_VLForConditionalGeneration) -> list[int]:
+    return [5, 6, TINY_QWEN_VISION_START, model.config.video_token_id, TINY_QWEN_VISION_END, 7, 8, 9]
+
+
+def processed(clip: Path, ckpt: Path) -> dict[str, torch.Tensor]:
+    return AutoVideoProcessor.from_pretrained(ckpt)(videos=[decoded(clip, ckpt)], return_tensors="pt")
+
+
+@pytest.mark.parametrize("clip_name", ["clip_path", "silent_clip"])
+def test_pixels_equal_the_models_video_processor(request: pytest.FixtureRequest, ckpt: Path, clip_name: str) -> None:
+    clip = request.getfixturevalue(clip_name)
+    geo = checkpoint_geometry(read_checkpoint(str(ckpt), TARGETS["qwen2.5-vl"]))
+    frames = decoded(clip, ckpt)
+    ref = processed(clip, ckpt)
+    flat, thw = patchify(geo.preprocess(frames), 14, 2, 2)
+    assert thw == ref["video_grid_thw"][0].tolist() and thw[0] == (FRAMES + 1) // 2
+    assert torch.equal(flat, ref["pixel_values_videos"])
+
+
+def compress_none(tmp_path: Path, clip: Path, ckpt: Path, batch: int = 16) -> vtc.TokenFile:
+    out = tmp_path / "q.safetensors"
+    r = cli("compress", clip, "-o", out, "--target", "qwen2.5-vl", "--target-model", ckpt, "--method", "none",
+            "--frames", FRAMES, "--dtype-out", "float32", "--batch-size", batch)
+    assert r.exit_code == 0, r.output
+    return vtc.load(out)
+
+
+@pytest.mark.parametrize("batch", [16, 3])  # an odd batch size is rounded up: a batch never splits a frame pair
+def test_logits_equal_the_models_own_forward(tmp_path: Path, clip_path: Path, ckpt: Path, model,  # noqa: ANN001
+                                             batch: int) -> None:
+    f = compress_none(tmp_path, clip_path, ckpt, batch)
+    space = f.meta["space"]
+    ref = processed(clip_path, ckpt)
+    assert space["video_grid_thw"] == ref["video_grid_thw"][0].tolist()
+    assert f.num_frames == (FRAMES + 1) // 2 and f.tokens.shape[0] == f.num_frames * f.grid[0] * f.grid[1]
+    ids = prompt(model)
+    at = ids.index(model.config.video_token_id)
+    vid = model.config.video_token_id
+    full = torch.tensor([ids[:at] + [vid] * f.tokens.shape[0] + ids[at + 1:]])
+    with torch.no_grad():
+        spg = torch.tensor([space["second_per_grid_t"]])
+        want = model(input_ids=full, pixel_values_videos=ref["pixel_values_videos"],
+                     video_grid_thw=ref["video_grid_thw"], second_per_grid_ts=spg,
+                     mm_token_type_ids=(full == vid).int() * 2).logits
+        got = model(**vtc.hf.video_inputs(f, model, ids, after_video="model")).logits
+    assert (got - want).abs().max() <= 1e-4
+
+
+def reference_positions(ids: list[int], at: int, thw: list[int], spg: float, tps: float) -> torch.Tensor:
+    """Qwen2.5-VL's reference rule (its docstring, vLLM): text 0..at-1; video (⌊t·spg·tps⌋, h, w) + at over the
+    merged grid; text after from the video's max + 1.  → [3, L]."""
+    t, h, w = thw[0], thw[1] // 2, thw[2] // 2
+    tt = (torch.arange(t) * (tps * torch.tensor(spg, dtype=torch.float32))).long()
+    grid = torch.stack(torch.meshgrid(tt, torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1) + at
+    after = torch.arange(len(ids) - at - 1) + int(grid.max()) + 1
+    return torch.cat([torch.arange(at).expand(3, -1), grid, after.expand(3, -1)], 1)
+
+
+@pytest.mark.parametrize("method", ["evs", "fastvid", "dycoke", "divprune", "uniform"])
+def test_pruned_tokens_keep_their_original_positions(tmp_path: Path, clip_path: Path, model, encoder,  # noqa: ANN001
+                                                     method: str) -> None:
+    res = vtc.compress(clip_path, output=tmp_path / "o.safetensors", method=method, ratio=0.25, frames=FRAMES,
+                       target="qwen2.5-vl", target_model=str(encoder.config.target_model), encoder=encoder)
+    f = vtc.load(res.output)
+    space = f.meta["space"]
+    k = f.tokens.shape[0]
+    n_full = f.num_frames * f.grid[0] * f.grid[1]
+    assert k < n_full and int(f["retention_mask"].sum()) == int((f.reduction().rep >= 0).sum())
+    ids = prompt(model)
+    at = ids.index(model.config.video_token_id)
+    inputs = vtc.hf.video_inputs(f, model, ids)
+    pos = inputs["position_ids"][1:, 0]  # rows t, h, w (row 0: text positions for the mask)
+    assert inputs["position_ids"].shape == (4, 1, len(ids) - 1 + k)
+    # each kept token's position is the one the model's own get_rope_index gives its cell in the full sequence
+    vid = model.config.video_token_id
+    full = torch.tensor([ids[:at] + [vid] * n_full + ids[at + 1:]])
+    model_pos, _ = model.model.get_rope_index(full, mm_token_type_ids=(full == vid).int() * 2,
+                                              video_grid_thw=torch.tensor([space["video_grid_thw"]]),
+                                              second_per_grid_ts=torch.tensor([space["second_per_grid_t"]]))
+    rep = f.reduction().rep
+    order = torch.argsort(torch.where(rep >= 0, rep, -1), stable=True)
+    kept = rep[order]
+    assert torch.equal(pos[:, at:at + k][:, kept >= 0], model_pos[:, 0, at + kept[kept >= 0]])
+    # text after the video: from the full grid's max + 1 (Qwen's reference rule)
+    want = reference_positions(ids, at, space["video_grid_thw"], space["second_per_grid_t"], space["tokens_per_second"])
+    assert torch.equal(pos[:, at + k:], want[:, at + n_full:])
+    assert int(pos[0, at + k]) == int(want[:, at:at + n_full].max()) + 1
+    with torch.no_grad():
+        gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert gen.shape[-1] == 3
+
+
+def vllm_retention_mask(x: torch.Tensor, q: float) -> torch.Tensor:
+    """vLLM's `compute_retention_mask`, restated from its documentation: tokens [T, h·w, D] → dissimilarity to the
+    same cell of the previous frame (1 − cos), the first frame forced in (255), a stable descending sort keeps
+    max(h·w, ⌊T·h·w·(1 − q)⌋) tokens.  → bool [T·h·w]."""
+    t, n, _ = x.shape
+    xn = torch.nn.functional.normalize(x.float(), dim=-1)
+    dis = torch.full((t, n), 255.0)
+    dis[1:] = 1 - (xn[1:] * xn[:-1]).sum(-1)
+    keep = max(n, int(t * n * (1 - q)))
+    mask = torch.zeros(t * n, dtype=torch.bool)
+    mask[torch.argsort(dis.reshape(-1), descending=True, stable=True)[:keep]] = True
+    return mask
+
+
+def test_evs_keeps_what_vllm_keeps(tmp_path: Path, clip_path: Path, encoder) -> None:  # noqa: ANN001
+    full = vtc.load(compress_none(tmp_path, clip_path, Path(encoder.config.target_model)).path)
+    x = full.tokens.reshape(full.num_frames, -1, full.tokens.shape[-1])
+    for q in (0.5, 0.75, 0.9):
+        res = vtc.compress(clip_path, output=tmp_path / f"evs{q}.safetensors", method="evs", params={"q": q},
+                           frames=FRAMES, target="qwen2.5-vl", target_model=str(encoder.config.target_model),
+                           encoder=encoder, dtype_out="float32")
+        f = vtc.load(res.output)
+        assert torch.equal(f["retention_mask"], vllm_retention_mask(x, q))
+
+
+def test_export_for_vllm_and_sglang(tmp_path: Path, clip_path: Path, encoder) -> None:  # noqa: ANN001
+    res = vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="evs", ratio=0.5, frames=FRAMES,
+                       target="qwen2.5-vl", target_model=str(encoder.config.target_model), encoder=encoder)
+    f = vtc.load(res.output)
+    k, d = f.tokens.shape
+    space = f.meta["space"]
+    r = cli("export", res.output, "--to", "vllm", "-o", tmp_path / "v.pt")
+    assert r.exit_code == 0, r.output
+    v = torch.load(tmp_path / "v.pt")
+    video = v["multi_modal_data"]["video"]
+    assert video["video_embeds"].shape == (k, d) and video["video_grid_thw"].tolist() == [space["video_grid_thw"]]
+    assert video["second_per_grid_ts"].shape == (1,)
+    assert v["retention_mask"].dtype == torch.bool and int(v["retention_mask"].sum()) == k
+    assert v["mrope_positions"].shape == (k, 3) and v["mrope_positions"].dtype == torch.int64
+    assert v["prompt_placeholder"] == "<|vision_start|><|video_pad|><|vision_end|>"
+    r = cli("export", res.output, "--to", "sglang", "-o", tmp_path / "s.pt")
+    assert r.exit_code == 0, r.output
+    s = torch.load(tmp_path / "s.pt")
+    item = s["video_data"][0]
+    assert item["format"] == "precomputed_embedding" and item["feature"].shape == (k, d)
+    assert item["video_grid_thw"].tolist() == [space["video_grid_thw"]] and s["num_placeholder_tokens"] == k
+    r = cli("export", res.output, "--to", "tensorrt", "-o", tmp_path / "x.pt")
+    assert r.exit_code == 2 and "vllm" in r.output
+
+
+def test_show_and_errors(tmp_path: Path, clip_path: Path, ckpt: Path, encoder) -> None:  # noqa: ANN001
+    res = vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="uniform", ratio=0.5, frames=FRAMES,
+                       target="qwen2.5-vl", target_model=str(ckpt), encoder=encoder)
+    r = cli("show", res.output, "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["space"]["target"] == "qwen2.5-vl" and info["space"]["video_grid_thw"][0] == info["frames"]
+    r = cli("show", res.output, "--video", clip_path, "--html", tmp_path / "r.html")
+    assert r.exit_code == 0, r.output
+    r = cli("compress", clip_path, "-o", tmp_path / "x.safetensors", "--target", "qwen2.5-vl", "--target-model",
+            ckpt, "--method", "rlt")
+    assert r.exit_code == 2 and "skip_static_frames" in r.output
+    r = cli("compress", clip_path, "-o", tmp_path / "x.safetensors", "--target", "llava-onevision",
+            "--target-model", ckpt)
+    assert r.exit_code == 3 and "qwen2_5_vl" in r.output
+    with pytest.raises(UsageError, match="after_video"):
+        vtc.hf.video_inputs(res.output, Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt), [1, 291],
+                            after_video="later")

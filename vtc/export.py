@@ -1,0 +1,106 @@
+"""`vtc export`: a target-space token file in the shapes a serving engine documents for precomputed video tokens.
+
+- vLLM (`LLM(..., enable_mm_embeds=True)`; Qwen2.5-VL's `Qwen2_5_VLVideoEmbeddingInputs`):
+  `multi_modal_data={"video": {"video_embeds": [K, D], "video_grid_thw": [1, 3], "second_per_grid_ts": [1]}}` with
+  the prompt placeholder `<|vision_start|><|video_pad|><|vision_end|>`. vLLM sizes the placeholder from
+  `video_grid_thw` (t·h·w/4 tokens), so an uncompressed file (`complete`) goes in as it is; for a compressed one the
+  export also carries vLLM's pruning contract — `retention_mask` over the full grid and `mrope_positions` of the
+  kept tokens — which is what a `SupportsMultiModalPruning` model (EVS-style) applies.
+- SGLang (`format: "precomputed_embedding"`): `{"format", "feature": [K, D], "video_grid_thw", "second_per_grid_ts"}`
+  with input_ids pre-expanded to `num_placeholder_tokens` video pads.
+
+Both are `torch.save` dicts of tensors (vtc writes them atomically). Only Qwen2.5-VL files can be exported: neither
+engine takes precomputed LLaVA-OneVision video tokens (use `vtc.hf` with transformers for those).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vtc.errors import UsageError
+from vtc.io.store import TokenFile, load
+
+ENGINES = ("vllm", "sglang")
+PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
+
+
+def _qwen(tf: TokenFile) -> dict[str, Any]:
+    space = tf.meta.get("space") if isinstance(tf.meta.get("space"), dict) else {}
+    if space.get("kind") != "target":
+        raise UsageError(f"{tf.path} holds encoder-space tokens; serving engines need a target's tokens "
+                         f"(vtc compress --target qwen2.5-vl --target-model CHECKPOINT).")
+    if space.get("target") != "qwen2.5-vl":
+        raise UsageError(f"{tf.path} is in {space.get('target')} space; vLLM and SGLang take no precomputed video "
+                         f"tokens for it. Use vtc.hf.video_inputs with transformers, or a --target qwen2.5-vl file.")
+    h, w = tf.grid
+    pos = tf.positions.long()
+    key = pos[:, 0] * (h * w + 1) + torch.where(pos[:, 1] >= 0, pos[:, 1] * w + pos[:, 2], -1) + 1
+    order = torch.argsort(key, stable=True)  # the model's sequence order: frame, row, column
+    k = int(tf.tokens.shape[0])
+    return {
+        "embeds": tf.tokens[order].contiguous(),
+        "grid_thw": torch.tensor([space["video_grid_thw"]], dtype=torch.int64),
+        "second_per_grid_ts": torch.tensor([space["second_per_grid_t"]], dtype=torch.float32),
+        "retention_mask": tf["retention_mask"].bool(),
+        "mrope_positions": tf["mrope_positions"][order].long(),
+        "num": k,
+        "complete": k == int(tf["retention_mask"].numel()),
+        "source": str(tf.path),
+    }
+
+
+def for_vllm(tf: TokenFile) -> dict[str, Any]:
+    """vLLM's offline embedding input for Qwen2.5-VL, plus its pruning contract (see the module docstring)."""
+    q = _qwen(tf)
+    return {
+        "engine": "vllm",
+        "multi_modal_data": {"video": {"video_embeds": q["embeds"], "video_grid_thw": q["grid_thw"],
+                                       "second_per_grid_ts": q["second_per_grid_ts"]}},
+        "prompt_placeholder": PLACEHOLDER,
+        "num_placeholder_tokens": q["num"],
+        "complete": q["complete"],
+        "retention_mask": q["retention_mask"],
+        "mrope_positions": q["mrope_positions"],
+        "source": q["source"],
+    }
+
+
+def for_sglang(tf: TokenFile) -> dict[str, Any]:
+    """SGLang's precomputed-embedding item for Qwen2.5-VL (input_ids pre-expanded to `num_placeholder_tokens`)."""
+    q = _qwen(tf)
+    return {
+        "engine": "sglang",
+        "video_data": [{"format": "precomputed_embedding", "feature": q["embeds"], "video_grid_thw": q["grid_thw"],
+                        "second_per_grid_ts": q["second_per_grid_ts"]}],
+        "prompt_placeholder": PLACEHOLDER,
+        "num_placeholder_tokens": q["num"],
+        "complete": q["complete"],
+        "retention_mask": q["retention_mask"],
+        "mrope_positions": q["mrope_positions"],
+        "source": q["source"],
+    }
+
+
+def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str]) -> Path:
+    """Write `path`'s tokens for engine `to` (vllm or sglang) to `output` (a torch.save file), atomically."""
+    if to not in ENGINES:
+        raise UsageError(f"--to must be one of {', '.join(ENGINES)}, not '{to}'.")
+    out = Path(output)
+    if out.is_dir():
+        raise UsageError(f"the output {out} is a directory; give a file name such as clip.{to}.pt.")
+    data = (for_vllm if to == "vllm" else for_sglang)(load(path))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
