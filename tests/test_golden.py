@@ -21,7 +21,11 @@ from vtc.signals import Signals
 from .conftest import GOLDEN
 
 all_methods()
-CASES = sorted(GOLDEN.glob("*/case_*.safetensors")) if GOLDEN.is_dir() else []
+#: vtc's own cases (rules restated from an engine's documentation, e.g. EVS on Qwen2.5-VL tokens; see the generator
+#: scripts beside them) run with the shared ones
+LOCAL = Path(__file__).parent / "golden"
+CASES = (sorted(GOLDEN.glob("*/case_*.safetensors")) if GOLDEN.is_dir() else []) + \
+    sorted(LOCAL.glob("*/case_*.safetensors"))
 #: golden parameter names that describe the reference harness rather than a behaviour vtc exposes
 HARNESS_KEYS = {"clamp_topk", "grid_hw", "note", "k_formula", "cls_attn", "path", "tokens_per_frame", "metric",
                 "rounds_r", "class_token", "finish_merging", "finish_pruning", "merged_fraction", "retained_ratio",
@@ -40,7 +44,7 @@ def read_case(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def case_id(p: Path) -> str:
-    return f"{p.parent.name}/{p.stem}"
+    return f"{'local:' if LOCAL in p.parents else ''}{p.parent.name}/{p.stem}"
 
 
 def run_case(path: Path):  # noqa: ANN201
