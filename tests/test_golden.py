@@ -16,6 +16,7 @@ from safetensors import safe_open
 
 from vtc.methods import get_method
 from vtc.methods.registry import _REGISTRY, all_methods
+from vtc.ops import topk_indices
 from vtc.signals import Signals
 
 from .conftest import GOLDEN
@@ -31,9 +32,9 @@ HARNESS_KEYS = {"clamp_topk", "grid_hw", "note", "k_formula", "cls_attn", "path"
                 "rounds_r", "class_token", "finish_merging", "finish_pruning", "merged_fraction", "retained_ratio",
                 "num_layers_assumed", "ratio_lower_bound", "sparsity_upper_bound", "n_after_spatial",
                 "n_dropped_by_unionfind_bug", "n_out", "grid_cols", "grid_rows", "order", "thumb_frames",
-                "thumbnail_size"}
+                "thumbnail_size", "tokens_kept_per_frame"}
 #: the ratio under the authors' names
-RATIO_KEYS = ("retention_ratio", "retain_ratio", "ratio")
+RATIO_KEYS = ("retention_ratio", "retain_ratio", "ratio", "keep_ratio")
 
 
 def read_case(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -47,8 +48,7 @@ def case_id(p: Path) -> str:
     return f"{'local:' if LOCAL in p.parents else ''}{p.parent.name}/{p.stem}"
 
 
-def run_case(path: Path):  # noqa: ANN201
-    meta, t = read_case(path)
+def run_method(meta: dict, t: dict[str, torch.Tensor]):  # noqa: ANN201
     method = meta["method"]
     if method not in _REGISTRY:
         pytest.skip(f"method '{method}' is not implemented yet")
@@ -144,17 +144,52 @@ def check_omnizip(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.allclose(istc_scores(x[:2])[0], scores[0], atol=1e-5)
 
 
-SPECIAL = {"rlt": check_rlt, "evs": check_evs, "omnizip": check_omnizip}
+def check_gprune(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """Scores and degrees of every graph, then the kept set: per frame (cases 0-3) through the method, or the
+    authors' LLaVA-NeXT layout (base image + anyres grid whose row-end newline tokens are always kept)."""
+    from vtc.methods.gprune import gprune_scores
+
+    p = json.loads(meta["params"])
+    knobs = (p["similarity"], p["temperature"], p["iterate_num"])
+    if "image_feature" not in t:
+        for f in range(t["features"].shape[0]):
+            score, degree = gprune_scores(t["features"][f], *knobs)
+            assert torch.equal(degree, t["degree"][f]), f"degree, frame {f}"
+            assert torch.allclose(score, t["score"][f], rtol=1e-5, atol=0), f"score, frame {f}"
+        generic_case(meta, t)
+        return
+    feat, n1 = t["image_feature"], p["N1"]
+    rows, cols = p["row_num"], p["col_num"]
+    grid_pos = torch.arange(n1, feat.shape[0]).reshape(rows, cols + 1)
+    newline, cells = grid_pos[:, -1], grid_pos[:, :-1].reshape(-1)
+    assert torch.equal(newline, t["row_end_token_index"])
+    keep = [newline]
+    for name, pos in (("base", torch.arange(n1)), ("grid", cells)):
+        score, degree = gprune_scores(feat[pos], *knobs)
+        assert torch.equal(degree, t[f"degree_{name}"]) and torch.allclose(score, t[f"score_{name}"], rtol=1e-5)
+        keep.append(pos[topk_indices(score, int(p["keep_ratio"] * len(pos)))])
+    kept = torch.cat(keep).sort().values
+    assert torch.equal(kept, t["image_keep_indices"]) and torch.equal(feat[kept], t["tokens"])
+
+
+SPECIAL = {"rlt": check_rlt, "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune}
 
 
 @pytest.mark.skipif(not CASES, reason=f"no golden cases under {GOLDEN}")
 @pytest.mark.parametrize("path", CASES, ids=case_id)
 def test_golden_case(path: Path) -> None:
     meta0, t0 = read_case(path)
+    if meta0["method"] not in _REGISTRY:
+        pytest.skip(f"method '{meta0['method']}' is not implemented yet")
     if meta0["method"] in SPECIAL:
         SPECIAL[meta0["method"]](meta0, t0)
         return
-    meta, t, red = run_case(path)
+    generic_case(meta0, t0)
+
+
+def generic_case(meta0: dict, t0: dict[str, torch.Tensor]) -> None:
+    """Run the case's method on `features` and compare counts, segments, kept indices, tokens, assignment, map."""
+    meta, t, red = run_method(meta0, t0)
     stability = json.loads(meta.get("stability", "{}") or "{}") if meta.get("stability", "").startswith("{") else {}
     order_stable = stability.get("order_stable", True)
     x = t["features"]

@@ -9,6 +9,7 @@ from vtc.methods import (  # noqa: F401
     fastervlm,
     fastvid,
     framefusion,
+    gprune,
     holitom,
     llava_scissor,
     omnizip,
