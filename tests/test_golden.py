@@ -32,7 +32,8 @@ HARNESS_KEYS = {"clamp_topk", "grid_hw", "note", "k_formula", "cls_attn", "path"
                 "rounds_r", "class_token", "finish_merging", "finish_pruning", "merged_fraction", "retained_ratio",
                 "num_layers_assumed", "ratio_lower_bound", "sparsity_upper_bound", "n_after_spatial",
                 "n_dropped_by_unionfind_bug", "n_out", "grid_cols", "grid_rows", "order", "thumb_frames",
-                "thumbnail_size", "tokens_kept_per_frame"}
+                "thumbnail_size", "tokens_kept_per_frame", "HIPRUNE_RETENTION", "HIPRUNE_OBJECT_LAYER",
+                "mm_vision_select_layer", "num_vision_layers", "shallow_token_num"}
 #: the ratio under the authors' names
 RATIO_KEYS = ("retention_ratio", "retain_ratio", "ratio", "keep_ratio")
 
@@ -65,7 +66,8 @@ def run_method(meta: dict, t: dict[str, torch.Tensor]):  # noqa: ANN201
         side = int(round(x.shape[1] ** 0.5))
         grid = (side, side)
     sig = Signals(attn=t.get("attn"), pooled=t.get("frame_global"), cls_attn=t.get("cls_attn"),
-                  cls_token=t.get("cls_token"), keys=t.get("metric"))
+                  cls_token=t.get("cls_token"), keys=t.get("metric"), received=t.get("score_deep"),
+                  received_object=t.get("score_object"))
     kw = spec.resolve(params, "reference" if "reference" in spec.variants else None)
     red = spec.run(x, grid=grid, ratio=ratio, signals=sig, params=kw)
     return meta, t, red
@@ -172,7 +174,25 @@ def check_gprune(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.equal(kept, t["image_keep_indices"]) and torch.equal(feat[kept], t["tokens"])
 
 
-SPECIAL = {"rlt": check_rlt, "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune}
+def check_hiprune(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """The scores vtc's towers compute (attention received) from the stored maps, then the three token kinds."""
+    from vtc.io.towers import received
+    from vtc.methods.hiprune import hiprune_frame
+
+    for name in ("object", "deep"):
+        if f"attn_{name}" in t:
+            assert torch.allclose(received(t[f"attn_{name}"])[:, 1:], t[f"score_{name}"], atol=1e-7), name
+    p = json.loads(meta["params"])
+    for f in range(t["features"].shape[0]):
+        keep, anchors, buffer = hiprune_frame(t["score_object"][f], t["score_deep"][f],
+                                              p["visual_token_num_per_frame"], p["HIPRUNE_ALPHA"], p["grid_hw"][1])
+        assert torch.equal(anchors, t["anchor_index"][f]) and torch.equal(buffer, t["anchor_buffer_mask"][f].bool())
+        assert torch.equal(keep & ~buffer, t["deep_mask"][f].bool()) and torch.equal(keep, t["keep"][f].bool())
+    generic_case(meta, t)
+
+
+SPECIAL = {"rlt": check_rlt, "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune,
+           "hiprune": check_hiprune}
 
 
 @pytest.mark.skipif(not CASES, reason=f"no golden cases under {GOLDEN}")

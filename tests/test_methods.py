@@ -23,6 +23,8 @@ def make_signals(t: int, n: int, d: int, gen: torch.Generator, h: int = 1, w: in
         cls_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
         cls_token=torch.randn(t, d, generator=gen),
         keys=torch.randn(t, n + 1, 8, generator=gen),
+        received=torch.softmax(torch.randn(t, n, generator=gen), -1) * n / (n + 1),
+        received_object=torch.softmax(torch.randn(t, n, generator=gen), -1) * n / (n + 1),
     )
 
 

@@ -36,6 +36,10 @@ SIGNALS: dict[str, SignalDoc] = {
     "cls_token": SignalDoc("[T, D] CLS token of the selected block (SigLIP: the attention-pool output as "
                            "substitute)", "encoder"),
     "keys": SignalDoc("[T, N+1, d] head-mean attention keys of the selected block, row 0 = CLS", "encoder"),
+    "received": SignalDoc("[T, N] attention each patch receives in the selected block: mean over heads, then over "
+                          "all queries (CLS included), CLS column dropped, not renormalised", "encoder"),
+    "received_object": SignalDoc("[T, N] the same at the 'object' block, 1-based ⌊3L/8 + ½⌋ of an L-block tower "
+                                 "(block 9 of CLIP-L's 24, HiPrune's object layer)", "encoder"),
     "frames": SignalDoc("[T, H, W, 3] uint8 frames as the encoder sees them (after resize and crop)", "decode"),
     "times": SignalDoc("[T] presentation time of every sampled frame, seconds", "decode"),
     "audio_saliency": SignalDoc("[A] audio saliency at 25 tokens/s", "audio"),
@@ -54,7 +58,8 @@ def provided_by(provider: Provider) -> frozenset[str]:
 class Signals:
     """Optional per-frame signals.  Every field is a tensor or None (shapes in `SIGNALS`).
 
-    attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D], keys [T, N+1, d], frames uint8 [T, H, W, 3],
+    attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D], keys [T, N+1, d], received [T, N],
+    received_object [T, N], frames uint8 [T, H, W, 3],
     times [T], audio_saliency [A], relevance [T], thumbnail [N', D].
     `sources` names where each signal came from (recorded in the file).
     """
@@ -64,6 +69,8 @@ class Signals:
     cls_attn: Tensor | None = None
     cls_token: Tensor | None = None
     keys: Tensor | None = None
+    received: Tensor | None = None
+    received_object: Tensor | None = None
     frames: Tensor | None = None
     audio_saliency: Tensor | None = None
     relevance: Tensor | None = None
@@ -89,7 +96,8 @@ class Signals:
         """Every present signal has the leading shape its doc states (T frames, N patches), else a UsageError."""
         t, n = num_frames, num_patches
         expect: dict[str, tuple[int | None, ...]] = {
-            "attn": (t, n), "cls_attn": (t, n), "pooled": (t, None), "cls_token": (t, None), "keys": (t, n + 1, None),
+            "attn": (t, n), "cls_attn": (t, n), "received": (t, n), "received_object": (t, n),
+            "pooled": (t, None), "cls_token": (t, None), "keys": (t, n + 1, None),
             "frames": (t, None, None, 3), "times": (t,), "relevance": (t,), "audio_saliency": (None,),
             "thumbnail": (None, None),
         }

@@ -36,7 +36,7 @@ from vtc.errors import MissingDependencyError, ModelError, UsageError
 from vtc.io.encode import EncoderConfig, _hub_offline, _hub_reachable, _quiet_logs, pick_device, pick_dtype
 from vtc.io.geometry import FrameGeometry
 from vtc.io.target_qwen import QwenTower, mrope_positions, qwen_geometry, second_per_grid, temporal_positions
-from vtc.io.towers import Tower
+from vtc.io.towers import Tower, object_block
 
 
 @dataclass(frozen=True)
@@ -305,25 +305,30 @@ class LlavaTower(Tower):
             raise ModelError("the target's vision_feature_layer selects the patch embeddings; not supported.")
         return picked
 
-    def features(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """pixels [B, 3, H, W] → (selected vision features [B, g·g, Dv], pooled tokens [B, N', D_llm], input of
-        the last selected block [B, g·g, Dv]), selected and projected as `LlavaOnevisionModel.get_video_features`
-        does. Hooks keep just the hidden states that are used (not every block's)."""
+    def features(self, pixels: Tensor, also: frozenset[int] = frozenset()) -> tuple[Tensor, Tensor,
+                                                                                      dict[int, Tensor]]:
+        """pixels [B, 3, H, W] → (selected vision features [B, g·g, Dv], pooled tokens [B, N', D_llm], inputs of
+        blocks {0-based index: [B, g·g, Dv]}: the last selected block's and those in `also`), selected and
+        projected as `LlavaOnevisionModel.get_video_features` does. Hooks keep just the hidden states that are used
+        (not every block's)."""
         holder = self.visual
         cfg = holder.config
         picked = self._selected()
         layers = self._encoder_layers()
         kept: dict[int, Tensor] = {}
-        block_input: list[Tensor] = []
+        inputs: dict[int, Tensor] = {}
+        wanted_inputs = set(also) | {max(picked) - 1}
 
         def keep(i: int) -> Any:
             def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-                kept[i] = output[0] if isinstance(output, tuple) else output
-                if i == max(picked):
-                    block_input.append(args[0] if args else kwargs["hidden_states"])
+                if i in picked:
+                    kept[i] = output[0] if isinstance(output, tuple) else output
+                if i - 1 in wanted_inputs:
+                    inputs[i - 1] = args[0] if args else kwargs["hidden_states"]
             return hook
 
-        handles = [layers[i - 1].register_forward_hook(keep(i), with_kwargs=True) for i in set(picked)]
+        hooked = set(picked) | {b + 1 for b in wanted_inputs}
+        handles = [layers[i - 1].register_forward_hook(keep(i), with_kwargs=True) for i in hooked]
         try:
             holder.vision_tower(pixels, return_dict=True)
         finally:
@@ -339,12 +344,12 @@ class LlavaTower(Tower):
             tokens = LlavaOnevisionModel.apply_pooling(holder, proj)  # the model's own pooling
         else:  # LLaVA-NeXT get_2dPool, mm_spatial_pool_mode="average", stride 2
             tokens = pool_map(proj, self.g, "average").to(proj.dtype)
-        return sel, tokens, block_input[0]
+        return sel, tokens, inputs
 
-    def _attention(self, block_input: Tensor) -> tuple[Tensor, Tensor]:
-        """'Attention received' [B, g·g] (mean over heads and queries) and head-mean keys [B, g·g, d] of the last
-        block that feeds the selected features (computed one frame at a time: [heads, L, L] is large)."""
-        block = self._encoder_layers()[max(self._selected()) - 1]
+    def _attention(self, index: int, block_input: Tensor) -> tuple[Tensor, Tensor]:
+        """'Attention received' [B, g·g] (mean over heads and queries) and head-mean keys [B, g·g, d] of block
+        `index` (0-based), from its input (computed one frame at a time: [heads, L, L] is large)."""
+        block = self._encoder_layers()[index]
         attn = block.self_attn
         received, keys = [], []
         for h in block_input:
@@ -370,12 +375,14 @@ class LlavaTower(Tower):
         return y[:, 0], weights[:, 0].float()
 
     def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
-        sel, tokens, block_input = self.features(pixels)
+        obj = object_block(self.num_layers)
+        sel, tokens, inputs = self.features(pixels, frozenset({obj}) if "received_object" in want else frozenset())
         out: dict[str, Tensor] = {"patches": tokens}
-        if {"attn", "cls_attn", "keys"} & want:
-            received, keys = self._attention(block_input)
+        last = max(self._selected()) - 1
+        if {"attn", "cls_attn", "keys", "received"} & want:
+            received, keys = self._attention(last, inputs[last])
             out["cls_attn"] = pool_map(received, self.g, self.spec.pool)
-            out["attn"] = out["cls_attn"]
+            out["attn"] = out["received"] = out["cls_attn"]
             k = pool_map(keys, self.g, self.spec.pool)
             out["keys"] = torch.cat([k.new_zeros(k.shape[0], 1, k.shape[-1]), k], 1)
         if self.has_head and {"attn", "pooled"} & want:
@@ -386,6 +393,8 @@ class LlavaTower(Tower):
             out["pooled"] = sel.float().mean(1)
         if "cls_token" in want:
             out["cls_token"] = tokens.float().mean(1)
+        if "received_object" in want:
+            out["received_object"] = pool_map(self._attention(obj, inputs[obj])[0], self.g, self.spec.pool)
         return {k: v for k, v in out.items() if k == "patches" or k in want}
 
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
@@ -404,6 +413,9 @@ class LlavaTower(Tower):
             "cls_attn": f"{self.spec.name}: {received} (SigLIP has no CLS: substitute)",
             "cls_token": f"{self.spec.name}: mean of the frame's target tokens (SigLIP has no CLS: substitute)",
             "keys": f"{self.spec.name}: head-mean keys of the last vision block used, {pool}; row 0 zero (no CLS)",
+            "received": f"{self.spec.name}: {received}",
+            "received_object": f"{self.spec.name}: 'attention received' of vision block "
+                               f"{object_block(self.num_layers) + 1} (1-based) of {self.num_layers}, {pool}",
         }
 
 

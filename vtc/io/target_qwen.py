@@ -95,7 +95,7 @@ class QwenTower(Tower):
             t = tokens.float()
             probe = t.mean(1)  # [T', D]
             probs = torch.softmax((t @ probe[:, :, None])[..., 0] / math.sqrt(t.shape[-1]), dim=-1)
-            res.update(attn=probs, cls_attn=probs, pooled=probe, cls_token=probe,
+            res.update(attn=probs, cls_attn=probs, received=probs, received_object=probs, pooled=probe, cls_token=probe,
                        keys=torch.cat([t.new_zeros(gt, 1, t.shape[-1]), t], 1))
         return {k: v for k, v in res.items() if k == "patches" or k in want}
 
@@ -108,7 +108,7 @@ class QwenTower(Tower):
         probe = ("qwen2.5-vl: softmax over the frame's tokens of (token · mean token)/√D, in the LLM space "
                  "(substitute: Qwen's vision tower has no CLS token and no pooling head)")
         return {
-            "attn": probe, "cls_attn": probe,
+            "attn": probe, "cls_attn": probe, "received": probe, "received_object": probe,
             "pooled": "qwen2.5-vl: mean of the frame pair's tokens (substitute: no pooling head)",
             "cls_token": "qwen2.5-vl: mean of the frame pair's tokens (substitute: no CLS token)",
             "keys": "qwen2.5-vl: the merged tokens themselves, row 0 zero (substitute: no CLS, keys not exposed)",

@@ -20,6 +20,16 @@ from torch import Tensor
 from vtc.errors import ModelError
 
 
+def object_block(num_layers: int) -> int:
+    """0-based index of the 'object' block: 1-based ⌊3L/8 + ½⌋ (9 of 24, as HiPrune uses CLIP-L; 5 of 12)."""
+    return max(1, int(0.375 * num_layers + 0.5)) - 1
+
+
+def received(probs: Tensor) -> Tensor:
+    """Attention received: probs [B, heads, L, L] → mean over heads, then over all queries → [B, L]."""
+    return probs.mean(1).mean(1)
+
+
 class Tower(ABC):
     """A vision tower read at block `layer_index`.  Subclasses implement `forward` and `forward_subset`."""
 
@@ -77,12 +87,19 @@ class ClipTower(Tower):
         v = self.visual
         x = v._embeds(pixels)  # [B, 1+N, W]
         last = self.num_layers - 1
-        stop = last if {"attn", "pooled"} & want else layer_index
+        obj = object_block(self.num_layers)
+        stop = max(last if {"attn", "pooled"} & want else layer_index,
+                   obj if "received_object" in want else 0)
         out: dict[str, Tensor] = {}
         for i, blk in enumerate(v.transformer.resblocks[: stop + 1]):
-            sel = i == layer_index and bool({"cls_attn", "keys"} & want)
-            if sel or (i == last and "attn" in want):
+            sel = i == layer_index and bool({"cls_attn", "keys", "received"} & want)
+            at_obj = i == obj and "received_object" in want
+            if sel or at_obj or (i == last and "attn" in want):
                 probs, keys = _mha_probs_and_keys(blk.attn, blk.ln_1(x))
+                if at_obj:
+                    out["received_object"] = received(probs)[:, 1:]
+                if sel and "received" in want:
+                    out["received"] = received(probs)[:, 1:]
                 cls_row = probs.mean(1)[:, 0, 1:]  # head-mean CLS query → patches, [B, N]
                 if sel:
                     out["cls_attn"] = cls_row
@@ -113,6 +130,10 @@ class ClipTower(Tower):
             "cls_attn": f"clip: head-mean CLS→patch attention of block {layer}",
             "cls_token": f"clip: CLS token after block {layer}",
             "keys": f"clip: head-mean keys of block {layer}",
+            "received": f"clip: attention received in block {layer} (mean over heads and all queries, CLS column "
+                        f"dropped)",
+            "received_object": f"clip: attention received in block {object_block(self.num_layers) + 1} (1-based) of "
+                               f"{self.num_layers}",
         }
 
 
@@ -135,17 +156,31 @@ class SiglipTower(Tower):
         tr = self.visual.trunk
         x = self._embed(pixels)
         out: dict[str, Tensor] = {}
-        for i, blk in enumerate(tr.blocks[: layer_index + 1]):
-            if i == layer_index and "keys" in want:
+        obj = object_block(self.num_layers)
+        stop = max(layer_index, obj if "received_object" in want else 0)
+        for i, blk in enumerate(tr.blocks[: stop + 1]):
+            sel = i == layer_index and bool({"keys", "received"} & want)
+            at_obj = i == obj and "received_object" in want
+            if sel or at_obj:
                 h = blk.norm1(x)
                 b, n, c = h.shape
                 qkv = blk.attn.qkv(h).reshape(b, n, 3, blk.attn.num_heads, c // blk.attn.num_heads)
-                keys = blk.attn.k_norm(qkv[:, :, 1].transpose(1, 2)).float().mean(1)  # [B, N, d]
-                out["keys"] = torch.cat([keys.new_zeros(b, 1, keys.shape[-1]), keys], 1)  # row 0: no CLS
+                q = blk.attn.q_norm(qkv[:, :, 0].transpose(1, 2)).float()
+                k = blk.attn.k_norm(qkv[:, :, 1].transpose(1, 2)).float()
+                if sel and "keys" in want:
+                    keys = k.mean(1)  # [B, N, d]
+                    out["keys"] = torch.cat([keys.new_zeros(b, 1, keys.shape[-1]), keys], 1)  # row 0: no CLS
+                if {"received", "received_object"} & want:
+                    r = received(torch.softmax((q * blk.attn.scale) @ k.transpose(-1, -2), dim=-1))
+                    if at_obj:
+                        out["received_object"] = r
+                    if sel and "received" in want:
+                        out["received"] = r
             x = blk(x)
-        out["patches"] = x
+            if i == layer_index:
+                out["patches"] = x
         if {"attn", "pooled", "cls_attn", "cls_token"} & want:
-            pooled, probe_attn = self._attn_pool(tr.norm(x))
+            pooled, probe_attn = self._attn_pool(tr.norm(out["patches"]))
             pooled = self.visual.head(pooled)
             out.update(attn=probe_attn, cls_attn=probe_attn, pooled=pooled, cls_token=pooled)
         return {k: v for k, v in out.items() if k == "patches" or k in want}
@@ -183,6 +218,9 @@ class SiglipTower(Tower):
             "cls_attn": f"{src}, probe→patch attention (SigLIP has no CLS: substitute)",
             "cls_token": f"{src}, pooled output (SigLIP has no CLS: substitute)",
             "keys": f"siglip: head-mean keys of block {layer}, row 0 zero (no CLS)",
+            "received": f"siglip: attention received in block {layer} (mean over heads and all queries; no CLS)",
+            "received_object": f"siglip: attention received in block {object_block(self.num_layers) + 1} (1-based) "
+                               f"of {self.num_layers}",
         }
 
 

@@ -10,6 +10,7 @@ from vtc.methods import (  # noqa: F401
     fastvid,
     framefusion,
     gprune,
+    hiprune,
     holitom,
     llava_scissor,
     omnizip,
