@@ -33,7 +33,7 @@ HARNESS_KEYS = {"clamp_topk", "grid_hw", "note", "k_formula", "cls_attn", "path"
                 "num_layers_assumed", "ratio_lower_bound", "sparsity_upper_bound", "n_after_spatial",
                 "n_dropped_by_unionfind_bug", "n_out", "grid_cols", "grid_rows", "order", "thumb_frames",
                 "thumbnail_size", "tokens_kept_per_frame", "HIPRUNE_RETENTION", "HIPRUNE_OBJECT_LAYER",
-                "mm_vision_select_layer", "num_vision_layers", "shallow_token_num"}
+                "mm_vision_select_layer", "num_vision_layers", "shallow_token_num", "caller_names"}
 #: the ratio under the authors' names
 RATIO_KEYS = ("retention_ratio", "retain_ratio", "ratio", "keep_ratio")
 
@@ -191,7 +191,32 @@ def check_hiprune(meta: dict, t: dict[str, torch.Tensor]) -> None:
     generic_case(meta, t)
 
 
-SPECIAL = {"rlt": check_rlt, "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune,
+def check_sttm(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """The quadtree (boxes of the spatial nodes), the cross-frame pairs and union–find representatives, then the
+    tokens, areas, representatives, assignment and the exact linear map (the `reference` variant)."""
+    from vtc.methods.sttm import build_pyramid, level_sizes, sttm_reduce
+
+    p = json.loads(meta["params"])
+    tt, h, w, d = t["features"].shape
+    x = t["features"].reshape(tt, h * w, d)
+    args = (p["threshold"], p["temporal_thresh"], p["root_level"], p["weighted_avg"], p["slow_ver"], p["head_dim"],
+            "reference", "reference")
+    red, st = sttm_reduce(x, (h, w), *args)
+    root = max(-len(level_sizes(h, w)), min(p["root_level"], len(level_sizes(h, w)) - 1))
+    pyr = build_pyramid(x, (h, w), root, "sum" if p["weighted_avg"] else "mean")
+    tlbr = torch.tensor([[f, *pyr.boxes[lvl][c].tolist()] for f, lvl, c in st.nodes])
+    assert torch.equal(tlbr, t["spatial_tlbr"]), "spatial nodes"
+    assert torch.equal(st.pairs, t["temporal_pairs"]), "temporal pairs"
+    assert torch.equal(st.rep, t["temporal_rep"]), "union-find representatives"
+    assert torch.equal(red.rep, t["kept_index"]) and torch.equal(red.sizes().long(), t["num_patch"])
+    assert torch.equal(red.source().long(), t["assign"]), "assignment"
+    assert torch.allclose(red.apply(x), t["tokens"], atol=2e-6), "tokens"
+    w_ref = torch.zeros(red.num_outputs, tt * h * w, dtype=torch.float64)
+    w_ref[t["merge_dst"].long(), t["merge_src"].long()] = t["merge_w"].double()
+    assert torch.allclose(red.dense(), w_ref, atol=1e-6), "merge map"
+
+
+SPECIAL = {"sttm": check_sttm, "rlt": check_rlt, "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune,
            "hiprune": check_hiprune}
 
 
