@@ -216,8 +216,37 @@ def check_sttm(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.allclose(red.dense(), w_ref, atol=1e-6), "merge map"
 
 
-SPECIAL = {"sttm": check_sttm, "rlt": check_rlt, "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune,
-           "hiprune": check_hiprune}
+def check_tome_vit(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """The full model rebuilt from the stored weights (timm ViT) with vtc's block merger: per-block decisions and
+    merged states, final tokens, logits, sizes, sources and assignment."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from vtc.io.towers import timm_blocks_merging
+    from vtc.stages.in_encoder import ToMeMerger, parse_r
+
+    p, cfg = json.loads(meta["params"]), json.loads(meta["timm_config"])
+    model = VisionTransformer(**cfg).eval()
+    model.load_state_dict({k[2:]: v for k, v in t.items() if k.startswith("w.")}, strict=True)
+    r = tuple(p["r"]) if p["r_form"].startswith("tuple") else p["r"]
+    sched = parse_r(cfg["depth"], r)
+    assert sched[: cfg["depth"]] == p["r_schedule"][: cfg["depth"]], "schedule"
+    merger = ToMeMerger(sched, p["class_token"], p["prop_attn"])
+    with torch.no_grad():
+        x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(t["images"]))))
+        x = timm_blocks_merging(model.blocks, x, merger)
+        tokens = model.norm(x)
+        logits = model.forward_head(tokens)
+    for i, m in enumerate(merger.decisions):
+        if f"l{i}.unm_idx" in t and m is not None:
+            for name in ("unm", "src", "dst"):
+                assert torch.equal(getattr(m, name), t[f"l{i}.{name}_idx"].reshape(getattr(m, name).shape)), (i, name)
+    assert torch.allclose(tokens, t["tokens"], atol=1e-5, rtol=1e-5) and torch.allclose(logits, t["logits"], atol=1e-5)
+    assert torch.equal(merger.source, t["source"]) and torch.equal(merger.size, t["size"])
+    assert torch.equal(merger.source.argmax(1), t["assign"]), "assignment"
+
+
+SPECIAL = {"tome_vit": check_tome_vit, "sttm": check_sttm, "rlt": check_rlt, "evs": check_evs,
+           "omnizip": check_omnizip, "gprune": check_gprune, "hiprune": check_hiprune}
 
 
 @pytest.mark.skipif(not CASES, reason=f"no golden cases under {GOLDEN}")

@@ -12,7 +12,9 @@ from vtc.errors import UsageError
 from vtc.methods import all_methods, get_method
 from vtc.signals import Signals
 
-METHODS = [m.name for m in all_methods()]
+METHODS = [m.name for m in all_methods() if m.in_encoder is None]
+#: methods that merge tokens inside the encoder (tested through a tiny ViT below)
+IN_ENCODER = [m.name for m in all_methods() if m.in_encoder is not None]
 
 
 def make_signals(t: int, n: int, d: int, gen: torch.Generator, h: int = 1, w: int = 1) -> Signals:
@@ -139,3 +141,37 @@ def test_prunevid_ratio_is_met_by_fitting_cluster_ratio() -> None:
     res = vtc.compress_features(x, method="prunevid", ratio=0.15)
     assert res.ratio_achieved <= 0.15
     assert res.ratio_achieved > 0.05
+
+
+@pytest.mark.parametrize("name", IN_ENCODER)
+@pytest.mark.parametrize("t,h,w", [(1, 1, 1), (1, 3, 3), (2, 2, 3), (3, 4, 4), (5, 6, 6)])
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("class_token", [True, False])
+def test_in_encoder_invariants(name: str, t: int, h: int, w: int, ratio: float, class_token: bool) -> None:
+    """Through a tiny timm ViT (with or without CLS): the budget, exact 0/1 provenance, sizes, a valid map."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from vtc.io.towers import timm_blocks_merging
+    from vtc.stages.in_encoder import reduction_from_sources, tokens_after
+
+    torch.manual_seed(t * 100 + h * 10 + w)
+    vit = VisionTransformer(img_size=(4 * h, 4 * w), patch_size=4, embed_dim=16, depth=3, num_heads=2,
+                            class_token=class_token, global_pool="token" if class_token else "avg").eval()
+    spec = get_method(name)
+    prefix = int(class_token)
+    merger = spec.in_encoder(ratio=ratio, layers=3, tokens=h * w + prefix, protected=prefix, **spec.defaults())
+    with torch.no_grad():
+        x = timm_blocks_merging(vit.blocks, vit._pos_embed(vit.patch_embed(torch.randn(t, 3, 4 * h, 4 * w))), merger)
+    n = h * w
+    k = x.shape[1] - prefix
+    floor = tokens_after([n] * 3, n + prefix, prefix, 3) - prefix  # the most 3 blocks can merge
+    assert 1 <= k <= max(floor, math.ceil(ratio * n) + 1)
+    src = merger.source[:, prefix:, prefix:]
+    assert ((src == 0) | (src == 1)).all() and torch.equal(src.sum(1), torch.ones(t, n))  # each patch once
+    if merger.size is not None:
+        assert torch.equal(merger.size[:, prefix:, 0], src.sum(-1))
+    red = reduction_from_sources(src)
+    assert red.num_outputs == t * k and red.num_sources == t * n and (red.sizes() >= 1).all()
+    assert ((red.rep >= 0) & (red.rep < t * n)).all()
+    with pytest.raises(UsageError, match="inside the encoder"):
+        spec.run(torch.randn(t, n, 8), grid=(h, w), ratio=ratio, signals=Signals(), params=spec.defaults())

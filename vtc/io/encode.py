@@ -303,6 +303,13 @@ class Encoder:
         return {k: v.float().cpu() for k, v in out.items()}
 
     @torch.inference_mode()
+    def encode_merging(self, pixels: Tensor, merger: Any) -> dict[str, Tensor]:
+        """Encode with `merger` (a `vtc.stages.in_encoder.BlockMerger`) merging tokens between the blocks up to the
+        read-out block.  pixels [B, 3, h, w] → float32 CPU `patches` [B, K, D], `source` [B, K, N], `size` [B, K]."""
+        out = self.tower.forward_merging(pixels.to(self.device, self.dtype), merger, self.layer_index)
+        return {k: v.float().cpu() for k, v in out.items()}
+
+    @torch.inference_mode()
     def encode_patches(self, pixels: Tensor, keep: Tensor) -> Tensor:
         """Patch tokens of only the `keep` [N] patches of one frame [1, 3, h, w]: the other patches are left out
         of the sequence (each kept one keeps its position embedding). Out of distribution for CLIP/SigLIP, which

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vtc.errors import ModelError
+from vtc.stages.in_encoder import BlockMerger
 
 
 def object_block(num_layers: int) -> int:
@@ -30,10 +31,32 @@ def received(probs: Tensor) -> Tensor:
     return probs.mean(1).mean(1)
 
 
+def _merged_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, size: Tensor | None, want_probs: bool
+                      ) -> tuple[Tensor, Tensor | None]:
+    """q, k, v [B, heads, L, hd] → (attention output [B, heads, L, hd], head-mean probabilities [B, L, L] without
+    the size bias, when `want_probs`).  With `size` [B, L, 1], log(size) is added to the logits of every key
+    (ToMe's proportional attention)."""
+    logits = (q * scale) @ k.transpose(-2, -1)
+    probs_plain = logits.softmax(-1).mean(1) if want_probs else None
+    if size is not None:
+        logits = logits + size.log()[:, None, None, :, 0]
+    return logits.softmax(-1) @ v, probs_plain
+
+
+def _finish_merged(x: Tensor, merger: BlockMerger, prefix: int) -> dict[str, Tensor]:
+    """Tokens after the merging blocks → `patches` [B, K, D] without prefix (CLS) tokens, `source` [B, K, N]
+    over the patch grid (0/1 for ToMe, fractional for vid-TLDR) and `size` [B, K]."""
+    assert merger.source is not None
+    size = merger.size if merger.size is not None else torch.ones_like(x[..., :1])
+    return {"patches": x[:, prefix:], "source": merger.source[:, prefix:, prefix:], "size": size[:, prefix:, 0]}
+
+
 class Tower(ABC):
     """A vision tower read at block `layer_index`.  Subclasses implement `forward` and `forward_subset`."""
 
     kind = ""
+    #: tokens before the patches (CLS) that merging protects
+    prefix_tokens = 0
 
     def __init__(self, visual: Any, grid: tuple[int, int], num_layers: int, width: int) -> None:
         self.visual = visual
@@ -52,6 +75,11 @@ class Tower(ABC):
     @abstractmethod
     def signal_sources(self, layer: int) -> dict[str, str]:
         """Where each signal comes from, in words (recorded in the file's metadata)."""
+
+    def forward_merging(self, pixels: Tensor, merger: BlockMerger, layer_index: int) -> dict[str, Tensor]:
+        """Run blocks 0..layer_index with `merger` merging tokens between them.  → `patches` [B, K, D], `source`
+        [B, K, N], `size` [B, K] (see `vtc.stages.in_encoder`)."""
+        raise ModelError(f"{type(self).__name__} cannot merge tokens inside the encoder.")
 
 
 def _mha_probs_and_keys(attn: torch.nn.MultiheadAttention, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,6 +103,7 @@ class ClipTower(Tower):
     """open_clip `VisionTransformer`: CLS at row 0, `transformer.resblocks`, `_pool` + `proj` for the embedding."""
 
     kind = "clip"
+    prefix_tokens = 1
 
     def __init__(self, visual: Any) -> None:
         super().__init__(visual, tuple(int(g) for g in visual.grid_size), len(visual.transformer.resblocks),
@@ -115,6 +144,23 @@ class ClipTower(Tower):
             pooled, _ = v._pool(x)
             out["pooled"] = pooled @ v.proj if v.proj is not None else pooled
         return out
+
+    def forward_merging(self, pixels: Tensor, merger: BlockMerger, layer_index: int) -> dict[str, Tensor]:
+        x = self.visual._embeds(pixels)  # [B, 1+N, W], CLS first
+        merger.start(x)
+        for i, blk in enumerate(self.visual.transformer.resblocks[: layer_index + 1]):
+            mha = blk.attn
+            h = blk.ln_1(x)
+            b, n, w = h.shape
+            heads = mha.num_heads
+            qkv = F.linear(h, mha.in_proj_weight, mha.in_proj_bias).reshape(b, n, 3, heads, w // heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            out, probs = _merged_attention(q, k, v, (w // heads) ** -0.5, merger.size if merger.prop_attn else None,
+                                           merger.wants_attn)
+            x = x + blk.ls_1(mha.out_proj(out.transpose(1, 2).reshape(b, n, w)))
+            x = merger.step(i, x, k.mean(1), probs)
+            x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        return _finish_merged(x, merger, 1)
 
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
         idx = torch.nonzero(keep.to(pixels.device)).flatten()
@@ -203,6 +249,10 @@ class SiglipTower(Tower):
         y = y[:, 0] if ap.pool == "token" else y.mean(1)
         return y, probs.mean(1)[:, 0]
 
+    def forward_merging(self, pixels: Tensor, merger: BlockMerger, layer_index: int) -> dict[str, Tensor]:
+        x = timm_blocks_merging(self.visual.trunk.blocks[: layer_index + 1], self._embed(pixels), merger)
+        return _finish_merged(x, merger, 0)
+
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
         idx = torch.nonzero(keep.to(pixels.device)).flatten()
         x = self._embed(pixels)[:, idx]
@@ -222,6 +272,26 @@ class SiglipTower(Tower):
             "received_object": f"siglip: attention received in block {object_block(self.num_layers) + 1} (1-based) "
                                f"of {self.num_layers}",
         }
+
+
+def timm_blocks_merging(blocks: Any, x: Tensor, merger: BlockMerger) -> Tensor:
+    """Run timm ViT `blocks` on tokens x [B, L, D] with `merger` between attention and MLP (ToMe's block), keeping
+    the model's own q/k norms, attention norm and LayerScale (the authors' patch drops them).  → x [B, K, D]."""
+    merger.start(x)
+    for i, blk in enumerate(blocks):
+        at = blk.attn
+        h = blk.norm1(x)
+        b, n, c = h.shape
+        qkv = at.qkv(h).reshape(b, n, 3, at.num_heads, c // at.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = at.q_norm(q), at.k_norm(k)
+        out, probs = _merged_attention(q, k, v, at.scale, merger.size if merger.prop_attn else None,
+                                       merger.wants_attn)
+        out = at.proj_drop(at.proj(at.norm(out.transpose(1, 2).reshape(b, n, c))))
+        x = x + blk.drop_path1(blk.ls1(out))
+        x = merger.step(i, x, k.mean(1), probs)
+        x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+    return x
 
 
 def make_tower(visual: Any, name: str) -> Tower:

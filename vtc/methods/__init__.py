@@ -18,6 +18,7 @@ from vtc.methods import (  # noqa: F401
     rlt,
     sttm,
     tome,
+    tome_vit,
     ts_llava,
     visionzip,
 )

@@ -9,7 +9,8 @@ x: [T, N, D] (N = h·w, row-major). Everything else about it is declared once, i
   when the method's own knob decides the count (thresholds, run lengths);
 - `variants`: named parameter settings, selectable as ``method:variant`` (``reference`` = the authors' code
   bit for bit where vtc's default differs);
-- the signals it needs, and the pipeline hooks it asks for (extra pictures to encode, a pre-encoder rule).
+- the signals it needs, and the pipeline hooks it asks for (extra pictures to encode, a pre-encoder rule, or a
+  block merger for methods that run inside the encoder).
 
 `MethodSpec.run` is the single entry that both `vtc.compress_features` and the engines call.
 """
@@ -116,6 +117,9 @@ class MethodSpec:
     extra_images: Callable[..., dict[str, Any]] | None = None
     #: a rule applied before the encoder: fn(**params) → a `vtc.stages.pre_encoder.PreEncoderRule` or None
     pre_encoder: Callable[..., Any] | None = None
+    #: a method that runs inside the encoder: fn(*, ratio, layers, tokens, protected, **params) → a
+    #: `vtc.stages.in_encoder.BlockMerger` (the tower merges tokens between its blocks; `fn` is not used)
+    in_encoder: Callable[..., Any] | None = None
 
     @property
     def wanted_signals(self) -> frozenset[str]:
@@ -183,6 +187,7 @@ def register(
     paper: str = "",
     extra_images: Callable[..., dict[str, Any]] | None = None,
     pre_encoder: Callable[..., Any] | None = None,
+    in_encoder: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Reduction]], Callable[..., Reduction]]:
     """Decorator: add a method to the registry (defaults and types read from its signature)."""
 
@@ -200,7 +205,7 @@ def register(
             plist.append(Param(p.name, p.help, p.author_name, p.choices, p.lo, p.hi, sig.parameters[n].default,
                                kind, optional))
         spec = MethodSpec(name, fn, summary, plist, signals, optional_signals, paper_ratio, dict(variants or {}),
-                          paper, extra_images, pre_encoder)
+                          paper, extra_images, pre_encoder, in_encoder)
         for v in spec.variants:
             spec.resolve({}, v)  # a variant's settings are checked like the user's
         _REGISTRY[name] = spec

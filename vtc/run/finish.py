@@ -24,6 +24,7 @@ from vtc.io.store import out_dtype, token_tensors, write
 from vtc.reduction import Reduction
 from vtc.run.plan import Plan
 from vtc.signals import Signals
+from vtc.stages.in_encoder import reduction_from_sources
 from vtc.stages.pre_encoder import PreEncoderRule
 
 
@@ -88,6 +89,8 @@ class Video:
     #: the token grid and picture size of this video (they vary per video for Qwen targets)
     grid: tuple[int, int] | None = None
     picture: tuple[int, int] | None = None
+    #: what an in-encoder method's merger reported (its schedule)
+    merging: dict[str, Any] | None = None
 
     def add(self, outputs: dict[str, Tensor], views: Tensor | None, pixels: Tensor | None) -> None:
         """Append one run of encoded frames."""
@@ -129,13 +132,22 @@ def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tenso
             sig[name] = encoder.encode_pixels(image)["patches"].reshape(-1, feats.shape[-1])
         timings["encode"] += time.perf_counter() - te
         t0 = time.perf_counter()
-    red = plan.spec.run(feats, grid=grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
-    tokens = red.apply(feats)
+    shape = feats.shape
+    if plan.spec.in_encoder is not None:  # merged inside the encoder: the tokens are the encoder's, the map records
+        source = sig.pop("source")  # [T, K, N]: which patches each token stands for
+        sig.pop("size", None)
+        red = reduction_from_sources(source)
+        red.info.update(video.merging or {}, tokens_per_frame=int(feats.shape[1]))
+        tokens = feats.reshape(-1, feats.shape[-1])
+        shape = torch.Size([feats.shape[0], source.shape[-1], feats.shape[-1]])
+    else:
+        red = plan.spec.run(feats, grid=grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
+        tokens = red.apply(feats)
     timings["compress"] = time.perf_counter() - t0
     ts = time.perf_counter()
     frame_times = torch.tensor(token_times, dtype=torch.float32)
     tensors = token_tensors(red, tokens, grid, frame_times, out_dtype(plan.cfg.dtype_out))
-    meta = build_metadata(plan, encoder, video, red, sources, feats.shape, grid)
+    meta = build_metadata(plan, encoder, video, red, sources, shape, grid)
     # the token space: a target's newline embedding (placed by consumers, never compressed), Qwen's M-RoPE
     # positions and retention mask
     space, extra = encoder.file_extras(tensors["positions"], red.rep, grid, int(feats.shape[0]), list(sampled),
@@ -148,7 +160,7 @@ def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tenso
             tensors[name] = sig[name].float().contiguous()
     write(video.job.output, tensors, meta)
     timings["store"] = time.perf_counter() - ts
-    return Outcome(video.job, True, None, red.num_outputs, red.num_sources, red.ratio(), int(feats.shape[0]),
+    return Outcome(video.job, True, None, red.num_outputs, red.num_sources, red.ratio(), int(shape[0]),
                    video.report.truncated, timings)
 
 

@@ -83,6 +83,13 @@ class Engine:
         #: frames per token frame (2 for Qwen: a batch never splits a pair, so batches are a multiple of it)
         self.tp = encoder.temporal_patch
         self.batch = -(-plan.cfg.batch_size // self.tp) * self.tp
+        #: an in-encoder method's block merger (ToMe inside the ViT), built for this encoder's depth and tokens
+        self.merger = None
+        if plan.spec.in_encoder is not None:
+            prefix = encoder.tower.prefix_tokens
+            ratio = plan.cfg.ratio if plan.cfg.ratio is not None else plan.spec.paper_ratio
+            self.merger = plan.spec.in_encoder(ratio=ratio, layers=encoder.layer_index + 1,
+                                               tokens=encoder.num_patches + prefix, protected=prefix, **plan.params)
 
     # ------------------------------------------------------------------ decode side (worker threads)
     def _decode(self, video: Video, q: queue.Queue[Any], stop: threading.Event) -> None:
@@ -154,6 +161,8 @@ class Engine:
         if self.plan.pre_encoder is not None:
             assert views is not None
             res = self._encode_reusing(pending, pixels, views)
+        elif self.merger is not None:
+            res = self.encoder.encode_merging(pixels, self.merger)
         else:
             res = self.encoder.encode_pixels(pixels, self.plan.encoder_signals)
         dt = time.perf_counter() - t0
@@ -171,6 +180,8 @@ class Engine:
             v.add({k: val[rows] for k, val in res.items()}, views[i:j:tp] if self.plan.keep_views else None,
                   pixels[i:j:tp] if self.plan.keep_pixels else None)
             v.grid, v.picture = self.encoder.grid_for(*picture), picture
+            if self.merger is not None:
+                v.merging = self.merger.describe()
             v.encoded += j - i
             v.t_encode += dt * (j - i) / len(pending)
             i = j

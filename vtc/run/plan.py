@@ -57,6 +57,12 @@ class Plan:
             check_encoder_config(cfg.encoder)
         rule = spec.pre_encoder(**params) if spec.pre_encoder is not None else None
         target = cfg.encoder.target
+        if spec.in_encoder is not None:
+            if target is not None:
+                raise UsageError(f"{spec.name} merges tokens inside the encoder, which is not available with --target "
+                                 f"yet; use a post-encoder method (e.g. tome).")
+            ratio = cfg.ratio if cfg.ratio is not None else spec.paper_ratio
+            spec.in_encoder(ratio=ratio, layers=12, tokens=197, protected=1, **params)  # checks the parameters
         if target is not None:
             if cfg.query:
                 raise UsageError("--query is not available with --target yet (a target has no text tower in the frame "
