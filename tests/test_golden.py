@@ -245,8 +245,70 @@ def check_tome_vit(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.equal(merger.source.argmax(1), t["assign"]), "assignment"
 
 
-SPECIAL = {"tome_vit": check_tome_vit, "sttm": check_sttm, "rlt": check_rlt, "evs": check_evs,
-           "omnizip": check_omnizip, "gprune": check_gprune, "hiprune": check_hiprune}
+def umt_encoder(t: dict[str, torch.Tensor], cfg: dict, video: torch.Tensor, merger) -> torch.Tensor:  # noqa: ANN001
+    """The authors' UMT video ViT encoder (no CLS, Conv3d tubelets, sinusoid table, q/v biases, final norm),
+    rebuilt from the case's `w.encoder.*` weights, with vtc's block merger between attention and MLP."""
+    import torch.nn.functional as F
+
+    from vtc.io.towers import _merged_attention
+
+    w = {k[len("w.encoder."):]: v for k, v in t.items() if k.startswith("w.encoder.")}
+    p, tub = cfg["patch_size"], cfg["tubelet_size"]
+    x = F.conv3d(video, w["patch_embed.proj.weight"], w["patch_embed.proj.bias"], stride=(tub, p, p))
+    x = x.flatten(2).transpose(1, 2) + w["pos_embed"]
+    heads, d = cfg["encoder_num_heads"], cfg["encoder_embed_dim"]
+    merger.start(x)
+    for i in range(cfg["encoder_depth"]):
+        g = {k[len(f"blocks.{i}."):]: v for k, v in w.items() if k.startswith(f"blocks.{i}.")}
+        h = F.layer_norm(x, (d,), g["norm1.weight"], g["norm1.bias"], eps=1e-6)
+        bias = torch.cat([g["attn.q_bias"], torch.zeros_like(g["attn.v_bias"]), g["attn.v_bias"]])
+        b, n, _ = h.shape
+        q, k, v = F.linear(h, g["attn.qkv.weight"], bias).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        out, probs = _merged_attention(q, k, v, (d // heads) ** -0.5, merger.size, True)
+        x = x + F.linear(out.transpose(1, 2).reshape(b, n, d), g["attn.proj.weight"], g["attn.proj.bias"])
+        x = merger.step(i, x, k.mean(1), probs)
+        h = F.layer_norm(x, (d,), g["norm2.weight"], g["norm2.bias"], eps=1e-6)
+        x = x + F.linear(F.gelu(F.linear(h, g["mlp.fc1.weight"], g["mlp.fc1.bias"])), g["mlp.fc2.weight"],
+                         g["mlp.fc2.bias"])
+    return F.layer_norm(x, (d,), w["norm.weight"], w["norm.bias"], eps=1e-6)
+
+
+def check_vid_tldr(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """Each merging block's step on its stored inputs (objective score, decisions, merged x and size), then the
+    full UMT model rebuilt from the stored weights: tokens, pooled, sizes and (fractional) sources."""
+    import torch.nn.functional as F
+
+    from vtc.stages.in_encoder import Matching, VidTLDRMerger, objective_score
+
+    p, cfg = json.loads(meta["params"]), json.loads(meta["model_config"])
+    r = p["vidTLDR_r"]
+    sched = r if isinstance(r, list) else [r] * cfg["encoder_depth"]
+    for i in range(cfg["encoder_depth"]):
+        if f"l{i}.x_in" not in t:
+            continue
+        unit = VidTLDRMerger(sched, class_token=False)
+        x_in = t[f"l{i}.x_in"]
+        unit.start(x_in)
+        unit.size = t[f"l{i}.size_in"]
+        x_out = unit.step(i, x_in, x_in, t[f"l{i}.attn"].mean(1))
+        m = unit.decisions[-1]
+        assert isinstance(m, Matching)
+        assert torch.allclose(objective_score(t[f"l{i}.attn"].mean(1)), t[f"l{i}.score_obj"], atol=1e-5)
+        for name in ("unm", "src", "dst"):
+            assert torch.equal(getattr(m, name), t[f"l{i}.{name}_idx"].reshape(getattr(m, name).shape)), (i, name)
+        assert torch.allclose(x_out, t[f"l{i}.x_out"], atol=1e-5) and torch.allclose(unit.size, t[f"l{i}.size_out"],
+                                                                                     atol=1e-5)
+    merger = VidTLDRMerger(sched, class_token=False)
+    with torch.no_grad():
+        tokens = umt_encoder(t, cfg, t["video"], merger)
+        pooled = F.layer_norm(tokens.mean(1, keepdim=True), (tokens.shape[-1],), t["w.pool_norm.weight"],
+                              t["w.pool_norm.bias"], eps=1e-6)
+    assert torch.allclose(tokens, t["tokens"], atol=2e-4) and torch.allclose(pooled, t["pooled"], atol=2e-4)
+    assert torch.allclose(merger.size, t["size"], atol=2e-4) and torch.allclose(merger.source, t["source"], atol=2e-4)
+
+
+SPECIAL = {"vid_tldr": check_vid_tldr, "tome_vit": check_tome_vit, "sttm": check_sttm, "rlt": check_rlt,
+           "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune, "hiprune": check_hiprune}
 
 
 @pytest.mark.skipif(not CASES, reason=f"no golden cases under {GOLDEN}")

@@ -167,9 +167,12 @@ def test_in_encoder_invariants(name: str, t: int, h: int, w: int, ratio: float, 
     floor = tokens_after([n] * 3, n + prefix, prefix, 3) - prefix  # the most 3 blocks can merge
     assert 1 <= k <= max(floor, math.ceil(ratio * n) + 1)
     src = merger.source[:, prefix:, prefix:]
-    assert ((src == 0) | (src == 1)).all() and torch.equal(src.sum(1), torch.ones(t, n))  # each patch once
-    if merger.size is not None:
-        assert torch.equal(merger.size[:, prefix:, 0], src.sum(-1))
+    if name == "tome_vit":  # 0/1: each patch in exactly one token, sizes count patches
+        assert ((src == 0) | (src == 1)).all() and torch.equal(src.sum(1), torch.ones(t, n))
+        if merger.size is not None:
+            assert torch.equal(merger.size[:, prefix:, 0], src.sum(-1))
+    else:  # vid-TLDR: fractional (score-weighted) provenance; zero-score patches vanish
+        assert ((src >= 0) & (src <= 1 + 1e-6)).all() and (src.amax(-1) > 0).all()
     red = reduction_from_sources(src)
     assert red.num_outputs == t * k and red.num_sources == t * n and (red.sizes() >= 1).all()
     assert ((red.rep >= 0) & (red.rep < t * n)).all()

@@ -20,6 +20,7 @@ from vtc.methods import (  # noqa: F401
     tome,
     tome_vit,
     ts_llava,
+    vid_tldr,
     visionzip,
 )
 from vtc.methods.registry import MethodSpec, Param, all_methods, get_method, register

@@ -48,6 +48,8 @@ class Matching:
     src: Tensor  # [B, r]
     dst: Tensor  # [B, r]
     distill_token: bool = False
+    #: vid-TLDR: each source row is scaled by its objective score before the reduce ([B, r, 1]), or None
+    src_scale: Tensor | None = None
 
     def merge(self, x: Tensor, mode: str = "mean") -> Tensor:
         """x [B, L, C] → [B, L − r, C] (mode: sum, mean or amax of each B token and its sources)."""
@@ -55,6 +57,8 @@ class Matching:
         n, t1, c = a.shape
         unm = a.gather(-2, self.unm[..., None].expand(n, self.unm.shape[1], c))
         src = a.gather(-2, self.src[..., None].expand(n, self.src.shape[1], c))
+        if self.src_scale is not None:
+            src = src * self.src_scale
         b = b.scatter_reduce(-2, self.dst[..., None].expand(n, self.dst.shape[1], c), src, reduce=mode)
         if self.distill_token:
             return torch.cat([unm[:, :1], b[:, :1], unm[:, 1:], b[:, 1:]], dim=1)
@@ -152,6 +156,85 @@ class ToMeMerger(BlockMerger):
         assert self.source is not None
         self.source = m.merge(self.source, "amax")
         x, self.size = merge_wavg(m, x, self.size)
+        return x
+
+
+def objective_score(attn: Tensor) -> Tensor:
+    """vid-TLDR's foreground score.  attn: [B, L, L] head-mean attention probabilities (no size bias) → [B, L, 1]:
+    each query row's Σ a·log a (minus its entropy), min–max normalised, centred, divided by its maximum, and zero
+    below the mean (low-entropy, peaky queries score high)."""
+    s = (attn * attn.log()).sum(-1)
+    s = s - s.min(-1, keepdim=True).values
+    s = s / s.max(-1, keepdim=True).values
+    below = s < s.mean(-1, keepdim=True)
+    s = s - s.mean(-1, keepdim=True)
+    s = s / s.max(-1, keepdim=True).values
+    return s.masked_fill(below, 0.0)[..., None]
+
+
+def vidtldr_matching(x: Tensor, score: Tensor, r: int, class_token: bool = False) -> Matching:
+    """vid-TLDR's matching on the residual stream x [B, L, D] itself: A (even) × B (odd) scored (cos + 1)/2; the r
+    best-matched A tokens merge, each scaled by its objective score (score [B, L, 1]); unmerged A tokens stay in
+    index order.  A protected CLS (vtc's CLIP towers; UMT has none) is never merged."""
+    xn = x / x.norm(dim=-1, keepdim=True)
+    a, b = xn[..., ::2, :], xn[..., 1::2, :]
+    scores = (a @ b.transpose(-1, -2) + 1) / 2
+    if class_token:
+        scores[..., 0, :] = -float("inf")
+    node_max, node_idx = scores.max(dim=-1)
+    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+    unm_idx = edge_idx[..., r:, :].sort(dim=1).values
+    src_idx = edge_idx[..., :r, :]
+    dst_idx = node_idx[..., None].gather(-2, src_idx)
+    src_scale = score[..., ::2, :].gather(-2, src_idx)
+    return Matching(unm_idx[..., 0], src_idx[..., 0], dst_idx[..., 0], False, src_scale)
+
+
+class VidTLDRMerger(BlockMerger):
+    """vid-TLDR: ToMe-style merging on x weighted by an attention-sharpness score; zero-score sources vanish.
+
+    `schedule[l]`: tokens merged in block l, an int, or a fraction (< 1) of the current count, truncated; each
+    clamped to (L − protected) // 2."""
+
+    wants_attn = True
+
+    def __init__(self, schedule: list[float], class_token: bool, prop_attn: bool = True) -> None:
+        super().__init__()
+        self.schedule = schedule
+        self.class_token = class_token
+        self.prop_attn = prop_attn
+        self.decisions: list[Matching | None] = []
+        self.scores: list[Tensor | None] = []
+
+    def start(self, x: Tensor) -> None:
+        super().start(x)
+        self.decisions, self.scores = [], []
+
+    def merges(self, layer: int, n: int) -> int:
+        r = self.schedule[layer] if layer < len(self.schedule) else 0
+        count = int(n * r) if r < 1 else int(r)
+        return max(min(count, (n - int(self.class_token)) // 2), 0)
+
+    def describe(self) -> dict[str, object]:
+        return {"schedule": list(self.schedule), "prop_attn": self.prop_attn, "class_token": self.class_token}
+
+    def step(self, layer: int, x: Tensor, metric: Tensor, attn: Tensor | None) -> Tensor:
+        r = self.merges(layer, x.shape[1])
+        if r == 0 or attn is None:
+            self.decisions.append(None)
+            self.scores.append(None)
+            return x
+        score = objective_score(attn.float())
+        m = vidtldr_matching(x, score, r, self.class_token)
+        self.decisions.append(m)
+        self.scores.append(score)
+        size = self.size if self.size is not None else torch.ones_like(x[..., :1])
+        smax = size.max(dim=1, keepdim=True).values
+        dtype = x.dtype
+        x = (m.merge(x.float() * size / smax, "sum") / (m.merge(size, "sum") / smax)).to(dtype)
+        self.size = m.merge(size, "sum")
+        assert self.source is not None
+        self.source = m.merge(self.source, "amax")
         return x
 
 
