@@ -28,6 +28,10 @@ def tome_schedule(*, ratio: float, layers: int, tokens: int, protected: int, r: 
     """The per-block r: `r` as given (int or list), else the smallest r of the (r, inflect) form that leaves at
     most max(1, ratio·patches) patch tokens after `layers` blocks."""
     if r is not None:
+        ok = isinstance(r, int) and not isinstance(r, bool) and r >= 0 or isinstance(r, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in r)
+        if not ok:
+            raise UsageError(f"parameter 'r' of 'tome_vit' takes a whole number ≥ 0 or a list of them, not {r!r}.")
         return parse_r(layers, r)
     goal = max(1, int(ratio * (tokens - protected)))
     for cand in range(0, tokens + 1):

@@ -37,7 +37,9 @@ def vid_tldr_merger(*, ratio: float, layers: int, tokens: int, protected: int,
             raise UsageError("parameter 'r' of 'vid_tldr': a value ≥ 1 must be a whole number of tokens.")
         sched = [float(v) if v < 1 else int(v) for v in r] + [0] * max(0, layers - len(r))
     else:
-        sched = [r] * layers
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or r < 0 or (r >= 1 and not float(r).is_integer()):
+            raise UsageError(f"parameter 'r' of 'vid_tldr' takes a fraction < 1, a whole number or a list, not {r!r}.")
+        sched = [float(r) if r < 1 else int(r)] * layers
     return VidTLDRMerger(sched, class_token=protected > 0, prop_attn=prop_attn)
 
 
