@@ -36,10 +36,13 @@ def _merged_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, size: Tenso
     """q, k, v [B, heads, L, hd] → (attention output [B, heads, L, hd], head-mean probabilities [B, L, L] without
     the size bias, when `want_probs`).  With `size` [B, L, 1], log(size) is added to the logits of every key
     (ToMe's proportional attention)."""
+    bias = None if size is None else size.log()[:, None, None, :, 0].to(q.dtype)
+    if not want_probs:  # the fused kernel: as fast as the tower's own attention
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), None
     logits = (q * scale) @ k.transpose(-2, -1)
-    probs_plain = logits.softmax(-1).mean(1) if want_probs else None
-    if size is not None:
-        logits = logits + size.log()[:, None, None, :, 0]
+    probs_plain = logits.softmax(-1).mean(1)
+    if bias is not None:
+        logits = logits + bias
     return logits.softmax(-1) @ v, probs_plain
 
 
