@@ -4,12 +4,36 @@
     vtc.compress("clip.mp4", method="fastvid", ratio=0.1)          # → clip.safetensors
     res = vtc.compress_features(feats, method="dycoke", ratio=0.3)  # bring your own encoder
     f = vtc.load("clip.safetensors"); f.tokens, f.positions
+
+The public names are imported on first use (PEP 562), so `vtc --help`, `vtc show` and `import vtc` itself do not
+pay for torch until something needs it.
 """
 
-from vtc._version import __version__
-from vtc.api import CompressResult, FeatureResult, compress, compress_features  # noqa: E402
-from vtc.errors import VtcError  # noqa: E402
-from vtc.io.store import TokenFile, load  # noqa: E402
+from __future__ import annotations
 
-__all__ = ["CompressResult", "FeatureResult", "TokenFile", "VtcError", "__version__", "compress",
+from typing import TYPE_CHECKING, Any
+
+from vtc._version import __version__
+from vtc.errors import VtcError
+
+if TYPE_CHECKING:
+    from vtc.api import CompressResult, FeatureResult, compress, compress_features
+    from vtc.io.store import TokenFile, load
+
+#: public name → the module that defines it
+_LAZY = {"CompressResult": "vtc.api", "FeatureResult": "vtc.api", "compress": "vtc.api",
+         "compress_features": "vtc.api", "compress_batch": "vtc.api", "TokenFile": "vtc.io.store",
+         "load": "vtc.io.store"}
+
+__all__ = ["CompressResult", "FeatureResult", "TokenFile", "VtcError", "__version__", "compress", "compress_batch",
            "compress_features", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vtc' has no attribute {name!r}")

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vtc.io.store import load
+from vtc.io.peek import peek
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -26,10 +26,10 @@ def sparkline(values: list[int], width: int = 64) -> str:
 
 def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Facts about a token file, as plain data."""
-    f = load(path)
+    f = peek(path)  # header and small tensors: no torch
     m = f.meta
-    per_frame = f.tokens_per_frame().tolist()
-    seg = f.tensors.get("segments")
+    per_frame = f.tokens_per_frame()
+    seg = f.segments
     t, n = int(m.get("T", 0)), int(m.get("N", 0))
     params = m.get("params", {}) if isinstance(m.get("params"), dict) else {}
     info = m.get("info", {}) if isinstance(m.get("info"), dict) else {}
@@ -55,13 +55,13 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         "newline": m.get("newline") if isinstance(m.get("newline"), dict) else {"layout": "none"},
         "frames": t,
         "tokens_before": t * n,
-        "tokens_after": int(f.tokens.shape[0]),
-        "dim": int(f.tokens.shape[1]),
-        "dtype": str(f.tokens.dtype).replace("torch.", ""),
+        "tokens_after": int(f.tokens_shape[0]),
+        "dim": int(f.tokens_shape[1]) if len(f.tokens_shape) > 1 else 0,
+        "dtype": f.tokens_dtype,
         "ratio_requested": m.get("ratio_requested"),
         "ratio_achieved": m.get("ratio_achieved"),
         "tokens_per_frame": per_frame,
-        "frame_times": [round(x, 3) for x in f["frame_times"].tolist()],
+        "frame_times": [round(float(x), 3) for x in f.frame_times.tolist()],
         "segments": seg.tolist() if seg is not None else None,
         "truncated": m.get("truncated", False),
         "sampling": m.get("sampling", {}),

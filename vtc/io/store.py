@@ -36,16 +36,11 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from vtc.errors import FormatError, UsageError, VtcError
+from vtc.io.peek import FORMAT_NAME, FORMAT_VERSION, REQUIRED, decode_meta, read_header
 from vtc.reduction import Reduction
 
-FORMAT_NAME = "vtc-tokens"
-FORMAT_VERSION = "1"
-REQUIRED = ("tokens", "positions", "timestamps", "frame_times", "sizes", "source", "merge_src", "merge_dst", "merge_w")
 OUT_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
               "float32": torch.float32, "fp32": torch.float32}
-#: metadata keys whose values are JSON
-JSON_KEYS = ("params", "grid", "image_size", "signals", "sampling", "video", "encoder", "info", "decode", "features",
-             "pre_encoder", "space", "newline")
 
 
 def out_dtype(name: str) -> torch.dtype:
@@ -174,6 +169,7 @@ def _read(path: Path, error: type[VtcError], hint: str) -> tuple[dict[str, str],
 def load(path: str | os.PathLike[str]) -> TokenFile:
     """Read and validate a vtc token file.  Raises FormatError with what is wrong."""
     path = Path(path)
+    read_header(path)  # a missing file is an input error (exit 2); a bounded check before reading the tensors
     raw_meta, tensors = _read(path, FormatError, "Is it a vtc token file?")
     if raw_meta.get("format") != FORMAT_NAME:
         raise FormatError(f"{path}: not a vtc token file (format '{raw_meta.get('format', '')}').")
@@ -185,16 +181,7 @@ def load(path: str | os.PathLike[str]) -> TokenFile:
     missing = [k for k in REQUIRED if k not in tensors]
     if missing:
         raise FormatError(f"{path}: missing tensors {', '.join(missing)}.")
-    meta: dict[str, Any] = {}
-    for k, v in raw_meta.items():
-        if k in JSON_KEYS or k in ("T", "N", "D", "K", "ratio_requested", "ratio_achieved", "truncated") \
-                or v[:1] in ("{", "["):
-            try:
-                meta[k] = json.loads(v)
-                continue
-            except json.JSONDecodeError:
-                pass
-        meta[k] = v
+    meta = decode_meta(raw_meta)
     k = tensors["tokens"].shape[0]
     for name in ("positions", "timestamps", "sizes"):
         if tensors[name].shape[0] != k:
