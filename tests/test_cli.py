@@ -163,3 +163,38 @@ def test_show_rejects_non_vtc_file(tmp_path: Path) -> None:
     save_file({"a": torch.zeros(2)}, str(p))
     r = cli("show", p)
     assert r.exit_code == 4 and "not a vtc token file" in r.output
+
+
+def test_hostile_paths_print_safely(tmp_path: Path, clip_path: Path, model_args) -> None:  # noqa: ANN001
+    """A path with rich markup and control characters, a FIFO input: one readable line, no crash, no hang."""
+    import os
+    import shutil
+    import stat
+
+    odd = tmp_path / "br[/x]\x1b[31m"
+    odd.mkdir(parents=True)
+    video = odd / "a[b].mp4"
+    shutil.copy(clip_path, video)
+    r = cli("compress", video, "-o", odd / "t.safetensors", "--frames", "2", "-m", "pool", *model_flags(model_args))
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.output and "t.safetensors" in r.output
+    out = odd / "t.safetensors"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~_umask()
+    r = cli("show", out)
+    assert r.exit_code == 0 and "Traceback" not in r.output and "\x1b" not in r.output, r.output
+    r = cli("show", odd / "missing[/x].safetensors")
+    assert r.exit_code == 2 and "no such file" in r.output
+    r = cli("compress", odd / "missing[/x].mp4", "-o", tmp_path / "m.safetensors", *model_flags(model_args))
+    assert r.exit_code == 2 and "no such file" in r.output
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    r = cli("compress", fifo, "-o", tmp_path / "p.safetensors", *model_flags(model_args))
+    assert r.exit_code == 2 and "not a regular file" in r.output
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

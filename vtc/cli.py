@@ -32,12 +32,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)  # lines are never broken mid-phrase (logs, pipes)
+out = Console(soft_wrap=True)
+
+
+def safe(value: object) -> str:
+    """A path or a message for rich output: no markup interpretation, no terminal control characters."""
+    from rich.markup import escape
+
+    from vtc.show import plain
+
+    return escape(plain(value))
 
 
 def _fail(err: VtcError) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {safe(err)}", highlight=False, soft_wrap=True)
     return typer.Exit(err.exit_code)
 
 
@@ -121,11 +130,14 @@ def compress(
     One file: writes FILE.safetensors beside it (or -o PATH). Several files, a directory or a glob: batch mode,
     with -o OUTDIR, a manifest (vtc-manifest.jsonl), resume and failures recorded per input.
     """
+    import glob
+
     from vtc.api import compress as api_compress
     from vtc.run.config import parse_param
 
+    # one existing file, or one path that is no glob pattern with matches (a missing file is reported as such)
     single = len(inputs) == 1 and not Path(inputs[0]).is_dir() and (
-        Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?["))
+        Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?[") or not glob.glob(inputs[0]))
     if not single:
         _batch(inputs, output, dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
@@ -150,10 +162,10 @@ def compress(
         show_bar = not quiet and console.is_terminal
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, disable=not show_bar, transient=True) as bar:
-            task = bar.add_task(f"{input.name}: decoding", total=None)
+            task = bar.add_task(f"{safe(input.name)}: decoding", total=None)
 
             def progress(kind: str, done: int, total: int | None) -> None:
-                bar.update(task, completed=done, description=f"{input.name}: {kind}")
+                bar.update(task, completed=done, description=f"{safe(input.name)}: {kind}")
 
             res = api_compress(input, output=output, preset=preset, progress=progress, **options)
     except VtcError as e:
@@ -162,7 +174,7 @@ def compress(
         t = res.timings
         note = " [yellow](truncated input: kept what decoded)[/]" if res.truncated else ""
         out.print(
-            f"{res.output}: {res.num_tokens} of {res.num_source_tokens} tokens "
+            f"{safe(res.output)}: {res.num_tokens} of {res.num_source_tokens} tokens "
             f"({100 * res.ratio_achieved:.1f}%) — decode {t.get('decode', 0):.2f}s, encode {t.get('encode', 0):.2f}s, "
             f"compress {t.get('compress', 0):.3f}s{note}",
             highlight=False,
@@ -208,11 +220,11 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
                 state["failed"] += 0 if data["ok"] else 1
                 bar.update(task, completed=state["done"])
                 if not quiet and not as_json and not fancy:
-                    status = "ok" if data["ok"] else f"FAILED: {data['error']}"
-                    console.print(f"[{state['done']}/{state['total']}] {data['input']}: {status}", highlight=False,
-                                  soft_wrap=True)
+                    status = "ok" if data["ok"] else f"FAILED: {safe(data['error'])}"
+                    console.print(f"\\[{state['done']}/{state['total']}] {safe(data['input'])}: {status}",
+                                  highlight=False, soft_wrap=True)
                 elif fancy and not data["ok"]:
-                    bar.console.print(f"[red]failed[/] {data['error']}", highlight=False, soft_wrap=True)
+                    bar.console.print(f"[red]failed[/] {safe(data['error'])}", highlight=False, soft_wrap=True)
             bar.update(task, stats=f"{state['frames']} frames, {state['tokens']} tokens, {state['failed']} failed")
 
         with bar:
@@ -228,7 +240,7 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
     elif not quiet:
         out.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped of {summary.total} — "
                   f"{info['frames_per_s']} frames/s, encoder busy {100 * info['encoder_utilisation']:.0f}% of "
-                  f"{summary.wall:.1f} s; manifest {summary.manifest}", highlight=False)
+                  f"{summary.wall:.1f} s; manifest {safe(summary.manifest)}", highlight=False)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -277,7 +289,7 @@ def compress_features_cmd(
     except VtcError as e:
         raise _fail(e) from None
     if not quiet:
-        out.print(f"{output}: {res.reduction.num_outputs} of {res.reduction.num_sources} tokens "
+        out.print(f"{safe(output)}: {res.reduction.num_outputs} of {res.reduction.num_sources} tokens "
                   f"({100 * res.ratio_achieved:.1f}%)", highlight=False)
 
 
@@ -332,7 +344,7 @@ def export(
         written = do_export(file, to, out_path)
     except VtcError as e:
         raise _fail(e) from None
-    out.print(f"wrote {written}", highlight=False)
+    out.print(f"wrote {safe(written)}", highlight=False)
 
 
 @app.command()
@@ -360,7 +372,7 @@ def show(
                 raise UsageError(f"--video {video}: no such file.")
             rep = build(file, video, max_frames=max_frames)
             if rep["warning"]:
-                console.print(f"[bold yellow]warning:[/] {rep['warning']}", highlight=False, soft_wrap=True)
+                console.print(f"[bold yellow]warning:[/] {safe(rep['warning'])}", highlight=False, soft_wrap=True)
             if html_out:
                 write_html(rep, html_out)
             if png_out:
@@ -373,7 +385,7 @@ def show(
         summary_table(info, out)
         for p in (html_out, png_out):
             if p:
-                out.print(f"wrote {p}", highlight=False)
+                out.print(f"wrote {safe(p)}", highlight=False)
 
 
 @app.command()

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from vtc.errors import UsageError
-from vtc.io.store import TokenFile, load
+from vtc.io.store import TokenFile, file_mode, load
 
 ENGINES = ("vllm", "sglang")
 PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -99,6 +99,7 @@ def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str]
     os.close(fd)
     try:
         torch.save(data, tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

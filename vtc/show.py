@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from vtc.io.peek import peek
 
 BARS = "▁▂▃▄▅▆▇█"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(value: object) -> str:
+    """Text from a file or a path, made safe to print: control characters (terminal escapes) become '?'."""
+    return _CONTROL.sub("?", str(value))
+
+
+class _PlainTable(Table):
+    """A table whose cells are never parsed as rich markup (paths and metadata may contain '[' ... ']')."""
+
+    def add_row(self, *cells: object, **kw: object) -> None:  # type: ignore[override]
+        super().add_row(*(c if isinstance(c, Text) else Text(plain(c)) for c in cells), **kw)  # type: ignore[arg-type]
 
 
 def sparkline(values: list[int], width: int = 64) -> str:
@@ -71,15 +86,17 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
 def summary_table(info: dict[str, Any], console: Console) -> None:
     """Print `summary(...)` as a rich table."""
     v = info["video"] or {}
-    table = Table(title=info["file"], show_header=False, title_justify="left")
+    table = _PlainTable(title=Text(plain(info["file"])), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     dur = v.get("duration")
     mdl = info["model"]
     if v:
-        table.add_row("video", f"{v.get('path', '?')}\n{v.get('width')}×{v.get('height')}, "
-                      f"{(v.get('fps') or 0):.3g} fps, {(dur or 0):.1f} s, {v.get('codec', '?')}"
-                      + (" [yellow](truncated input)[/]" if info["truncated"] else ""))
+        facts = Text(plain(f"{v.get('path', '?')}\n{v.get('width')}×{v.get('height')}, {(v.get('fps') or 0):.3g} fps, "
+                           f"{(dur or 0):.1f} s, {v.get('codec', '?')}"))
+        if info["truncated"]:
+            facts.append(" (truncated input)", style="yellow")
+        table.add_row("video", facts)
     space = info["space"]
     if space.get("kind") == "target":
         nl = info["newline"]

@@ -104,6 +104,8 @@ def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
         raise InputError(f"{p}: no such file. Check the path.")
     if p.is_dir():
         raise InputError(f"{p}: is a directory, not a video file.")
+    if not p.is_file():  # a FIFO, socket or device would block or never end
+        raise InputError(f"{p}: is not a regular file (a pipe, socket or device); save the video to a file first.")
     try:
         return av.open(str(p), metadata_errors="ignore")
     except av.error.FFmpegError as e:  # not a media file, or the header is unreadable

@@ -95,8 +95,16 @@ def _encode_meta(meta: dict[str, Any]) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in meta.items()}
 
 
+def file_mode() -> int:
+    """The permissions a new file gets under the process umask (mkstemp's temporaries are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Path:
-    """Write a token file atomically: a temporary file in the same folder, then rename."""
+    """Write a token file atomically: a temporary file in the same folder, then rename; the file gets the usual
+    permissions (0644 under umask 022), not the temporary's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
@@ -104,6 +112,7 @@ def write(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: di
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=_encode_meta(meta))
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
