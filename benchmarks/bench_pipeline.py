@@ -4,7 +4,9 @@
 
 Each measurement runs in a fresh subprocess so that its peak RSS is its own. The encoder is ViT-B-16 sized
 (random weights: the hub is not needed; speed and memory do not depend on the weights). `naive` decodes every
-frame to RGB first and samples afterwards — what streaming avoids.
+frame to RGB first and samples afterwards — what streaming avoids. `cli` is the user's path — `vtc.compress` with a
+ViT-B-16 `--checkpoint` (random weights saved once under /tmp), method none, counted from process start — and
+`cli_full` the same with the full model loaded by open_clip (both towers), as before vision-only loading.
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ import numpy as np
 mode, video, frames, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 t0 = time.perf_counter()
 out = {}
-if mode == "naive":
+if mode in ("cli", "cli_full"):  # vtc.compress through --checkpoint, method none: the user's path (from start-up)
+    import vtc
+    from vtc.io.encode import Encoder, EncoderConfig
+    ckpt = sys.argv[5]
+    enc = None
+    if mode == "cli_full":  # the previous loader: both towers, open_clip's own checkpoint loading
+        enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, checkpoint=ckpt, device=device), text=True)
+    r = vtc.compress(video, output="/tmp/vtc_bench.safetensors", encoder=enc, model="ViT-B-16", pretrained=None,
+                     checkpoint=ckpt, method="none", frames=frames, device=device)
+    out.update({k: round(v, 3) for k, v in r.timings.items()})
+elif mode == "naive":
     import av
     with av.open(video) as c:
         allf = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -66,14 +78,19 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--modes", default="decode,encode,e2e,naive")
+    ap.add_argument("--modes", default="decode,encode,e2e,cli,cli_full,naive")
     a = ap.parse_args()
     import torch
 
     print(f"video={a.video} frames={a.frames} runs={a.runs} device={a.device} torch={torch.__version__} "
           f"threads={torch.get_num_threads()} cuda={torch.cuda.is_available()}")
+    ckpt = Path("/tmp/vtc-bench-vit-b-16-random.pt")
+    if not ckpt.exists() and {"cli", "cli_full"} & set(a.modes.split(",")):
+        import open_clip
+
+        torch.save(open_clip.create_model("ViT-B-16", pretrained=None).state_dict(), ckpt)
     for mode in a.modes.split(","):
-        res = repeat(CHILD, a.runs, mode, a.video, a.frames, a.device)
+        res = repeat(CHILD, a.runs, mode, a.video, a.frames, a.device, ckpt)
         med, mem = median(res, "seconds"), median(res, "peak_rss_mb")
         extra = {k: v for k, v in res[0].items() if k not in ("seconds", "peak_rss_mb")}
         print(f"{mode:7s} median {med:7.3f} s  peak RSS {mem:7.0f} MB  {extra}")

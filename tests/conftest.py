@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ GOLDEN = Path(os.environ.get("VTC_GOLDEN_DIR", SHARED / "golden"))
 MEDIA = SHARED / "media"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# the checkpoint-digest cache goes to a throwaway folder, not the user's ~/.cache/vtc
+os.environ.setdefault("VTC_CACHE_DIR", tempfile.mkdtemp(prefix="vtc-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -84,3 +84,30 @@ def test_real_model_names_resolve_offline_to_a_clear_error(monkeypatch: pytest.M
     monkeypatch.setattr(open_clip, "create_model", boom)
     with pytest.raises(ModelError, match="--checkpoint PATH"):
         Encoder(EncoderConfig(model="ViT-B-16", pretrained="openai"))
+
+
+def test_vision_only_loading_is_the_same_encoder(model_args, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Without --query only the vision tower is materialised (assigned from the memory-mapped checkpoint): the same
+    tokens and signals as the full model, no text tower, and the checkpoint is hashed once (cached)."""
+    import numpy as np
+
+    from vtc.io import encode as enc_mod
+    from vtc.io.encode import Encoder, EncoderConfig
+
+    monkeypatch.setenv("VTC_CACHE_DIR", str(tmp_path / "cache"))
+    frames = np.random.default_rng(0).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)
+    for kind in ("clip", "siglip"):
+        a = model_args(kind)
+        cfg = EncoderConfig(model=a["model"], checkpoint=a["checkpoint"], pretrained=None)
+        full, light = Encoder(cfg, text=True), Encoder(cfg, text=False)
+        assert getattr(light.model, "vision_only", False) and not getattr(full.model, "vision_only", False)
+        want = {"attn", "pooled", "cls_attn", "keys", "received"}
+        x, y = full.encode(frames, want), light.encode(frames, want)
+        assert all(torch.equal(x[k], y[k]) for k in x)
+        with pytest.raises(UsageError, match="text tower"):
+            light.encode_text("a dog")
+        assert full.checkpoint_sha256 == light.checkpoint_sha256
+    calls = []
+    monkeypatch.setattr(enc_mod, "_sha256", lambda p: calls.append(p) or "x")
+    Encoder(cfg, text=False)
+    assert not calls  # the digest came from the cache

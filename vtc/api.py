@@ -149,7 +149,7 @@ def compress(
     check_output(Path(path), out_path)
     probe(path)  # fail fast on a bad input before loading a model
     if encoder is None:
-        encoder = open_encoder(plan.cfg.encoder)
+        encoder = open_encoder(plan.cfg.encoder, text=bool(plan.cfg.query))
     load_time = time.perf_counter() - t0
     seen: dict[str, int] = {}
 

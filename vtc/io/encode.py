@@ -75,7 +75,40 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     return table[dtype]
 
 
+def _cache_file() -> Path:
+    root = os.environ.get("VTC_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                           os.path.expanduser("~/.cache"), "vtc")
+    return Path(root) / "sha256.json"
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file, cached by (absolute path, size, mtime) so a checkpoint is hashed once, not every run."""
+    import json
+
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    cache = _cache_file()
+    try:
+        known = json.loads(cache.read_text())
+        if isinstance(known, dict) and isinstance(known.get(key), str):
+            return known[key]
+    except (OSError, ValueError):
+        known = {}
+    digest = _sha256(p)
+    try:  # best effort: a read-only home just means hashing again next time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        known = {k: v for k, v in (known if isinstance(known, dict) else {}).items() if not k.startswith(f"{p}|")}
+        known[key] = digest
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return digest
+
+
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -130,11 +163,18 @@ def check_config(config: EncoderConfig) -> tuple[str, str | None]:
     return name, pretrained
 
 
-def load_open_clip(config: EncoderConfig) -> tuple[Any, str]:
-    """Create the open_clip model (weights from --checkpoint, a pretrained tag, or an hf-hub id)."""
+def load_open_clip(config: EncoderConfig, *, text: bool = True) -> tuple[Any, str]:
+    """Create the open_clip model (weights from --checkpoint, a pretrained tag, or an hf-hub id).
+
+    With a local checkpoint and `text=False` (no --query), only the vision tower is materialised, straight from the
+    (memory-mapped) checkpoint: no random initialisation, no second copy of the weights, no text tower."""
     import open_clip
 
     name, pretrained = check_config(config)
+    if config.checkpoint is not None and not text:
+        model = _vision_only(name, Path(config.checkpoint))
+        if model is not None:
+            return model, name
     needs_hub = config.checkpoint is None and (name.startswith("hf-hub:") or bool(pretrained))
     offline = needs_hub and not _hub_reachable()
     if offline:
@@ -151,6 +191,47 @@ def load_open_clip(config: EncoderConfig) -> tuple[Any, str]:
             f"Pass the --model the weights were trained with."
         ) from None
     return model, name
+
+
+def _vision_only(name: str, path: Path) -> Any | None:
+    """The model with its vision tower assigned from the checkpoint's `visual.*` tensors and no text tower, or None
+    when the checkpoint is not a plain state dict of this model (open_clip's own loader then handles it)."""
+    import open_clip
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+    except Exception:
+        return None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        return None
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    try:
+        with _quiet_logs(), torch.device("meta"):
+            model = open_clip.create_model(name, pretrained=None, device="meta")
+    except Exception:
+        return None
+    visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    own = model.visual.state_dict()
+    if set(own) != set(visual) or any(tuple(own[k].shape) != tuple(visual[k].shape) for k in own):
+        return None
+    model.visual.load_state_dict(visual, strict=True, assign=True)
+    if any(t.is_meta for t in [*model.visual.parameters(), *model.visual.buffers()]):
+        return None
+    for attr in ("transformer", "token_embedding", "ln_final", "text", "text_projection", "positional_embedding",
+                 "attn_mask", "logit_scale", "logit_bias"):
+        if hasattr(model, attr):  # the text tower: never used without --query
+            setattr(model, attr, None)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        return None
+    model.vision_only = True
+    return model
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -240,10 +321,11 @@ def geometry_for(config: EncoderConfig) -> FrameGeometry:
 class Encoder:
     """An open_clip model wrapped for vtc: geometry, device/dtype, the tower adapter, the text tower."""
 
-    def __init__(self, config: EncoderConfig | None = None, model: Any | None = None, name: str = "") -> None:
+    def __init__(self, config: EncoderConfig | None = None, model: Any | None = None, name: str = "", *,
+                 text: bool = True) -> None:
         self.config = config or EncoderConfig()
         if model is None:
-            model, name = load_open_clip(self.config)
+            model, name = load_open_clip(self.config, text=text)
         self.model = model
         self.name = name or self.config.model
         self.device = pick_device(self.config.device)
@@ -332,6 +414,8 @@ class Encoder:
             raise ModelError(f"cannot load the tokenizer of {self.name} for --query ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:150] if str(e) else ''}); it may need network access "
                              f"once.") from None
+        if getattr(self.model, "vision_only", False):
+            raise UsageError("this encoder was loaded without its text tower (no --query); load it with text=True.")
         emb = self.model.encode_text(tokens).float()[0]
         return torch.nn.functional.normalize(emb, dim=-1).cpu()
 

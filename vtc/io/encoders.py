@@ -20,9 +20,9 @@ def check_encoder(config: EncoderConfig) -> None:
         check_config(config)
 
 
-def open_encoder(config: EncoderConfig) -> AnyEncoder:
-    """Load the encoder `config` describes."""
-    return TargetEncoder(config) if config.target is not None else Encoder(config)
+def open_encoder(config: EncoderConfig, *, text: bool = True) -> AnyEncoder:
+    """Load the encoder `config` describes (`text=False`: the text tower is not needed, i.e. no --query)."""
+    return TargetEncoder(config) if config.target is not None else Encoder(config, text=text)
 
 
 def encoder_geometry(config: EncoderConfig) -> FrameGeometry:

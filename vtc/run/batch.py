@@ -246,7 +246,7 @@ class LocalExecutor:
 
     def execute(self, plan: Plan, jobs: list[Job], *, fail_fast: bool, notify: Notify) -> Iterator[Outcome]:
         t0 = time.perf_counter()
-        encoder = self.encoder or open_encoder(plan.cfg.encoder)
+        encoder = self.encoder or open_encoder(plan.cfg.encoder, text=bool(plan.cfg.query))
         self.load = time.perf_counter() - t0
         engine = Engine(plan, encoder, decode_workers=self.decode_workers, on_event=notify)
         try:

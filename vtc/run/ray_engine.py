@@ -90,7 +90,7 @@ class _EncodeActor:
 
     def __init__(self, cfg_json: str) -> None:
         plan = _plan(cfg_json)
-        self.engine = Engine(plan, open_encoder(plan.cfg.encoder))
+        self.engine = Engine(plan, open_encoder(plan.cfg.encoder, text=bool(plan.cfg.query)))
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         job = Job(0, Path(row["input"]), Path(row["output"]))
