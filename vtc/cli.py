@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,9 @@ from rich.table import Table
 
 from vtc._version import __version__
 from vtc.errors import UsageError, VtcError
+
+#: when the command line started (the summary accounts for the whole wall time, imports included)
+_T0 = time.perf_counter()
 
 app = typer.Typer(
     name="vtc",
@@ -167,16 +171,19 @@ def compress(
             def progress(kind: str, done: int, total: int | None) -> None:
                 bar.update(task, completed=done, description=f"{safe(input.name)}: {kind}")
 
+            t_call = time.perf_counter()
             res = api_compress(input, output=output, preset=preset, progress=progress, **options)
     except VtcError as e:
         raise _fail(e) from None
     if not quiet:
         t = res.timings
+        total = time.perf_counter() - _T0
         note = " [yellow](truncated input: kept what decoded)[/]" if res.truncated else ""
         out.print(
             f"{safe(res.output)}: {res.num_tokens} of {res.num_source_tokens} tokens "
-            f"({100 * res.ratio_achieved:.1f}%) — decode {t.get('decode', 0):.2f}s, encode {t.get('encode', 0):.2f}s, "
-            f"compress {t.get('compress', 0):.3f}s{note}",
+            f"({100 * res.ratio_achieved:.1f}%) in {total:.2f}s — start-up {t_call - _T0:.2f}s, "
+            f"model {t.get('load', 0):.2f}s, decode {t.get('decode', 0):.2f}s, encode {t.get('encode', 0):.2f}s, "
+            f"compress {t.get('compress', 0):.3f}s, store {t.get('store', 0):.3f}s{note}",
             highlight=False,
         )
 
