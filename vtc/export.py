@@ -16,14 +16,13 @@ engine takes precomputed LLaVA-OneVision video tokens (use `vtc.hf` with transfo
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vtc.errors import UsageError
-from vtc.io.store import TokenFile, file_mode, load
+from vtc.io.store import TokenFile, atomic_write, load
 
 ENGINES = ("vllm", "sglang")
 PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -54,36 +53,28 @@ def _qwen(tf: TokenFile) -> dict[str, Any]:
     }
 
 
+def _contract(q: dict[str, Any]) -> dict[str, Any]:
+    """What both engines' exports carry besides the embeddings: the prompt, the pruning contract, the source."""
+    return {"prompt_placeholder": PLACEHOLDER, "num_placeholder_tokens": q["num"], "complete": q["complete"],
+            "retention_mask": q["retention_mask"], "mrope_positions": q["mrope_positions"], "source": q["source"]}
+
+
 def for_vllm(tf: TokenFile) -> dict[str, Any]:
     """vLLM's offline embedding input for Qwen2.5-VL, plus its pruning contract (see the module docstring)."""
     q = _qwen(tf)
-    return {
-        "engine": "vllm",
-        "multi_modal_data": {"video": {"video_embeds": q["embeds"], "video_grid_thw": q["grid_thw"],
-                                       "second_per_grid_ts": q["second_per_grid_ts"]}},
-        "prompt_placeholder": PLACEHOLDER,
-        "num_placeholder_tokens": q["num"],
-        "complete": q["complete"],
-        "retention_mask": q["retention_mask"],
-        "mrope_positions": q["mrope_positions"],
-        "source": q["source"],
-    }
+    return {"engine": "vllm",
+            "multi_modal_data": {"video": {"video_embeds": q["embeds"], "video_grid_thw": q["grid_thw"],
+                                           "second_per_grid_ts": q["second_per_grid_ts"]}},
+            **_contract(q)}
 
 
 def for_sglang(tf: TokenFile) -> dict[str, Any]:
     """SGLang's precomputed-embedding item for Qwen2.5-VL (input_ids pre-expanded to `num_placeholder_tokens`)."""
     q = _qwen(tf)
-    return {
-        "engine": "sglang",
-        "video_data": [{"format": "precomputed_embedding", "feature": q["embeds"], "video_grid_thw": q["grid_thw"],
-                        "second_per_grid_ts": q["second_per_grid_ts"]}],
-        "prompt_placeholder": PLACEHOLDER,
-        "num_placeholder_tokens": q["num"],
-        "complete": q["complete"],
-        "retention_mask": q["retention_mask"],
-        "mrope_positions": q["mrope_positions"],
-        "source": q["source"],
-    }
+    return {"engine": "sglang",
+            "video_data": [{"format": "precomputed_embedding", "feature": q["embeds"],
+                            "video_grid_thw": q["grid_thw"], "second_per_grid_ts": q["second_per_grid_ts"]}],
+            **_contract(q)}
 
 
 def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str]) -> Path:
@@ -94,14 +85,4 @@ def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str]
     if out.is_dir():
         raise UsageError(f"the output {out} is a directory; give a file name such as clip.{to}.pt.")
     data = (for_vllm if to == "vllm" else for_sglang)(load(path))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(out, lambda tmp: torch.save(data, tmp))

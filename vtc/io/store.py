@@ -102,22 +102,26 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def write(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Path:
-    """Write a token file atomically: a temporary file in the same folder, then rename; the file gets the usual
-    permissions (0644 under umask 022), not the temporary's 0600."""
-    path = Path(path)
+def atomic_write(path: Path, write_to: Any) -> Path:
+    """Call `write_to(temporary path)` for a temporary file beside `path`, give it the usual permissions (mkstemp's
+    are 0600), then rename it over `path`: readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=_encode_meta(meta))
+        write_to(tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Path:
+    """Write a token file atomically (`atomic_write`), with 0644-style permissions under umask 022."""
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=_encode_meta(meta)))
 
 
 @dataclass
