@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,7 +319,43 @@ def geometry_for(config: EncoderConfig) -> FrameGeometry:
     return FrameGeometry.from_preprocess_cfg(preprocess, size)
 
 
-class Encoder:
+class FrameGrid(ABC):
+    """What every encoder says about its input pictures and its token grid (`geometry`, `grid`)."""
+
+    geometry: FrameGeometry
+    grid: tuple[int, int]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.geometry.image_size
+
+    @property
+    def resize_mode(self) -> str:
+        return self.geometry.resize_mode
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) frames should be decoded to, before the crop/pad (or resize) done on tensors."""
+        return self.geometry.decode_size(width, height)
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray | Tensor, want: set[str] | frozenset[str] = frozenset()) -> dict[str, Tensor]:
+        """Encode a batch of frames.
+
+        frames: uint8 [B, H, W, 3] at `input_size`. Returns float32 CPU tensors: `patches` [B, N, D] and,
+        for each name in `want`: attn [B, N], pooled [B, D'], cls_attn [B, N], cls_token [B, D], keys [B, N+1, d].
+        """
+        return self.encode_pixels(self.geometry.preprocess(frames), want)
+
+    @abstractmethod
+    def encode_pixels(self, pixels: Tensor, want: set[str] | frozenset[str] = frozenset()) -> dict[str, Tensor]:
+        """Normalised pixels [B, 3, h, w] → float32 CPU `patches` and the wanted signals."""
+
+
+class Encoder(FrameGrid):
     """An open_clip model wrapped for vtc: geometry, device/dtype, the tower adapter, the text tower."""
 
     def __init__(self, config: EncoderConfig | None = None, model: Any | None = None, name: str = "", *,
@@ -348,33 +385,7 @@ class Encoder:
         self.geometry = FrameGeometry.from_preprocess_cfg(pp, pp.get("size", visual.image_size))
         self.checkpoint_sha256 = file_sha256(self.config.checkpoint) if self.config.checkpoint else ""
 
-    # ------------------------------------------------------------------ geometry
-    @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.geometry.image_size
-
-    @property
-    def resize_mode(self) -> str:
-        return self.geometry.resize_mode
-
-    def input_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) frames should be decoded to, before the crop/pad done on tensors."""
-        return self.geometry.decode_size(width, height)
-
     # ------------------------------------------------------------------ forward
-    @torch.inference_mode()
-    def encode(self, frames: np.ndarray | Tensor, want: set[str] | frozenset[str] = frozenset()) -> dict[str, Tensor]:
-        """Encode a batch of frames.
-
-        frames: uint8 [B, H, W, 3] at `input_size`. Returns float32 CPU tensors: `patches` [B, N, D] and,
-        for each name in `want`: attn [B, N], pooled [B, D'], cls_attn [B, N], cls_token [B, D], keys [B, N+1, d].
-        """
-        return self.encode_pixels(self.geometry.preprocess(frames), want)
-
     @torch.inference_mode()
     def encode_pixels(self, pixels: Tensor, want: set[str] | frozenset[str] = frozenset()) -> dict[str, Tensor]:
         """Like `encode`, from normalised pixels [B, 3, h, w] (the output of `geometry.preprocess`)."""

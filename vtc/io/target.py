@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vtc.errors import MissingDependencyError, ModelError, UsageError
-from vtc.io.encode import EncoderConfig, _hub_offline, _hub_reachable, _quiet_logs, pick_device, pick_dtype
+from vtc.io.encode import EncoderConfig, FrameGrid, _hub_offline, _hub_reachable, _quiet_logs, pick_device, pick_dtype
 from vtc.io.geometry import FrameGeometry
 from vtc.io.target_qwen import QwenTower, mrope_positions, qwen_geometry, second_per_grid, temporal_positions
 from vtc.io.towers import Tower, object_block
@@ -423,7 +423,7 @@ def _tensor_bytes(t: Tensor) -> memoryview:
     return memoryview(t.contiguous().view(-1).view(torch.uint8).numpy())
 
 
-class TargetEncoder:
+class TargetEncoder(FrameGrid):
     """A target model's vision path, loaded from its checkpoint without the language model.
 
     Same surface as `vtc.io.encode.Encoder`: `geometry`, `grid`, `width` (the LLM hidden size), `encode_pixels`,
@@ -585,22 +585,6 @@ class TargetEncoder:
         return {"space": space, "newline": self.newline_layout()}, tensors
 
     # ------------------------------------------------------------------ the Encoder surface
-    @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.geometry.image_size
-
-    def input_size(self, width: int, height: int) -> tuple[int, int]:
-        return self.geometry.decode_size(width, height)
-
-    @torch.inference_mode()
-    def encode(self, frames: Any, want: set[str] | frozenset[str] = frozenset()) -> dict[str, Tensor]:
-        """uint8 frames [B, H, W, 3] (any size) → `patches` [B, N', D_llm] and the wanted signals."""
-        return self.encode_pixels(self.geometry.preprocess(frames), want)
-
     @torch.inference_mode()
     def encode_pixels(self, pixels: Tensor, want: set[str] | frozenset[str] = frozenset()) -> dict[str, Tensor]:
         """Normalised pixels [B, 3, h, w] → float32 CPU `patches` [B, N', D_llm] and the wanted signals."""
