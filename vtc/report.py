@@ -28,6 +28,8 @@ from vtc.io.geometry import FrameGeometry
 from vtc.io.store import TokenFile, load
 
 CELL_MAX = 32  # pixels per patch cell in the tiles (tiles are at most 16·32 = 512 px wide)
+MERGE_TINT = 0.2  # how much of a merged token's colour is blended into its cells
+DIM = 0.72  # how much darker a dropped cell is
 TILE_TARGET = 192  # aim for tiles about this wide
 
 
@@ -113,14 +115,25 @@ def render_tile(maps: Maps, t: int, cell: int, base: np.ndarray | None, colours:
         img = base.astype(np.float32)
     up = np.ones((cell, cell), np.float32)
     dim = np.kron((state == 0).astype(np.float32), up)[..., None]
-    img = img * (1 - 0.72 * dim)
+    img = img * (1 - DIM * dim)
     merged = np.kron((state == 2).astype(np.float32), up)[..., None]
     tint = colours[np.clip(colour, 0, None) % len(colours)].astype(np.float32)  # [h, w, 3]
     tint_up = np.repeat(np.repeat(tint, cell, 0), cell, 1)
-    img = img * (1 - 0.4 * merged) + tint_up * 0.4 * merged
+    img = img * (1 - MERGE_TINT * merged) + tint_up * MERGE_TINT * merged  # light: the picture stays visible
     out = img.clip(0, 255).astype(np.uint8)
-    if cell >= 6:  # outline representatives of merged tokens, and a faint grid
-        for r, c in zip(*np.nonzero(maps.outline[t]), strict=True):
+    if cell >= 6:  # each merged token's region gets an edge in its colour where it meets another token
+        edge = max(1, cell // 10)
+        for r, c in zip(*np.nonzero(state == 2), strict=True):
+            col, y, x = tint[r, c].astype(np.uint8), r * cell, c * cell
+            if r == 0 or colour[r - 1, c] != colour[r, c]:
+                out[y : y + edge, x : x + cell] = col
+            if r == h - 1 or colour[r + 1, c] != colour[r, c]:
+                out[y + cell - edge : y + cell, x : x + cell] = col
+            if c == 0 or colour[r, c - 1] != colour[r, c]:
+                out[y : y + cell, x : x + edge] = col
+            if c == w - 1 or colour[r, c + 1] != colour[r, c]:
+                out[y : y + cell, x + cell - edge : x + cell] = col
+        for r, c in zip(*np.nonzero(maps.outline[t]), strict=True):  # representative cells: a white outline
             y, x = r * cell, c * cell
             out[y, x : x + cell] = out[y + cell - 1, x : x + cell] = 255
             out[y : y + cell, x] = out[y : y + cell, x + cell - 1] = 255
@@ -136,26 +149,57 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 def _timeline_svg(per_frame: list[int], segments: list[list[int]] | None, saliency: list[float] | None,
                   width: int = 900, height: int = 120) -> str:
+    """Tokens per frame as bars over the temporal segments (named S0, S1, ...), with labelled axes."""
     t = max(len(per_frame), 1)
     top = max(per_frame, default=1) or 1
-    bw = width / t
-    parts = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 20}">']
+    left, bottom = 40, 34  # room for the y labels and the x axis
+    plot_w = width - left
+    bw = plot_w / t
+    parts = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + bottom}" '
+             f'font-family="system-ui,sans-serif">']
     for i, (a, b) in enumerate(segments or []):
         fill = "#e8eef8" if i % 2 == 0 else "#f8efe2"
-        parts.append(f'<rect class="segment" x="{a * bw:.1f}" y="0" width="{(b - a + 1) * bw:.1f}" '
-                     f'height="{height}" fill="{fill}"><title>segment {i}: frames {a}–{b}</title></rect>')
+        x = left + a * bw
+        parts.append(f'<rect class="segment" x="{x:.1f}" y="0" width="{(b - a + 1) * bw:.1f}" height="{height}" '
+                     f'fill="{fill}"><title>segment S{i}: frames {a}–{b}</title></rect>')
+        if (b - a + 1) * bw >= 18:
+            parts.append(f'<text class="segment-name" x="{x + 2:.1f}" y="11" font-size="10" fill="#667">S{i}</text>')
     for i, v in enumerate(per_frame):
-        hgt = v / top * (height - 10)
-        parts.append(f'<rect class="bar" x="{i * bw + 1:.1f}" y="{height - hgt:.1f}" width="{max(bw - 2, 1):.1f}" '
-                     f'height="{hgt:.1f}" fill="#3b6fd8"><title>frame {i}: {v} tokens</title></rect>')
+        hgt = v / top * (height - 14)
+        parts.append(f'<rect class="bar" x="{left + i * bw + 1:.1f}" y="{height - hgt:.1f}" '
+                     f'width="{max(bw - 2, 1):.1f}" height="{hgt:.1f}" fill="#3b6fd8">'
+                     f'<title>frame {i}: {v} tokens</title></rect>')
     if saliency:
         m = max(saliency) or 1.0
-        pts = " ".join(f"{i / max(len(saliency) - 1, 1) * width:.1f},{height - s / m * (height - 10):.1f}"
+        pts = " ".join(f"{left + i / max(len(saliency) - 1, 1) * plot_w:.1f},{height - s / m * (height - 14):.1f}"
                        for i, s in enumerate(saliency))
         parts.append(f'<polyline id="saliency" points="{pts}" fill="none" stroke="#d83b3b" stroke-width="2"/>')
-    parts.append(f'<text x="0" y="{height + 15}" font-size="12">tokens per frame (max {top})'
-                 + (", audio saliency in red" if saliency else "") + "</text></svg>")
+    axis = "#444"
+    parts.append(f'<line x1="{left}" y1="{height}" x2="{width}" y2="{height}" stroke="{axis}"/>'
+                 f'<line x1="{left}" y1="0" x2="{left}" y2="{height}" stroke="{axis}"/>'
+                 f'<text x="{left - 4}" y="{height - (height - 14) + 4}" font-size="10" text-anchor="end">{top}</text>'
+                 f'<text x="{left - 4}" y="{height}" font-size="10" text-anchor="end">0</text>'
+                 f'<text x="{left - 30}" y="{height / 2}" font-size="10" transform="rotate(-90 {left - 30} '
+                 f'{height / 2})" text-anchor="middle">tokens</text>')
+    for i in sorted({0, (t - 1) // 2, t - 1}):
+        parts.append(f'<text class="tick" x="{left + (i + 0.5) * bw:.1f}" y="{height + 13}" font-size="10" '
+                     f'text-anchor="middle">{i}</text>')
+    label = "frame index (tokens per frame" + ("; red: audio saliency" if saliency else "") + \
+        ("; shaded bands: temporal segments" if segments else "") + ")"
+    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height + 28}" font-size="11" text-anchor="middle">'
+                 f'{label}</text></svg>')
     return "".join(parts)
+
+
+def describe_view(geo: FrameGeometry) -> str:
+    """In words, how a frame became the picture the encoder saw (and the tiles show)."""
+    h, w = geo.image_size
+    return {
+        "shortest": f"the short side resized, then centre-cropped to {h}×{w}: the edges of wide frames are cut off",
+        "longest": f"the long side resized to fit {h}×{w}, then padded",
+        "squash": f"resized to {h}×{w} ignoring the aspect ratio",
+        "smart": f"resized to multiples of {geo.factor} px keeping the aspect ratio (Qwen's processor)",
+    }.get(geo.resize_mode, geo.resize_mode)
 
 
 def _saliency(f: TokenFile) -> list[float] | None:
@@ -207,6 +251,7 @@ def build(file: str | os.PathLike[str], video: str | os.PathLike[str] | None = N
             "signals": m.get("signals", {}),
         },
         "pixels": video is not None,
+        "view": describe_view(file_geometry(f)),
     }
 
 
@@ -232,14 +277,22 @@ h1{{font-size:18px;margin:0 0 8px}} table{{border-collapse:collapse;font-size:13
 td{{padding:2px 8px;vertical-align:top}} .warning{{background:#ffe3e0;border:2px solid #d33;padding:8px;margin:8px 0;
 font-weight:bold}} .grid{{display:flex;flex-wrap:wrap;gap:8px}} figure{{margin:0}} figcaption{{font-size:11px}}
 img.frame{{image-rendering:pixelated;display:block}}
-.legend span{{display:inline-block;padding:2px 6px;margin-right:6px}}
+.legend{{list-style:none;padding:0;margin:8px 0;font-size:13px}} .legend li{{margin:2px 0}}
+.sw{{display:inline-block;width:14px;height:14px;vertical-align:-2px;margin-right:6px;box-sizing:border-box}}
+.note{{font-size:13px;color:#444}}
 </style></head><body>
 <h1 id="title">{html.escape(str(hd['video']))}</h1>{warn}
 <table id="header"><tr><td>model</td><td>{html.escape(hd['model'])}</td></tr>
 <tr><td>method</td><td id="method">{html.escape(str(hd['method']))} <code>{params}</code></td></tr>
 <tr><td>tokens</td><td id="tokens">{html.escape(hd['tokens'])}</td></tr></table>
-<p class="legend"><span style="background:#ccc">clear: kept as is</span><span style="background:#555;color:#fff">
-dimmed: dropped</span><span style="background:#f0a">colour: merged (one colour per output token)</span></p>
+<ul class="legend" id="legend">
+<li><i class="sw" style="background:#ddd"></i>clear cell: kept as is</li>
+<li><i class="sw" style="background:#3d3d3d"></i>dimmed cell: dropped</li>
+<li><i class="sw" style="background:#fbe3f3;border:2px solid #e0a"></i>light tint with a coloured edge: merged —
+one colour per output token, the same colour across frames when a token merges over time</li>
+<li><i class="sw" style="background:#999;border:2px solid #fff;outline:1px solid #999"></i>white outline: a merged
+token's representative cell (its position in the file)</li></ul>
+<p class="note" id="view-note">Frames are shown as the encoder saw them: {html.escape(report.get('view', ''))}.</p>
 {nopix}{_timeline_svg(report['per_frame'], report['segments'], report['saliency'])}
 <div class="grid">{''.join(rows)}</div></body></html>"""
     out = Path(path)
@@ -254,14 +307,35 @@ def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int
     th, tw = tiles[0].shape[:2]
     cols = min(columns, len(tiles))
     rows = (len(tiles) + cols - 1) // cols
-    pad, head = 4, 40 + (20 if report["warning"] else 0)
-    sheet = Image.new("RGB", (cols * (tw + pad) + pad, head + rows * (th + pad) + pad), (255, 255, 255))
+    pad, head = 4, _png_head(report)
+    width = max(cols * (tw + pad) + pad, 620)
+    sheet = Image.new("RGB", (width, head + rows * (th + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     hd = report["header"]
     draw.text((pad, 4), f"{hd['video']}", fill=(0, 0, 0))
     draw.text((pad, 20), f"{hd['method']} - {hd['tokens']}".replace("→", "->"), fill=(0, 0, 0))
+    y = 36
     if report["warning"]:
-        draw.text((pad, 36), "WARNING: " + report["warning"][:150], fill=(200, 0, 0))
+        draw.text((pad, y), "WARNING: " + report["warning"][:150], fill=(200, 0, 0))
+        y += 20
+    x = pad  # legend: swatches and words, as on the HTML page
+    for swatch, words in (((225, 225, 225), "kept"), ((60, 60, 60), "dropped"), ((240, 160, 210), "merged (colour "
+                          "= output token)"), (None, "white outline = representative")):
+        if swatch is None:
+            draw.rectangle((x, y + 1, x + 10, y + 11), outline=(255, 255, 255), fill=(150, 150, 150), width=2)
+        else:
+            draw.rectangle((x, y + 1, x + 10, y + 11), fill=swatch)
+        draw.text((x + 14, y), words, fill=(0, 0, 0))
+        x += 24 + int(draw.textlength(words))
+    y += 18
+    per = report["per_frame"]  # a small timeline: tokens per frame
+    top = max(per, default=1) or 1
+    bw = (width - 2 * pad) / max(len(per), 1)
+    for i, v in enumerate(per):
+        hgt = v / top * (_TIMELINE_H - 2)
+        draw.rectangle((pad + i * bw, y + _TIMELINE_H - hgt, pad + (i + 1) * bw - 1, y + _TIMELINE_H), fill=(59, 111,
+                                                                                                           216))
+    draw.text((pad, y + _TIMELINE_H + 2), f"tokens per frame, frames 0-{len(per) - 1} (max {top})", fill=(0, 0, 0))
     for k, tile in enumerate(tiles):
         r, c = divmod(k, cols)
         sheet.paste(Image.fromarray(tile), (pad + c * (tw + pad), head + pad + r * (th + pad)))
@@ -270,10 +344,18 @@ def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int
     return out
 
 
+_TIMELINE_H = 28
+
+
+def _png_head(report: dict[str, Any]) -> int:
+    """Height of the PNG sheet's header: two lines, the warning, the legend, the timeline and its caption."""
+    return 36 + (20 if report["warning"] else 0) + 18 + _TIMELINE_H + 18
+
+
 def tile_origin_png(report: dict[str, Any], k: int, columns: int = 8) -> tuple[int, int]:
     """Top-left pixel of tile k in the PNG sheet (for tests and tools)."""
     th, tw = report["tiles"][0].shape[:2]
     cols = min(columns, len(report["tiles"]))
-    pad, head = 4, 40 + (20 if report["warning"] else 0)
+    pad, head = 4, _png_head(report)
     r, c = divmod(k, cols)
     return pad + c * (tw + pad), head + pad + r * (th + pad)
