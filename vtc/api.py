@@ -58,7 +58,7 @@ class FeatureResult:
                 "params": self.params, "ratio_requested": self.ratio_requested,
                 "ratio_achieved": round(self.ratio_achieved, 6), "order": red.info.get("order", "frame-row-col"),
                 "grid": list(grid), "T": t, "N": grid[0] * grid[1], "D": int(self.tokens.shape[-1]),
-                "K": red.num_outputs, "space": "features", "features": source or {}, "info": red.info}
+                "K": red.num_outputs, "space": {"kind": "features"}, "features": source or {}, "info": red.info}
         return write(path, tensors, meta)
 
 

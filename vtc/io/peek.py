@@ -33,14 +33,108 @@ def decode_meta(raw: dict[str, str]) -> dict[str, Any]:
     """String metadata → values (JSON where the key says so or the value looks like JSON)."""
     meta: dict[str, Any] = {}
     for k, v in raw.items():
+        if not isinstance(v, str):
+            raise FormatError(f"metadata '{k}' is not a string.")
         if k in JSON_KEYS or k in NUMBER_KEYS or v[:1] in ("{", "["):
             try:
                 meta[k] = json.loads(v)
                 continue
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 pass
         meta[k] = v
     return meta
+
+
+#: metadata fields and the JSON types they must have when present
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "params": (dict,), "signals": (dict,), "sampling": (dict,), "video": (dict,), "encoder": (dict,), "info": (dict,),
+    "decode": (dict,), "features": (dict,), "pre_encoder": (dict,), "space": (dict,), "newline": (dict,),
+    "ratio_requested": (int, float, type(None)), "ratio_achieved": (int, float), "truncated": (bool,),
+    "method": (str,), "variant": (str,), "order": (str,),
+}
+#: integer tensors and their allowed dtypes
+_INTS = ("I8", "I16", "I32", "I64", "U8", "U16", "U32")
+
+
+def _int(meta: dict[str, Any], key: str, where: str) -> int | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FormatError(f"{where}: metadata '{key}' must be a whole number ≥ 0, not {str(value)[:40]!r}.")
+    return value
+
+
+def check_contents(where: Path | str, meta: dict[str, Any], shapes: dict[str, tuple[str, tuple[int, ...]]],
+                   arrays: dict[str, np.ndarray]) -> tuple[int, int, int]:
+    """Validate a token file beyond its format name: metadata types, tensor dtypes and shapes, and every index
+    range of the arrays given (`shapes`: name → (safetensors dtype, shape) for every tensor; `arrays`: the ones
+    read).  Every failure is a FormatError naming the field.  → (T, h, w)."""
+    if isinstance(meta.get("space"), str):  # files of vtc ≤ 0.1 said space="features"
+        meta["space"] = {"kind": meta["space"]}
+    for key, kinds in _META_TYPES.items():
+        if key in meta and (not isinstance(meta[key], kinds) or (isinstance(meta[key], bool) and bool not in kinds)):
+            raise FormatError(f"{where}: metadata '{key}' has the wrong type ({type(meta[key]).__name__}).")
+    grid = meta.get("grid")
+    if not (isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and not isinstance(g, bool)
+                                                               and g >= 1 for g in grid)):
+        raise FormatError(f"{where}: metadata 'grid' must be [h, w] with h, w ≥ 1, not {str(grid)[:40]!r}.")
+    h, w = grid
+    dtype_tok, tok = shapes["tokens"]
+    if len(tok) != 2 or tok[0] < 1 or tok[1] < 1:
+        raise FormatError(f"{where}: 'tokens' must be [K ≥ 1, D ≥ 1], not {list(tok)}.")
+    k = tok[0]
+    _, ft = shapes["frame_times"]
+    if len(ft) != 1 or ft[0] < 1:
+        raise FormatError(f"{where}: 'frame_times' must be [T ≥ 1], not {list(ft)}.")
+    t = ft[0]
+    for key, want in (("T", t), ("K", k)):
+        got = _int(meta, key, str(where))
+        if got is not None and got != want:
+            raise FormatError(f"{where}: metadata '{key}' is {got} but the tensors say {want}.")
+    _int(meta, "N", str(where))
+    _int(meta, "D", str(where))
+    expect = {"positions": (k, 3), "timestamps": (k,), "sizes": (k,), "source": None, "merge_src": None,
+              "merge_dst": None, "merge_w": None}
+    for name, shape in expect.items():
+        dtype, got = shapes[name]
+        if shape is not None and tuple(got) != shape:
+            raise FormatError(f"{where}: '{name}' has shape {list(got)}, expected {list(shape)}.")
+        if name in ("positions", "sizes", "source", "merge_src", "merge_dst") and dtype not in _INTS:
+            raise FormatError(f"{where}: '{name}' must hold integers, not {dtype}.")
+    e = shapes["merge_src"][1]
+    if len(e) != 1 or shapes["merge_dst"][1] != e or shapes["merge_w"][1] != e:
+        raise FormatError(f"{where}: merge_src, merge_dst and merge_w must be vectors of one length.")
+    src_len = shapes["source"][1]
+    if len(src_len) != 1 or src_len[0] != t * h * w:
+        raise FormatError(f"{where}: 'source' must be [T·h·w] = [{t * h * w}] for {t} frames on the {h}×{w} grid, "
+                          f"not {list(src_len)}.")
+    extra = shapes.get("extra_tokens", (None, (0, tok[1])))[1]
+    if len(extra) != 2:
+        raise FormatError(f"{where}: 'extra_tokens' must be [X, D], not {list(extra)}.")
+    n_src = src_len[0] + extra[0]
+    if "segments" in shapes:
+        dtype, seg = shapes["segments"]
+        if len(seg) != 2 or seg[1] != 2 or dtype not in _INTS:
+            raise FormatError(f"{where}: 'segments' must be integer [S, 2], not {dtype} {list(seg)}.")
+    ranges = {"positions": None, "source": (-1, k), "merge_dst": (0, k), "merge_src": (0, n_src),
+              "segments": (0, t), "sizes": (0, None)}
+    for name, arr in arrays.items():
+        if name == "positions":
+            p = arr.astype(np.int64, copy=False).reshape(-1, 3)
+            bad = ((p[:, 0] < -1) | (p[:, 0] >= t) | (p[:, 1] < -1) | (p[:, 1] >= h) | (p[:, 2] < -1)
+                   | (p[:, 2] >= w)).any()
+            if bad:
+                raise FormatError(f"{where}: 'positions' point outside the {t} frames × {h}×{w} grid.")
+        elif name in ("frame_times", "timestamps", "merge_w"):
+            if name != "timestamps" and not np.isfinite(arr.astype(np.float64, copy=False)).all():
+                raise FormatError(f"{where}: '{name}' holds non-finite values.")
+        elif name in ranges and ranges[name] is not None and arr.size:
+            lo, hi = ranges[name]
+            v = arr.astype(np.int64, copy=False)
+            if v.min() < lo or (hi is not None and v.max() >= hi):
+                raise FormatError(f"{where}: '{name}' has indices outside [{lo}, {hi}).")
+    return t, h, w
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -66,6 +160,8 @@ def read_header(path: Path) -> dict[str, Any]:
 def check_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     """Validate a token file's header like `load` does.  → its decoded metadata."""
     raw = header.get("__metadata__") or {}
+    if not isinstance(raw, dict):
+        raise FormatError(f"{path}: not a vtc token file (metadata is not a table).")
     if raw.get("format") != FORMAT_NAME:
         raise FormatError(f"{path}: not a vtc token file (format '{raw.get('format', '')}').")
     if raw.get("format_version") != FORMAT_VERSION:
@@ -75,13 +171,22 @@ def check_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise FormatError(f"{path}: missing tensors {', '.join(missing)}.")
     try:
-        k = int(header["tokens"]["shape"][0])
-        for name in ("positions", "timestamps", "sizes"):
-            if int(header[name]["shape"][0]) != k:
-                raise FormatError(f"{path}: '{name}' has {header[name]['shape'][0]} rows, tokens has {k}.")
-    except (KeyError, TypeError, IndexError, ValueError):
-        raise FormatError(f"{path}: malformed tensor entries in the header.") from None
-    return decode_meta(raw)
+        return decode_meta(raw)
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from None
+
+
+def header_shapes(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name → (dtype, shape) of every tensor in a safetensors header."""
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            out[name] = (str(entry["dtype"]), tuple(int(v) for v in entry["shape"]))
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{path}: malformed header entry for '{name}'.") from None
+    return out
 
 
 @dataclass
@@ -110,11 +215,13 @@ def peek(path: str | os.PathLike[str]) -> Peek:
     p = Path(path)
     header = read_header(p)
     meta = check_header(p, header)
+    shapes = header_shapes(p, header)
     try:
         with safe_open(str(p), framework="np") as f:
             arrays = {n: f.get_tensor(n) for n in ("positions", "frame_times", "segments") if n in header}
     except Exception as e:  # safetensors raises its own error types
-        raise FormatError(f"{p}: cannot read its tensors ({e}).") from None
+        raise FormatError(f"{p}: cannot read its tensors ({str(e)[:200]}).") from None
+    check_contents(p, meta, shapes, arrays)
     tok = header["tokens"]
     return Peek(p, meta, tuple(int(s) for s in tok["shape"]), DTYPES.get(tok["dtype"], str(tok["dtype"]).lower()),
                 arrays["positions"], arrays["frame_times"], arrays.get("segments"),

@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from vtc.errors import FormatError, UsageError, VtcError
-from vtc.io.peek import FORMAT_NAME, FORMAT_VERSION, REQUIRED, decode_meta, read_header
+from vtc.io.peek import FORMAT_NAME, FORMAT_VERSION, check_contents, check_header, header_shapes, read_header
 from vtc.reduction import Reduction
 
 OUT_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -182,23 +182,13 @@ def _read(path: Path, error: type[VtcError], hint: str) -> tuple[dict[str, str],
 def load(path: str | os.PathLike[str]) -> TokenFile:
     """Read and validate a vtc token file.  Raises FormatError with what is wrong."""
     path = Path(path)
-    read_header(path)  # a missing file is an input error (exit 2); a bounded check before reading the tensors
-    raw_meta, tensors = _read(path, FormatError, "Is it a vtc token file?")
-    if raw_meta.get("format") != FORMAT_NAME:
-        raise FormatError(f"{path}: not a vtc token file (format '{raw_meta.get('format', '')}').")
-    if raw_meta.get("format_version") != FORMAT_VERSION:
-        raise FormatError(
-            f"{path}: format version {raw_meta.get('format_version')} is not supported by this vtc "
-            f"(reads version {FORMAT_VERSION}); upgrade vtc."
-        )
-    missing = [k for k in REQUIRED if k not in tensors]
-    if missing:
-        raise FormatError(f"{path}: missing tensors {', '.join(missing)}.")
-    meta = decode_meta(raw_meta)
-    k = tensors["tokens"].shape[0]
-    for name in ("positions", "timestamps", "sizes"):
-        if tensors[name].shape[0] != k:
-            raise FormatError(f"{path}: '{name}' has {tensors[name].shape[0]} rows, tokens has {k}.")
+    header = read_header(path)  # a missing file is an input error (exit 2); a bounded check before the tensors
+    meta = check_header(path, header)  # format, version, required tensors, metadata decoding
+    shapes = header_shapes(path, header)
+    _, tensors = _read(path, FormatError, "Is it a vtc token file?")
+    arrays = {n: tensors[n].numpy() for n in ("positions", "frame_times", "segments", "source", "merge_src",
+                                              "merge_dst", "merge_w", "sizes") if n in tensors}
+    check_contents(path, meta, shapes, arrays)  # every shape, dtype and index range: a FormatError, exit 4
     return TokenFile(path, tensors, meta)
 
 
