@@ -130,3 +130,34 @@ def test_display_rotation_is_applied(tmp_path: Path) -> None:
     assert frame.shape == (64, 32, 3)
     ys, xs = np.nonzero(frame[..., 0] > 128)
     assert ys.min() >= 56 and xs.max() <= 7  # turned counter-clockwise: the marker is now bottom-left
+
+
+def test_a_claimed_duration_of_1e6_seconds_is_bounded_by_the_stream(tmp_path: Path) -> None:
+    """Three frames whose timestamps jump to 1e6 s: sampling at 1 or 1000 fps plans no more targets than the stream
+    holds, decodes in one pass and ends quickly (the header's duration is not believed)."""
+    import time
+    from fractions import Fraction
+
+    import av
+
+    from vtc.io.decode import Sampling, iter_frames, probe, target_times
+
+    path = tmp_path / "jump.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.time_base = Fraction(1, 1000)
+        for i, pts in enumerate((0, 40, 10**9)):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 60 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            for pkt in s.encode(frame):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    info = probe(path)
+    for fps in (1.0, 1000.0):
+        targets = target_times(info, Sampling(fps=fps))
+        assert targets is not None and len(targets) <= 1_000_000  # not 1e9 (8 GB) at 1000 fps
+        t0 = time.perf_counter()
+        frames = list(iter_frames(path, Sampling(fps=fps), lambda w, h: (w, h), allow_truncated=True))
+        assert time.perf_counter() - t0 < 20 and 1 <= len(frames) <= 3

@@ -172,10 +172,14 @@ def target_times(info: VideoInfo, sampling: Sampling) -> np.ndarray | None:
         return None
     frame_dur = 1.0 / info.fps if info.fps > 0 else 0.0
     span = max(0.0, info.duration - frame_dur)
+    # never more targets than the stream holds (a hostile duration or a PTS jump can claim 1e9 s), nor MAX_FRAMES
+    held = info.num_frames if info.num_frames > 0 else MAX_FRAMES
     if sampling.fps is not None:
-        n = max(1, int(math.floor(span * sampling.fps + 1e-9)) + 1)
+        n = max(1, min(int(math.floor(min(span * sampling.fps, 1e15) + 1e-9)) + 1, MAX_FRAMES))
+        if n > held:  # more targets than frames: every frame is taken anyway; spread them over the span
+            return info.start_time + np.linspace(0.0, span, held)
         return info.start_time + np.arange(n) / sampling.fps
-    t = int(sampling.frames or 1)
+    t = min(int(sampling.frames or 1), held)
     if t == 1:
         return np.array([info.start_time + span / 2])
     return info.start_time + np.linspace(0.0, span, t)
@@ -288,7 +292,7 @@ def keyframe_times(path: str | os.PathLike[str]) -> list[float]:
 
 def _sparse(path: str | os.PathLike[str], targets: np.ndarray) -> bool:
     """Are the targets at least two keyframe intervals apart (so seeking beats decoding everything)?"""
-    if len(targets) < 2:
+    if len(targets) < 2 or len(targets) > 4096:  # many targets: one sequential pass ends at the real end
         return False
     keys = keyframe_times(path)
     if len(keys) < 3:
