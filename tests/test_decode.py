@@ -161,3 +161,12 @@ def test_a_claimed_duration_of_1e6_seconds_is_bounded_by_the_stream(tmp_path: Pa
         t0 = time.perf_counter()
         frames = list(iter_frames(path, Sampling(fps=fps), lambda w, h: (w, h), allow_truncated=True))
         assert time.perf_counter() - t0 < 20 and 1 <= len(frames) <= 3
+
+
+def test_extreme_aspect_ratios_are_decoded_at_a_bounded_size() -> None:
+    from vtc.io.geometry import MAX_ASPECT, FrameGeometry
+
+    geo = FrameGeometry((224, 224), "shortest")
+    assert geo.decode_size(8000, 8) == (MAX_ASPECT * 224, 224)  # not 224 000 × 224
+    assert geo.decode_size(2, 16000) == (224, MAX_ASPECT * 224)
+    assert geo.decode_size(640, 360) == (398, 224)  # ordinary videos unchanged

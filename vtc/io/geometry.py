@@ -19,6 +19,8 @@ from torch import Tensor
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 RESIZE_MODES = ("shortest", "longest", "squash", "smart")
+#: the longest decoded side, in units of the encoder's picture side, for the shortest-side resize
+MAX_ASPECT = 8
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -94,7 +96,9 @@ class FrameGeometry:
             s = min(tw / width, th / height)
             return max(1, round(width * s)), max(1, round(height * s))
         s = max(tw / width, th / height)  # shortest: the short side matches, then a center crop
-        return max(tw, round(width * s)), max(th, round(height * s))
+        # bounded for extreme aspect ratios (an 8000×8 video would make 224 000-pixel-wide frames): beyond
+        # MAX_ASPECT:1 the long side is squeezed, so the crop shows more of it than a true centre crop would
+        return (max(tw, min(round(width * s), MAX_ASPECT * tw)), max(th, min(round(height * s), MAX_ASPECT * th)))
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the picture made from a decoded frame of `height` × `width` (the `decode_size` output)."""
