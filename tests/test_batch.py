@@ -131,3 +131,28 @@ def test_sigkill_leaves_no_partial_output(tmp_path: Path, clip_path: Path, model
     assert not list(out.glob(".*.tmp"))
     for f in out.glob("*.safetensors"):
         assert vtc.load(f).num_frames == 8
+
+
+def test_resume_distrusts_damaged_outputs_and_odd_manifests(tree: Path, tmp_path: Path, model_args) -> None:  # noqa: ANN001
+    """A damaged output with an ok record is reported (then redone once removed), not skipped forever; records of
+    the wrong shape and torn lines are ignored; --retry-failed retries a failure whatever options it failed with;
+    a manifest that is a folder is one line."""
+    out = tmp_path / "out"
+    run(tree, out, model_args)
+    (out / "a.safetensors").write_bytes(b"damaged")
+    with open(out / "vtc-manifest.jsonl", "a") as f:
+        f.write('{"input": "x", "finished": 5}\n{"input": ["a"]}\n{"input": "' + str(tree / "sub" / "b.mp4") +
+                '", "status": 3}\n{"input": "torn')
+    r = run(tree, out, model_args, "--json")  # never skipped as done, never overwritten blindly: the user decides
+    assert r.exit_code == 2 and "a.safetensors" in r.output and "not a vtc token file" in r.output, r.output
+    (out / "a.safetensors").unlink()
+    r = run(tree, out, model_args, "--json")
+    s = json.loads(r.output)
+    assert s["ok"] == 1 and s["skipped"] == 2 and s["failed"] == 1  # a.mp4 redone; broken.mp4 still fails
+    assert vtc.load(out / "a.safetensors").num_frames == 4
+    r = run(tree, out, model_args, "--retry-failed", "--allow-truncated", "--json")
+    assert json.loads(r.output)["failed"] == 1  # retried (it is not a video), not "0 to do"
+    bad = tmp_path / "out2"
+    (bad / "vtc-manifest.jsonl").mkdir(parents=True)
+    r = run(tree, bad, model_args)
+    assert r.exit_code == 2 and "is a directory" in r.output and "Traceback" not in r.output

@@ -121,3 +121,14 @@ def test_many_frames_stay_usable(tmp_path: Path, models) -> None:  # noqa: ANN00
     page = write_html(rep, tmp_path / "r.html")
     assert len(rep["tiles"]) == 256 and page.stat().st_size < 20_000_000
     assert page.read_text().count('class="frame"') == 256
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-directory", "a-video"])
+def test_bad_report_paths_fail_before_drawing(green: tuple[Path, Path], tmp_path: Path, where: str) -> None:
+    video, tok = green
+    target = {"missing-folder": tmp_path / "nope" / "r.html", "a-directory": tmp_path, "a-video": video}[where]
+    for opt in ("--html", "--png"):
+        r = CliRunner().invoke(app, ["show", str(tok), opt, str(target)])
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert video.stat().st_size > 1000  # the video was not replaced

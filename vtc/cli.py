@@ -373,10 +373,13 @@ def show(
     try:
         info = summary(file)
         if html_out or png_out:
-            from vtc.report import build, write_html, write_png
+            from vtc.report import build, check_report_path, write_html, write_png
 
             if video is not None and not video.exists():
                 raise UsageError(f"--video {video}: no such file.")
+            for opt, target in (("--html", html_out), ("--png", png_out)):
+                if target is not None:
+                    check_report_path(opt, target)
             rep = build(file, video, max_frames=max_frames)
             if rep["warning"]:
                 console.print(f"[bold yellow]warning:[/] {safe(rep['warning'])}", highlight=False, soft_wrap=True)

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from vtc.errors import MissingDependencyError
+from vtc.errors import MissingDependencyError, UsageError
 from vtc.io.decode import Sampling, content_hash, iter_frames
 from vtc.io.geometry import FrameGeometry
-from vtc.io.store import TokenFile, load
+from vtc.io.store import TokenFile, atomic_write, is_token_file, load
+from vtc.run.batch import VIDEO_EXTENSIONS
 
 CELL_MAX = 32  # pixels per patch cell in the tiles (tiles are at most 16·32 = 512 px wide)
 MERGE_TINT = 0.2  # how much of a merged token's colour is blended into its cells
@@ -255,6 +256,20 @@ def build(file: str | os.PathLike[str], video: str | os.PathLike[str] | None = N
     }
 
 
+def check_report_path(option: str, path: str | os.PathLike[str]) -> None:
+    """A report can be written at `path` (its folder exists and is writable, it is not a folder, and it does not
+    replace a token file or a video), else a UsageError before any drawing."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{option} {p} is a directory; give a file name such as report.html.")
+    if not p.parent.is_dir():
+        raise UsageError(f"{option} {p}: the folder {p.parent} does not exist.")
+    if not os.access(p.parent, os.W_OK):
+        raise UsageError(f"{option} {p}: the folder {p.parent} is not writable.")
+    if p.exists() and (is_token_file(p) or p.suffix.lower() in VIDEO_EXTENSIONS):
+        raise UsageError(f"{option} {p} would overwrite a token file or a video; choose another name.")
+
+
 def write_html(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """A self-contained HTML page (images inline, no network needed)."""
     hd = report["header"]
@@ -295,9 +310,7 @@ token's representative cell (its position in the file)</li></ul>
 <p class="note" id="view-note">Frames are shown as the encoder saw them: {html.escape(report.get('view', ''))}.</p>
 {nopix}{_timeline_svg(report['per_frame'], report['segments'], report['saliency'])}
 <div class="grid">{''.join(rows)}</div></body></html>"""
-    out = Path(path)
-    out.write_text(page, encoding="utf-8")
-    return out
+    return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 
 def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int = 8) -> Path:
@@ -339,9 +352,7 @@ def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int
     for k, tile in enumerate(tiles):
         r, c = divmod(k, cols)
         sheet.paste(Image.fromarray(tile), (pad + c * (tw + pad), head + pad + r * (th + pad)))
-    out = Path(path)
-    sheet.save(out)
-    return out
+    return atomic_write(Path(path), lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 _TIMELINE_H = 28

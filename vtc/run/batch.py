@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from vtc._version import __version__
 from vtc.errors import UsageError
 from vtc.io.encoders import AnyEncoder, open_encoder
+from vtc.io.store import is_token_file
 from vtc.run.config import CompressConfig
 from vtc.run.finish import Job, Outcome
 from vtc.run.pipeline import Engine
@@ -105,15 +106,22 @@ def read_manifest(outdir: Path) -> dict[str, dict[str, Any]]:
     """Latest record per input across every manifest file in `outdir` (tolerates a torn last line)."""
     latest: dict[str, dict[str, Any]] = {}
     for f in sorted(outdir.glob(f"{MANIFEST_PREFIX}*.jsonl")):
-        for line in f.read_text(errors="replace").splitlines():
+        try:
+            text = f.read_text(errors="replace") if f.is_file() else ""
+        except OSError:
+            continue  # unreadable: as if absent (its inputs are redone)
+        for line in text.splitlines():
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "input" in rec:
-                prev = latest.get(rec["input"])
+            except (json.JSONDecodeError, RecursionError):
+                continue  # a torn or foreign line
+            if not (isinstance(rec, dict) and isinstance(rec.get("input"), str)
+                    and isinstance(rec.get("finished", ""), str) and isinstance(rec.get("status", ""), str)):
+                continue  # a record of the wrong shape is ignored, not trusted
+            for key in {rec["input"], str(Path(rec["input"]).resolve())}:  # as typed, and resolved
+                prev = latest.get(key)
                 if prev is None or rec.get("finished", "") >= prev.get("finished", ""):
-                    latest[rec["input"]] = rec
+                    latest[key] = rec
     return latest
 
 
@@ -208,15 +216,19 @@ def plan_items(
     if shard is not None:
         items = items[shard[0] :: shard[1]]
     name = f"{MANIFEST_PREFIX}.jsonl" if shard is None else f"{MANIFEST_PREFIX}.shard-{shard[0]}-of-{shard[1]}.jsonl"
+    if (out_root / name).is_dir():
+        raise UsageError(f"the manifest {out_root / name} is a directory; remove it or choose another -o.")
     previous = read_manifest(out_root) if out_root.is_dir() else {}
     summary = BatchSummary(total=len(items), manifest=str(out_root / name))
     todo: list[Item] = []
     for it in items:
-        rec = previous.get(str(it.input))
+        rec = previous.get(str(it.input)) or previous.get(str(Path(it.input).resolve()))
+        # done: recorded ok with this configuration, and the output is still a vtc token file (not deleted or
+        # damaged since)
         done = (rec is not None and rec.get("status") == "ok" and rec.get("config_hash") == cfg_hash
-                and it.output(out_root).exists())
-        if retry_failed:
-            if rec is None or rec.get("status") != "failed" or rec.get("config_hash") != cfg_hash:
+                and is_token_file(it.output(out_root)))
+        if retry_failed:  # the inputs whose last run failed, whatever options they failed with
+            if rec is None or rec.get("status") != "failed":
                 summary.skipped += 1
                 continue
         elif done:

@@ -8,6 +8,7 @@ Engines execute plans; they never look a method up or re-resolve a parameter.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,8 @@ def check_output(input: Path, output: Path) -> None:
     parent = next((p for p in output.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise UsageError(f"cannot write {output}: {parent} is a file, not a directory.")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {output}: the folder {parent} is not writable.")
 
 
 def check_outputs(pairs: list[tuple[Path, Path]]) -> None:
