@@ -170,3 +170,36 @@ def test_extreme_aspect_ratios_are_decoded_at_a_bounded_size() -> None:
     assert geo.decode_size(8000, 8) == (MAX_ASPECT * 224, 224)  # not 224 000 × 224
     assert geo.decode_size(2, 16000) == (224, MAX_ASPECT * 224)
     assert geo.decode_size(640, 360) == (398, 224)  # ordinary videos unchanged
+
+
+def test_audio_longer_than_video_is_not_truncation(tmp_path: Path) -> None:
+    """An MKV with 1 s of video and 4 s of audio (the container's duration is the audio's): complete, not truncated."""
+    from fractions import Fraction
+
+    import av
+
+    from vtc.io.decode import DecodeReport, Sampling, iter_frames, probe
+
+    path = tmp_path / "longaudio.mkv"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mpeg4", rate=10)
+        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
+        aus = c.add_stream("aac", rate=16000)
+        for i in range(10):
+            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * i, np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 10)
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+        for k in range(4 * 16000 // 1024):
+            a = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            a.sample_rate, a.pts, a.time_base = 16000, k * 1024, Fraction(1, 16000)
+            for p in aus.encode(a):
+                c.mux(p)
+        for p in aus.encode(None):
+            c.mux(p)
+    info = probe(path)
+    report = DecodeReport()
+    frames = list(iter_frames(path, Sampling(frames=4), lambda w, h: (w, h), info=info, report=report))
+    assert len(frames) == 4 and not report.truncated

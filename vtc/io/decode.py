@@ -39,6 +39,10 @@ class VideoInfo:
     start_time: float
     has_audio: bool
     audio_rate: int
+    #: index of the video stream read (among the video streams)
+    stream: int = 0
+    #: whether `duration` is the video stream's own (False: the container's, which audio may lengthen)
+    duration_is_own: bool = True
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -119,11 +123,15 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     with _open(path) as c:
         if not c.streams.video:
             raise InputError(f"{path}: has no video stream (is it an audio or image file?).")
-        v = c.streams.video[0]
+        index = _video_index(c)
+        v = c.streams.video[index]
         rate = v.average_rate or v.guessed_rate or v.base_rate
         fps = float(rate) if rate else 0.0
-        if v.duration is not None and v.time_base is not None:
+        own = v.duration is not None and v.time_base is not None
+        if own:
             duration = float(v.duration * v.time_base)
+        elif len(c.streams) > 1 and (span := _demuxed_span(c, v)) is not None:
+            duration, own = span, True  # the container's duration is the longest stream's (audio may run on)
         elif c.duration is not None:
             duration = c.duration / av.time_base
         else:
@@ -131,7 +139,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         start = float(v.start_time * v.time_base) if v.start_time is not None and v.time_base else 0.0
         rotation = 0
         try:
-            first = next(c.decode(video=0))
+            first = next(c.decode(video=index))
             rotation = int(round(getattr(first, "rotation", 0) or 0)) % 360
         except (StopIteration, av.error.FFmpegError):
             pass
@@ -150,7 +158,36 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
             start_time=start,
             has_audio=audio is not None,
             audio_rate=int(audio.rate or 0) if audio is not None else 0,
+            stream=index,
+            duration_is_own=own or len(c.streams) == 1,
         )
+
+
+def _demuxed_span(c: av.container.InputContainer, v: av.video.stream.VideoStream) -> float | None:
+    """The video stream's own duration from its packets' timestamps (demuxed, not decoded), or None; the
+    container is sought back to its start."""
+    end = None
+    start = v.start_time or 0
+    try:
+        for pkt in c.demux(v):
+            if pkt.pts is not None:
+                e = pkt.pts + (pkt.duration or 0)
+                end = e if end is None else max(end, e)
+        c.seek(0)
+    except av.error.FFmpegError:
+        return None
+    if end is None or v.time_base is None:
+        return None
+    return float((end - start) * v.time_base)
+
+
+def _video_index(c: av.container.InputContainer) -> int:
+    """The video stream to read: the first one that holds frames (an empty first stream is skipped), by the
+    header's frame count or duration; the first one when none says."""
+    for i, v in enumerate(c.streams.video):
+        if (v.frames or 0) > 0 or (v.duration or 0) > 0:
+            return i
+    return 0
 
 
 def content_hash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -229,7 +266,7 @@ def iter_frames(
     prev_t = -math.inf
     last_emitted: int | None = None
     with _open(path) as c:
-        stream = c.streams.video[0]
+        stream = c.streams.video[info.stream]
         stream.thread_type = "AUTO"
         try:
             for frame in c.decode(stream):
@@ -279,7 +316,7 @@ def iter_frames(
 def keyframe_times(path: str | os.PathLike[str]) -> list[float]:
     """Presentation times of the video's keyframes, from one demux pass (no decoding)."""
     with _open(path) as c:
-        stream = c.streams.video[0]
+        stream = c.streams.video[_video_index(c)]
         out = []
         try:
             for pkt in c.demux(stream):
@@ -311,7 +348,7 @@ def _iter_seek(
     """Seek-per-target sampling: keyframe before the target, then decode forward to the nearest frame."""
     last_pts: int | None = None
     with _open(path) as c:
-        stream = c.streams.video[0]
+        stream = c.streams.video[info.stream]
         stream.thread_type = "AUTO"
         for target in targets:
             prev: av.VideoFrame | None = None
@@ -332,6 +369,8 @@ def _iter_seek(
                     chosen = prev  # the stream ended: the last frame is the nearest, if it is near
                     slack = max(1.0, 2.0 / info.fps if info.fps > 0 else 1.0)
                     if prev is None or float(prev.time) < target - slack:
+                        if not info.duration_is_own:  # the container's duration (audio may be longer): the
+                            break  # video simply ends here; later targets have no frame of their own
                         report.truncated = True
                         report.error = "stream ended before the duration in the header"
             except av.error.FFmpegError as e:
@@ -360,6 +399,8 @@ def _ended_early(info: VideoInfo, report: DecodeReport) -> bool:
     """True when a stream that ended without an error clearly stopped short of its header's promise."""
     if info.num_frames > 0:
         return report.decoded_frames < 0.98 * info.num_frames - 1
+    if not info.duration_is_own:  # only the container's duration, and other streams (audio) may be longer
+        return False
     frame_dur = 1.0 / info.fps if info.fps > 0 else 0.0
     return info.duration > 0 and report.last_time + frame_dur < 0.9 * info.duration - 1.0
 
