@@ -36,10 +36,7 @@ def _qwen(tf: TokenFile) -> dict[str, Any]:
     if space.get("target") != "qwen2.5-vl":
         raise UsageError(f"{tf.path} is in {space.get('target')} space; vLLM and SGLang take no precomputed video "
                          f"tokens for it. Use vtc.hf.video_inputs with transformers, or a --target qwen2.5-vl file.")
-    h, w = tf.grid
-    pos = tf.positions.long()
-    key = pos[:, 0] * (h * w + 1) + torch.where(pos[:, 1] >= 0, pos[:, 1] * w + pos[:, 2], -1) + 1
-    order = torch.argsort(key, stable=True)  # the model's sequence order: frame, row, column
+    order = tf.raster_order()  # the model's sequence order: frame, row, column
     k = int(tf.tokens.shape[0])
     return {
         "embeds": tf.tokens[order].contiguous(),

@@ -65,13 +65,11 @@ def visual_sequence(tokens_file: TokenFile) -> VisualSequence:
     t = tokens_file.num_frames
     h, w = tokens_file.grid
     n = h * w
-    pos = tokens_file.positions.long()
+    order = tokens_file.raster_order()
+    pos = tokens_file.positions.long()[order]
+    tokens = tokens_file.tokens[order]
     frame, row, col = pos[:, 0], pos[:, 1], pos[:, 2]
     cell = torch.where(row >= 0, row * w + col, torch.full_like(row, -1))
-    key = torch.where(frame >= 0, frame * (n + 1) + cell + 1, torch.full_like(frame, -1))
-    order = torch.argsort(key, stable=True)
-    tokens = tokens_file.tokens[order]
-    frame, row, col, cell = frame[order], row[order], col[order], cell[order]
     if layout == "per_row":  # each frame is h rows of (w tokens + newline)
         stride = w + 1
         offsets = frame.clamp(min=0) * h * stride + torch.where(row >= 0, row * stride + col, torch.zeros_like(row))
@@ -169,16 +167,6 @@ def video_inputs(tokens_file: str | os.PathLike[str] | TokenFile, model: Any, in
             "position_ids": pos[None].to(text.device)}
 
 
-def _raster_order(tf: TokenFile) -> Tensor:
-    """Kept tokens in (frame, row, column) order of their representatives (rows without one first in their frame)."""
-    h, w = tf.grid
-    pos = tf.positions.long()
-    frame, row, col = pos[:, 0], pos[:, 1], pos[:, 2]
-    cell = torch.where(row >= 0, row * w + col, torch.full_like(row, -1))
-    key = torch.where(frame >= 0, frame * (h * w + 1) + cell + 1, torch.full_like(frame, -1))
-    return torch.argsort(key, stable=True)
-
-
 def _default_rows() -> int:
     import transformers
 
@@ -207,7 +195,7 @@ def _qwen_inputs(tf: TokenFile, model: Any, ids: Tensor, at: int, after_video: s
     if "mrope_positions" not in tf.tensors:
         raise FormatError(f"{tf.path}: a qwen2.5-vl file without 'mrope_positions'.")
     space = tf.meta["space"]
-    order = _raster_order(tf)
+    order = tf.raster_order()
     embed = model.get_input_embeddings()
     text = embed(ids.to(embed.weight.device))
     visual = tf.tokens[order].to(device=text.device, dtype=text.dtype)

@@ -162,6 +162,16 @@ class TokenFile:
         return Reduction(t["merge_dst"].long(), t["merge_src"].long(), t["merge_w"].float(), rep,
                          int(t["source"].numel()), None if seg is None else seg.long())
 
+    def raster_order(self) -> Tensor:
+        """Row order [K] that sorts the tokens by their representative's (frame, row, column) — an LLM's sequence
+        order; rows without a representative cell come first in their frame (stable)."""
+        h, w = self.grid
+        pos = self.positions.long()
+        frame, row, col = pos[:, 0], pos[:, 1], pos[:, 2]
+        cell = torch.where(row >= 0, row * w + col, torch.full_like(row, -1))
+        key = torch.where(frame >= 0, frame * (h * w + 1) + cell + 1, torch.full_like(frame, -1))
+        return torch.argsort(key, stable=True)
+
     def tokens_per_frame(self) -> Tensor:
         """[T] int64: output tokens whose representative lies in each frame."""
         f = self.positions[:, 0].long()

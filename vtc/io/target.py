@@ -603,7 +603,7 @@ class TargetEncoder(FrameGrid):
         return {"kind": "target", "target": self.spec.name, "checkpoint": str(self.config.target_model),
                 "checkpoint_dir": str(self.ckpt.path.resolve()), "vision_sha256": self.vision_sha256,
                 "model_type": self.ckpt.config.get("model_type"), "hidden_size": self.width,
-                "vision_grid": list(getattr(self.tower, "g", None) and [self.tower.g, self.tower.g] or []),
+                "vision_grid": [self.tower.g, self.tower.g] if isinstance(self.tower, LlavaTower) else [],
                 "grid": list(self.grid), "pool": self.spec.pool,
                 "video_token_id": self.ckpt.config.get("video_token_index", self.ckpt.config.get("video_token_id"))}
 
