@@ -312,6 +312,7 @@ def methods(
         out.print_json(json.dumps([
             {"name": s.name, "summary": s.summary, "signals": list(s.signals), "optional_signals":
              list(s.optional_signals), "paper": s.paper, "paper_ratio": s.paper_ratio, "variants": s.variants,
+             "runs": "inside the encoder" if s.in_encoder is not None else "after the encoder",
              "params": [{"name": p.name, "default": p.default, "type": p.describe_type(), "help": p.help,
                          "author_name": p.author_name, "choices": list(p.choices) if p.choices else None,
                          "range": [p.lo, p.hi] if p.lo is not None or p.hi is not None else None}
@@ -327,6 +328,9 @@ def methods(
             out.print(f"  variant [bold]{s.name}:{v}[/]: {knobs}", style="dim", highlight=False)
         if s.signals:
             out.print(f"  needs: {', '.join(s.signals)}", style="dim", highlight=False)
+        if s.in_encoder is not None:
+            out.print("  runs inside the encoder (between its blocks; not on --target or precomputed features)",
+                      style="dim", highlight=False)
         for p in s.params:
             author = f" (authors: {p.author_name})" if p.author_name and p.author_name != p.name else ""
             allowed = f" one of {', '.join(map(str, p.choices))}" if p.choices else ""
