@@ -156,3 +156,25 @@ def test_resume_distrusts_damaged_outputs_and_odd_manifests(tree: Path, tmp_path
     (bad / "vtc-manifest.jsonl").mkdir(parents=True)
     r = run(tree, bad, model_args)
     assert r.exit_code == 2 and "is a directory" in r.output and "Traceback" not in r.output
+
+
+def test_a_manifest_write_failure_does_not_stop_the_run(tree: Path, tmp_path: Path, model_args,  # noqa: ANN001
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk full while writing the manifest: every other input still completes, the summary warns."""
+    from vtc.run import batch as batch_mod
+
+    real = batch_mod.Manifest.write
+    calls = {"n": 0}
+
+    def flaky(self, record):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            self._f.write = lambda *_: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        return real(self, record)
+
+    monkeypatch.setattr(batch_mod.Manifest, "write", flaky)
+    out = tmp_path / "out"
+    r = run(tree, out, model_args, "--json")
+    s = json.loads(r.output)
+    assert s["ok"] == 3 and s["failed"] == 1 and "No space left" in s["warning"]
+    assert all((out / f"{rel}.safetensors").exists() for rel in ("a", "sub/b", "sub/deeper/c"))

@@ -242,6 +242,8 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
     except VtcError as e:
         raise _fail(e) from None
     info = summary.as_dict()
+    if summary.warning and not as_json:
+        console.print(f"[bold yellow]warning:[/] {safe(summary.warning)}", highlight=False)
     if as_json:
         out.print_json(json.dumps(info, default=str))
     elif not quiet:

@@ -129,17 +129,31 @@ class Manifest:
     """Append-only JSON-lines manifest; one line per record, flushed and synced."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+        except OSError as e:
+            raise UsageError(f"cannot write the manifest {path} ({e.strerror or e}); choose a writable -o.") from None
         self.path = path
-        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+        #: the first write error (disk full, ...): the run goes on, its records are missing, the summary says so
+        self.error: str | None = None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, default=str) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        if self.error is not None:
+            return
+        try:
+            self._f.write(json.dumps(record, default=str) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            self.error = f"could not write the manifest {self.path} ({e.strerror or e}): later inputs have no " \
+                         f"record, so a resume redoes them"
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError as e:
+            self.error = self.error or f"could not close the manifest {self.path} ({e.strerror or e})"
 
 
 @dataclass
@@ -156,6 +170,8 @@ class BatchSummary:
     wall: float = 0.0
     encoder_busy: float = 0.0
     load: float = 0.0
+    #: a problem that did not stop the run (the manifest could not be written)
+    warning: str | None = None
     manifest: str = ""
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -305,4 +321,5 @@ def run_batch(
     finally:
         manifest.close()
     summary.wall = time.perf_counter() - t0
+    summary.warning = manifest.error
     return summary
