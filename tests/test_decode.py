@@ -203,3 +203,36 @@ def test_audio_longer_than_video_is_not_truncation(tmp_path: Path) -> None:
     report = DecodeReport()
     frames = list(iter_frames(path, Sampling(frames=4), lambda w, h: (w, h), info=info, report=report))
     assert len(frames) == 4 and not report.truncated
+
+
+def test_two_video_streams_and_a_thin_clip_are_complete(tmp_path: Path) -> None:
+    """Two video streams of different lengths (the first is read, judged on its own duration) and a 16000×2 clip
+    decode completely, not as truncated, at a bounded size."""
+    from fractions import Fraction
+
+    import av
+
+    from vtc.io.decode import DecodeReport, Sampling, iter_frames, probe
+    from vtc.io.geometry import FrameGeometry
+    from vtc.testing import write_video
+
+    two = tmp_path / "two.mkv"
+    with av.open(str(two), "w") as c:
+        streams = [c.add_stream("mpeg4", rate=10), c.add_stream("mpeg4", rate=10)]
+        for s, n in zip(streams, (10, 30), strict=True):
+            s.width = s.height = 32
+            s.pix_fmt = "yuv420p"
+            for i in range(n):
+                f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 5 * i, np.uint8), format="rgb24")
+                f.pts, f.time_base = i, Fraction(1, 10)
+                for pkt in s.encode(f):
+                    c.mux(pkt)
+            for pkt in s.encode(None):
+                c.mux(pkt)
+    thin = write_video(tmp_path / "thin.mp4", [np.full((2, 16000, 3), 100, np.uint8)] * 6, fps=6)
+    geo = FrameGeometry((224, 224), "shortest")
+    for path in (two, thin):
+        info, report = probe(path), DecodeReport()
+        frames = list(iter_frames(path, Sampling(frames=4), geo.decode_size, info=info, report=report))
+        assert len(frames) == 4 and not report.truncated
+        assert max(frames[0][1].shape[:2]) <= 8 * 224
