@@ -219,9 +219,10 @@ def test_two_video_streams_and_a_thin_clip_are_complete(tmp_path: Path) -> None:
     two = tmp_path / "two.mkv"
     with av.open(str(two), "w") as c:
         streams = [c.add_stream("mpeg4", rate=10), c.add_stream("mpeg4", rate=10)]
-        for s, n in zip(streams, (10, 30), strict=True):
+        for s in streams:
             s.width = s.height = 32
             s.pix_fmt = "yuv420p"
+        for s, n in zip(streams, (10, 30), strict=True):
             for i in range(n):
                 f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 5 * i, np.uint8), format="rgb24")
                 f.pts, f.time_base = i, Fraction(1, 10)
