@@ -132,6 +132,26 @@ def test_display_rotation_is_applied(tmp_path: Path) -> None:
     assert ys.min() >= 56 and xs.max() <= 7  # turned counter-clockwise: the marker is now bottom-left
 
 
+def video_stream(container, time_base, rate: int = 10):  # noqa: ANN001, ANN201
+    """Add a 32×32 mpeg4 stream (`rate` fps nominal, `time_base`) to an open output container."""
+    s = container.add_stream("mpeg4", rate=rate)
+    s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+    s.time_base = time_base
+    return s
+
+
+def mux_frames(container, s, pts: list[int], time_base) -> None:  # noqa: ANN001
+    import av
+
+    for i, t in enumerate(pts):
+        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), (20 * i) % 256, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = t, time_base
+        for pkt in s.encode(frame):
+            container.mux(pkt)
+    for pkt in s.encode(None):
+        container.mux(pkt)
+
+
 def test_a_claimed_duration_of_1e6_seconds_is_bounded_by_the_stream(tmp_path: Path) -> None:
     """Three frames whose timestamps jump to 1e6 s: sampling at 1 or 1000 fps plans no more targets than the stream
     holds, decodes in one pass and ends quickly (the header's duration is not believed)."""
@@ -144,16 +164,8 @@ def test_a_claimed_duration_of_1e6_seconds_is_bounded_by_the_stream(tmp_path: Pa
 
     path = tmp_path / "jump.mkv"
     with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=25)
-        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
-        s.time_base = Fraction(1, 1000)
-        for i, pts in enumerate((0, 40, 10**9)):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 60 * i, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = pts, Fraction(1, 1000)
-            for pkt in s.encode(frame):
-                c.mux(pkt)
-        for pkt in s.encode(None):
-            c.mux(pkt)
+        s = video_stream(c, Fraction(1, 1000), rate=25)
+        mux_frames(c, s, [0, 40, 10**9], Fraction(1, 1000))
     info = probe(path)
     for fps in (1.0, 1000.0):
         targets = target_times(info, Sampling(fps=fps))
@@ -182,16 +194,9 @@ def test_audio_longer_than_video_is_not_truncation(tmp_path: Path) -> None:
 
     path = tmp_path / "longaudio.mkv"
     with av.open(str(path), "w") as c:
-        vs = c.add_stream("mpeg4", rate=10)
-        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
+        vs = video_stream(c, Fraction(1, 10))
         aus = c.add_stream("aac", rate=16000)
-        for i in range(10):
-            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * i, np.uint8), format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 10)
-            for p in vs.encode(f):
-                c.mux(p)
-        for p in vs.encode(None):
-            c.mux(p)
+        mux_frames(c, vs, list(range(10)), Fraction(1, 10))
         for k in range(4 * 16000 // 1024):
             a = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
             a.sample_rate, a.pts, a.time_base = 16000, k * 1024, Fraction(1, 16000)
@@ -218,18 +223,9 @@ def test_two_video_streams_and_a_thin_clip_are_complete(tmp_path: Path) -> None:
 
     two = tmp_path / "two.mkv"
     with av.open(str(two), "w") as c:
-        streams = [c.add_stream("mpeg4", rate=10), c.add_stream("mpeg4", rate=10)]
-        for s in streams:
-            s.width = s.height = 32
-            s.pix_fmt = "yuv420p"
+        streams = [video_stream(c, Fraction(1, 10)), video_stream(c, Fraction(1, 10))]
         for s, n in zip(streams, (10, 30), strict=True):
-            for i in range(n):
-                f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 5 * i, np.uint8), format="rgb24")
-                f.pts, f.time_base = i, Fraction(1, 10)
-                for pkt in s.encode(f):
-                    c.mux(pkt)
-            for pkt in s.encode(None):
-                c.mux(pkt)
+            mux_frames(c, s, list(range(n)), Fraction(1, 10))
     thin = write_video(tmp_path / "thin.mp4", [np.full((2, 16000, 3), 100, np.uint8)] * 6, fps=6)
     geo = FrameGeometry((224, 224), "shortest")
     for path in (two, thin):
