@@ -104,6 +104,9 @@ def test_methods_lists_registry() -> None:
     for m in all_methods():
         assert m.name in r.output
     js = json.loads(cli("methods", "--json").output)
+    runs = {m["name"]: m["runs"] for m in js}
+    assert runs["tome_vit"] == runs["vid_tldr"] == "inside the encoder" and runs["fastvid"] == "after the encoder"
+    assert "runs inside the encoder" in r.output
     fast = next(m for m in js if m["name"] == "fastvid")
     assert {"name": "tau", "default": 0.9} .items() <= next(p for p in fast["params"] if p["name"] == "tau").items()
 

@@ -71,13 +71,19 @@ def test_pixels_equal_the_models_video_processor(request: pytest.FixtureRequest,
     assert torch.equal(geo.preprocess(frames), ref)
 
 
+def compress_none(tmp_path: Path, clip: Path, ckpt: Path, target: str) -> vtc.TokenFile:
+    """`vtc compress --target TARGET --method none` in float32 through the CLI → the token file."""
+    out = tmp_path / f"{target}.safetensors"
+    r = cli("compress", clip, "-o", out, "--target", target, "--target-model", ckpt, "--method", "none",
+            "--frames", FRAMES, "--dtype-out", "float32")
+    assert r.exit_code == 0, r.output
+    return vtc.load(out)
+
+
 def test_onevision_logits_equal_the_models_own_forward(tmp_path: Path, clip_path: Path, ckpt: Path,
                                                       model: LlavaOnevisionForConditionalGeneration) -> None:
-    out = tmp_path / "ov.safetensors"
-    r = cli("compress", clip_path, "-o", out, "--target", "llava-onevision", "--target-model", ckpt,
-            "--method", "none", "--frames", FRAMES, "--dtype-out", "float32")
-    assert r.exit_code == 0, r.output
-    f = vtc.load(out)
+    f = compress_none(tmp_path, clip_path, ckpt, "llava-onevision")
+    out = f.path
     assert f.meta["space"]["kind"] == "target" and f.meta["space"]["target"] == "llava-onevision"
     assert f.grid == (4, 4) and f.tokens.shape == (FRAMES * 16, 48) and f.meta["newline"]["layout"] == "one"
     pixels = AutoVideoProcessor.from_pretrained(ckpt)(videos=[decoded(clip_path, ckpt)],
@@ -109,11 +115,8 @@ def llava_video_reference(model: LlavaOnevisionForConditionalGeneration, pixels:
 
 def test_llava_video_logits_equal_the_reference_path(tmp_path: Path, clip_path: Path, ckpt: Path,
                                                       model: LlavaOnevisionForConditionalGeneration) -> None:
-    out = tmp_path / "lv.safetensors"
-    r = cli("compress", clip_path, "-o", out, "--target", "llava-video", "--target-model", ckpt,
-            "--method", "none", "--frames", FRAMES, "--dtype-out", "float32")
-    assert r.exit_code == 0, r.output
-    f = vtc.load(out)
+    f = compress_none(tmp_path, clip_path, ckpt, "llava-video")
+    out = f.path
     assert f.grid == (3, 3) and f.meta["newline"]["layout"] == "per_row"
     pixels = AutoVideoProcessor.from_pretrained(ckpt)(videos=[decoded(clip_path, ckpt)],
                                                        return_tensors="pt")["pixel_values_videos"][0]

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vtc.errors import ModelError
+from vtc.errors import ModelError, UsageError
 from vtc.io.geometry import OPENAI_MEAN, OPENAI_STD, FrameGeometry
 from vtc.io.towers import Tower
 
@@ -100,8 +100,6 @@ class QwenTower(Tower):
         return {k: v for k, v in res.items() if k == "patches" or k in want}
 
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
-        from vtc.errors import UsageError
-
         raise UsageError("encoding only the changed patches is not available with --target qwen2.5-vl.")
 
     def signal_sources(self, layer: int) -> dict[str, str]:
