@@ -6,9 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
+import av
 import pytest
 import torch
 
+from vtc.io.encode import Encoder
 from vtc.testing import save_random_checkpoint, synth_clip, tiny_clip_config, tiny_siglip_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +77,22 @@ def model_args(models: dict[str, tuple[Path, Path]]):  # noqa: ANN201
         return {"model": str(cfg), "checkpoint": str(ckpt)}
 
     return make
+
+
+@pytest.fixture()
+def no_work(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count every attempt to open a video or build an encoder (both must stay at 0)."""
+    calls = {"decode": 0, "model": 0}
+    real_open = av.open
+
+    def fake_open(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls["decode"] += 1
+        return real_open(*a, **k)
+
+    def fake_init(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls["model"] += 1
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(av, "open", fake_open)
+    monkeypatch.setattr(Encoder, "__init__", fake_init)
+    return calls

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -23,25 +22,6 @@ from vtc.run.plan import Plan
 from .conftest import GOLDEN
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def no_work(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Count every attempt to open a video or build an encoder (both must stay at 0)."""
-    calls = {"decode": 0, "model": 0}
-    real_open = av.open
-
-    def fake_open(*a, **k):  # noqa: ANN002, ANN003, ANN202
-        calls["decode"] += 1
-        return real_open(*a, **k)
-
-    def fake_init(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-        calls["model"] += 1
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(av, "open", fake_open)
-    monkeypatch.setattr(Encoder, "__init__", fake_init)
-    return calls
 
 
 def one_line_exit2(result) -> None:  # noqa: ANN001

@@ -40,6 +40,11 @@ console = Console(stderr=True, soft_wrap=True)  # lines are never broken mid-phr
 out = Console(soft_wrap=True)
 
 
+def print_json(obj: object) -> None:
+    """Indented JSON on stdout, plain: rich's highlighter takes minutes on the per-frame lists of a long video."""
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
 def safe(value: object) -> str:
     """A path or a message for rich output: no markup interpretation, no terminal control characters."""
     from rich.markup import escape
@@ -245,7 +250,7 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
     if summary.warning and not as_json:
         console.print(f"[bold yellow]warning:[/] {safe(summary.warning)}", highlight=False)
     if as_json:
-        out.print_json(json.dumps(info, default=str))
+        print_json(info)
     elif not quiet:
         out.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped of {summary.total} — "
                   f"{info['frames_per_s']} frames/s, encoder busy {100 * info['encoder_utilisation']:.0f}% of "
@@ -311,7 +316,7 @@ def methods(
 
     specs = all_methods()
     if as_json:
-        out.print_json(json.dumps([
+        print_json([
             {"name": s.name, "summary": s.summary, "signals": list(s.signals), "optional_signals":
              list(s.optional_signals), "paper": s.paper, "paper_ratio": s.paper_ratio, "variants": s.variants,
              "runs": "inside the encoder" if s.in_encoder is not None else "after the encoder",
@@ -319,7 +324,7 @@ def methods(
                          "author_name": p.author_name, "choices": list(p.choices) if p.choices else None,
                          "range": [p.lo, p.hi] if p.lo is not None or p.hi is not None else None}
                         for p in s.params]}
-            for s in specs], default=str))
+            for s in specs])
         return
     for s in specs:
         out.print(f"[bold cyan]{s.name}[/] — {s.summary}", highlight=False)
@@ -396,7 +401,7 @@ def show(
     except VtcError as e:
         raise _fail(e) from None
     if as_json:
-        out.print_json(json.dumps(info, default=str))
+        print_json(info)
     else:
         summary_table(info, out)
         for p in (html_out, png_out):

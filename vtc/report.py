@@ -152,28 +152,38 @@ def _timeline_svg(per_frame: list[int], segments: list[list[int]] | None, salien
                   width: int = 900, height: int = 120) -> str:
     """Tokens per frame as bars over the temporal segments (named S0, S1, ...), with labelled axes."""
     t = max(len(per_frame), 1)
-    top = max(per_frame, default=1) or 1
     left, bottom = 40, 34  # room for the y labels and the x axis
     plot_w = width - left
     bw = plot_w / t
     parts = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + bottom}" '
              f'font-family="system-ui,sans-serif">']
-    for i, (a, b) in enumerate(segments or []):
+    segments = segments or []
+    drawn = segments if len(segments) <= plot_w else []  # more bands than pixels would be noise, and megabytes
+    for i, (a, b) in enumerate(drawn):
         fill = "#e8eef8" if i % 2 == 0 else "#f8efe2"
         x = left + a * bw
         parts.append(f'<rect class="segment" x="{x:.1f}" y="0" width="{(b - a + 1) * bw:.1f}" height="{height}" '
                      f'fill="{fill}"><title>segment S{i}: frames {a}–{b}</title></rect>')
         if (b - a + 1) * bw >= 18:
             parts.append(f'<text class="segment-name" x="{x + 2:.1f}" y="11" font-size="10" fill="#667">S{i}</text>')
-    for i, v in enumerate(per_frame):
+    # at most one bar per two pixels: a long video's frames are binned, each bar the bin's largest count
+    bins = _bins(t, max(int(plot_w // 2), 1))
+    top = max((max(per_frame[a : b + 1]) for a, b in bins), default=1) or 1
+    for a, b in bins:
+        v = max(per_frame[a : b + 1], default=0)
         hgt = v / top * (height - 14)
-        parts.append(f'<rect class="bar" x="{left + i * bw + 1:.1f}" y="{height - hgt:.1f}" '
-                     f'width="{max(bw - 2, 1):.1f}" height="{hgt:.1f}" fill="#3b6fd8">'
-                     f'<title>frame {i}: {v} tokens</title></rect>')
+        what = f"frame {a}: {v} tokens" if a == b else \
+            f"frames {a}–{b}: up to {v} per frame, {sum(per_frame[a : b + 1])} in all"
+        parts.append(f'<rect class="bar" x="{left + a * bw + 1:.1f}" y="{height - hgt:.1f}" '
+                     f'width="{max((b - a + 1) * bw - 2, 1):.1f}" height="{hgt:.1f}" fill="#3b6fd8">'
+                     f'<title>{what}</title></rect>')
     if saliency:
-        m = max(saliency) or 1.0
-        pts = " ".join(f"{left + i / max(len(saliency) - 1, 1) * plot_w:.1f},{height - s / m * (height - 14):.1f}"
-                       for i, s in enumerate(saliency))
+        sal_bins = _bins(len(saliency), int(plot_w))
+        peak = [max(saliency[a : b + 1]) for a, b in sal_bins]
+        m = max(peak) or 1.0
+        n = max(len(saliency) - 1, 1)
+        pts = " ".join(f"{left + (a + b) / 2 / n * plot_w:.1f},{height - s / m * (height - 14):.1f}"
+                       for (a, b), s in zip(sal_bins, peak, strict=True))
         parts.append(f'<polyline id="saliency" points="{pts}" fill="none" stroke="#d83b3b" stroke-width="2"/>')
     axis = "#444"
     parts.append(f'<line x1="{left}" y1="{height}" x2="{width}" y2="{height}" stroke="{axis}"/>'
@@ -186,10 +196,18 @@ def _timeline_svg(per_frame: list[int], segments: list[list[int]] | None, salien
         parts.append(f'<text class="tick" x="{left + (i + 0.5) * bw:.1f}" y="{height + 13}" font-size="10" '
                      f'text-anchor="middle">{i}</text>')
     label = "frame index (tokens per frame" + ("; red: audio saliency" if saliency else "") + \
-        ("; shaded bands: temporal segments" if segments else "") + ")"
+        ("; shaded bands: temporal segments" if drawn else "") + \
+        (f"; {len(segments)} temporal segments, too many to shade" if segments and not drawn else "") + ")"
     parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height + 28}" font-size="11" text-anchor="middle">'
                  f'{label}</text></svg>')
     return "".join(parts)
+
+
+def _bins(n: int, most: int) -> list[tuple[int, int]]:
+    """[0, n) cut into at most `most` contiguous, inclusive (first, last) ranges of near-equal length."""
+    k = max(min(n, most), 1)
+    edges = [i * n // k for i in range(k + 1)]
+    return [(a, b - 1) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
 
 def describe_view(geo: FrameGeometry) -> str:

@@ -181,10 +181,29 @@ def _demuxed_span(c: av.container.InputContainer, v: av.video.stream.VideoStream
     return float((end - start) * v.time_base)
 
 
-def _video_index(c: av.container.InputContainer) -> int:
-    """The video stream to read: the first one that holds frames (an empty first stream is skipped), by the
-    header's frame count or duration; the first one when none says."""
-    for i, v in enumerate(c.streams.video):
+def _video_index(c: av.container.InputContainer, window: int = 512) -> int:
+    """The video stream to read: the first one that holds frames (an empty first stream is skipped).
+
+    With several video streams, which ones hold frames is seen from the first `window` demuxed packets (headers
+    are unreliable: an empty MKV track can claim a duration); the container is sought back to its start.
+    """
+    videos = c.streams.video
+    if len(videos) <= 1:
+        return 0
+    seen: set[int] = set()
+    try:
+        for n, pkt in enumerate(c.demux(*videos)):
+            if pkt.size:
+                seen.add(pkt.stream.index)
+            if n >= window or len(seen) == len(videos):
+                break
+        c.seek(0)
+    except av.error.FFmpegError:
+        seen = set()
+    for i, v in enumerate(videos):
+        if v.index in seen:
+            return i
+    for i, v in enumerate(videos):
         if (v.frames or 0) > 0 or (v.duration or 0) > 0:
             return i
     return 0

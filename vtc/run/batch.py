@@ -249,6 +249,7 @@ def plan_items(
                 continue
         elif done:
             summary.skipped += 1
+            clean_stale(it.output(out_root))  # a killed rerun of a finished input may have left one
             continue
         todo.append(it)
     return todo, summary, out_root / name
