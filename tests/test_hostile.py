@@ -210,6 +210,23 @@ PROBES = textwrap.dedent("""
                                 "--model", model, "--checkpoint", ckpt, *args])
         assert r.exit_code in (0, 2), (path.name, r.output)
         assert "Traceback" not in r.output, r.output
+    import torch, vtc
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    good = vtc.compress_features(torch.randn(4, 4, 8), method="tome", ratio=0.5).save(tmp / "good.safetensors")
+    with safe_open(str(good), "pt") as h:
+        meta0 = dict(h.metadata())
+    for key, value in (("T", "10000000000"), ("grid", "[100000, 100000]"), ("frame", 2**31 - 1), ("frame", 10**8)):
+        meta, tensors = dict(meta0), load_file(str(good))
+        if key == "frame":
+            tensors["positions"][0, 0] = value
+        else:
+            meta[key] = value
+        bad = tmp / "bad.safetensors"
+        save_file(tensors, str(bad), metadata=meta)
+        for extra in ([], ["--json"], ["--html", str(tmp / "r.html")], ["--png", str(tmp / "r.png")]):
+            r = runner.invoke(app, ["show", str(bad), *extra])
+            assert r.exit_code == 4 and "Traceback" not in r.output, (key, extra, r.output)
     # VmHWM: this process's own peak (ru_maxrss would include the parent's peak from before the exec)
     hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
     print(int(hwm.split()[1]) * 1024)
@@ -218,7 +235,8 @@ PROBES = textwrap.dedent("""
 
 def test_hostile_videos_stay_under_3_gb(tmp_path: Path, model_args) -> None:  # noqa: ANN001
     """The study's runaway inputs (a claimed 1e9-s duration at 1 fps, a PTS jump at 1000 fps, 1e5 frames asked of a
-    1000-fps clip, 8000×8 and 2×16000 frames) compressed one after another in one process: peak RSS < 3 GB."""
+    1000-fps clip, 8000×8 and 2×16000 frames) compressed one after another, then token files claiming T = 1e10, a
+    1e5×1e5 grid or a token at frame 2^31−1 / 1e8 shown four ways, all in one process: peak RSS < 3 GB."""
     a = model_args("clip")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", PROBES, str(tmp_path), a["model"], a["checkpoint"]],
