@@ -30,10 +30,11 @@ def divprune(
     t, n, d = x.shape
     r = ratio
     if mode == "joint":
-        order = max_min_diversity(x.reshape(t * n, d), max(1, py_round(r * t * n)))
+        # the same patch one frame on, and the next patch in the row, are likely near: hints for the first pick
+        order = max_min_diversity(x.reshape(t * n, d), max(1, py_round(r * t * n)), neighbours=(n, 1))
     else:
         k = max(1, py_round(r * n))
-        order = torch.cat([max_min_diversity(x[f], k) + f * n for f in range(t)])
+        order = torch.cat([max_min_diversity(x[f], k, neighbours=(1, grid[1])) + f * n for f in range(t)])
     red = Reduction.select(order.sort().values, t * n)
     red.info["selection_order"] = order.tolist() if order.numel() <= 4096 else "omitted (long)"
     return red

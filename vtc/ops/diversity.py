@@ -1,40 +1,105 @@
-"""Greedy max–min (farthest-point) diversity selection under cosine distance (DivPrune's core)."""
+"""Greedy max–min (farthest-point) diversity selection under cosine distance (DivPrune's core).
+
+Memory is O(L·D + L·block) and never an L×L matrix; time is O(K·L·D) plus the first pick's neighbour search:
+
+- **First pick** (the token whose nearest other token is farthest): every token's nearest-neighbour distance is
+  bounded from above cheaply (its neighbours along the given index offsets — the same patch in the next frame, the
+  next patch in the row — and a fixed spread of sample tokens); exact distances are then computed only for tokens
+  in order of that bound, until the bound drops below the best exact distance found. Exact, and for video
+  features a few blocks instead of all L rows.
+- **Greedy steps**: the running minimum distance to the selected set is updated lazily, once per `_PENDING`
+  selections, with one matrix product; between updates the argmax is found exactly from the top of the stale
+  (upper-bound) vector, refreshed against the pending selections.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from vtc.ops.similarity import l2_normalize
 
-_CHUNK = 4096
-_FULL = 25000  # L×L float32 up to ~2.5 GB: one matmul, then cheap greedy steps
+_BLOCK = 512  # rows per exact-distance block (memory O(block·L))
+_SAMPLE = 1024  # tokens whose distances bound every token's nearest-neighbour distance
+_HOT = 1024  # tokens whose distance to the selection is kept exact between two full updates
+_MARGIN = 1e-5  # float32 rounding between two ways of computing the same distance
 
 
-def max_min_diversity(x: Tensor, k: int) -> Tensor:
+def max_min_diversity(x: Tensor, k: int, neighbours: Sequence[int] = ()) -> Tensor:
     """Greedy farthest-point selection under cosine distance 1 − cos.  x: [L, D] → selection order [k].
 
     Step 0 picks the token whose nearest other token is farthest (the second-smallest distance of its row, the
-    smallest being itself); then each step picks the token farthest from the selected set (first index on ties),
-    keeping a running minimum distance (the same result as the authors' recomputed min over the selected rows).
-    Up to _FULL tokens the L×L distances are computed once; beyond, in row chunks (memory O(L·chunk)).
+    smallest being itself); then each step picks the token farthest from the selected set (first index on ties).
+    `neighbours`: index offsets whose tokens are likely near (e.g. N for the same patch one frame later, 1 for the
+    next patch); they only speed up the first pick, never change it.
     """
     xn = l2_normalize(x.float())
     length = xn.shape[0]
     k = max(1, min(k, length))
-    full = 1 - xn @ xn.T if length <= _FULL else None
-    second = torch.empty(length, device=xn.device)
-    for s in range(0, length, _CHUNK):
-        block = full[s : s + _CHUNK] if full is not None else 1 - xn[s : s + _CHUNK] @ xn.T
-        second[s : s + _CHUNK] = torch.topk(block, min(2, length), dim=1, largest=False).values[:, -1]
-    order = [int(torch.argmax(second))]
-
-    def row(i: int) -> Tensor:
-        return full[i] if full is not None else 1 - xn @ xn[i]
-
-    min_dist = row(order[0]).clone()
-    for _ in range(1, k):
-        j = int(torch.argmax(min_dist))
-        order.append(j)
-        min_dist = torch.minimum(min_dist, row(j))
+    order = [_most_isolated(xn, neighbours)]
+    min_dist = 1 - xn @ xn[order[0]]  # exact running minimum distance to the selected set
+    while len(order) < k:
+        # the hot set: the tokens farthest from the selection; every other token is at most `floor` away
+        size = min(length, _HOT)
+        hot_dist, hot = torch.topk(min_dist, size)
+        floor = float(hot_dist[-1]) if size < length else -float("inf")
+        hot_x = xn[hot]
+        first = len(order)
+        while len(order) < k:
+            best = hot_dist.max()
+            if float(best) <= floor + _MARGIN:  # the farthest token might now be outside the hot set
+                break
+            j = int(hot[hot_dist == best].min())  # first index on ties
+            order.append(j)
+            hot_dist = torch.minimum(hot_dist, 1 - hot_x @ xn[j])
+        if len(order) == first:  # nothing stands out from the rest (ties at the floor): take the exact argmax
+            j = int(torch.argmax(min_dist))
+            order.append(j)
+        min_dist = torch.minimum(min_dist, _nearest(xn, xn[order[first:]]))
     return torch.tensor(order, dtype=torch.long)
+
+
+def _nearest(rows: Tensor, to: Tensor) -> Tensor:
+    """Cosine distance from each of rows [n, D] to its nearest row of `to` [m, D] → [n]."""
+    return (1 - rows @ to.T).amin(1)
+
+
+def _most_isolated(xn: Tensor, neighbours: Sequence[int]) -> int:
+    """argmax over tokens of the second-smallest entry of their distance row (first index on ties)."""
+    length = xn.shape[0]
+    if length <= _BLOCK:
+        return int(torch.argmax(_second_smallest(xn, xn)))
+    bound = torch.full((length,), float("inf"))
+    for o in neighbours:
+        if 0 < o < length:
+            d = 1 - (xn[o:] * xn[:-o]).sum(1)
+            bound[o:] = torch.minimum(bound[o:], d)
+            bound[:-o] = torch.minimum(bound[:-o], d)
+    sample = torch.linspace(0, length - 1, min(_SAMPLE, length)).round().long().unique()
+    to_sample = 1 - xn @ xn[sample].T  # [L, S]
+    to_sample[sample, torch.arange(sample.numel())] = float("inf")  # a token is not its own neighbour
+    bound = torch.minimum(bound, to_sample.amin(1)) + _MARGIN
+    del to_sample
+    by_bound = torch.argsort(bound, descending=True, stable=True)
+    best, seen, values = -float("inf"), [], []
+    for s in range(0, length, _BLOCK):
+        rows = by_bound[s : s + _BLOCK]
+        if float(bound[rows[0]]) < best:
+            break
+        values.append(_second_smallest(xn[rows], xn))
+        seen.append(rows)
+        best = max(best, float(values[-1].max()))
+    rows, vals = torch.cat(seen), torch.cat(values)
+    top = rows[vals == vals.max()]
+    return int(top.min())
+
+
+def _second_smallest(rows: Tensor, xn: Tensor) -> Tensor:
+    """Second-smallest cosine distance of each row [n, D] to all of xn [L, D] (the smallest is itself) → [n]."""
+    out = torch.empty(rows.shape[0])
+    for s in range(0, rows.shape[0], _BLOCK):
+        block = 1 - rows[s : s + _BLOCK] @ xn.T
+        out[s : s + _BLOCK] = torch.topk(block, min(2, xn.shape[0]), dim=1, largest=False).values[:, -1]
+    return out
