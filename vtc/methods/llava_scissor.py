@@ -9,21 +9,31 @@ from torch import Tensor
 
 from vtc.methods.registry import Param, register
 from vtc.ops import cosine_matrix
-from vtc.ops.components import component_ids
+from vtc.ops.components import SimilarityGraph, component_ids, order_ids
+from vtc.ops.similarity import l2_normalize
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 
 def _means(x: Tensor, ids: Tensor, count: int) -> tuple[Tensor, Tensor]:
-    """Plain means of the rows of x [n, D] per id (ids -1 ignored) → ([count, D], sizes [count])."""
+    """Plain means of the rows of x [n, D] per id (ids -1 ignored) → ([count, D], sizes [count]); summed in
+    float64, a block of rows at a time."""
     valid = ids >= 0
     size = torch.bincount(ids[valid], minlength=count)
-    sums = torch.zeros(count, x.shape[1], dtype=torch.float64).index_add_(0, ids[valid], x[valid].double())
+    sums = torch.zeros(count, x.shape[1], dtype=torch.float64)
+    for s in range(0, x.shape[0], 8192):
+        v = valid[s : s + 8192]
+        sums.index_add_(0, ids[s : s + 8192][v], x[s : s + 8192][v].double())
     return (sums / size.clamp_min(1)[:, None]).float(), size
 
 
+_DENSE = 4096  # up to this many centroids the temporal graph is one M×M matrix, as in the reference code
+_GRID = 2.0**-7  # resolution of the τ search
+
+
 class _Scissor:
-    """The three steps for one clip; per-frame similarities are computed once and reused across τ."""
+    """The three steps for one clip; per-frame similarities are computed once and reused across τ, and so is the
+    temporal similarity graph while the spatial components (hence the centroids) stay the same."""
 
     def __init__(self, x: Tensor, union_find: str, epsilon: float, seed: int) -> None:
         t, n, d = x.shape
@@ -31,6 +41,8 @@ class _Scissor:
         self.flat = x.reshape(t * n, d).float()
         self.sim = cosine_matrix(x.float())  # [T, N, N]
         self.mode, self.epsilon, self.seed = union_find, epsilon, seed
+        self.graph: tuple[Tensor, SimilarityGraph] | None = None  # (spatial ids it was built for, graph)
+        self.last: tuple[Tensor, Tensor] | None = None  # (spatial ids, their centroids)
 
     def spatial(self, tau: float) -> tuple[Tensor, int]:
         """Spatial component of every token (frame-major global ids; -1 = lost) and their count."""
@@ -40,17 +52,50 @@ class _Scissor:
         glob = torch.where(ids >= 0, ids + offset[:, None], -1).reshape(-1)
         return glob, int(per_frame.sum())
 
+    def centroids(self, tau: float) -> tuple[Tensor, Tensor]:
+        """(spatial ids [T·N], their centroids [M, D]); the centroids are reused while the ids stay the same."""
+        s_ids, m = self.spatial(tau)
+        if self.last is None or not torch.equal(self.last[0], s_ids):
+            self.last = (s_ids, _means(self.flat, s_ids, m)[0])
+        return self.last
+
     def run(self, tau: float) -> tuple[Tensor, Tensor, Tensor, int]:
         """(spatial ids [T·N], temporal ids [#spatial], final centroids [K, D], K)."""
-        s_ids, m = self.spatial(tau)
-        centroids, _ = _means(self.flat, s_ids, m)
-        t_ids = component_ids(cosine_matrix(centroids) > tau, self.mode, self.epsilon, self.seed)
+        s_ids, centroids = self.centroids(tau)
+        t_ids = self.temporal(s_ids, centroids, tau)
         k = int(t_ids.max()) + 1 if t_ids.numel() else 0
         final, _ = _means(centroids, t_ids, k)
         return s_ids, t_ids, final, k
 
+    def temporal(self, s_ids: Tensor, centroids: Tensor, tau: float) -> Tensor:
+        """Temporal component of every centroid [M, D] (authors' order).  Past _DENSE centroids (exact mode) the
+        graph is a list of similar pairs, built once per set of centroids: memory O(M), not O(M²)."""
+        if centroids.shape[0] <= _DENSE or self.mode != "exact":
+            return component_ids(cosine_matrix(centroids) > tau, self.mode, self.epsilon, self.seed)
+        if self.graph is None or not torch.equal(self.graph[0], s_ids) or tau < self.graph[1].floor:
+            self.graph = (s_ids, SimilarityGraph(l2_normalize(centroids)))
+        labels, degree = self.graph[1].components(tau)
+        return order_ids(labels[None], degree[None])[0]
+
     def count(self, tau: float) -> int:
-        return self.run(tau)[3]
+        s_ids, centroids = self.centroids(tau)
+        t_ids = self.temporal(s_ids, centroids, tau)
+        return int(t_ids.max()) + 1 if t_ids.numel() else 0
+
+    def search(self, budget: float) -> float:
+        """The largest τ on the grid −1 + i·2⁻⁷ whose K is within budget (K grows with τ): galloping down from the
+        top, where graphs are sparse and cheap, then bisecting — what bisection over [−1, 1] finds, in fewer,
+        cheaper evaluations."""
+        top = round(2 / _GRID)
+        hi, step = top, 1  # K(τ_hi) > budget is assumed at τ = 1
+        lo = hi - step
+        while lo > 0 and self.count(-1 + lo * _GRID) > budget:
+            hi, step = lo, step * 2
+            lo = max(hi - step, 0)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.count(-1 + mid * _GRID) <= budget else (lo, mid)
+        return -1 + lo * _GRID
 
 
 @register(
@@ -86,22 +131,20 @@ def llava_scissor(
     1. Per frame: components of the graph cos > τ; each → plain mean of its members.
     2. Over all frames' centroids: components again (same τ); each → plain mean of its centroids (unweighted).
     3. Every original token joins its most cosine-similar final centroid; output k = (centroid_k + Σ assigned)
-       / (count_k + 1). Order: temporal-component order. K depends on τ; with --ratio and no τ, τ is found by
-       bisection (K grows with τ): the largest K within the ratio.
+       / (count_k + 1). Order: temporal-component order. K depends on τ; with --ratio and no τ, τ is searched on
+       a 2⁻⁷ grid (K grows with τ): the largest K within the ratio.
+    Memory stays O(T·N²) + O(M) for M centroids: the temporal graph past 4096 centroids is a list of similar
+    pairs (`SimilarityGraph`), not an M×M matrix; the final assignment runs in row blocks.
     Representative: the source with the largest weight in the row.
     """
     t, n, _ = x.shape
     sc = _Scissor(x, union_find, epsilon, seed)
     if tau is None and ratio is not None:
-        budget = ratio * t * n
-        lo, hi = -1.0, 1.0
-        for _ in range(8):  # τ to within 2^-7; each step costs one full pass
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if sc.count(mid) <= budget else (lo, mid)
-        tau = lo
+        tau = sc.search(ratio * t * n)
     tau = 0.9 if tau is None else tau
     s_ids, t_ids, final, k = sc.run(tau)
-    assign = cosine_matrix(sc.flat, final).argmax(-1)  # [T·N]
+    fn = l2_normalize(final)
+    assign = torch.cat([(l2_normalize(rows) @ fn.T).argmax(-1) for rows in sc.flat.split(4096)])  # [T·N]
     count = torch.bincount(assign, minlength=k).double()
     s_size = torch.bincount(s_ids[s_ids >= 0], minlength=t_ids.numel()).double()
     t_size = torch.bincount(t_ids, minlength=k).double()

@@ -80,23 +80,9 @@ def bfs_labels(adj: Tensor) -> Tensor:
 
 
 def edge_labels(adj: Tensor) -> Tensor:
-    """Exact component labels (smallest member index) of one sparse graph [n, n] from its edge list: min-label
-    hooking plus pointer jumping, vectorised; a few passes however many components there are."""
-    n = adj.shape[0]
+    """Exact component labels (smallest member index) of one sparse graph [n, n] from its edge list."""
     src, dst = torch.nonzero(torch.triu(adj, diagonal=1), as_tuple=True)
-    labels = torch.arange(n)
-    while True:
-        low = torch.minimum(labels[src], labels[dst])
-        new = labels.scatter_reduce(0, src, low, "amin").scatter_reduce(0, dst, low, "amin")
-        new = new.scatter_reduce(0, labels, new, "amin")  # hook roots too
-        while True:  # pointer jumping to the root
-            nxt = new[new]
-            if torch.equal(nxt, new):
-                break
-            new = nxt
-        if torch.equal(new, labels):
-            return labels
-        labels = new
+    return hook_labels(adj.shape[0], src, dst)
 
 
 def order_ids(labels: Tensor, degree: Tensor) -> Tensor:
@@ -162,3 +148,117 @@ def _reference_labels(a: np.ndarray, epsilon: float, seed: int) -> Tensor:
     single = np.nonzero(~covered)[0]
     labels[torch.from_numpy(single)] = torch.from_numpy(single) + n  # singletons, ids beyond the roots
     return labels
+
+
+def hook_labels(n: int, src: Tensor, dst: Tensor) -> Tensor:
+    """Exact component labels (smallest member index) of n nodes joined by the edges (src[e], dst[e]): min-label
+    hooking plus pointer jumping, vectorised; a few passes however many components there are."""
+    labels = torch.arange(n)
+    while True:
+        low = torch.minimum(labels[src], labels[dst])
+        new = labels.scatter_reduce(0, src, low, "amin").scatter_reduce(0, dst, low, "amin")
+        new = new.scatter_reduce(0, labels, new, "amin")  # hook roots too
+        while True:  # pointer jumping to the root
+            nxt = new[new]
+            if torch.equal(nxt, new):
+                break
+            new = nxt
+        if torch.equal(new, labels):
+            return labels
+        labels = new
+
+
+class SimilarityGraph:
+    """The graph cos(x_i, x_j) > τ over unit rows x [M, D] for any τ ≥ `floor`, without an M×M matrix.
+
+    The floor is the lowest similarity for which about cap / 4 pairs are expected above it (from a sample of rows),
+    or `floor` if higher. One blocked bfloat16 pass keeps every pair i < j that may lie above it (within the
+    product's rounding bound); if more than `cap` do after all, the floor is raised to keep the most similar.
+    A query at τ ≥ floor decides the pairs far from τ by their bfloat16 value and computes the few within the
+    bound in float32 (cached); below the floor it falls back to blocked label propagation (exact, one float32
+    product pass per round).
+    """
+
+    # |bf16 cos − cos| ≤ 2·2⁻⁸ + D·2⁻²⁴ for unit vectors (D ≤ 16k), plus 2⁻⁹ for the threshold's own rounding
+    BOUND = 0.02
+
+    def __init__(self, xn: Tensor, floor: float = -1.0, cap: int = 4_000_000, block: int = 1024) -> None:
+        self.xn, self.block = xn, block
+        m = xn.shape[0]
+        floor = max(floor, self._sampled_floor(xn, cap // 4))
+        low = xn.to(torch.bfloat16)
+        src, dst, val = [], [], []
+        kept = 0
+        for s in range(0, m, block):
+            rough = low[s : s + block] @ low[s:].T  # [b, M − s]: pairs i < j only (upper triangle)
+            b = rough.shape[0]
+            rough[:, :b].masked_fill_(~torch.ones(b, b, dtype=torch.bool).triu(1), -2.0)
+            i, j = torch.nonzero(rough > floor - self.BOUND, as_tuple=True)  # compared in bfloat16
+            src.append(i + s)
+            dst.append(j + s)
+            val.append(rough[i, j].float())
+            kept += i.numel()
+            if kept > cap:  # more pairs than the sample promised: keep the `cap` most similar
+                v = torch.cat(val)
+                floor = float(torch.kthvalue(v, v.numel() - cap + 1).values) + self.BOUND
+                mask = v > floor - self.BOUND
+                src, dst, val = [torch.cat(src)[mask]], [torch.cat(dst)[mask]], [v[mask]]
+                kept = int(mask.sum())
+        self.floor = floor
+        self.src, self.dst, self.rough = torch.cat(src), torch.cat(dst), torch.cat(val)
+        self.exact = torch.full_like(self.rough, float("nan"))  # float32 cos, filled on demand
+
+    @staticmethod
+    def _sampled_floor(xn: Tensor, pairs: int, rows: int = 256) -> float:
+        """The similarity above which about `pairs` pairs lie, estimated from `rows` evenly spread rows."""
+        m = xn.shape[0]
+        if m * (m - 1) // 2 <= pairs:
+            return -1.0
+        pick = torch.linspace(0, m - 1, min(rows, m)).round().long().unique()
+        sims = (xn[pick] @ xn.T).flatten()
+        k = int(pairs * 2 * pick.numel() / m) + pick.numel()  # + the rows' own entries (cos 1)
+        if k >= sims.numel():
+            return -1.0
+        return float(torch.topk(sims, k).values[-1])
+
+    def above(self, tau: float) -> Tensor:
+        """Mask over the stored pairs: cos > τ (τ ≥ floor)."""
+        near = torch.nonzero((self.rough - tau).abs() <= self.BOUND).flatten()
+        todo = near[torch.isnan(self.exact[near])]
+        for part in todo.split(65536):
+            self.exact[part] = (self.xn[self.src[part]] * self.xn[self.dst[part]]).sum(1)
+        keep = self.rough > tau
+        keep[near] = self.exact[near] > tau
+        return keep
+
+    def components(self, tau: float) -> tuple[Tensor, Tensor]:
+        """(labels [M] — smallest member index, degree [M] — neighbours with cos > τ, itself included)."""
+        m = self.xn.shape[0]
+        if tau >= self.floor:
+            keep = self.above(tau)
+            src, dst = self.src[keep], self.dst[keep]
+            degree = 1 + torch.bincount(src, minlength=m) + torch.bincount(dst, minlength=m)
+            return hook_labels(m, src, dst), degree
+        return self._propagate(tau)
+
+    def _propagate(self, tau: float) -> tuple[Tensor, Tensor]:
+        m, xn = self.xn.shape[0], self.xn
+        labels = torch.arange(m)
+        degree = torch.zeros(m, dtype=torch.long)
+        first = True
+        while True:
+            new = torch.empty_like(labels)
+            for s in range(0, m, self.block):
+                adj = xn[s : s + self.block] @ xn.T > tau
+                adj[torch.arange(adj.shape[0]), torch.arange(s, s + adj.shape[0])] = True
+                if first:
+                    degree[s : s + self.block] = adj.sum(1)
+                new[s : s + self.block] = torch.where(adj, labels[None, :], m).amin(1)
+            first = False
+            new = torch.minimum(new, labels)
+            new = new.scatter_reduce(0, labels, new, "amin")
+            while not torch.equal(nxt := new[new], new):
+                new = nxt
+            if torch.equal(new, labels):
+                return labels, degree
+            labels = new

@@ -1,0 +1,88 @@
+"""The scalable forms of DivPrune's max–min selection and LLaVA-Scissor's similarity graphs give exactly what the
+quadratic textbook computations give (those are restated here, small), on clustered and on structureless data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vtc
+from vtc.methods import llava_scissor as scissor_mod
+from vtc.ops import diversity
+from vtc.ops.components import SimilarityGraph, component_ids, edge_labels
+from vtc.ops.similarity import l2_normalize
+
+
+def textbook_max_min(x: torch.Tensor, k: int) -> list[int]:
+    """DivPrune's greedy as the authors write it: full L×L distances, first pick by the second-smallest row entry."""
+    xn = l2_normalize(x.float())
+    dist = 1 - xn @ xn.T
+    order = [int(torch.argmax(torch.topk(dist, 2, dim=1, largest=False).values[:, -1]))]
+    min_dist = dist[order[0]].clone()
+    for _ in range(1, k):
+        j = int(torch.argmax(min_dist))
+        order.append(j)
+        min_dist = torch.minimum(min_dist, dist[j])
+    return order
+
+
+def clustered(t: int, n: int, d: int, seed: int) -> torch.Tensor:
+    """[T, N, D]: every patch drifts slowly over time (a random walk), with a scene cut half way."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cumsum(0.2 * torch.randn(t, n, d, generator=g), 0) + torch.randn(1, n, d, generator=g)
+    x[t // 2 :] += 3 * torch.randn(1, n, d, generator=g)
+    return x
+
+
+@pytest.mark.parametrize("kind", ["clustered", "noise"])
+def test_max_min_diversity_equals_the_textbook_greedy(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # small blocks and hot sets, so that every path (bounded first pick, hot-set refills) runs on a small input
+    monkeypatch.setattr(diversity, "_BLOCK", 64)
+    monkeypatch.setattr(diversity, "_SAMPLE", 50)
+    monkeypatch.setattr(diversity, "_HOT", 32)
+    t, n, d = 12, 49, 32
+    noise = torch.randn(t, n, d, generator=torch.Generator().manual_seed(1))
+    x = clustered(t, n, d, 0) if kind == "clustered" else noise
+    flat = x.reshape(t * n, d)
+    for k in (1, 7, 150):
+        got = diversity.max_min_diversity(flat, k, neighbours=(n, 1)).tolist()
+        assert got == textbook_max_min(flat, k)
+
+
+@pytest.mark.parametrize("floor,cap", [(-1.0, 10**9), (0.95, 10**9), (-1.0, 5000)])
+def test_similarity_graph_components_equal_the_dense_graph(floor: float, cap: int) -> None:
+    x = l2_normalize(clustered(20, 30, 16, 2).reshape(600, 16))
+    dense = x @ x.T
+    g = SimilarityGraph(x, floor, cap=cap, block=128)
+    for tau in (0.2, 0.6, 0.9, 0.97):
+        labels, degree = g.components(tau)
+        assert torch.equal(labels, edge_labels(dense > tau)), tau
+        assert torch.equal(degree, (dense > tau).sum(1)), tau
+        ids = component_ids(dense > tau)
+        assert ids.max() + 1 == labels.unique().numel()
+
+
+def test_llava_scissor_sparse_temporal_graph_matches_the_dense_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporal step past _DENSE centroids (similar-pair list) and the galloping τ search give the same tokens
+    as the M×M path on the same input."""
+    x = clustered(16, 36, 24, 3)
+    dense = vtc.compress_features(x, method="llava_scissor", ratio=0.2)
+    monkeypatch.setattr(scissor_mod, "_DENSE", 8)
+    sparse = vtc.compress_features(x, method="llava_scissor", ratio=0.2)
+    assert dense.reduction.info["tau"] == sparse.reduction.info["tau"]
+    assert torch.equal(dense.reduction.dst, sparse.reduction.dst)
+    assert torch.equal(dense.reduction.src, sparse.reduction.src)
+    torch.testing.assert_close(dense.tokens, sparse.tokens)
+
+
+def test_llava_scissor_search_is_bisection() -> None:
+    """The galloping search lands where bisection over [−1, 1] (8 halvings) lands when K grows with τ."""
+    x = clustered(8, 25, 16, 4)
+    sc = scissor_mod._Scissor(x, "exact", 0.05, 0)
+    for ratio in (0.05, 0.2, 0.6):
+        budget = ratio * 200
+        lo, hi = -1.0, 1.0
+        for _ in range(8):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if sc.count(mid) <= budget else (lo, mid)
+        assert sc.search(budget) == lo
