@@ -233,3 +233,65 @@ def test_two_video_streams_and_a_thin_clip_are_complete(tmp_path: Path) -> None:
         frames = list(iter_frames(path, Sampling(frames=4), geo.decode_size, info=info, report=report))
         assert len(frames) == 4 and not report.truncated
         assert max(frames[0][1].shape[:2]) <= 8 * 224
+
+
+def _gop_clip(path: Path, seconds: int = 40, fps: int = 10, bframes: bool = True) -> Path:
+    """A clip with a keyframe every 2 s and (optionally) B-frames, moov first (so a cut copy still opens)."""
+    import av
+
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.options = {"preset": "fast", "g": str(2 * fps), "keyint_min": str(2 * fps), "bf": "3" if bframes else "0"}
+        rng = np.random.default_rng(0)
+        for i in range(seconds * fps):
+            img = np.full((48, 64, 3), (i * 7) % 256, np.uint8)
+            img[:, (i * 3) % 64] = 255
+            img[rng.integers(0, 48), :] = 0
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("sampling", [Sampling(frames=None, fps=1.0), Sampling(frames=37), Sampling(frames=None,
+                                                                                                       fps=7.3)])
+def test_parallel_decode_gives_the_sequential_frames(tmp_path: Path, sampling: Sampling,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut at keyframes and decoded by three threads (B-frames included): the same times, the same pixels."""
+    from vtc.io import decode
+
+    monkeypatch.setattr(decode, "PARALLEL_MIN_SECONDS", 10.0)
+    path = _gop_clip(tmp_path / "gop.mp4")
+    info = probe(path)
+    runs = {}
+    for workers in (1, 3):
+        report = DecodeReport()
+        runs[workers] = list(iter_frames(path, sampling, lambda w, h: (32, 24), info=info, report=report,
+                                         workers=workers, seek=False))
+        assert not report.truncated and report.sampled_frames == len(runs[workers])
+    assert len(decode._chunk_bounds(path, info, 3)) > 3  # really cut into chunks
+    one, three = runs[1], runs[3]
+    assert [t for t, _ in one] == [t for t, _ in three]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(one, three, strict=True))
+
+
+def test_parallel_decode_still_detects_truncation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vtc.io import decode
+
+    monkeypatch.setattr(decode, "PARALLEL_MIN_SECONDS", 10.0)
+    full = _gop_clip(tmp_path / "full.mp4", bframes=False)
+    cut = tmp_path / "cut.mp4"
+    data = full.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    info = probe(cut)
+    with pytest.raises(TruncatedVideoError):
+        list(iter_frames(cut, Sampling(frames=None, fps=1.0), same, info=info, workers=3, seek=False))
+    report = DecodeReport()
+    kept = list(iter_frames(cut, Sampling(frames=None, fps=1.0), same, info=info, workers=3, seek=False,
+                            allow_truncated=True, report=report))
+    assert report.truncated and 10 <= len(kept) < 40
+    assert [t for t, _ in kept] == sorted(t for t, _ in kept)

@@ -110,6 +110,36 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int, *, lossless: boo
     return path
 
 
+def long_video(path: Path, *, minutes: float = 60.0, fps: int = 15, size: tuple[int, int] = (128, 72),
+               scene_every: float = 20.0, gop: int = 150) -> Path:
+    """A long H.264 clip made quickly: a square moving over a textured background that changes every
+    `scene_every` seconds (a scene cut), a keyframe every `gop` frames. No audio."""
+    w, h = size
+    n = int(round(minutes * 60 * fps))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"crf": "28", "preset": "ultrafast", "g": str(gop), "keyint_min": str(gop)}
+        s.thread_type = "AUTO"
+        scene = -1
+        for i in range(n):
+            if int(i / fps // scene_every) != scene:
+                scene = int(i / fps // scene_every)
+                fx, fy, phase = rng.uniform(0.05, 0.3, 2).tolist() + [rng.uniform(0, 6.28)]
+                base = (127 + 60 * np.sin(fx * xx + phase) + 60 * np.cos(fy * yy))[..., None] * \
+                    rng.uniform(0.3, 1.0, 3)
+                base = base.clip(0, 255).astype(np.uint8)
+            img = base.copy()
+            x0 = int((i * 2) % max(w - 16, 1))
+            y0 = int((h - 16) / 2 * (1 + math.sin(i / fps)))
+            img[y0 : y0 + 16, x0 : x0 + 16] = 255
+            _mux(c, s, _video_frame(img, i, fps))
+        _mux(c, s, None)
+    return path
+
+
 def synth_clip(
     path: Path,
     *,

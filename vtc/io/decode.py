@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -251,6 +253,7 @@ def iter_frames(
     report: DecodeReport | None = None,
     times: np.ndarray | None = None,
     seek: bool | None = None,
+    workers: int | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Stream the sampled frames as (time in seconds, uint8 RGB array [H, W, 3]).
 
@@ -262,6 +265,11 @@ def iter_frames(
     `seek=None` picks the strategy: when the targets are at least two keyframe intervals apart (sparse sampling of
     a long video), each target is reached by a seek to the keyframe before it and a short forward decode; else one
     sequential pass. Both choose the same frames (the nearest to each target).
+
+    A long video (≥ PARALLEL_MIN_SECONDS, sampled by time) read in one pass is cut at keyframes into chunks that
+    `workers` threads decode side by side (PyAV releases the GIL while decoding); frames still come out in order,
+    identical to the sequential pass, with at most 2·workers chunks in flight. `workers=1` keeps one thread;
+    None: min(4, CPUs).
     """
     sampling.validate()
     info = info or probe(path)
@@ -280,6 +288,12 @@ def iter_frames(
     if targets is not None and (seek if seek is not None else _sparse(path, targets)):
         yield from _iter_seek(path, targets, convert, info, report, allow_truncated)
         return
+    n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    if targets is not None and n_workers > 1 and info.duration >= PARALLEL_MIN_SECONDS:
+        bounds = _chunk_bounds(path, info, n_workers)
+        if len(bounds) > 2:
+            yield from _iter_parallel(path, targets, bounds, convert, info, report, allow_truncated, n_workers)
+            return
     j = 0
     prev: av.VideoFrame | None = None
     prev_t = -math.inf
@@ -327,6 +341,136 @@ def iter_frames(
             if last_emitted != report.decoded_frames - 1:
                 report.frame_times.append(prev_t)
                 yield prev_t, convert(prev)
+    report.sampled_frames = len(report.frame_times)
+    if report.decoded_frames == 0:
+        raise InputError(f"{path}: no video frame could be decoded (empty or corrupt stream).")
+
+
+#: videos at least this long (seconds) are decoded by several threads when read in one pass
+PARALLEL_MIN_SECONDS = 120.0
+
+
+def _chunk_bounds(path: str | os.PathLike[str], info: VideoInfo, workers: int) -> list[float]:
+    """Chunk edges for parallel decoding: keyframe times, about 8 chunks per worker and none shorter than 10 s;
+    [-inf, k1, ..., +inf]. Fewer than 3 edges: not worth it."""
+    keys = keyframe_times(path)
+    if len(keys) < 3:
+        return []
+    want = max(2, min(8 * workers, int(info.duration // 10.0)))
+    step = max(1, len(keys) // want)
+    return [-math.inf, *keys[step::step], math.inf]
+
+
+@dataclass
+class _Chunk:
+    """What one thread found between two keyframes: chosen frames (time, frame) and what it decoded."""
+
+    frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    decoded: int = 0
+    last_time: float = -math.inf
+    ended: bool = False  # the stream ended inside this chunk
+    error: str = ""
+    tail: tuple[float, np.ndarray] | None = None  # the last frame, for targets past the end
+
+
+def _decode_chunk(path: str | os.PathLike[str], info: VideoInfo, a: float, b: float, targets: np.ndarray,
+                  convert: Callable[[av.VideoFrame], np.ndarray]) -> _Chunk:
+    """Frames with a ≤ time < b (a = keyframe), plus the first frame at or past b as look-ahead; targets in
+    [a, b) choose their nearest frame with the sequential rule."""
+    out = _Chunk()
+    j = 0
+    prev: av.VideoFrame | None = None
+    prev_t = -math.inf
+    last_emitted: float | None = None
+
+    def emit(frame: av.VideoFrame, t: float) -> None:
+        nonlocal last_emitted
+        if t != last_emitted:
+            last_emitted = t
+            out.frames.append((t, convert(frame)))
+
+    with _open(path) as c:
+        stream = c.streams.video[info.stream]
+        stream.thread_type = "NONE"  # the threads are ours: one decoder thread each
+        try:
+            if a > -math.inf:
+                c.seek(int(a / stream.time_base), stream=stream, backward=True, any_frame=False)
+            for frame in c.decode(stream):
+                ft = float(frame.time) if frame.time is not None else 0.0
+                if ft < a:  # before the keyframe (an open GOP's leading frames): the previous chunk's
+                    continue
+                inside = ft < b
+                if inside:
+                    out.decoded += 1
+                    out.last_time = ft
+                while j < len(targets) and targets[j] <= ft:
+                    use_prev = prev is not None and (targets[j] - prev_t) <= (ft - targets[j])
+                    emit(*((prev, prev_t) if use_prev and prev is not None else (frame, ft)))
+                    j += 1
+                if not inside:
+                    break
+                prev, prev_t = frame, ft
+            else:
+                out.ended = True
+        except av.error.FFmpegError as e:
+            out.error = str(e.strerror or e)
+    if out.ended and prev is not None and j < len(targets):
+        out.tail = (prev_t, convert(prev))
+    return out
+
+
+def _iter_parallel(
+    path: str | os.PathLike[str],
+    targets: np.ndarray,
+    bounds: list[float],
+    convert: Callable[[av.VideoFrame], np.ndarray],
+    info: VideoInfo,
+    report: DecodeReport,
+    allow_truncated: bool,
+    workers: int,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Chunks decoded by `workers` threads, yielded in order; the same frames and verdicts as the one-pass loop."""
+    jobs = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        lo, hi = np.searchsorted(targets, a, "left"), np.searchsorted(targets, b, "left")
+        jobs.append((a, b, targets[lo:hi]))
+    last_emitted: float | None = None
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="vtc-decode")
+    try:
+        pending: deque = deque()
+        submitted = 0
+        for index in range(len(jobs)):
+            while submitted < len(jobs) and len(pending) < 2 * workers:  # bounded read-ahead
+                pending.append(pool.submit(_decode_chunk, path, info, *jobs[submitted], convert))
+                submitted += 1
+            chunk: _Chunk = pending.popleft().result()
+            report.decoded_frames += chunk.decoded
+            report.last_time = max(report.last_time, chunk.last_time)
+            for t, arr in chunk.frames:
+                if t != last_emitted:
+                    last_emitted = t
+                    report.frame_times.append(t)
+                    yield t, arr
+            last = index == len(jobs) - 1
+            if chunk.error or (chunk.ended and not last):
+                report.truncated = True
+                report.error = chunk.error or "stream ended before the duration in the header"
+            elif last and chunk.ended and _ended_early(info, report):
+                report.truncated = True
+                report.error = "stream ended before the duration in the header"
+            if report.truncated:
+                if not allow_truncated:
+                    raise TruncatedVideoError(
+                        f"{path}: decoding stopped at {report.last_time:.2f} s of {info.duration:.2f} s "
+                        f"({report.error}): the file is truncated or corrupt. Repair or re-encode it, or pass "
+                        f"--allow-truncated to keep the {report.decoded_frames} frames that decoded."
+                    )
+                break
+            if last and chunk.tail is not None and chunk.tail[0] != last_emitted:
+                report.frame_times.append(chunk.tail[0])
+                yield chunk.tail
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     report.sampled_frames = len(report.frame_times)
     if report.decoded_frames == 0:
         raise InputError(f"{path}: no video frame could be decoded (empty or corrupt stream).")
