@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import open_clip
 import pytest
@@ -84,6 +86,25 @@ def test_real_model_names_resolve_offline_to_a_clear_error(monkeypatch: pytest.M
     monkeypatch.setattr(open_clip, "create_model", boom)
     with pytest.raises(ModelError, match="--checkpoint PATH"):
         Encoder(EncoderConfig(model="ViT-B-16", pretrained="openai"))
+
+
+def test_offline_with_an_empty_cache_fails_before_importing_open_clip(tmp_path, clip_path) -> None:  # noqa: ANN001
+    """A fresh machine without network: the default model fails with exit 3 and what to do, decided before open_clip
+    (seconds of imports) is loaded."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vtc.cli import run\nsys.argv = ['vtc', 'compress', sys.argv[1], '-o', sys.argv[2]]\n"
+            "try:\n    run()\nexcept SystemExit as e:\n    print('exit', e.code, 'open_clip' in sys.modules)\n")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("HF_HUB_CACHE", None)
+    r = subprocess.run([sys.executable, "-c", code, str(clip_path), str(tmp_path / "o.safetensors")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip().splitlines()[-1] == "exit 3 False", r.stdout + r.stderr
+    assert "--checkpoint PATH" in r.stdout + r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.safetensors").exists()
 
 
 def test_vision_only_loading_is_the_same_encoder(model_args, tmp_path, monkeypatch) -> None:  # noqa: ANN001

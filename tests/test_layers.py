@@ -98,3 +98,44 @@ def test_methods_do_not_import_each_other() -> None:
             others = {d for d in internal(imports(path)) if d.startswith("vtc.methods.") and d != name
                       and d != "vtc.methods.registry"}
             assert not others, f"{name} imports {others}: shared pieces belong in ops/ or stages/"
+
+
+_PROBE = """
+import sys
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            print("<torch imported>", flush=True)
+            sys.meta_path.remove(self)
+        return None
+sys.meta_path.insert(0, Watch())
+from vtc.cli import run
+sys.argv = ["vtc", *sys.argv[1:]]
+try:
+    run()
+except SystemExit as e:
+    print("exit", e.code)
+"""
+
+
+def test_commands_without_a_model_start_without_torch(tmp_path: Path) -> None:
+    """--help, show and show --json never import torch (seconds of start-up); doctor prints what it knows without
+    torch before importing it. (`methods` imports the method modules, hence torch: 1.6 s here.)"""
+    import subprocess
+    import sys
+
+    import torch
+
+    import vtc
+
+    res = vtc.compress_features(torch.randn(3, 4, 8), method="tome", ratio=0.5)
+    f = res.save(tmp_path / "t.safetensors")
+    env = {"PYTHONPATH": str(PACKAGE.parent), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for args in (["--help"], ["show", str(f)], ["show", str(f), "--json"], ["doctor"]):
+        r = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, env=env,
+                           timeout=120)
+        assert "exit 0" in r.stdout or r.returncode == 0, (args, r.stdout, r.stderr)
+        if args == ["doctor"]:
+            assert r.stdout.index("PyAV") < r.stdout.index("<torch imported>") < r.stdout.index("CUDA")
+        else:
+            assert "<torch imported>" not in r.stdout, args

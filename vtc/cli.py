@@ -19,7 +19,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from vtc._version import __version__
 from vtc.errors import UsageError, VtcError
@@ -411,33 +410,31 @@ def show(
 
 @app.command()
 def doctor() -> None:
-    """Print versions (torch, CUDA, PyAV/FFmpeg, open_clip) and the device and dtype vtc would use."""
+    """Print versions (PyAV/FFmpeg, open_clip, torch, CUDA) and the device and dtype vtc would use."""
     import av
-    import open_clip
+
+    def row(k: str, v: str) -> None:
+        out.print(f"[bold]{k:<26}[/]{safe(v)}", highlight=False)
+
+    # what needs no torch first: these lines appear at once; torch's own facts follow its import
+    row("vtc", __version__)
+    row("python", sys.version.split()[0])
+    row("PyAV", av.__version__)
+    row("FFmpeg libavcodec", ".".join(map(str, av.library_versions.get("libavcodec", ()))))
+    row("open_clip", _version_of("open_clip_torch") or "not installed")
+    row("transformers (--target)", _version_of("transformers") or "not installed: pip install 'vtc[hf]'")
     import torch
 
     from vtc.io.encode import pick_device, pick_dtype
 
     dev = pick_device("auto")
-    table = Table(show_header=False, box=None)
-    rows = [
-        ("vtc", __version__),
-        ("python", sys.version.split()[0]),
-        ("torch", torch.__version__),
-        ("CUDA (torch build)", str(torch.version.cuda or "none")),
-        ("CUDA available", str(torch.cuda.is_available())),
-        ("GPU", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
-        ("PyAV", av.__version__),
-        ("FFmpeg libavcodec", ".".join(map(str, av.library_versions.get("libavcodec", ())))),
-        ("open_clip", open_clip.__version__),
-        ("transformers (--target)", _version_of("transformers") or "not installed: pip install 'vtc[hf]'"),
-        ("device", str(dev)),
-        ("dtype", str(pick_dtype(dev, "auto")).replace("torch.", "")),
-        ("threads", str(torch.get_num_threads())),
-    ]
-    for k, v in rows:
-        table.add_row(f"[bold]{k}[/]", v)
-    out.print(table)
+    row("torch", torch.__version__)
+    row("CUDA (torch build)", str(torch.version.cuda or "none"))
+    row("CUDA available", str(torch.cuda.is_available()))
+    row("GPU", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+    row("device", str(dev))
+    row("dtype", str(pick_dtype(dev, "auto")).replace("torch.", ""))
+    row("threads", str(torch.get_num_threads()))
 
 
 def _version_of(package: str) -> str | None:

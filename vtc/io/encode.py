@@ -144,6 +144,12 @@ def check_config(config: EncoderConfig) -> tuple[str, str | None]:
     """Validate an encoder configuration without loading weights: device, dtype, the model name, the pretrained
     tag, the checkpoint file.  → (open_clip model name, what to pass as `pretrained`)."""
     pick_dtype(pick_device(config.device), config.dtype)
+    # the default model, or an hf-hub id, on a machine without network and with nothing cached: decided before the
+    # heavy imports (other names and tags are checked against open_clip's registry first, for a precise message)
+    known = config.model.startswith("hf-hub:") or (config.model, config.pretrained) == (DEFAULT_MODEL,
+                                                                                         DEFAULT_PRETRAINED)
+    if config.checkpoint is None and known and _weights_cache_empty() and not _hub_reachable():
+        raise _fetch_error(None, config.model, config.pretrained, offline=True)
     name = _resolve_model_name(config.model)
     if config.checkpoint is not None:
         ckpt = Path(config.checkpoint)
@@ -248,6 +254,16 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+def _weights_cache_empty() -> bool:
+    """No model at all in the caches open_clip loads from (the Hugging Face hub cache, open_clip's own): on a fresh
+    machine without network nothing can load, and that is known without importing open_clip."""
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    hub = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub"))
+    legacy = Path(os.path.expanduser("~")) / ".cache" / "clip"
+    return not (hub.is_dir() and any(hub.glob("models--*"))) and not (legacy.is_dir() and any(legacy.iterdir()))
+
+
 def _hub_offline() -> None:
     try:
         import huggingface_hub.constants as hc
@@ -271,7 +287,7 @@ def _quiet_logs() -> Iterator[None]:
             logging.getLogger(n).setLevel(lvl)
 
 
-def _fetch_error(e: Exception, name: str, pretrained: str | None, offline: bool = False) -> ModelError:
+def _fetch_error(e: Exception | None, name: str, pretrained: str | None, offline: bool = False) -> ModelError:
     if offline:
         return ModelError(
             f"cannot fetch weights for {name}{'/' + pretrained if pretrained else ''}: the model hub is unreachable "
