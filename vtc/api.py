@@ -26,6 +26,7 @@ from vtc.run.pipeline import Engine
 from vtc.run.plan import Plan, check_output
 from vtc.run.ray_engine import RayExecutor
 from vtc.signals import Signals
+from vtc.stages.window import run_windowed
 
 __all__ = ["CompressResult", "FeatureResult", "compress", "compress_batch", "compress_features", "load",
            "default_output"]
@@ -86,6 +87,7 @@ def compress_features(
     ratio: float | None = None,
     grid: tuple[int, int] | None = None,
     params: dict[str, Any] | None = None,
+    window: int | None = None,
     **signals: Tensor | None,
 ) -> FeatureResult:
     """Compress features from any encoder.
@@ -94,7 +96,8 @@ def compress_features(
     `method` is a name or `name:variant` (e.g. "dycoke:reference", the authors' exact behaviour).
     Signals a method needs are passed by name: attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D],
     keys [T, N+1, d], frames [T, H, W, 3], times [T], audio_saliency [A], relevance [T], thumbnail [N', D].
-    Method parameters go in `params` (vtc or authors' names).
+    Method parameters go in `params` (vtc or authors' names). `window` (frames): run the method on consecutive
+    windows of that many frames (bounded memory for long inputs; `info["windowed"]` says so).
     """
     if not isinstance(features, Tensor):
         raise UsageError(f"features must be a torch.Tensor [T, N, D], not {type(features).__name__}.")
@@ -119,7 +122,14 @@ def compress_features(
         raise UsageError(f"unknown signal(s) {', '.join(sorted(unknown))}; known: {', '.join(Signals.names())}.")
     sig = Signals(**{k: v for k, v in signals.items() if v is not None})
     resolved = spec.resolve(params or {}, variant)
-    red = spec.run(features, grid=tuple(grid), ratio=ratio, signals=sig, params=resolved)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise UsageError(f"window must be a number of frames ≥ 1, not {window!r}.")
+    sig.check(t, n)
+    if window is not None and window < t:
+        red = run_windowed(lambda xw, sw: spec.run(xw, grid=tuple(grid), ratio=ratio, signals=sw, params=resolved),
+                           features, sig, window, dtype=features.dtype)
+    else:
+        red = spec.run(features, grid=tuple(grid), ratio=ratio, signals=sig, params=resolved)
     return FeatureResult(red.apply(features), red, spec.name, resolved, ratio, variant, (int(grid[0]), int(grid[1])))
 
 

@@ -111,5 +111,14 @@ class Signals:
                 raise UsageError(f"signal '{name}' has shape {list(shape)}; expected [{want}] "
                                  f"({SIGNALS[name].meaning}).")
 
+    #: the signals indexed by frame (leading dimension T); the others (audio, thumbnail) belong to the whole clip
+    PER_FRAME = ("attn", "pooled", "cls_attn", "cls_token", "keys", "received", "received_object", "frames",
+                 "times", "relevance")
+
+    def window(self, a: int, b: int) -> Signals:
+        """These signals for frames [a, b): per-frame ones sliced, whole-clip ones (audio, thumbnail) as they are."""
+        out = {n: (v[a:b] if n in self.PER_FRAME else v) for n, v in self.present().items()}
+        return Signals(**out, sources=dict(self.sources))
+
     def present(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n in self.names() if getattr(self, n) is not None}

@@ -1,0 +1,67 @@
+"""Windowed execution (long inputs in bounded memory): every method's windows join into one valid Reduction whose
+rows only mix frames of their own window; per-frame methods give exactly the one-call answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vtc
+from vtc.errors import UsageError
+from vtc.stages.window import frame_windows
+
+from .test_methods import METHODS, make_signals, video_like
+
+#: methods whose decisions are per frame: windowing cannot change them
+PER_FRAME = {"pool": {}, "visionzip": {}, "fastervlm": {}, "hiprune": {}, "gprune": {},
+             "divprune": {"mode": "per_frame"}}
+
+
+def test_frame_windows() -> None:
+    assert frame_windows(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert frame_windows(9, 4) == [(0, 4), (4, 9)]  # a 1-frame tail joins the window before
+    assert frame_windows(3, 8) == [(0, 3)]
+    assert frame_windows(12, 5, multiple=2) == [(0, 4), (4, 8), (8, 12)]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_windowed_reduction_is_valid_and_local(name: str) -> None:
+    gen = torch.Generator().manual_seed(7)
+    t, h, w, d = 11, 4, 4, 8
+    x = video_like(t, h, w, d, gen)
+    sig = make_signals(t, h * w, d, gen, h, w)
+    kw = {k: v for k, v in sig.present().items() if k in vtc.methods.get_method(name).wanted_signals}
+    res = vtc.compress_features(x, method=name, ratio=0.3, window=4, **kw)
+    red, n_src = res.reduction, t * h * w
+    assert red.num_sources == n_src and red.info["windowed"] == {"frames": 4, "windows": 3}
+    grid_entries = red.src < n_src
+    assert red.src.min() >= 0 and ((red.rep >= -1) & (red.rep < n_src)).all()
+    # every output row mixes frames of one window only
+    window_of = torch.tensor([0] * 4 + [1] * 4 + [2] * 3).repeat_interleave(h * w)
+    win = window_of[red.src[grid_entries]]
+    dst = red.dst[grid_entries]
+    lo = torch.full((red.num_outputs,), 9).scatter_reduce(0, dst, win, "amin")
+    hi = torch.full((red.num_outputs,), -1).scatter_reduce(0, dst, win, "amax")
+    assert (lo[hi >= 0] == hi[hi >= 0]).all()
+    if red.segments is not None:
+        assert red.segments.min() >= 0 and red.segments.max() < t
+    full = x.reshape(n_src, d) if red.extra is None else torch.cat([x.reshape(n_src, d), red.extra])
+    torch.testing.assert_close(res.tokens.double(), red.dense() @ full.double(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(PER_FRAME))
+def test_per_frame_methods_are_unchanged_by_windows(name: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    t, h, w, d = 9, 4, 4, 8
+    x = video_like(t, h, w, d, gen)
+    sig = make_signals(t, h * w, d, gen, h, w)
+    kw = {k: v for k, v in sig.present().items() if k in vtc.methods.get_method(name).wanted_signals}
+    one = vtc.compress_features(x, method=name, ratio=0.3, params=PER_FRAME[name], **kw)
+    win = vtc.compress_features(x, method=name, ratio=0.3, params=PER_FRAME[name], window=2, **kw)
+    assert torch.equal(one.reduction.dense(), win.reduction.dense())
+    torch.testing.assert_close(one.tokens, win.tokens)
+
+
+def test_bad_window() -> None:
+    with pytest.raises(UsageError, match="window"):
+        vtc.compress_features(torch.randn(4, 4, 8), method="pool", window=0)
