@@ -65,3 +65,33 @@ def test_per_frame_methods_are_unchanged_by_windows(name: str) -> None:
 def test_bad_window() -> None:
     with pytest.raises(UsageError, match="window"):
         vtc.compress_features(torch.randn(4, 4, 8), method="pool", window=0)
+
+
+def test_a_video_past_the_memory_budget_spills_and_runs_in_windows(tmp_path, clip_path, model_args) -> None:  # noqa: ANN001
+    """With a budget far below the clip's features: they spill to disk (float16), the method runs on windows and
+    the file says so; a per-frame method's tokens equal the in-memory run's (to float16 rounding)."""
+    from typer.testing import CliRunner
+
+    from vtc.cli import app
+
+    a = model_args("clip")
+    flags = ["--model", a["model"], "--checkpoint", a["checkpoint"], "--frames", "24"]
+    runner = CliRunner()
+    for method in ("pool", "fastvid"):
+        small, big = tmp_path / f"{method}-small.safetensors", tmp_path / f"{method}-big.safetensors"
+        r = runner.invoke(app, ["compress", str(clip_path), "-o", str(small), "-m", method, "--memory-budget",
+                                "0.0001", *flags])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["compress", str(clip_path), "-o", str(big), "-m", method, *flags])
+        assert r.exit_code == 0, r.output
+        f, g = vtc.load(small), vtc.load(big)
+        info = f.meta["info"]
+        assert info["windowed"]["windows"] > 1 and "memory budget" in info["windowed"]["reason"]
+        assert "float16" in info["features_spilled"] and "windowed" not in g.meta["info"]
+        assert f.num_frames == g.num_frames == 24
+        if method == "pool":
+            torch.testing.assert_close(f.tokens.float(), g.tokens.float(), atol=2e-2, rtol=1e-2)
+            assert torch.equal(f.positions, g.positions)
+    r = runner.invoke(app, ["compress", str(clip_path), "-o", str(tmp_path / "x.safetensors"), "--memory-budget",
+                            "-1", *flags])
+    assert r.exit_code == 2 and "--memory-budget" in r.output

@@ -117,6 +117,11 @@ def compress(
     query: Annotated[str | None, typer.Option("--query", help="Give more tokens to frames that match this text "
                                               "(encoded by the model's text tower); needs a query-aware method, "
                                               "e.g. --method budgeted -p budget=query.")] = None,
+    memory_budget: Annotated[float | None, typer.Option("--memory-budget", help="GiB one video's features and "
+                                                        "its method may use; past half of it features spill to "
+                                                        "disk (float16), and the method runs on windows of frames, "
+                                                        "recorded in the file [default: half the available memory]"
+                                                        )] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Batch: re-run only the inputs whose "
                                                "last manifest record failed.")] = False,
@@ -151,7 +156,8 @@ def compress(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
             checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
             target=target, target_model=target_model,
-            batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None, query=query), param,
+            batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None, query=query,
+            memory_budget=memory_budget), param,
             preset,
             quiet=quiet, retry_failed=retry_failed, fail_fast=fail_fast, shard=shard, workers=workers,
             as_json=as_json, engine=engine, ray_address=ray_address, actors=actors)
@@ -164,6 +170,7 @@ def compress(
             checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
             target=target, target_model=target_model,
             batch_size=batch_size, dtype_out=dtype_out, allow_truncated=allow_truncated or None, query=query,
+            memory_budget=memory_budget,
         )
         if params:
             options["params"] = params

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class CompressConfig:
     dtype_out: str = "float16"
     allow_truncated: bool = False
     query: str | None = None
+    #: GiB a video's features and the method may use (None: half the memory available); past it features spill to
+    #: disk and the method runs on frame windows
+    memory_budget: float | None = None
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -79,6 +83,10 @@ class CompressConfig:
         if self.dtype_out not in OUT_DTYPES:
             raise UsageError(f"--dtype-out must be float16, bfloat16 or float32, not '{self.dtype_out}'.")
         _check(self.allow_truncated, bool, "--allow-truncated")
+        if self.memory_budget is not None:
+            _check(self.memory_budget, float, "--memory-budget")
+            if not (math.isfinite(self.memory_budget) and 1e-4 <= self.memory_budget <= 1e6):
+                raise UsageError(f"--memory-budget takes GiB in [0.0001, 1e6], not {self.memory_budget}.")
         if self.query is not None:
             _check(self.query, str, "--query")
         e = self.encoder
@@ -106,6 +114,7 @@ class CompressConfig:
         d = self.as_flat()
         d.pop("device", None)
         d.pop("batch_size", None)
+        d.pop("memory_budget", None)  # decides only where features live and, past it, windows (recorded in the file)
         return d
 
     def config_hash(self) -> str:

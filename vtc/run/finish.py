@@ -23,9 +23,11 @@ from vtc.io.encoders import AnyEncoder
 from vtc.io.store import out_dtype, token_tensors, write
 from vtc.reduction import Reduction
 from vtc.run.plan import Plan
+from vtc.run.spill import FeatureBuffer, window_frames
 from vtc.signals import Signals
 from vtc.stages.in_encoder import reduction_from_sources
 from vtc.stages.pre_encoder import PreEncoderRule
+from vtc.stages.window import run_windowed
 
 
 @dataclass
@@ -91,11 +93,19 @@ class Video:
     picture: tuple[int, int] | None = None
     #: what an in-encoder method's merger reported (its schedule)
     merging: dict[str, Any] | None = None
+    #: bytes of RAM the features may take before they spill to disk (half the run's memory budget)
+    feature_budget: int = 1 << 62
+    features: FeatureBuffer | None = None
 
     def add(self, outputs: dict[str, Tensor], views: Tensor | None, pixels: Tensor | None) -> None:
-        """Append one run of encoded frames."""
+        """Append one run of encoded frames (the patch features go to the video's FeatureBuffer)."""
         for k, v in outputs.items():
-            self.outputs.setdefault(k, []).append(v)
+            if k == "patches":
+                if self.features is None:
+                    self.features = FeatureBuffer(self.feature_budget)
+                self.features.append(v)
+            else:
+                self.outputs.setdefault(k, []).append(v)
         if views is not None:
             self.views.append(views)
         if pixels is not None:
@@ -103,10 +113,18 @@ class Video:
 
 
 def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None) -> Outcome:
-    """Compress and store one fully encoded video.  → its Outcome."""
+    """Compress and store one fully encoded video (its features freed afterwards).  → its Outcome."""
+    try:
+        return _finish(plan, encoder, video, query_embedding)
+    finally:
+        if video.features is not None:
+            video.features.close()
+
+
+def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None) -> Outcome:
     t0 = time.perf_counter()
-    assert video.info is not None
-    feats = torch.cat(video.outputs.pop("patches"))  # [T, N, D] (T: token frames; Qwen pairs sampled frames)
+    assert video.info is not None and video.features is not None
+    feats = video.features.tensor()  # [T, N, D] (T: token frames; Qwen pairs sampled frames); maybe memory-mapped
     grid = video.grid or encoder.grid
     sampled = video.report.frame_times
     token_times = sampled[:: encoder.temporal_patch]  # the first sampled frame of each token frame
@@ -141,7 +159,18 @@ def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tenso
         tokens = feats.reshape(-1, feats.shape[-1])
         shape = torch.Size([feats.shape[0], source.shape[-1], feats.shape[-1]])
     else:
-        red = plan.spec.run(feats, grid=grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
+        t, n, d = feats.shape
+        window = window_frames(t, n, d, video.feature_budget)
+        if window is None:
+            red = plan.spec.run(feats.float() if video.features.spilled else feats, grid=grid,
+                                ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
+        else:  # the clip does not fit the memory budget at once: the method sees windows of frames
+            red = run_windowed(lambda xw, sw: plan.spec.run(xw, grid=grid, ratio=plan.cfg.ratio, signals=sw,
+                                                            params=plan.params), feats, Signals(**sig), window)
+            red.info["windowed"]["reason"] = (f"{t} frames × [{n}, {d}] exceed the memory budget "
+                                              f"({2 * video.feature_budget / 2**30:.2f} GiB)")
+        if video.features.spilled:
+            red.info["features_spilled"] = "float16 on disk (past half the memory budget)"
         tokens = red.apply(feats)
     timings["compress"] = time.perf_counter() - t0
     ts = time.perf_counter()

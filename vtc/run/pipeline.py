@@ -27,6 +27,7 @@ from vtc.io.encoders import AnyEncoder
 from vtc.io.geometry import FrameGeometry
 from vtc.run.finish import FrameReuse, Job, Outcome, Video, finish
 from vtc.run.plan import Plan
+from vtc.run.spill import budget_bytes
 
 
 def decode_video(path: Path, plan: Plan, geometry: FrameGeometry, report: DecodeReport
@@ -79,6 +80,8 @@ class Engine:
         self.on_event = on_event or (lambda kind, data: None)
         self.encoder_busy = 0.0
         self.frames_encoded = 0
+        #: half the memory budget for a video's features in RAM, half for the method's working set
+        self.feature_budget = budget_bytes(plan.cfg.memory_budget) // 2
         self.query_embedding = encoder.encode_text(plan.cfg.query) if plan.cfg.query else None
         #: frames per token frame (2 for Qwen: a batch never splits a pair, so batches are a multiple of it)
         self.tp = encoder.temporal_patch
@@ -240,7 +243,7 @@ class Engine:
     # ------------------------------------------------------------------ one decoded video (Ray actors)
     def process_decoded(self, job: Job, info: VideoInfo, report: DecodeReport, frames: list[np.ndarray]) -> Outcome:
         """Encode (in batches), compress and store one video whose sampled frames were decoded elsewhere."""
-        v = Video(job, info=info, report=report, decoded=True)
+        v = Video(job, info=info, report=report, decoded=True, feature_budget=self.feature_budget)
         try:
             if not frames:
                 raise no_frames(job.input)
@@ -261,7 +264,7 @@ class Engine:
         """Process jobs; yield one Outcome per job as it completes (not necessarily in input order)."""
         q: queue.Queue[Any] = queue.Queue(maxsize=self.queue_chunks)
         stop = threading.Event()
-        videos = (Video(j) for j in jobs)
+        videos = (Video(j, feature_budget=self.feature_budget) for j in jobs)
         feeder = threading.Thread(target=self._feeder, args=(videos, q, stop), daemon=True, name="vtc-feeder")
         feeder.start()
         writer = ThreadPoolExecutor(1, thread_name_prefix="vtc-writer")

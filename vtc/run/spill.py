@@ -1,0 +1,110 @@
+"""Bounded memory for long videos: where a video's encoder features are kept, and how much memory a run may use.
+
+`FeatureBuffer` gathers a video's features [T, N, D] chunk by chunk: in RAM while they fit the budget, then in an
+unnamed temporary file (removed by the system when closed, even if the process is killed) as float16, read back as
+one memory-mapped tensor without a second copy. `window_frames` says how many frames a method may see at once
+within the budget; past it the method runs on windows (`vtc.stages.window`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import IO
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: float32 copies a method makes of its input at the peak (normalised features, similarities, outputs)
+WORK_FACTOR = 4
+#: the default budget: this fraction of the memory available when the run starts
+DEFAULT_FRACTION = 0.5
+
+
+def available_bytes() -> int:
+    """Memory available to new allocations (MemAvailable), or 8 GiB when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def budget_bytes(gigabytes: float | None) -> int:
+    """The run's memory budget in bytes: `gigabytes` if given, else DEFAULT_FRACTION of the available memory."""
+    if gigabytes is not None:
+        return int(gigabytes * (1 << 30))
+    return int(DEFAULT_FRACTION * available_bytes())
+
+
+def window_frames(frames: int, tokens: int, dim: int, budget: int, multiple: int = 1) -> int | None:
+    """Frames a method may see at once so that its float32 working set (WORK_FACTOR copies of [W, N, D]) fits
+    `budget`; None when the whole clip fits (no windows)."""
+    per_frame = WORK_FACTOR * tokens * dim * 4
+    if frames * per_frame <= budget:
+        return None
+    w = max(multiple, int(budget // max(per_frame, 1)) // multiple * multiple)
+    return w if w < frames else None
+
+
+class FeatureBuffer:
+    """A video's features [T, N, D], appended in chunks [t, N, D]; in RAM up to `budget` bytes, then spilled."""
+
+    SPILL_DTYPE = np.float16
+
+    def __init__(self, budget: int, spill_dir: str | None = None) -> None:
+        self.budget = budget
+        self.spill_dir = spill_dir
+        self.chunks: list[Tensor] = []
+        self.file: IO[bytes] | None = None
+        self.frames = 0
+        self.shape: tuple[int, int] | None = None  # (N, D)
+        self.dtype: torch.dtype | None = None
+        self.nbytes = 0
+
+    @property
+    def spilled(self) -> bool:
+        return self.file is not None
+
+    def append(self, x: Tensor) -> None:
+        """Add features [t, N, D] of the next frames."""
+        x = x.detach().cpu()
+        if self.shape is None:
+            self.shape, self.dtype = (int(x.shape[1]), int(x.shape[2])), x.dtype
+        self.frames += int(x.shape[0])
+        if self.file is None and self.nbytes + x.numel() * x.element_size() > self.budget:
+            self.file = tempfile.TemporaryFile(prefix="vtc-features-", dir=self.spill_dir)
+            for c in self.chunks:
+                self._write(c)
+            self.chunks = []
+        if self.file is not None:
+            self._write(x)
+        else:
+            self.chunks.append(x)
+            self.nbytes += x.numel() * x.element_size()
+
+    def _write(self, x: Tensor) -> None:
+        assert self.file is not None
+        self.file.write(np.ascontiguousarray(x.float().numpy().astype(self.SPILL_DTYPE)).tobytes())
+
+    def tensor(self) -> Tensor:
+        """All features [T, N, D]: one tensor in RAM, or float16 memory-mapped from the spill file."""
+        if self.shape is None:
+            raise ValueError("no features were added")
+        if self.file is None:
+            out = torch.cat(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+            self.chunks = [out]
+            return out
+        self.file.flush()
+        mm = np.memmap(self.file, dtype=self.SPILL_DTYPE, mode="c", shape=(self.frames, *self.shape))
+        return torch.from_numpy(mm)
+
+    def close(self) -> None:
+        """Free the features (and the spill file)."""
+        self.chunks = []
+        if self.file is not None:
+            self.file.close()
+            self.file = None
