@@ -27,7 +27,7 @@ from vtc.run.spill import FeatureBuffer, window_frames
 from vtc.signals import Signals
 from vtc.stages.in_encoder import reduction_from_sources
 from vtc.stages.pre_encoder import PreEncoderRule
-from vtc.stages.window import run_windowed
+from vtc.stages.window import apply_windowed, run_windowed
 
 
 @dataclass
@@ -124,7 +124,9 @@ def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tenso
 def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None) -> Outcome:
     t0 = time.perf_counter()
     assert video.info is not None and video.features is not None
-    feats = video.features.tensor()  # [T, N, D] (T: token frames; Qwen pairs sampled frames); maybe memory-mapped
+    buffer = video.features
+    # [T, N, D] (T: token frames; Qwen pairs sampled frames); a spilled buffer is read a window at a time
+    feats = buffer.tensor() if not buffer.spilled else buffer
     grid = video.grid or encoder.grid
     sampled = video.report.frame_times
     token_times = sampled[:: encoder.temporal_patch]  # the first sampled frame of each token frame
@@ -156,22 +158,26 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
         sig.pop("size", None)
         red = reduction_from_sources(source)
         red.info.update(video.merging or {}, tokens_per_frame=int(feats.shape[1]))
-        tokens = feats.reshape(-1, feats.shape[-1])
+        tokens = buffer.tensor().reshape(-1, feats.shape[-1])
         shape = torch.Size([feats.shape[0], source.shape[-1], feats.shape[-1]])
     else:
-        t, n, d = feats.shape
+        t, n, d = (int(v) for v in buffer.shape)
         window = window_frames(t, n, d, video.feature_budget)
-        if window is None:
-            red = plan.spec.run(feats.float() if video.features.spilled else feats, grid=grid,
-                                ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
+        if window is None and not buffer.spilled:
+            red = plan.spec.run(feats, grid=grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
+            tokens = red.apply(feats)
         else:  # the clip does not fit the memory budget at once: the method sees windows of frames
+            size = window or t
             red = run_windowed(lambda xw, sw: plan.spec.run(xw, grid=grid, ratio=plan.cfg.ratio, signals=sw,
-                                                            params=plan.params), feats, Signals(**sig), window)
-            red.info["windowed"]["reason"] = (f"{t} frames × [{n}, {d}] exceed the memory budget "
-                                              f"({2 * video.feature_budget / 2**30:.2f} GiB)")
-        if video.features.spilled:
-            red.info["features_spilled"] = "float16 on disk (past half the memory budget)"
-        tokens = red.apply(feats)
+                                                            params=plan.params), buffer, Signals(**sig), size)
+            if window is not None:
+                red.info["windowed"]["reason"] = (f"{t} frames × [{n}, {d}] exceed the memory budget "
+                                                  f"({2 * video.feature_budget / 2**30:.2f} GiB)")
+            else:
+                red.info.pop("windowed")
+            if buffer.spilled:
+                red.info["features_spilled"] = "float16 on disk (past half the memory budget)"
+            tokens = apply_windowed(red, buffer, size)
     timings["compress"] = time.perf_counter() - t0
     ts = time.perf_counter()
     frame_times = torch.tensor(token_times, dtype=torch.float32)

@@ -8,6 +8,7 @@ within the budget; past it the method runs on windows (`vtc.stages.window`).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import IO
 
@@ -51,7 +52,11 @@ def window_frames(frames: int, tokens: int, dim: int, budget: int, multiple: int
 
 
 class FeatureBuffer:
-    """A video's features [T, N, D], appended in chunks [t, N, D]; in RAM up to `budget` bytes, then spilled."""
+    """A video's features [T, N, D], appended in chunks [t, N, D]; in RAM up to `budget` bytes, then spilled.
+
+    Reads by frame slices (`buffer[a:b]`, `buffer.shape`): a spilled window is read from the file into a fresh
+    tensor (`pread`), so the file's pages never count against the process's memory.
+    """
 
     SPILL_DTYPE = np.float16
 
@@ -61,7 +66,7 @@ class FeatureBuffer:
         self.chunks: list[Tensor] = []
         self.file: IO[bytes] | None = None
         self.frames = 0
-        self.shape: tuple[int, int] | None = None  # (N, D)
+        self.tail: tuple[int, int] | None = None  # (N, D)
         self.dtype: torch.dtype | None = None
         self.nbytes = 0
 
@@ -72,8 +77,8 @@ class FeatureBuffer:
     def append(self, x: Tensor) -> None:
         """Add features [t, N, D] of the next frames."""
         x = x.detach().cpu()
-        if self.shape is None:
-            self.shape, self.dtype = (int(x.shape[1]), int(x.shape[2])), x.dtype
+        if self.tail is None:
+            self.tail, self.dtype = (int(x.shape[1]), int(x.shape[2])), x.dtype
         self.frames += int(x.shape[0])
         if self.file is None and self.nbytes + x.numel() * x.element_size() > self.budget:
             self.file = tempfile.TemporaryFile(prefix="vtc-features-", dir=self.spill_dir)
@@ -90,17 +95,37 @@ class FeatureBuffer:
         assert self.file is not None
         self.file.write(np.ascontiguousarray(x.float().numpy().astype(self.SPILL_DTYPE)).tobytes())
 
+    @property
+    def shape(self) -> torch.Size:  # type: ignore[override]
+        """[T, N, D] of all features so far."""
+        return torch.Size([self.frames, *(self.tail or (0, 0))])
+
     def tensor(self) -> Tensor:
-        """All features [T, N, D]: one tensor in RAM, or float16 memory-mapped from the spill file."""
-        if self.shape is None:
+        """All features [T, N, D] as one tensor in RAM (not for a spilled buffer: read windows instead)."""
+        if self.tail is None:
             raise ValueError("no features were added")
+        if self.file is not None:
+            return self[0 : self.frames]
+        out = torch.cat(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+        self.chunks = [out]
+        return out
+
+    def __getitem__(self, frames: slice) -> Tensor:
+        """Features of frames [a, b) → [b − a, N, D] (float16 when spilled)."""
+        a, b, _ = frames.indices(self.frames)
         if self.file is None:
-            out = torch.cat(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
-            self.chunks = [out]
-            return out
+            return self.tensor()[a:b]
+        n, d = self.tail or (0, 0)
+        out = np.empty((max(b - a, 0), n, d), dtype=self.SPILL_DTYPE)
+        view, offset = memoryview(out).cast("B"), a * n * d * out.itemsize
         self.file.flush()
-        mm = np.memmap(self.file, dtype=self.SPILL_DTYPE, mode="c", shape=(self.frames, *self.shape))
-        return torch.from_numpy(mm)
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.file.fileno(), [view[done:]], offset + done)
+            if got <= 0:
+                raise OSError(f"the spilled features ended early ({done} of {len(view)} bytes)")
+            done += got
+        return torch.from_numpy(out)
 
     def close(self) -> None:
         """Free the features (and the spill file)."""

@@ -10,13 +10,22 @@ window so that this is never silent.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from vtc.reduction import Reduction
 from vtc.signals import Signals
+
+
+class Frames(Protocol):
+    """Features readable by frame slices: a tensor [T, N, D], or a buffer that reads windows from disk."""
+
+    @property
+    def shape(self) -> torch.Size: ...
+
+    def __getitem__(self, frames: slice) -> Tensor: ...
 
 
 def frame_windows(num_frames: int, size: int, multiple: int = 1) -> list[tuple[int, int]]:
@@ -31,7 +40,7 @@ def frame_windows(num_frames: int, size: int, multiple: int = 1) -> list[tuple[i
 
 def run_windowed(
     run: Callable[[Tensor, Signals], Reduction],
-    x: Tensor,
+    x: Frames,
     signals: Signals,
     size: int,
     *,
@@ -74,4 +83,23 @@ def run_windowed(
                           torch.cat(segs) if segs else None, info)
     if extras:
         out.with_extra(torch.cat(extras), torch.cat(extra_frames))
+    return out
+
+
+def apply_windowed(red: Reduction, x: Frames, size: int) -> Tensor:
+    """`red.apply(x)` reading x [T, N, D] one window of frames at a time → [K, D] float32."""
+    t, n, d = (int(v) for v in x.shape)
+    total = t * n
+    w = red.weight.to(torch.float32)
+    out = torch.zeros(red.num_outputs, d, dtype=torch.float32)
+    for a, b in frame_windows(t, size):
+        inside = (red.src >= a * n) & (red.src < b * n)
+        if bool(inside.any()):
+            flat = x[a:b].reshape(-1, d)
+            rows = flat[red.src[inside] - a * n].to(torch.float32)
+            out.index_add_(0, red.dst[inside], rows * w[inside, None])
+    off = red.src >= total
+    if red.extra is not None and bool(off.any()):
+        extra = red.extra.to(torch.float32).reshape(-1, d)
+        out.index_add_(0, red.dst[off], extra[red.src[off] - total] * w[off, None])
     return out
