@@ -55,6 +55,30 @@ def test_ray_matches_local_engine(ray_local, tmp_path: Path, clip_path: Path, si
     assert s2["skipped"] == 2 and s2["ok"] == 0
 
 
+def test_long_inputs_past_the_memory_budget_on_both_engines(ray_local, tmp_path: Path, clip_path: Path,  # noqa: ANN001
+                                                            models) -> None:
+    """Inputs whose features exceed the budget (a tiny one) spill and run in windows on the local and the Ray
+    engine alike; the files agree, and resume skips them."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(clip_path, src / "a.mp4")
+    shutil.copy(clip_path, src / "b.mp4")
+    cfg, ckpt = models["clip"]
+    common = ["--method", "dycoke", "--ratio", "0.3", "--fps", "12", "--memory-budget", "0.0001", "--model",
+              str(cfg), "--checkpoint", str(ckpt), "--json"]
+    outs = {}
+    for engine in ("local", "ray"):
+        r = CliRunner().invoke(app, ["compress", str(src), "-o", str(tmp_path / engine), "--engine", engine, *common])
+        assert r.exit_code == 0 and json.loads(r.output)["ok"] == 2, r.output
+        outs[engine] = vtc.load(tmp_path / engine / "a.safetensors")
+        assert outs[engine].meta["info"]["windowed"]["windows"] > 1
+        again = CliRunner().invoke(app, ["compress", str(src), "-o", str(tmp_path / engine), "--engine", engine,
+                                         *common])
+        assert json.loads(again.output)["skipped"] == 2
+    assert torch.equal(outs["local"].positions, outs["ray"].positions)
+    assert torch.allclose(outs["local"].tokens.float(), outs["ray"].tokens.float(), atol=1e-3)
+
+
 def test_missing_ray_message(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 

@@ -8,6 +8,7 @@ import torch
 
 import vtc
 from vtc.errors import UsageError
+from vtc.methods import get_method
 from vtc.stages.window import frame_windows
 
 from .test_methods import METHODS, make_signals, video_like
@@ -30,7 +31,7 @@ def test_windowed_reduction_is_valid_and_local(name: str) -> None:
     t, h, w, d = 11, 4, 4, 8
     x = video_like(t, h, w, d, gen)
     sig = make_signals(t, h * w, d, gen, h, w)
-    kw = {k: v for k, v in sig.present().items() if k in vtc.methods.get_method(name).wanted_signals}
+    kw = {k: v for k, v in sig.present().items() if k in get_method(name).wanted_signals}
     res = vtc.compress_features(x, method=name, ratio=0.3, window=4, **kw)
     red, n_src = res.reduction, t * h * w
     assert red.num_sources == n_src and red.info["windowed"] == {"frames": 4, "windows": 3}
@@ -55,7 +56,7 @@ def test_per_frame_methods_are_unchanged_by_windows(name: str) -> None:
     t, h, w, d = 9, 4, 4, 8
     x = video_like(t, h, w, d, gen)
     sig = make_signals(t, h * w, d, gen, h, w)
-    kw = {k: v for k, v in sig.present().items() if k in vtc.methods.get_method(name).wanted_signals}
+    kw = {k: v for k, v in sig.present().items() if k in get_method(name).wanted_signals}
     one = vtc.compress_features(x, method=name, ratio=0.3, params=PER_FRAME[name], **kw)
     win = vtc.compress_features(x, method=name, ratio=0.3, params=PER_FRAME[name], window=2, **kw)
     assert torch.equal(one.reduction.dense(), win.reduction.dense())

@@ -140,7 +140,9 @@ class Reduction:
         w = self.weight.to(device=flat.device, dtype=acc_dtype)
         src, dst = self.src.to(flat.device), self.dst.to(flat.device)
         out = torch.zeros(self.num_outputs, flat.shape[1], dtype=acc_dtype, device=flat.device)
-        out.index_add_(0, dst, flat[src].to(acc_dtype) * w[:, None])
+        for s in range(0, src.numel(), 1 << 16):  # entries in chunks: the gathered rows never all exist at once
+            part = slice(s, s + (1 << 16))
+            out.index_add_(0, dst[part], flat[src[part]].to(acc_dtype) * w[part, None])
         return out.to(flat.dtype)
 
     def sizes(self) -> Tensor:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from vtc.errors import FormatError, UsageError, VtcError
@@ -118,10 +118,39 @@ def atomic_write(path: Path, write_to: Any) -> Path:
     return path
 
 
+_ST_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
+              torch.int8: "I8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
+def save_streaming(tensors: dict[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str]) -> None:
+    """Write a safetensors file tensor by tensor from the tensors' own memory (no serialised copy of the whole
+    file, as `safetensors.torch.save_file` makes: an hour of tokens would need it twice)."""
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))  # larger items first: aligned data
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name in order:
+            t = tensors[name].detach().cpu().contiguous()
+            if t.dtype == torch.bfloat16:
+                t = t.view(torch.int16)
+            if t.numel():
+                f.write(memoryview(t.numpy()).cast("B"))
+
+
 def write(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Path:
     """Write a token file atomically (`atomic_write`), with 0644-style permissions under umask 022."""
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
-    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=_encode_meta(meta)))
+    return atomic_write(Path(path), lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)))
 
 
 @dataclass

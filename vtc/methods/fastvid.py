@@ -12,8 +12,9 @@ from torch import Tensor
 
 from vtc.errors import UsageError
 from vtc.methods.registry import Param, register
-from vtc.ops import cosine_matrix, dpc_knn, topk_indices
+from vtc.ops import dpc_knn, topk_indices
 from vtc.ops.merge import blend_groups
+from vtc.ops.similarity import l2_normalize
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages import SEGMENTERS, segment
@@ -85,7 +86,8 @@ def fastvid(
     reps: list[Tensor] = []
     if n_ctx > 0 and n_cand > 0:
         xc = torch.gather(x.float(), 1, cand[..., None].expand(t, n_cand, d))  # [T, N−Ns, D]
-        score = dpc_knn(xc, knn).score  # [T, N−Ns]
+        # per-frame density scores, a few frames at a time (each holds [frames, N−Ns, N−Ns] distances)
+        score = torch.cat([dpc_knn(xc[a : a + 8], knn).score for a in range(0, t, 8)])  # [T, N−Ns]
         for s, e in segments.tolist():
             length = e - s + 1
             groups = math.ceil(length / anchor_stride)
@@ -93,11 +95,11 @@ def fastvid(
             if m <= 0:
                 continue
             anchors = [s + j for j in range(length) if (length - 1 - j) % anchor_stride == 0]
-            pool = xc[s : e + 1].reshape(-1, d)  # every candidate of the segment
+            pool = l2_normalize(xc[s : e + 1].reshape(-1, d))  # every candidate of the segment, unit length
             pool_src = (cand[s : e + 1] + frame_off[s : e + 1]).reshape(-1)
             for f in anchors:
                 pick = topk_indices(score[f], m, sort_index=False)  # candidate-local indices
-                assign = cosine_matrix(pool, xc[f, pick]).argmax(-1)  # [P] → pick slot
+                assign = (pool @ l2_normalize(xc[f, pick]).T).argmax(-1)  # [P] → most cosine-similar pick
                 # the pick itself sits in the pool: pool row of pick j is (f − s)·(N−Ns) + pick[j]
                 anchor_rows = (f - s) * n_cand + pick
                 n_members = torch.bincount(assign, minlength=m).double()

@@ -177,7 +177,7 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
                 red.info.pop("windowed")
             if buffer.spilled:
                 red.info["features_spilled"] = "float16 on disk (past half the memory budget)"
-            tokens = apply_windowed(red, buffer, size)
+            tokens = apply_windowed(red, buffer, size, out_dtype(plan.cfg.dtype_out))
     timings["compress"] = time.perf_counter() - t0
     ts = time.perf_counter()
     frame_times = torch.tensor(token_times, dtype=torch.float32)

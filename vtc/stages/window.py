@@ -86,20 +86,29 @@ def run_windowed(
     return out
 
 
-def apply_windowed(red: Reduction, x: Frames, size: int) -> Tensor:
-    """`red.apply(x)` reading x [T, N, D] one window of frames at a time → [K, D] float32."""
+def apply_windowed(red: Reduction, x: Frames, size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`red.apply(x)` reading x [T, N, D] one window of frames at a time → [K, D] in `dtype` (each window's rows
+    summed in float32, then stored: the whole output is never held in float32)."""
     t, n, d = (int(v) for v in x.shape)
     total = t * n
     w = red.weight.to(torch.float32)
-    out = torch.zeros(red.num_outputs, d, dtype=torch.float32)
+    out = torch.zeros(red.num_outputs, d, dtype=dtype)
+    grid = red.src < total
     for a, b in frame_windows(t, size):
-        inside = (red.src >= a * n) & (red.src < b * n)
-        if bool(inside.any()):
-            flat = x[a:b].reshape(-1, d)
-            rows = flat[red.src[inside] - a * n].to(torch.float32)
-            out.index_add_(0, red.dst[inside], rows * w[inside, None])
-    off = red.src >= total
+        inside = grid & (red.src >= a * n) & (red.src < b * n)
+        if not bool(inside.any()):
+            continue
+        dst = red.dst[inside]
+        lo, hi = int(dst.min()), int(dst.max()) + 1  # the window's rows (a windowed reduction's are contiguous)
+        acc = out[lo:hi].to(torch.float32)
+        rows = x[a:b].reshape(-1, d)[red.src[inside] - a * n].to(torch.float32)
+        acc.index_add_(0, dst - lo, rows * w[inside, None])
+        out[lo:hi] = acc.to(dtype)
+    off = ~grid
     if red.extra is not None and bool(off.any()):
         extra = red.extra.to(torch.float32).reshape(-1, d)
-        out.index_add_(0, red.dst[off], extra[red.src[off] - total] * w[off, None])
+        rows, where = torch.unique(red.dst[off], return_inverse=True)  # only the rows that take off-grid tokens
+        acc = out[rows].to(torch.float32)
+        acc.index_add_(0, where, extra[red.src[off] - total] * w[off, None])
+        out[rows] = acc.to(dtype)
     return out
