@@ -34,7 +34,13 @@ def test_windowed_reduction_is_valid_and_local(name: str) -> None:
     kw = {k: v for k, v in sig.present().items() if k in get_method(name).wanted_signals}
     res = vtc.compress_features(x, method=name, ratio=0.3, window=4, **kw)
     red, n_src = res.reduction, t * h * w
-    assert red.num_sources == n_src and red.info["windowed"] == {"frames": 4, "windows": 3}
+    win_info = red.info["windowed"]
+    assert red.num_sources == n_src and (win_info["frames"], win_info["windows"]) == (4, 3)
+    assert sum(win_info["tokens_per_window"]) == red.num_outputs
+    # the streamed rows (how a long video's tokens reach its file) are the tokens, window by window
+    from vtc.stages.window import windowed_rows
+
+    torch.testing.assert_close(torch.cat(list(windowed_rows(red, x, 4))), res.tokens.float(), atol=1e-5, rtol=1e-5)
     grid_entries = red.src < n_src
     assert red.src.min() >= 0 and ((red.rep >= -1) & (red.rep < n_src)).all()
     # every output row mixes frames of one window only

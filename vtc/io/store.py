@@ -24,9 +24,11 @@ the file is in ({"kind": "encoder"} or {"kind": "target", "target", "checkpoint"
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +52,9 @@ def out_dtype(name: str) -> torch.dtype:
 
 
 def token_tensors(
-    reduction: Reduction, tokens: Tensor, grid: tuple[int, int], frame_times: Tensor, dtype: torch.dtype
-) -> dict[str, Tensor]:
-    """All tensors of a token file from a reduction and its output tokens [K, D]."""
+    reduction: Reduction, tokens: Tensor | Streamed, grid: tuple[int, int], frame_times: Tensor, dtype: torch.dtype
+) -> dict[str, Tensor | Streamed]:
+    """All tensors of a token file from a reduction and its output tokens [K, D] (or their `Streamed` rows)."""
     h, w = grid
     n = h * w
     rep = reduction.rep.long()
@@ -74,7 +76,7 @@ def token_tensors(
     ft = frame_times.float()
     ts = torch.where(frame >= 0, ft[frame.clamp(0, max(ft.numel() - 1, 0))], torch.tensor(float("nan")))
     out = {
-        "tokens": tokens.to(dtype).contiguous(),
+        "tokens": tokens if isinstance(tokens, Streamed) else tokens.to(dtype).contiguous(),
         "positions": torch.stack([frame, row, col], 1).int().contiguous(),
         "timestamps": ts.float().contiguous(),
         "frame_times": ft.contiguous(),
@@ -118,14 +120,39 @@ def atomic_write(path: Path, write_to: Any) -> Path:
     return path
 
 
+@dataclass
+class Streamed:
+    """A tensor written block by block (rows in order) without ever existing whole: `blocks()` yields [k_i, ...]
+    tensors of `dtype` whose rows add up to `shape[0]`."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    blocks: Callable[[], Iterator[Tensor]]
+
+    def element_size(self) -> int:
+        return torch.empty(0, dtype=self.dtype).element_size()
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
 _ST_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
               torch.int8: "I8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64", torch.uint8: "U8",
               torch.bool: "BOOL"}
 
 
-def save_streaming(tensors: dict[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str]) -> None:
+def _raw(t: Tensor) -> memoryview:
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return memoryview(t.numpy()).cast("B")
+
+
+def save_streaming(tensors: dict[str, Tensor | Streamed], path: str | os.PathLike[str],
+                   metadata: dict[str, str]) -> None:
     """Write a safetensors file tensor by tensor from the tensors' own memory (no serialised copy of the whole
-    file, as `safetensors.torch.save_file` makes: an hour of tokens would need it twice)."""
+    file, as `safetensors.torch.save_file` makes: an hour of tokens would need it twice); a `Streamed` entry is
+    written block by block."""
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))  # larger items first: aligned data
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
@@ -140,14 +167,22 @@ def save_streaming(tensors: dict[str, Tensor], path: str | os.PathLike[str], met
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for name in order:
-            t = tensors[name].detach().cpu().contiguous()
-            if t.dtype == torch.bfloat16:
-                t = t.view(torch.int16)
-            if t.numel():
-                f.write(memoryview(t.numpy()).cast("B"))
+            t = tensors[name]
+            if isinstance(t, Streamed):
+                written = 0
+                for block in t.blocks():
+                    if block.dtype != t.dtype or tuple(block.shape[1:]) != t.shape[1:]:
+                        raise ValueError(f"{name}: a block of {block.dtype} {list(block.shape)} in {t}")
+                    written += int(block.shape[0])
+                    if block.numel():
+                        f.write(_raw(block))
+                if written != t.shape[0]:
+                    raise ValueError(f"{name}: {written} rows written, {t.shape[0]} declared")
+            elif t.numel():
+                f.write(_raw(t))
 
 
-def write(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Path:
+def write(path: str | os.PathLike[str], tensors: dict[str, Tensor | Streamed], metadata: dict[str, Any]) -> Path:
     """Write a token file atomically (`atomic_write`), with 0644-style permissions under umask 022."""
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
     return atomic_write(Path(path), lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)))

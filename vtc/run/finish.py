@@ -20,14 +20,14 @@ from vtc.errors import VtcError
 from vtc.io.audio import SALIENCY_NAME, audio_saliency
 from vtc.io.decode import DecodeReport, VideoInfo, content_hash
 from vtc.io.encoders import AnyEncoder
-from vtc.io.store import out_dtype, token_tensors, write
+from vtc.io.store import Streamed, out_dtype, token_tensors, write
 from vtc.reduction import Reduction
 from vtc.run.plan import Plan
 from vtc.run.spill import FeatureBuffer, window_frames
 from vtc.signals import Signals
 from vtc.stages.in_encoder import reduction_from_sources
 from vtc.stages.pre_encoder import PreEncoderRule
-from vtc.stages.window import apply_windowed, run_windowed
+from vtc.stages.window import run_windowed, windowed_rows
 
 
 @dataclass
@@ -177,7 +177,8 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
                 red.info.pop("windowed")
             if buffer.spilled:
                 red.info["features_spilled"] = "float16 on disk (past half the memory budget)"
-            tokens = apply_windowed(red, buffer, size, out_dtype(plan.cfg.dtype_out))
+            dtype = out_dtype(plan.cfg.dtype_out)  # rows go to the file a window at a time, never all in memory
+            tokens = Streamed((red.num_outputs, d), dtype, lambda: windowed_rows(red, buffer, size, dtype))
     timings["compress"] = time.perf_counter() - t0
     ts = time.perf_counter()
     frame_times = torch.tensor(token_times, dtype=torch.float32)

@@ -9,7 +9,7 @@ window so that this is never silent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -55,6 +55,7 @@ def run_windowed(
     dsts, srcs, ws, reps, segs, extras, extra_frames = [], [], [], [], [], [], []
     rows = extra_off = 0
     infos: list[dict[str, Any]] = []
+    counts: list[int] = []
     for a, b in frame_windows(t, size, multiple):
         red = run(x[a:b].to(dtype), signals.window(a, b))
         local = (b - a) * n
@@ -77,8 +78,9 @@ def run_windowed(
             extra_off += int(red.extra.shape[0])
         rows += red.num_outputs
         infos.append(red.info)
+        counts.append(red.num_outputs)
     info = dict(infos[0]) if infos else {}
-    info["windowed"] = {"frames": size, "windows": len(infos)}
+    info["windowed"] = {"frames": size, "windows": len(infos), "tokens_per_window": counts}
     out = Reduction.build(torch.cat(dsts), torch.cat(srcs), torch.cat(ws), torch.cat(reps), total,
                           torch.cat(segs) if segs else None, info)
     if extras:
@@ -86,29 +88,34 @@ def run_windowed(
     return out
 
 
-def apply_windowed(red: Reduction, x: Frames, size: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """`red.apply(x)` reading x [T, N, D] one window of frames at a time → [K, D] in `dtype` (each window's rows
-    summed in float32, then stored: the whole output is never held in float32)."""
+def windowed_rows(red: Reduction, x: Frames, size: int, dtype: torch.dtype = torch.float32) -> Iterator[Tensor]:
+    """The output tokens of a reduction made by `run_windowed` (same `size`), one window's rows at a time, in row
+    order: each block summed in float32 from that window's frames (and its off-grid tokens), then cast to `dtype`.
+    Only one window of features and of tokens exists at a time."""
     t, n, d = (int(v) for v in x.shape)
     total = t * n
     w = red.weight.to(torch.float32)
-    out = torch.zeros(red.num_outputs, d, dtype=dtype)
-    grid = red.src < total
-    for a, b in frame_windows(t, size):
-        inside = grid & (red.src >= a * n) & (red.src < b * n)
-        if not bool(inside.any()):
-            continue
-        dst = red.dst[inside]
-        lo, hi = int(dst.min()), int(dst.max()) + 1  # the window's rows (a windowed reduction's are contiguous)
-        acc = out[lo:hi].to(torch.float32)
-        rows = x[a:b].reshape(-1, d)[red.src[inside] - a * n].to(torch.float32)
-        acc.index_add_(0, dst - lo, rows * w[inside, None])
-        out[lo:hi] = acc.to(dtype)
-    off = ~grid
-    if red.extra is not None and bool(off.any()):
-        extra = red.extra.to(torch.float32).reshape(-1, d)
-        rows, where = torch.unique(red.dst[off], return_inverse=True)  # only the rows that take off-grid tokens
-        acc = out[rows].to(torch.float32)
-        acc.index_add_(0, where, extra[red.src[off] - total] * w[off, None])
-        out[rows] = acc.to(dtype)
-    return out
+    extra = red.extra.to(torch.float32).reshape(-1, d) if red.extra is not None else None
+    lo = 0
+    for (a, b), count in zip(frame_windows(t, size), red.info["windowed"]["tokens_per_window"], strict=True):
+        hi = lo + count
+        mine = (red.dst >= lo) & (red.dst < hi)
+        on_grid = mine & (red.src < total)
+        acc = torch.zeros(count, d, dtype=torch.float32)
+        entries = torch.nonzero(on_grid).flatten()
+        if entries.numel():
+            flat = x[a:b].reshape(-1, d)
+            for part in entries.split(1 << 16):  # a merging method can have many entries per token: gather in parts
+                rows = flat[red.src[part] - a * n].to(torch.float32)
+                acc.index_add_(0, red.dst[part] - lo, rows * w[part, None])
+        off = mine & (red.src >= total)
+        if extra is not None and bool(off.any()):
+            acc.index_add_(0, red.dst[off] - lo, extra[red.src[off] - total] * w[off, None])
+        yield acc.to(dtype)
+        lo = hi
+
+
+def apply_windowed(red: Reduction, x: Frames, size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`red.apply(x)` for a reduction made by `run_windowed`, reading x one window at a time → [K, D] `dtype`."""
+    blocks = list(windowed_rows(red, x, size, dtype))
+    return torch.cat(blocks) if blocks else torch.zeros(0, int(x.shape[2]), dtype=dtype)
