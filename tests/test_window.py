@@ -9,7 +9,7 @@ import torch
 import vtc
 from vtc.errors import UsageError
 from vtc.methods import get_method
-from vtc.stages.window import frame_windows
+from vtc.stages.window import frame_windows, windowed_rows
 
 from .test_methods import METHODS, make_signals, video_like
 
@@ -25,21 +25,24 @@ def test_frame_windows() -> None:
     assert frame_windows(12, 5, multiple=2) == [(0, 4), (4, 8), (8, 12)]
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_windowed_reduction_is_valid_and_local(name: str) -> None:
-    gen = torch.Generator().manual_seed(7)
-    t, h, w, d = 11, 4, 4, 8
+def case(name: str, t: int, seed: int, h: int = 4, w: int = 4, d: int = 8) -> tuple[torch.Tensor, dict]:
+    """Video-like features [T, h·w, d] and the signals method `name` wants."""
+    gen = torch.Generator().manual_seed(seed)
     x = video_like(t, h, w, d, gen)
     sig = make_signals(t, h * w, d, gen, h, w)
-    kw = {k: v for k, v in sig.present().items() if k in get_method(name).wanted_signals}
+    return x, {k: v for k, v in sig.present().items() if k in get_method(name).wanted_signals}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_windowed_reduction_is_valid_and_local(name: str) -> None:
+    t, h, w, d = 11, 4, 4, 8
+    x, kw = case(name, t, 7)
     res = vtc.compress_features(x, method=name, ratio=0.3, window=4, **kw)
     red, n_src = res.reduction, t * h * w
     win_info = red.info["windowed"]
     assert red.num_sources == n_src and (win_info["frames"], win_info["windows"]) == (4, 3)
     assert sum(win_info["tokens_per_window"]) == red.num_outputs
     # the streamed rows (how a long video's tokens reach its file) are the tokens, window by window
-    from vtc.stages.window import windowed_rows
-
     torch.testing.assert_close(torch.cat(list(windowed_rows(red, x, 4))), res.tokens.float(), atol=1e-5, rtol=1e-5)
     grid_entries = red.src < n_src
     assert red.src.min() >= 0 and ((red.rep >= -1) & (red.rep < n_src)).all()
@@ -58,11 +61,7 @@ def test_windowed_reduction_is_valid_and_local(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(PER_FRAME))
 def test_per_frame_methods_are_unchanged_by_windows(name: str) -> None:
-    gen = torch.Generator().manual_seed(3)
-    t, h, w, d = 9, 4, 4, 8
-    x = video_like(t, h, w, d, gen)
-    sig = make_signals(t, h * w, d, gen, h, w)
-    kw = {k: v for k, v in sig.present().items() if k in get_method(name).wanted_signals}
+    x, kw = case(name, 9, 3)
     one = vtc.compress_features(x, method=name, ratio=0.3, params=PER_FRAME[name], **kw)
     win = vtc.compress_features(x, method=name, ratio=0.3, params=PER_FRAME[name], window=2, **kw)
     assert torch.equal(one.reduction.dense(), win.reduction.dense())
