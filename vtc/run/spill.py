@@ -1,9 +1,9 @@
 """Bounded memory for long videos: where a video's encoder features are kept, and how much memory a run may use.
 
 `FeatureBuffer` gathers a video's features [T, N, D] chunk by chunk: in RAM while they fit the budget, then in an
-unnamed temporary file (removed by the system when closed, even if the process is killed) as float16, read back as
-one memory-mapped tensor without a second copy. `window_frames` says how many frames a method may see at once
-within the budget; past it the method runs on windows (`vtc.stages.window`).
+unnamed temporary file (removed by the system when closed, even if the process is killed) as float16, read back a
+window of frames at a time. `window_frames` says how many frames a method may see at once within the budget; past it
+the method runs on windows (`vtc.stages.window`).
 """
 
 from __future__ import annotations
