@@ -60,9 +60,8 @@ class FeatureBuffer:
 
     SPILL_DTYPE = np.float16
 
-    def __init__(self, budget: int, spill_dir: str | None = None) -> None:
+    def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.spill_dir = spill_dir
         self.chunks: list[Tensor] = []
         self.file: IO[bytes] | None = None
         self.frames = 0
@@ -81,7 +80,7 @@ class FeatureBuffer:
             self.tail, self.dtype = (int(x.shape[1]), int(x.shape[2])), x.dtype
         self.frames += int(x.shape[0])
         if self.file is None and self.nbytes + x.numel() * x.element_size() > self.budget:
-            self.file = tempfile.TemporaryFile(prefix="vtc-features-", dir=self.spill_dir)
+            self.file = tempfile.TemporaryFile(prefix="vtc-features-")  # in $TMPDIR
             for c in self.chunks:
                 self._write(c)
             self.chunks = []

@@ -114,8 +114,3 @@ def windowed_rows(red: Reduction, x: Frames, size: int, dtype: torch.dtype = tor
         yield acc.to(dtype)
         lo = hi
 
-
-def apply_windowed(red: Reduction, x: Frames, size: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """`red.apply(x)` for a reduction made by `run_windowed`, reading x one window at a time → [K, D] `dtype`."""
-    blocks = list(windowed_rows(red, x, size, dtype))
-    return torch.cat(blocks) if blocks else torch.zeros(0, int(x.shape[2]), dtype=dtype)
