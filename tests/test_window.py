@@ -9,7 +9,9 @@ import torch
 import vtc
 from vtc.errors import UsageError
 from vtc.methods import get_method
-from vtc.stages.window import frame_windows, windowed_rows
+from vtc.run.spill import EntryFile
+from vtc.signals import Signals
+from vtc.stages.window import frame_windows, run_windowed_parts, windowed_rows
 
 from .test_methods import METHODS, make_signals, video_like
 
@@ -42,8 +44,17 @@ def test_windowed_reduction_is_valid_and_local(name: str) -> None:
     win_info = red.info["windowed"]
     assert red.num_sources == n_src and (win_info["frames"], win_info["windows"]) == (4, 3)
     assert sum(win_info["tokens_per_window"]) == red.num_outputs
-    # the streamed rows (how a long video's tokens reach its file) are the tokens, window by window
-    torch.testing.assert_close(torch.cat(list(windowed_rows(red, x, 4))), res.tokens.float(), atol=1e-5, rtol=1e-5)
+    # the joined map with its entries kept per window (how a long video reaches its file) has the same rows,
+    # frames, sizes and sources, and its streamed rows are the tokens
+    spec = get_method(name)
+    parts = run_windowed_parts(lambda xw, sw: spec.run(xw, grid=(h, w), ratio=0.3, signals=sw,
+                                                       params=spec.resolve({}, None)),
+                               x, Signals(**kw), 4, store=EntryFile())
+    assert torch.equal(parts.rep, red.rep) and torch.equal(parts.row_frames(h * w), red.row_frames(h * w))
+    assert torch.equal(parts.sizes(), red.sizes()) and torch.equal(parts.source(), red.source())
+    assert torch.equal(parts.to_reduction().dense(), red.dense()) and parts.num_entries == red.dst.numel()
+    torch.testing.assert_close(torch.cat(list(windowed_rows(parts, x))), res.tokens.float(), atol=1e-5, rtol=1e-5)
+    parts.close()
     grid_entries = red.src < n_src
     assert red.src.min() >= 0 and ((red.rep >= -1) & (red.rep < n_src)).all()
     # every output row mixes frames of one window only

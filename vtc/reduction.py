@@ -165,6 +165,24 @@ class Reduction:
         out[s[first]] = self.dst[order][first]
         return out.int()
 
+    def row_frames(self, tokens_per_frame: int) -> Tensor:
+        """[K] int64 frame of each output row: its representative's; for a row without one, the earliest frame
+        among its sources (grid or off-grid, via `extra_frames`); -1 when none has a frame."""
+        n = tokens_per_frame
+        rep = self.rep.long()
+        frame = torch.where(rep >= 0, rep // n, torch.full_like(rep, -1))
+        if not bool((rep < 0).any()):
+            return frame
+        src = self.src
+        src_frame = torch.where(src < self.num_sources, src // n, torch.full_like(src, -1))
+        if self.extra_frames is not None:
+            off = (src - self.num_sources).clamp(0, max(self.extra_frames.numel() - 1, 0))
+            src_frame = torch.where(src >= self.num_sources, self.extra_frames.long()[off], src_frame)
+        big = torch.iinfo(torch.long).max
+        first = torch.full((self.num_outputs,), big, dtype=torch.long)
+        first.scatter_reduce_(0, self.dst, torch.where(src_frame >= 0, src_frame, big), reduce="amin")
+        return torch.where(rep >= 0, frame, torch.where(first == big, -1, first))
+
     def dense(self) -> Tensor:
         """[K, T·N] float64 dense matrix (for tests and small inputs)."""
         width = self.num_sources + (0 if self.extra is None else self.extra.shape[0])

@@ -40,6 +40,7 @@ from torch import Tensor
 from vtc.errors import FormatError, UsageError, VtcError
 from vtc.io.peek import FORMAT_NAME, FORMAT_VERSION, check_contents, check_header, header_shapes, read_header
 from vtc.reduction import Reduction
+from vtc.stages.window import WindowedReduction
 
 OUT_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
               "float32": torch.float32, "fp32": torch.float32}
@@ -51,25 +52,33 @@ def out_dtype(name: str) -> torch.dtype:
     return OUT_DTYPES[name]
 
 
+#: what a token file is written from: a `Reduction`, or a `WindowedReduction` whose entries come window by window
+#: (written as `Streamed` merge tensors, never all in memory)
+TokenMap = Reduction | WindowedReduction
+
+
+def merge_tensors(reduction: TokenMap) -> dict[str, Tensor | Streamed]:
+    """merge_src / merge_dst / merge_w of a reduction: tensors, or `Streamed` blocks of a windowed one's parts."""
+    if isinstance(reduction, Reduction):
+        return {"merge_src": reduction.src.int().contiguous(), "merge_dst": reduction.dst.int().contiguous(),
+                "merge_w": reduction.weight.float().contiguous()}
+    parts, count = reduction.parts, (reduction.num_entries,)
+
+    def column(i: int, dtype: torch.dtype) -> Streamed:
+        return Streamed(count, dtype, lambda: (p[i].to(dtype).contiguous() for p in parts()))
+
+    return {"merge_dst": column(0, torch.int32), "merge_src": column(1, torch.int32),
+            "merge_w": column(2, torch.float32)}
+
+
 def token_tensors(
-    reduction: Reduction, tokens: Tensor | Streamed, grid: tuple[int, int], frame_times: Tensor, dtype: torch.dtype
+    reduction: TokenMap, tokens: Tensor | Streamed, grid: tuple[int, int], frame_times: Tensor, dtype: torch.dtype
 ) -> dict[str, Tensor | Streamed]:
     """All tensors of a token file from a reduction and its output tokens [K, D] (or their `Streamed` rows)."""
     h, w = grid
     n = h * w
     rep = reduction.rep.long()
-    frame = torch.where(rep >= 0, rep // n, torch.full_like(rep, -1))
-    # rows without a representative: the earliest frame among their sources (grid or off-grid)
-    if (rep < 0).any():
-        src = reduction.src
-        src_frame = torch.where(src < reduction.num_sources, src // n, torch.full_like(src, -1))
-        if reduction.extra_frames is not None:
-            off = (src - reduction.num_sources).clamp(0, max(reduction.extra_frames.numel() - 1, 0))
-            src_frame = torch.where(src >= reduction.num_sources, reduction.extra_frames.long()[off], src_frame)
-        big = torch.iinfo(torch.long).max
-        first = torch.full((reduction.num_outputs,), big, dtype=torch.long)
-        first.scatter_reduce_(0, reduction.dst, torch.where(src_frame >= 0, src_frame, big), reduce="amin")
-        frame = torch.where(rep >= 0, frame, torch.where(first == big, -1, first))
+    frame = reduction.row_frames(n)
     cell = torch.where(rep >= 0, rep % n, torch.full_like(rep, -1))
     row = torch.where(cell >= 0, cell // w, cell)
     col = torch.where(cell >= 0, cell % w, cell)
@@ -82,9 +91,7 @@ def token_tensors(
         "frame_times": ft.contiguous(),
         "sizes": reduction.sizes().int().contiguous(),
         "source": reduction.source().int().contiguous(),
-        "merge_src": reduction.src.int().contiguous(),
-        "merge_dst": reduction.dst.int().contiguous(),
-        "merge_w": reduction.weight.float().contiguous(),
+        **merge_tensors(reduction),
     }
     if reduction.segments is not None:
         out["segments"] = reduction.segments.int().contiguous()

@@ -20,14 +20,14 @@ from vtc.errors import VtcError
 from vtc.io.audio import SALIENCY_NAME, audio_saliency
 from vtc.io.decode import DecodeReport, VideoInfo, content_hash
 from vtc.io.encoders import AnyEncoder
-from vtc.io.store import Streamed, out_dtype, token_tensors, write
+from vtc.io.store import Streamed, TokenMap, out_dtype, token_tensors, write
 from vtc.reduction import Reduction
 from vtc.run.plan import Plan
-from vtc.run.spill import FeatureBuffer, window_frames
+from vtc.run.spill import EntryFile, FeatureBuffer, window_frames
 from vtc.signals import Signals
 from vtc.stages.in_encoder import reduction_from_sources
 from vtc.stages.pre_encoder import PreEncoderRule
-from vtc.stages.window import run_windowed, windowed_rows
+from vtc.stages.window import WindowedReduction, run_windowed_parts, windowed_rows
 
 
 @dataclass
@@ -96,6 +96,18 @@ class Video:
     #: bytes of RAM the features may take before they spill to disk (half the run's memory budget)
     feature_budget: int = 1 << 62
     features: FeatureBuffer | None = None
+    #: a windowed reduction's merge entries, on disk
+    entries: EntryFile | None = None
+
+    def entry_file(self) -> EntryFile:
+        self.entries = EntryFile()
+        return self.entries
+
+    def close(self) -> None:
+        """Free the features and the entries (and their spill files)."""
+        for held in (self.features, self.entries):
+            if held is not None:
+                held.close()
 
     def add(self, outputs: dict[str, Tensor], views: Tensor | None, pixels: Tensor | None) -> None:
         """Append one run of encoded frames (the patch features go to the video's FeatureBuffer)."""
@@ -117,8 +129,7 @@ def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tenso
     try:
         return _finish(plan, encoder, video, query_embedding)
     finally:
-        if video.features is not None:
-            video.features.close()
+        video.close()
 
 
 def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None) -> Outcome:
@@ -153,6 +164,7 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
         timings["encode"] += time.perf_counter() - te
         t0 = time.perf_counter()
     shape = feats.shape
+    red: Reduction | WindowedReduction
     if plan.spec.in_encoder is not None:  # merged inside the encoder: the tokens are the encoder's, the map records
         source = sig.pop("source")  # [T, K, N]: which patches each token stands for
         sig.pop("size", None)
@@ -168,8 +180,9 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
             tokens = red.apply(feats)
         else:  # the clip does not fit the memory budget at once: the method sees windows of frames
             size = window or t
-            red = run_windowed(lambda xw, sw: plan.spec.run(xw, grid=grid, ratio=plan.cfg.ratio, signals=sw,
-                                                            params=plan.params), buffer, Signals(**sig), size)
+            red = run_windowed_parts(lambda xw, sw: plan.spec.run(xw, grid=grid, ratio=plan.cfg.ratio, signals=sw,
+                                                                  params=plan.params),
+                                     buffer, Signals(**sig), size, store=video.entry_file())
             if window is not None:
                 red.info["windowed"]["reason"] = (f"{t} frames × [{n}, {d}] exceed the memory budget "
                                                   f"({2 * video.feature_budget / 2**30:.2f} GiB)")
@@ -178,7 +191,7 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
             if buffer.spilled:
                 red.info["features_spilled"] = "float16 on disk (past half the memory budget)"
             dtype = out_dtype(plan.cfg.dtype_out)  # rows go to the file a window at a time, never all in memory
-            tokens = Streamed((red.num_outputs, d), dtype, lambda: windowed_rows(red, buffer, size, dtype))
+            tokens = Streamed((red.num_outputs, d), dtype, lambda: windowed_rows(red, buffer, dtype))
     timings["compress"] = time.perf_counter() - t0
     ts = time.perf_counter()
     frame_times = torch.tensor(token_times, dtype=torch.float32)
@@ -200,7 +213,7 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
                    video.report.truncated, timings)
 
 
-def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: Reduction, sources: dict[str, str],
+def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap, sources: dict[str, str],
                    shape: torch.Size, grid: tuple[int, int]) -> dict[str, Any]:
     """The string metadata of a token file (format v1)."""
     t, n, d = shape

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vtc.stages.window import Entries
+
 #: float32 copies a method makes of its input at the peak (normalised features, similarities, outputs)
 WORK_FACTOR = 4
 #: the default budget: this fraction of the memory available when the run starts
@@ -49,6 +51,17 @@ def window_frames(frames: int, tokens: int, dim: int, budget: int, multiple: int
         return None
     w = max(multiple, int(budget // max(per_frame, 1)) // multiple * multiple)
     return w if w < frames else None
+
+
+def _pread(file: IO[bytes], out: np.ndarray, offset: int) -> None:
+    """Fill `out` from `file` at byte `offset` (no mapping: the pages never count against the process)."""
+    view, done = memoryview(out).cast("B"), 0
+    file.flush()
+    while done < len(view):
+        got = os.preadv(file.fileno(), [view[done:]], offset + done)
+        if got <= 0:
+            raise OSError(f"a spill file ended early ({done} of {len(view)} bytes at {offset})")
+        done += got
 
 
 class FeatureBuffer:
@@ -116,19 +129,44 @@ class FeatureBuffer:
             return self.tensor()[a:b]
         n, d = self.tail or (0, 0)
         out = np.empty((max(b - a, 0), n, d), dtype=self.SPILL_DTYPE)
-        view, offset = memoryview(out).cast("B"), a * n * d * out.itemsize
-        self.file.flush()
-        done = 0
-        while done < len(view):
-            got = os.preadv(self.file.fileno(), [view[done:]], offset + done)
-            if got <= 0:
-                raise OSError(f"the spilled features ended early ({done} of {len(view)} bytes)")
-            done += got
+        _pread(self.file, out, a * n * d * out.itemsize)
         return torch.from_numpy(out)
 
     def close(self) -> None:
         """Free the features (and the spill file)."""
         self.chunks = []
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class EntryFile:
+    """An `EntryStore` on disk: each window's merge entries (int32 dst, int32 src, float32 weight: 12 bytes each)
+    appended to an unnamed temporary file and read back by window. A merging method's map of an hour of video
+    (FastVID: tens of millions of entries) then never sits in memory."""
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] | None = tempfile.TemporaryFile(prefix="vtc-entries-")  # in $TMPDIR
+        self.blocks: list[tuple[int, int]] = []  # (byte offset, entries)
+        self.end = 0
+
+    def add(self, entries: Entries) -> None:
+        assert self.file is not None
+        dst, src, w = entries
+        for column in (dst.int(), src.int(), w.float()):
+            self.file.write(column.contiguous().numpy().tobytes())
+        self.blocks.append((self.end, int(dst.numel())))
+        self.end += 12 * int(dst.numel())
+
+    def get(self, i: int) -> Entries:
+        assert self.file is not None
+        offset, count = self.blocks[i]
+        raw = np.empty(3 * count, dtype=np.int32)
+        _pread(self.file, raw, offset)
+        t = torch.from_numpy(raw)
+        return t[:count], t[count : 2 * count], t[2 * count :].view(torch.float32)
+
+    def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None

@@ -5,11 +5,16 @@ spill file, in whatever dtype it is kept), converted, compressed with the same r
 to the clip's flat indices. Per-frame methods give exactly what one call over the clip gives; methods that decide
 across frames (segments, merges over time, a global budget) decide within each window — the file records the
 window so that this is never silent.
+
+The joined map is a `WindowedReduction`: per-row facts (representative, size, frame) for the whole clip, but the
+merge entries window by window in an `EntryStore` — in RAM, or on disk for an hour of video, where a merging method
+has many entries per source token (FastVID: one per anchor frame of its segment) and they would outgrow the budget.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -17,6 +22,9 @@ from torch import Tensor
 
 from vtc.reduction import Reduction
 from vtc.signals import Signals
+
+#: one window's entries in clip indices: (dst [E] int32, src [E] int32, weight [E] float32)
+Entries = tuple[Tensor, Tensor, Tensor]
 
 
 class Frames(Protocol):
@@ -26,6 +34,32 @@ class Frames(Protocol):
     def shape(self) -> torch.Size: ...
 
     def __getitem__(self, frames: slice) -> Tensor: ...
+
+
+class EntryStore(Protocol):
+    """Where a windowed reduction keeps its merge entries, one block per window, read back by block index."""
+
+    def add(self, entries: Entries) -> None: ...
+
+    def get(self, i: int) -> Entries: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryEntries:
+    """An `EntryStore` in RAM (12 bytes per entry)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Entries] = []
+
+    def add(self, entries: Entries) -> None:
+        self.blocks.append(entries)
+
+    def get(self, i: int) -> Entries:
+        return self.blocks[i]
+
+    def close(self) -> None:
+        self.blocks = []
 
 
 def frame_windows(num_frames: int, size: int, multiple: int = 1) -> list[tuple[int, int]]:
@@ -38,7 +72,78 @@ def frame_windows(num_frames: int, size: int, multiple: int = 1) -> list[tuple[i
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
-def run_windowed(
+@dataclass
+class WindowedReduction:
+    """The reductions of consecutive frame windows, joined: K rows over T·N sources, rows in window order.
+
+    Attributes:
+        rep: [K] int64 representative flat source (clip indices; -1: none).
+        frames: [K] int64 frame of each row (`Reduction.row_frames`).
+        sizes_: [K] int32 entries per row.  source_: [T·N] int32 row of each source (-1: dropped).
+        windows: the (a, b) frame windows; `counts` rows and `entry_counts` entries per window.
+        entries: the merge entries of window i, in clip indices, from `entries.get(i)`.
+        segments: [S, 2] clip frames, or None.  extra: [X, D] off-grid tokens of every window, renumbered after the
+        grid (src T·N + i), with `extra_frames` [X].
+    """
+
+    rep: Tensor
+    frames: Tensor
+    sizes_: Tensor
+    source_: Tensor
+    num_sources: int
+    grid_size: int
+    windows: list[tuple[int, int]]
+    counts: list[int]
+    entry_counts: list[int]
+    entries: EntryStore
+    segments: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    extra: Tensor | None = None
+    extra_frames: Tensor | None = None
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.rep.numel())
+
+    @property
+    def num_entries(self) -> int:
+        return sum(self.entry_counts)
+
+    def ratio(self) -> float:
+        return self.num_outputs / max(self.num_sources, 1)
+
+    def sizes(self) -> Tensor:
+        return self.sizes_
+
+    def source(self) -> Tensor:
+        return self.source_
+
+    def row_frames(self, tokens_per_frame: int) -> Tensor:
+        assert tokens_per_frame == self.grid_size
+        return self.frames
+
+    def parts(self) -> Iterator[Entries]:
+        """Every window's (dst, src, weight) entries in row order."""
+        for i in range(len(self.windows)):
+            yield self.entries.get(i)
+
+    def to_reduction(self) -> Reduction:
+        """One in-memory `Reduction` with the same map (for inputs that fit)."""
+        blocks = list(self.parts())
+        empty = torch.zeros(0, dtype=torch.int32)
+        dst = torch.cat([b[0] for b in blocks]) if blocks else empty
+        src = torch.cat([b[1] for b in blocks]) if blocks else empty
+        w = torch.cat([b[2] for b in blocks]) if blocks else empty.float()
+        out = Reduction(dst.long(), src.long(), w.float(), self.rep, self.num_sources, self.segments, dict(self.info))
+        if self.extra is not None:
+            out.with_extra(self.extra, self.extra_frames)
+        return out
+
+    def close(self) -> None:
+        self.entries.close()
+
+
+def run_windowed_parts(
     run: Callable[[Tensor, Signals], Reduction],
     x: Frames,
     signals: Signals,
@@ -46,17 +151,22 @@ def run_windowed(
     *,
     multiple: int = 1,
     dtype: torch.dtype = torch.float32,
-) -> Reduction:
-    """`run(window_features [b − a, N, D], window_signals)` on every window of `x` [T, N, D]; → one Reduction over
-    T·N sources, rows in window order. Off-grid tokens (a CLS, a thumbnail) of every window are kept, renumbered
-    after the grid; segments are shifted to clip frames. `info` keeps the first window's facts and `windowed`."""
+    store: EntryStore | None = None,
+) -> WindowedReduction:
+    """`run(window_features [b − a, N, D], window_signals)` on every window of `x` [T, N, D]; → their join, the
+    entries of each window put in `store` (default: RAM) as soon as it is done. Off-grid tokens (a CLS, a
+    thumbnail) of every window are kept, renumbered after the grid; segments are shifted to clip frames. `info`
+    keeps the first window's facts and `windowed`."""
     t, n = int(x.shape[0]), int(x.shape[1])
     total = t * n
-    dsts, srcs, ws, reps, segs, extras, extra_frames = [], [], [], [], [], [], []
+    store = store if store is not None else MemoryEntries()
+    windows = frame_windows(t, size, multiple)
+    reps, frames, sizes, sources, segs, extras, extra_frames = [], [], [], [], [], [], []
     rows = extra_off = 0
     infos: list[dict[str, Any]] = []
     counts: list[int] = []
-    for a, b in frame_windows(t, size, multiple):
+    entry_counts: list[int] = []
+    for a, b in windows:
         red = run(x[a:b].to(dtype), signals.window(a, b))
         local = (b - a) * n
         shift = a * n
@@ -65,10 +175,13 @@ def run_windowed(
             # grid sources move by a·N; off-grid ones (≥ local) go after the clip's grid, in window order
             return torch.where(idx >= local, idx - local + total + extra, torch.where(idx >= 0, idx + shift, idx))
 
-        dsts.append(red.dst + rows)
-        srcs.append(to_clip(red.src))
-        ws.append(red.weight.double())
+        store.add(((red.dst + rows).int(), to_clip(red.src).int(), red.weight.float()))
         reps.append(to_clip(red.rep))
+        f = red.row_frames(n)
+        frames.append(torch.where(f >= 0, f + a, f))
+        sizes.append(red.sizes())
+        s = red.source()
+        sources.append(torch.where(s >= 0, s + rows, s).int())
         if red.segments is not None:
             segs.append(red.segments + a)
         if red.extra is not None:
@@ -79,38 +192,50 @@ def run_windowed(
         rows += red.num_outputs
         infos.append(red.info)
         counts.append(red.num_outputs)
+        entry_counts.append(int(red.dst.numel()))
+        del red
     info = dict(infos[0]) if infos else {}
     info["windowed"] = {"frames": size, "windows": len(infos), "tokens_per_window": counts}
-    out = Reduction.build(torch.cat(dsts), torch.cat(srcs), torch.cat(ws), torch.cat(reps), total,
-                          torch.cat(segs) if segs else None, info)
-    if extras:
-        out.with_extra(torch.cat(extras), torch.cat(extra_frames))
-    return out
+    return WindowedReduction(
+        rep=torch.cat(reps).long(), frames=torch.cat(frames).long(), sizes_=torch.cat(sizes).int(),
+        source_=torch.cat(sources), num_sources=total, grid_size=n, windows=windows, counts=counts,
+        entry_counts=entry_counts, entries=store, segments=torch.cat(segs) if segs else None, info=info,
+        extra=torch.cat(extras) if extras else None, extra_frames=torch.cat(extra_frames) if extras else None)
 
 
-def windowed_rows(red: Reduction, x: Frames, size: int, dtype: torch.dtype = torch.float32) -> Iterator[Tensor]:
-    """The output tokens of a reduction made by `run_windowed` (same `size`), one window's rows at a time, in row
-    order: each block summed in float32 from that window's frames (and its off-grid tokens), then cast to `dtype`.
-    Only one window of features and of tokens exists at a time."""
+def run_windowed(
+    run: Callable[[Tensor, Signals], Reduction],
+    x: Frames,
+    signals: Signals,
+    size: int,
+    *,
+    multiple: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> Reduction:
+    """`run_windowed_parts` joined into one in-memory `Reduction` over T·N sources, rows in window order."""
+    return run_windowed_parts(run, x, signals, size, multiple=multiple, dtype=dtype).to_reduction()
+
+
+def windowed_rows(red: WindowedReduction, x: Frames, dtype: torch.dtype = torch.float32) -> Iterator[Tensor]:
+    """The output tokens of a windowed reduction, one window's rows at a time, in row order: each block summed in
+    float32 from that window's frames of `x` [T, N, D] (and its off-grid tokens), then cast to `dtype`. Only one
+    window of features, entries and tokens exists at a time."""
     t, n, d = (int(v) for v in x.shape)
     total = t * n
-    w = red.weight.to(torch.float32)
     extra = red.extra.to(torch.float32).reshape(-1, d) if red.extra is not None else None
     lo = 0
-    for (a, b), count in zip(frame_windows(t, size), red.info["windowed"]["tokens_per_window"], strict=True):
-        hi = lo + count
-        mine = (red.dst >= lo) & (red.dst < hi)
-        on_grid = mine & (red.src < total)
+    for (a, b), count, (dst, src, w) in zip(red.windows, red.counts, red.parts(), strict=True):
+        dst, src = dst.long() - lo, src.long()
         acc = torch.zeros(count, d, dtype=torch.float32)
-        entries = torch.nonzero(on_grid).flatten()
-        if entries.numel():
+        on_grid = src < total
+        if bool(on_grid.any()):
             flat = x[a:b].reshape(-1, d)
-            for part in entries.split(1 << 16):  # a merging method can have many entries per token: gather in parts
-                rows = flat[red.src[part] - a * n].to(torch.float32)
-                acc.index_add_(0, red.dst[part] - lo, rows * w[part, None])
-        off = mine & (red.src >= total)
+            g_dst, g_src, g_w = dst[on_grid], src[on_grid] - a * n, w[on_grid]
+            for s in range(0, g_src.numel(), 1 << 16):  # many entries per token (a merging method): in parts
+                part = slice(s, s + (1 << 16))
+                acc.index_add_(0, g_dst[part], flat[g_src[part]].to(torch.float32) * g_w[part, None])
+        off = ~on_grid
         if extra is not None and bool(off.any()):
-            acc.index_add_(0, red.dst[off] - lo, extra[red.src[off] - total] * w[off, None])
+            acc.index_add_(0, dst[off], extra[src[off] - total] * w[off, None])
         yield acc.to(dtype)
-        lo = hi
-
+        lo += count
