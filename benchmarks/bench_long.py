@@ -8,9 +8,9 @@ The videos are synthetic (`vtc.testing.long_video`: 128×72 H.264, 15 fps, a sce
 a keyframe every 10 s), made once under --cache. They are sampled at 1 fps through the real engine (`vtc.compress`:
 decode, batching, feature buffer, compress, store), but the encoder's output is *injected*: a tiny random-weight
 CLIP tower is loaded and its `encode_pixels` replaced by features of SigLIP-so400m's shape ([729, 1152] per frame,
-a 27×27 grid) — a random walk per patch with a jump at every scene cut, `attn` a softmax of random logits, `pooled`
-the mean feature — so that what is measured is vtc's own handling of long inputs, not a vision tower. Every
-measurement runs in a fresh process (peak RSS = its VmHWM).
+a 27×27 grid) — a random walk per patch with a jump at every scene cut, `attn`, `cls_attn` and `received` softmaxes of
+random logits, `pooled` and `cls_token` the mean feature, `keys` [730, 72] noise — so that what is measured is vtc's
+own handling of long inputs, not a vision tower. Every measurement runs in a fresh process (peak RSS = its VmHWM).
 """
 
 from __future__ import annotations
@@ -52,11 +52,17 @@ class Injected(Encoder):
             rows.append(self.state)
             self.seen += 1
         x = torch.stack(rows)
+        t = x.shape[0]
         out = {"patches": x}
-        if "attn" in want:
-            out["attn"] = torch.softmax(torch.randn(x.shape[0], N, generator=self.gen), -1)
+        for name in ("attn", "cls_attn", "received", "received_object"):
+            if name in want:
+                out[name] = torch.softmax(torch.randn(t, N, generator=self.gen), -1)
         if "pooled" in want:
             out["pooled"] = x.mean(1)
+        if "cls_token" in want:
+            out["cls_token"] = x.mean(1)
+        if "keys" in want:  # head-mean keys of so400m: [N + 1, 72]
+            out["keys"] = torch.randn(t, N + 1, 72, generator=self.gen)
         for name in set(want) - set(out):
             raise SystemExit(f"signal {name} is not injected")
         return out
@@ -89,6 +95,13 @@ print(json.dumps({"seconds": round(time.perf_counter() - t0, 3), "frames": n}))
 """
 
 
+#: every method that runs on injected features: not `none` (an hour of uncompressed tokens is a 6 GB file) and not
+#: the in-encoder ones (tome_vit, vid_tldr), which need a real tower's blocks
+DEFAULT_METHODS = ("pool", "uniform", "evs", "dycoke", "fastvid", "holitom", "prunevid", "framefusion", "tome",
+                   "rlt", "sttm", "omnizip", "budgeted", "visionzip", "fastervlm", "hiprune", "gprune", "ts_llava",
+                   "divprune", "llava_scissor")
+
+
 def prepare(cache: Path, minutes: list[float]) -> tuple[dict[float, Path], Path, Path]:
     from vtc.testing import long_video, save_random_checkpoint, tiny_clip_config
 
@@ -109,7 +122,7 @@ def prepare(cache: Path, minutes: list[float]) -> tuple[dict[float, Path], Path,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="pool,uniform,evs,dycoke,fastvid,divprune")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--minutes", default="10,60")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--memory-budget", type=float, default=2.0, help="GiB (vtc's --memory-budget)")

@@ -94,7 +94,8 @@ def test_a_video_past_the_memory_budget_spills_and_runs_in_windows(tmp_path, cli
     a = model_args("clip")
     flags = ["--model", a["model"], "--checkpoint", a["checkpoint"], "--frames", "24"]
     runner = CliRunner()
-    for method in ("pool", "fastvid"):
+    # visionzip's attention keys, rlt's frames and ts_llava's pixels are buffered (and spilled) like the features
+    for method in ("pool", "fastvid", "visionzip", "rlt", "ts_llava"):
         small, big = tmp_path / f"{method}-small.safetensors", tmp_path / f"{method}-big.safetensors"
         r = runner.invoke(app, ["compress", str(clip_path), "-o", str(small), "-m", method, "--memory-budget",
                                 "0.0001", *flags])
@@ -112,3 +113,28 @@ def test_a_video_past_the_memory_budget_spills_and_runs_in_windows(tmp_path, cli
     r = runner.invoke(app, ["compress", str(clip_path), "-o", str(tmp_path / "x.safetensors"), "--memory-budget",
                             "-1", *flags])
     assert r.exit_code == 2 and "--memory-budget" in r.output
+
+
+def test_feature_buffer_spills_any_per_frame_array() -> None:
+    """Float arrays spill as float16 and come back in their dtype; integer ones (frames) exactly; reads by slice
+    and by frame indices agree with the in-memory buffer."""
+    from vtc.run.spill import FeatureBuffer
+
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.randn(10, 5, 3, generator=gen)
+    frames = torch.randint(0, 256, (10, 4, 4, 3), generator=gen, dtype=torch.uint8)
+    for x, exact in ((keys, False), (frames, True)):
+        ram, disk = FeatureBuffer(1 << 30), FeatureBuffer(x[0].numel() * x.element_size() * 3)
+        for part in x.split(4):
+            ram.append(part)
+            disk.append(part)
+        assert not ram.spilled and disk.spilled and disk.shape == x.shape
+        picks = torch.tensor([0, 9, 3])
+        for got in (disk[2:7], disk[picks], disk.tensor()):
+            assert got.dtype == x.dtype
+        if exact:
+            assert torch.equal(disk[2:7], x[2:7]) and torch.equal(disk[picks], x[picks])
+        else:
+            torch.testing.assert_close(disk[picks], x[picks], atol=2e-3, rtol=1e-3)
+        assert torch.equal(ram[picks], x[picks]) and torch.equal(ram[2:7], x[2:7])
+        disk.close()

@@ -79,8 +79,6 @@ class Video:
     info: VideoInfo | None = None
     report: DecodeReport = field(default_factory=DecodeReport)
     outputs: dict[str, list[Tensor]] = field(default_factory=dict)
-    views: list[Tensor] = field(default_factory=list)
-    pixels: list[Tensor] = field(default_factory=list)
     reuse: FrameReuse | None = None
     queued: int = 0  # frames sent to the encoder
     encoded: int = 0  # frames encoded
@@ -96,6 +94,9 @@ class Video:
     #: bytes of RAM the features may take before they spill to disk (half the run's memory budget)
     feature_budget: int = 1 << 62
     features: FeatureBuffer | None = None
+    #: per-frame arrays that grow with the video like the features (attention keys, the encoder's views of the
+    #: frames, pixels kept for an extra image): each in RAM up to an eighth of the feature budget, then spilled
+    buffers: dict[str, FeatureBuffer] = field(default_factory=dict)
     #: a windowed reduction's merge entries, on disk
     entries: EntryFile | None = None
 
@@ -104,24 +105,35 @@ class Video:
         return self.entries
 
     def close(self) -> None:
-        """Free the features and the entries (and their spill files)."""
-        for held in (self.features, self.entries):
+        """Free the features, buffers and entries (and their spill files)."""
+        for held in (self.features, self.entries, *self.buffers.values()):
             if held is not None:
                 held.close()
 
+    def _buffer(self, name: str, x: Tensor) -> None:
+        if name not in self.buffers:
+            self.buffers[name] = FeatureBuffer(self.feature_budget // 8)
+        self.buffers[name].append(x)
+
     def add(self, outputs: dict[str, Tensor], views: Tensor | None, pixels: Tensor | None) -> None:
-        """Append one run of encoded frames (the patch features go to the video's FeatureBuffer)."""
+        """Append one run of encoded frames (patch features, keys, views and pixels go to FeatureBuffers)."""
         for k, v in outputs.items():
             if k == "patches":
                 if self.features is None:
                     self.features = FeatureBuffer(self.feature_budget)
                 self.features.append(v)
+            elif k in BUFFERED:
+                self._buffer(k, v)
             else:
                 self.outputs.setdefault(k, []).append(v)
         if views is not None:
-            self.views.append(views)
+            self._buffer("frames", views)
         if pixels is not None:
-            self.pixels.append(pixels)
+            self._buffer("pixels", pixels)
+
+
+#: encoder outputs [T, N, ·] kept in FeatureBuffers (the small per-frame ones stay lists of tensors)
+BUFFERED = frozenset({"keys"})
 
 
 def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None) -> Outcome:
@@ -136,16 +148,19 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
     t0 = time.perf_counter()
     assert video.info is not None and video.features is not None
     buffer = video.features
+    t, n, d = (int(v) for v in buffer.shape)
+    window = window_frames(t, n, d, video.feature_budget)
+    in_memory = plan.spec.in_encoder is not None or (window is None and not buffer.spilled)
     # [T, N, D] (T: token frames; Qwen pairs sampled frames); a spilled buffer is read a window at a time
-    feats = buffer.tensor() if not buffer.spilled else buffer
+    feats = buffer.tensor() if in_memory else buffer
     grid = video.grid or encoder.grid
     sampled = video.report.frame_times
     token_times = sampled[:: encoder.temporal_patch]  # the first sampled frame of each token frame
-    sig = {k: torch.cat(v) for k, v in video.outputs.items()}
+    sig: dict[str, Any] = {k: torch.cat(v) for k, v in video.outputs.items()}
+    # keys and frames: whole tensors for a run in memory, buffers that windows slice otherwise
+    sig.update({k: (b.tensor() if in_memory else b) for k, b in video.buffers.items() if k != "pixels"})
     sources = {k: v for k, v in encoder.signal_sources().items() if k in plan.encoder_signals}
     timings = {"decode": video.t_decode, "encode": video.t_encode}
-    if video.views:
-        sig["frames"] = torch.cat(video.views)
     if "times" in plan.signals:
         sig["times"] = torch.tensor(token_times, dtype=torch.float64)
     if query_embedding is not None:  # per-frame relevance to the query, in the joint embedding space
@@ -159,7 +174,7 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
     if plan.keep_pixels:  # e.g. TS-LLaVA's thumbnail, encoded for real
         assert plan.spec.extra_images is not None
         te = time.perf_counter()
-        for name, image in plan.spec.extra_images(torch.cat(video.pixels), **plan.params).items():
+        for name, image in plan.spec.extra_images(video.buffers["pixels"], **plan.params).items():
             sig[name] = encoder.encode_pixels(image)["patches"].reshape(-1, feats.shape[-1])
         timings["encode"] += time.perf_counter() - te
         t0 = time.perf_counter()
@@ -172,26 +187,23 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
         red.info.update(video.merging or {}, tokens_per_frame=int(feats.shape[1]))
         tokens = buffer.tensor().reshape(-1, feats.shape[-1])
         shape = torch.Size([feats.shape[0], source.shape[-1], feats.shape[-1]])
-    else:
-        t, n, d = (int(v) for v in buffer.shape)
-        window = window_frames(t, n, d, video.feature_budget)
-        if window is None and not buffer.spilled:
-            red = plan.spec.run(feats, grid=grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
-            tokens = red.apply(feats)
-        else:  # the clip does not fit the memory budget at once: the method sees windows of frames
-            size = window or t
-            red = run_windowed_parts(lambda xw, sw: plan.spec.run(xw, grid=grid, ratio=plan.cfg.ratio, signals=sw,
-                                                                  params=plan.params),
-                                     buffer, Signals(**sig), size, store=video.entry_file())
-            if window is not None:
-                red.info["windowed"]["reason"] = (f"{t} frames × [{n}, {d}] exceed the memory budget "
-                                                  f"({2 * video.feature_budget / 2**30:.2f} GiB)")
-            else:
-                red.info.pop("windowed")
-            if buffer.spilled:
-                red.info["features_spilled"] = "float16 on disk (past half the memory budget)"
-            dtype = out_dtype(plan.cfg.dtype_out)  # rows go to the file a window at a time, never all in memory
-            tokens = Streamed((red.num_outputs, d), dtype, lambda: windowed_rows(red, buffer, dtype))
+    elif in_memory:
+        red = plan.spec.run(feats, grid=grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
+        tokens = red.apply(feats)
+    else:  # the clip does not fit the memory budget at once: the method sees windows of frames
+        size = window or t
+        red = run_windowed_parts(lambda xw, sw: plan.spec.run(xw, grid=grid, ratio=plan.cfg.ratio, signals=sw,
+                                                              params=plan.params),
+                                 buffer, Signals(**sig), size, store=video.entry_file())
+        if window is not None:
+            red.info["windowed"]["reason"] = (f"{t} frames × [{n}, {d}] exceed the memory budget "
+                                              f"({2 * video.feature_budget / 2**30:.2f} GiB)")
+        else:
+            red.info.pop("windowed")
+        if buffer.spilled:
+            red.info["features_spilled"] = "float16 on disk (past half the memory budget)"
+        dtype = out_dtype(plan.cfg.dtype_out)  # rows go to the file a window at a time, never all in memory
+        tokens = Streamed((red.num_outputs, d), dtype, lambda: windowed_rows(red, buffer, dtype))
     timings["compress"] = time.perf_counter() - t0
     ts = time.perf_counter()
     frame_times = torch.tensor(token_times, dtype=torch.float32)
