@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 from pathlib import Path
 
 from _common import run_child
@@ -144,7 +145,11 @@ def main() -> None:
     for method in args.methods.split(","):
         per = {}
         for m in minutes:
-            rows = [run_child(CHILD, videos[m], method, args.memory_budget, cfg, ckpt) for _ in range(args.runs)]
+            try:
+                rows = [run_child(CHILD, videos[m], method, args.memory_budget, cfg, ckpt) for _ in range(args.runs)]
+            except subprocess.CalledProcessError as e:
+                print(f"{method:<12}{m:>5g}  failed: {(e.stderr or '').strip().splitlines()[-1:]}", flush=True)
+                break
             wall = statistics.median(r["wall"] for r in rows)
             peak = statistics.median(r["peak_rss_mb"] for r in rows)
             r0 = rows[0]
@@ -153,7 +158,7 @@ def main() -> None:
             ms = 1000 * wall / r0["frames"]
             print(f"{method:<12}{m:>5g}{r0['frames']:>8}{r0['tokens']:>9}{wall:>9.1f}{ms:>10.1f}{peak:>9.0f}  {win}",
                   flush=True)
-        if len(minutes) >= 2:
+        if len(minutes) >= 2 and len(per) == len(minutes):
             lo, hi = min(minutes), max(minutes)
             print(f"{'':<12}{hi:g} vs {lo:g} min: time/frame ×{per[hi][0] / per[lo][0]:.2f}, "
                   f"peak RSS ×{per[hi][1] / per[lo][1]:.2f}", flush=True)

@@ -125,13 +125,17 @@ def _check_model(tf: TokenFile, model: Any) -> None:
 
 def video_inputs(tokens_file: str | os.PathLike[str] | TokenFile, model: Any, input_ids: Tensor | list[int], *,
                  positions: str = "contiguous", after_video: str = "reference",
-                 rows: int | None = None) -> dict[str, Tensor]:
+                 rows: int | None = None, tokenizer: Any = None) -> dict[str, Any]:
     """`inputs_embeds` [1, L, D], `attention_mask` [1, L] and `position_ids` [1, L] for `model(**...)` or
     `model.generate(**...)`.
 
     input_ids: [L] or [1, L] token ids of the prompt with exactly one video placeholder
     (`model.config.video_token_id`), e.g. from the model's chat template with the processor's expansion turned
     off, or simply `tokenizer(text)` where text contains "<video>" once.
+
+    Qwen3-VL files need `tokenizer` (the model's, e.g. `processor.tokenizer`) to write each frame's timestamp;
+    they return `input_ids`, `mm_token_type_ids` and `mm_encoder_outputs` (the kept tokens and their DeepStack
+    features) instead of `inputs_embeds` — see `_qwen3_inputs`.
     """
     if positions not in POSITIONS:
         raise UsageError(f"positions must be one of {', '.join(POSITIONS)}, not '{positions}'.")
@@ -150,8 +154,11 @@ def video_inputs(tokens_file: str | os.PathLike[str] | TokenFile, model: Any, in
                          f"{where.numel()} times; do not expand it (the file decides how many tokens go there).")
     _check_model(tf, model)
     at = int(where[0])
-    if (tf.meta.get("space") or {}).get("target") == "qwen2.5-vl":
+    target = (tf.meta.get("space") or {}).get("target")
+    if target == "qwen2.5-vl":
         return _qwen_inputs(tf, model, ids, at, after_video, rows)
+    if target == "qwen3-vl":
+        return _qwen3_inputs(tf, model, ids, at, tokenizer, rows)
     seq = visual_sequence(tf)
     embed = model.get_input_embeddings()
     text = embed(ids.to(embed.weight.device))
@@ -216,3 +223,75 @@ def _qwen_inputs(tf: TokenFile, model: Any, ids: Tensor, at: int, after_video: s
     n = embeds.shape[0]
     return {"inputs_embeds": embeds[None], "attention_mask": torch.ones(1, n, dtype=torch.long, device=text.device),
             "position_ids": pos3[:, None, :].to(text.device)}
+
+
+def _text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text` without special tokens, from a transformers tokenizer (or any `encode` / callable)."""
+    if tokenizer is None:
+        raise UsageError("a qwen3-vl file needs the model's tokenizer to write each frame's timestamp: "
+                         "video_inputs(file, model, input_ids, tokenizer=processor.tokenizer).")
+    if hasattr(tokenizer, "encode"):
+        try:
+            return list(tokenizer.encode(text, add_special_tokens=False))
+        except TypeError:
+            return list(tokenizer.encode(text))
+    return list(tokenizer(text))
+
+
+def _qwen3_inputs(tf: TokenFile, model: Any, ids: Tensor, at: int, tokenizer: Any,
+                  rows: int | None) -> dict[str, Any]:
+    """Qwen3-VL: the placeholder becomes, for every token frame, its timestamp text, <vision_start>, one video
+    token per kept token of that frame (in raster order) and <vision_end> — the processor's expansion, minus the
+    dropped tokens (a frame that keeps none keeps its timestamp and its start/end pair). Positions are the ones
+    the model's `get_rope_index` gives those tokens in the uncompressed sequence: each frame is a (1, h, w) group
+    starting at the running text position, which then advances by max(h, w), kept tokens or not.
+
+    → input_ids [1, L], attention_mask [1, L], mm_token_type_ids [1, L], position_ids [rows, 1, L] and
+    `mm_encoder_outputs` {"video": the kept tokens [K, D] and the DeepStack planes [K, D] each}."""
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+    if "deepstack" not in tf.tensors:
+        raise FormatError(f"{tf.path}: a qwen3-vl file without 'deepstack'.")
+    space = tf.meta["space"]
+    h, w = tf.grid
+    stamps = [float(v) for v in space["frame_timestamps"]]
+    fmt = str(space.get("timestamp_format", "<{:.1f} seconds>"))
+    start_id, end_id = int(space["vision_start_token_id"]), int(space["vision_end_token_id"])
+    vid = _video_token_id(model)
+    order = tf.raster_order()
+    pos = tf.positions.long()[order]
+    frame_of = pos[:, 0]
+    seq: list[int] = ids[:at].tolist()
+    p3: list[Tensor] = [torch.arange(at).expand(3, -1)]
+    cur = at
+    for f, stamp in enumerate(stamps):
+        head = _text_ids(tokenizer, fmt.format(stamp)) + [start_id]
+        seq += head
+        p3.append((torch.arange(len(head)) + cur).expand(3, -1))
+        cur += len(head)
+        mine = pos[frame_of == f]
+        seq += [vid] * int(mine.shape[0])
+        p3.append(torch.stack([torch.full((mine.shape[0],), cur), mine[:, 1] + cur, mine[:, 2] + cur]))
+        cur += max(h, w)
+        seq.append(end_id)
+        p3.append(torch.full((3, 1), cur))
+        cur += 1
+    rest = ids[at + 1:].tolist()
+    seq += rest
+    p3.append((torch.arange(len(rest)) + cur).expand(3, -1))
+    pos3 = torch.cat(p3, 1)
+    rows = rows or _default_rows()
+    if rows not in (3, 4):
+        raise UsageError(f"rows must be 3 or 4, not {rows}.")
+    if rows == 4:
+        pos3 = torch.cat([torch.arange(pos3.shape[1])[None], pos3])
+    embed = model.get_input_embeddings()
+    device, dtype = embed.weight.device, embed.weight.dtype
+    input_ids = torch.tensor([seq], device=device)
+    kept = tf.tokens[order].to(device=device, dtype=dtype)
+    planes = tf.tensors["deepstack"][order].to(device=device, dtype=dtype)  # [K, L, D]
+    video = BaseModelOutputWithDeepstackFeatures(
+        pooler_output=(kept,), deepstack_features=[(planes[:, i],) for i in range(planes.shape[1])])
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": (input_ids == vid).int() * 2, "position_ids": pos3[:, None, :].to(device),
+            "mm_encoder_outputs": {"video": video}}

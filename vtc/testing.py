@@ -264,3 +264,31 @@ def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_
     Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
                           cap_pixels_per_frame=False).save_pretrained(out)
     return out
+
+
+def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pixels: int = 64 * 96 * 8) -> Path:
+    """Save a tiny random-weight Qwen3-VL checkpoint (transformers `save_pretrained`) with a video processor
+    config: vision transformer (patch 16, 2×2 merge, frame pairs, learned position grid, DeepStack mergers after
+    blocks 0 and 1), Qwen3 language model with interleaved M-RoPE. Its processor bounds the pixels of all frames
+    together (min_pixels, max_pixels).  → the directory."""
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    torch.manual_seed(seed)
+    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=48, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                  deepstack_visual_indexes=[0, 1], in_channels=3)
+    text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=12, vocab_size=300, max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2],
+                                 "mrope_interleaved": True},
+                bos_token_id=1, eos_token_id=2)
+    cfg = Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=290,
+                        video_token_id=TINY_QWEN_VIDEO_TOKEN, vision_start_token_id=TINY_QWEN_VISION_START,
+                        vision_end_token_id=TINY_QWEN_VISION_END)
+    model = Qwen3VLForConditionalGeneration(cfg).eval()
+    model.save_pretrained(out)
+    Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                          cap_pixels_per_frame=False).save_pretrained(out)
+    return out

@@ -243,6 +243,16 @@ def target_times(info: VideoInfo, sampling: Sampling) -> np.ndarray | None:
     return info.start_time + np.linspace(0.0, span, t)
 
 
+def planned_frames(info: VideoInfo, sampling: Sampling) -> int:
+    """How many frames `sampling` takes from a video (what `iter_frames` yields unless the stream holds fewer
+    frames than its header claims); 0 when unknown."""
+    targets = target_times(info, sampling)
+    if targets is not None:
+        return len(targets)
+    every = int(sampling.every or 1)
+    return -(-info.num_frames // every) if info.num_frames > 0 else 0
+
+
 def iter_frames(
     path: str | os.PathLike[str],
     sampling: Sampling,

@@ -41,6 +41,31 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h, w
 
 
+def smart_resize_video(frames: int, height: int, width: int, temporal: int, factor: int, min_pixels: int,
+                       max_pixels: int) -> tuple[int, int]:
+    """Qwen3-VL's frame size rule: as `smart_resize`, but the pixel bounds hold for the whole clip — frames
+    (rounded to a multiple of `temporal`) × height × width — so a longer clip gets smaller frames; sides shorter
+    than `factor` are first scaled up.  → (height, width)."""
+    frames = max(frames, temporal)
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.0f} is over 200")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    t = round(frames / temporal) * temporal
+    if t * h * w > max_pixels:
+        beta = math.sqrt(frames * height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif t * h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (frames * height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
 @dataclass(frozen=True)
 class FrameGeometry:
     """The encoder's input picture: `image_size` (h, w), `resize_mode`, normalisation `mean`/`std` and the pad value.
@@ -49,7 +74,9 @@ class FrameGeometry:
     - longest: the long side is resized to fit, then centred padding with `fill` (0..255);
     - squash: resized to `image_size` ignoring the aspect ratio;
     - smart: Qwen2-VL's dynamic size (`smart_resize` with `factor`, `min_pixels`, `max_pixels`): each video keeps
-      its aspect ratio, so the picture (and the token grid) depend on the video; `image_size` is unused.
+      its aspect ratio, so the picture (and the token grid) depend on the video; `image_size` is unused. With
+      `temporal` > 0 (Qwen3-VL) the pixel bounds hold for all the video's frames (`smart_resize_video`), so the
+      size also depends on how many frames are sampled.
 
     `resize_on` says who resizes: "decode" (the decoder converts frames to `decode_size`, open_clip towers) or
     "tensor" (frames arrive at their native size and `preprocess` resizes them the way transformers' video
@@ -66,6 +93,7 @@ class FrameGeometry:
     factor: int = 0
     min_pixels: int = 0
     max_pixels: int = 0
+    temporal: int = 0
 
     @classmethod
     def from_preprocess_cfg(cls, cfg: dict[str, Any], size: int | tuple[int, ...] | list[int]) -> FrameGeometry:
@@ -78,7 +106,7 @@ class FrameGeometry:
     def from_dict(cls, d: dict[str, Any]) -> FrameGeometry:
         return cls(tuple(d["image_size"]), d["resize_mode"], tuple(d["mean"]), tuple(d["std"]), float(d["fill"]),
                    str(d.get("resize_on", "decode")), int(d.get("factor", 0)), int(d.get("min_pixels", 0)),
-                   int(d.get("max_pixels", 0)))
+                   int(d.get("max_pixels", 0)), int(d.get("temporal", 0)))
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,16 +128,21 @@ class FrameGeometry:
         # MAX_ASPECT:1 the long side is squeezed, so the crop shows more of it than a true centre crop would
         return (max(tw, min(round(width * s), MAX_ASPECT * tw)), max(th, min(round(height * s), MAX_ASPECT * th)))
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) of the picture made from a decoded frame of `height` × `width` (the `decode_size` output)."""
+    def output_size(self, height: int, width: int, frames: int = 0) -> tuple[int, int]:
+        """(h, w) of the picture made from a decoded frame of `height` × `width` (the `decode_size` output) of a
+        video of `frames` sampled frames (which matters with `temporal`)."""
+        if self.resize_mode == "smart" and self.temporal:
+            return smart_resize_video(frames, height, width, self.temporal, self.factor, self.min_pixels,
+                                      self.max_pixels)
         if self.resize_mode == "smart":
             return smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
         return self.image_size
 
-    def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
-        """uint8 [B, H, W, 3] at `decode_size` → normalised pixels float32 [B, 3, h, w] (centre crop or pad)."""
+    def preprocess(self, frames: np.ndarray | Tensor, video_frames: int = 0) -> Tensor:
+        """uint8 [B, H, W, 3] at `decode_size` (of a video of `video_frames` sampled frames) → normalised pixels
+        float32 [B, 3, h, w] (centre crop or pad)."""
         if self.resize_on == "tensor":
-            return self._preprocess_like_transformers(torch.as_tensor(frames).permute(0, 3, 1, 2))
+            return self._preprocess_like_transformers(torch.as_tensor(frames).permute(0, 3, 1, 2), video_frames)
         x = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
         th, tw = self.image_size
         _, _, h, w = x.shape
@@ -125,14 +158,14 @@ class FrameGeometry:
         mean, std = torch.tensor(self.mean)[:, None, None], torch.tensor(self.std)[:, None, None]
         return (x - mean) / std
 
-    def _preprocess_like_transformers(self, x: Tensor) -> Tensor:
+    def _preprocess_like_transformers(self, x: Tensor, video_frames: int = 0) -> Tensor:
         """uint8 [B, 3, H, W] → float32 [B, 3, h, w], step for step as transformers' torchvision backend does it
         (`resize` with antialias on uint8, then `rescale_and_normalize` with mean and std folded by 1/255)."""
         import torchvision.transforms.v2.functional as tvF
 
         if self.resize_mode not in ("squash", "smart"):
             raise ValueError("resize_on='tensor' supports the squash and smart resizes only")
-        size = self.output_size(int(x.shape[-2]), int(x.shape[-1]))
+        size = self.output_size(int(x.shape[-2]), int(x.shape[-1]), video_frames)
         if tuple(x.shape[-2:]) != size:
             x = tvF.resize(x.contiguous(), list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
         rescale = 1 / 255
@@ -140,15 +173,16 @@ class FrameGeometry:
         std = torch.tensor(self.std) * (1.0 / rescale)
         return tvF.normalize(x.to(torch.float32), mean.tolist(), std.tolist(), inplace=True)
 
-    def preprocess_many(self, frames: list[np.ndarray]) -> Tensor:
-        """Frames of possibly different sizes (several videos) → normalised pixels [B, 3, h, w], in order (every
-        frame must make a picture of the same size: see `output_size`)."""
+    def preprocess_many(self, frames: list[np.ndarray], video_frames: list[int] | None = None) -> Tensor:
+        """Frames of possibly different sizes (several videos, of `video_frames` sampled frames each) → normalised
+        pixels [B, 3, h, w], in order (every frame must make a picture of the same size: see `output_size`)."""
+        counts = video_frames or [0] * len(frames)
         out, i = [], 0
         while i < len(frames):
             j = i
-            while j < len(frames) and frames[j].shape == frames[i].shape:
+            while j < len(frames) and frames[j].shape == frames[i].shape and counts[j] == counts[i]:
                 j += 1
-            out.append(self.preprocess(np.stack(frames[i:j])))
+            out.append(self.preprocess(np.stack(frames[i:j]), counts[i]))
             i = j
         return torch.cat(out)
 

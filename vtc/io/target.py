@@ -35,7 +35,15 @@ from torch import Tensor
 from vtc.errors import MissingDependencyError, ModelError, UsageError
 from vtc.io.encode import EncoderConfig, FrameGrid, _hub_offline, _hub_reachable, _quiet_logs, pick_device, pick_dtype
 from vtc.io.geometry import FrameGeometry
-from vtc.io.target_qwen import QwenTower, mrope_positions, qwen_geometry, second_per_grid, temporal_positions
+from vtc.io.target_qwen import (
+    Qwen3Tower,
+    QwenTower,
+    frame_timestamps,
+    mrope_positions,
+    qwen_geometry,
+    second_per_grid,
+    temporal_positions,
+)
 from vtc.io.towers import Tower, object_block
 
 
@@ -56,6 +64,9 @@ class TargetSpec:
     example: str
     #: "llava" or "qwen": which checkpoint layout and vision path
     family: str = "llava"
+    #: Qwen generation: 2 (Qwen2.5-VL: M-RoPE over the video grid) or 3 (Qwen3-VL: DeepStack planes, a frame size
+    #: bounded over all frames, each frame its own position group after a timestamp)
+    generation: int = 0
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -73,7 +84,11 @@ TARGETS: dict[str, TargetSpec] = {
     "qwen2.5-vl": TargetSpec(
         "qwen2.5-vl", "Qwen2.5-VL: its vision transformer and 2×2 patch merger on frame pairs at the processor's "
         "dynamic size; original M-RoPE positions", ("qwen2_5_vl",), "merge", "none", 32,
-        "Qwen/Qwen2.5-VL-7B-Instruct", "qwen"),
+        "Qwen/Qwen2.5-VL-7B-Instruct", "qwen", 2),
+    "qwen3-vl": TargetSpec(
+        "qwen3-vl", "Qwen3-VL: its vision transformer, 2×2 patch merger and DeepStack mergers on frame pairs at the "
+        "processor's dynamic size; each frame after its timestamp, original positions", ("qwen3_vl",), "merge",
+        "none", 32, "Qwen/Qwen3-VL-8B-Instruct", "qwen", 3),
 }
 
 
@@ -224,7 +239,7 @@ def checkpoint_geometry(ckpt: Checkpoint) -> FrameGeometry:
     """The picture the target's own video processor makes: a squash resize to the tower's input size (antialiased
     bicubic on uint8), rescale 1/255, normalise with the processor's mean and std."""
     if ckpt.spec is not None and ckpt.spec.family == "qwen":
-        return qwen_geometry(ckpt.config, ckpt.preprocess, str(ckpt.path))
+        return qwen_geometry(ckpt.config, ckpt.preprocess, str(ckpt.path), ckpt.spec.generation)
     pp = ckpt.preprocess
     vision = ckpt.config.get("vision_config") or {}
     side = int(vision.get("image_size", 384))
@@ -438,14 +453,16 @@ class TargetEncoder(FrameGrid):
         self.geometry = checkpoint_geometry(self.ckpt)
         self.name = f"{self.spec.name}:{config.target_model}"
         self.holder, self.vision_sha256 = self._load()
-        self.tower: Tower = QwenTower(self.holder) if self.spec.family == "qwen" else \
-            LlavaTower(self.holder, self.spec)
+        self.tower: Tower = LlavaTower(self.holder, self.spec) if self.spec.family != "qwen" else \
+            Qwen3Tower(self.holder) if self.spec.generation == 3 else QwenTower(self.holder)
         self.kind = self.tower.kind
         self.grid = self.tower.grid
         self.num_layers = self.tower.num_layers
         self.width = self.tower.width
         self.layer_index = -1
         self.temporal_patch = getattr(self.tower, "temporal", 1)
+        #: planes carried after each token's features (Qwen3-VL's DeepStack): reduced along, stored apart
+        self.carried = int(getattr(self.tower, "carried", 0))
         image_newline = getattr(self.holder, "image_newline", None)
         self.newline = None if image_newline is None else image_newline.detach().float().cpu()
 
@@ -462,6 +479,10 @@ class TargetEncoder(FrameGrid):
             raise MissingDependencyError(f"--target needs transformers ({e.name} is missing): "
                                          f"pip install 'vtc[hf]'") from None
         with no_init_weights():
+            if self.spec.family == "qwen" and self.spec.generation == 3:
+                from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
+
+                return {"visual": Qwen3VLVisionModel._from_config(config.vision_config)}
             if self.spec.family == "qwen":
                 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
                     Qwen2_5_VisionTransformerPretrainedModel,
@@ -563,7 +584,20 @@ class TargetEncoder(FrameGrid):
         num_frames T (token frames), frame_times of the sampled frames, the video's fps, the picture (H, W)."""
         space = self.space()
         tensors: dict[str, Tensor] = {}
-        if self.spec.family == "qwen":
+        if self.spec.family == "qwen" and self.spec.generation == 3:
+            vc = self.holder.config.vision_config
+            m = int(vc.spatial_merge_size)
+            space.update(grid=list(grid), image_size=list(picture),
+                         video_grid_thw=[num_frames, grid[0] * m, grid[1] * m], spatial_merge_size=m,
+                         temporal_patch_size=self.temporal_patch, frames_sampled=len(frame_times),
+                         frame_timestamps=[round(v, 6) for v in frame_timestamps(frame_times, self.temporal_patch)],
+                         timestamp_format="<{:.1f} seconds>", deepstack_planes=self.carried,
+                         vision_start_token_id=self.ckpt.config.get("vision_start_token_id"),
+                         vision_end_token_id=self.ckpt.config.get("vision_end_token_id"))
+            mask = torch.zeros(num_frames * grid[0] * grid[1], dtype=torch.bool)
+            mask[rep[rep >= 0].long()] = True
+            tensors["retention_mask"] = mask
+        elif self.spec.family == "qwen":
             vc = self.holder.config.vision_config
             spg = second_per_grid(frame_times, self.temporal_patch, fps)
             tps = float(vc.tokens_per_second)

@@ -28,12 +28,36 @@ from vtc.io.towers import Tower
 #: Qwen2VLVideoProcessor's default pixel bounds per frame (shortest_edge / longest_edge of its `size`)
 DEFAULT_MIN_PIXELS = 128 * 28 * 28
 DEFAULT_MAX_PIXELS = 768 * 28 * 28
+#: Qwen3VLVideoProcessor's defaults: pixel bounds over all frames of a video, patch 16, mean and std 0.5
+QWEN3_MIN_PIXELS = 128 * 32 * 32
+QWEN3_MAX_PIXELS = 32 * 32 * 768
+QWEN3_MEAN = QWEN3_STD = (0.5, 0.5, 0.5)
 
 
-def qwen_geometry(config: dict[str, Any], pp: dict[str, Any], where: str) -> FrameGeometry:
-    """The frame geometry of a Qwen2.5-VL checkpoint's video processor (`video_preprocessor_config.json`, else the
-    image processor's `preprocessor_config.json`, as `AutoVideoProcessor` falls back), with the processor's
-    precedence: `size` {shortest_edge, longest_edge}, overridden by `min_pixels` / `max_pixels`."""
+def qwen_geometry(config: dict[str, Any], pp: dict[str, Any], where: str, generation: int = 2) -> FrameGeometry:
+    """The frame geometry of a Qwen2.5-VL or Qwen3-VL checkpoint's video processor (`video_preprocessor_config.json`,
+    else the image processor's `preprocessor_config.json`, as `AutoVideoProcessor` falls back), with the
+    processor's precedence: `size` {shortest_edge, longest_edge}, overridden by `min_pixels` / `max_pixels`.
+    Qwen3-VL's bounds hold for all the frames of a video together (`FrameGeometry.temporal`)."""
+    if generation == 3:
+        vision = config.get("vision_config") or {}
+        if pp.get("cap_pixels_per_frame"):
+            raise ModelError(f"{where}: the video processor's cap_pixels_per_frame is not supported by vtc yet.")
+        if pp.get("do_resize") is False or pp.get("do_rescale") is False or pp.get("do_normalize") is False:
+            raise ModelError(f"{where}: its video processor settings (resize/rescale/normalize) are not the ones "
+                             f"vtc reproduces.")
+        size = pp.get("size") or {}
+        lo = int(size.get("shortest_edge") or QWEN3_MIN_PIXELS)
+        hi = int(size.get("longest_edge") or QWEN3_MAX_PIXELS)
+        patch = int(pp.get("patch_size") or vision.get("patch_size", 16))
+        merge = int(pp.get("merge_size") or vision.get("spatial_merge_size", 2))
+        temporal = int(pp.get("temporal_patch_size") or vision.get("temporal_patch_size", 2))
+        if patch != int(vision.get("patch_size", 16)) or merge != int(vision.get("spatial_merge_size", 2)):
+            raise ModelError(f"{where}: processor patch/merge size ({patch}/{merge}) differ from the vision config's.")
+        mean = tuple(float(v) for v in pp.get("image_mean", QWEN3_MEAN))
+        std = tuple(float(v) for v in pp.get("image_std", QWEN3_STD))
+        return FrameGeometry((0, 0), "smart", mean, std, 0.0, "tensor", patch * merge, lo, hi,  # type: ignore[arg-type]
+                             temporal)
     vision = config.get("vision_config") or {}
     if pp.get("cap_pixels_per_frame"):
         raise ModelError(f"{where}: the video processor's cap_pixels_per_frame is not supported by vtc yet.")
@@ -70,6 +94,7 @@ class QwenTower(Tower):
     frame repeats) → `patches` [F/2, (H/28)·(W/28), D_llm] and substitute signals (see `signal_sources`)."""
 
     kind = "qwen"
+    name = "qwen2.5-vl"
 
     def __init__(self, holder: Any) -> None:
         vc = holder.config.vision_config
@@ -83,34 +108,78 @@ class QwenTower(Tower):
         step = self.patch * self.merge
         return height // step, width // step
 
-    def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
+    #: extra planes carried after each token's features (Qwen3-VL's DeepStack features); 0 here
+    carried = 0
+
+    def run_visual(self, pixels: Tensor) -> tuple[Any, int, int, int]:
+        """The model's vision transformer on frames [F, 3, H, W] → (its output, T', h, w in patches)."""
         flat, (gt, gh, gw) = patchify(pixels, self.patch, self.merge, self.temporal)
         visual = self.visual.visual
         thw = torch.tensor([[gt, gh, gw]], device=flat.device)
-        out = visual(flat.to(visual.dtype), grid_thw=thw)
+        return visual(flat.to(visual.dtype), grid_thw=thw), gt, gh, gw
+
+    def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
+        out, gt, gh, gw = self.run_visual(pixels)
         merged = getattr(out, "pooler_output", out)  # transformers 5: an output object; 4.x: the tensor
         tokens = merged.reshape(gt, (gh // self.merge) * (gw // self.merge), -1)
-        res: dict[str, Tensor] = {"patches": tokens}
+        return {"patches": tokens, **self.signals(tokens, want)}
+
+    def signals(self, tokens: Tensor, want: frozenset[str]) -> dict[str, Tensor]:
+        """The substitute signals of merged tokens [T', N, D] (see `signal_sources`), those in `want`."""
+        res: dict[str, Tensor] = {}
+        gt = tokens.shape[0]
         if want:
             t = tokens.float()
             probe = t.mean(1)  # [T', D]
             probs = torch.softmax((t @ probe[:, :, None])[..., 0] / math.sqrt(t.shape[-1]), dim=-1)
             res.update(attn=probs, cls_attn=probs, received=probs, received_object=probs, pooled=probe, cls_token=probe,
                        keys=torch.cat([t.new_zeros(gt, 1, t.shape[-1]), t], 1))
-        return {k: v for k, v in res.items() if k == "patches" or k in want}
+        return {k: v for k, v in res.items() if k in want}
 
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
         raise UsageError("encoding only the changed patches is not available with --target qwen2.5-vl.")
 
     def signal_sources(self, layer: int) -> dict[str, str]:
-        probe = ("qwen2.5-vl: softmax over the frame's tokens of (token · mean token)/√D, in the LLM space "
+        name = self.name
+        probe = (f"{name}: softmax over the frame's tokens of (token · mean token)/√D, in the LLM space "
                  "(substitute: Qwen's vision tower has no CLS token and no pooling head)")
         return {
             "attn": probe, "cls_attn": probe, "received": probe, "received_object": probe,
-            "pooled": "qwen2.5-vl: mean of the frame pair's tokens (substitute: no pooling head)",
-            "cls_token": "qwen2.5-vl: mean of the frame pair's tokens (substitute: no CLS token)",
-            "keys": "qwen2.5-vl: the merged tokens themselves, row 0 zero (substitute: no CLS, keys not exposed)",
+            "pooled": f"{name}: mean of the frame pair's tokens (substitute: no pooling head)",
+            "cls_token": f"{name}: mean of the frame pair's tokens (substitute: no CLS token)",
+            "keys": f"{name}: the merged tokens themselves, row 0 zero (substitute: no CLS, keys not exposed)",
         }
+
+
+class Qwen3Tower(QwenTower):
+    """Qwen3-VL's vision transformer, patch merger and DeepStack mergers: frames [F, 3, H, W] → `patches`
+    [F/2, (H/32)·(W/32), (1 + L)·D_llm]: each token's LLM embedding followed by its L DeepStack features (the
+    mergers of intermediate blocks, added to the first L decoder layers' hidden states). Methods decide on the
+    first D_llm channels only (`carried` = L planes ride along and are reduced with the same map), and the file
+    stores them as `deepstack` [K, L, D_llm]."""
+
+    kind = "qwen3"
+    name = "qwen3-vl"
+
+    def __init__(self, holder: Any) -> None:
+        super().__init__(holder)
+        self.carried = len(holder.config.vision_config.deepstack_visual_indexes)
+
+    def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
+        out, gt, gh, gw = self.run_visual(pixels)
+        n = (gh // self.merge) * (gw // self.merge)
+        planes = [out.pooler_output, *out.deepstack_features]
+        tokens = torch.cat([p.reshape(gt, n, -1) for p in planes], -1)
+        return {"patches": tokens, **self.signals(tokens[..., : self.width], want)}
+
+
+def frame_timestamps(frame_times: list[float], temporal: int) -> list[float]:
+    """Qwen3-VL's timestamp of each token frame: the mean time of its first and last sampled frame (an odd count
+    repeats the last frame), as its processor computes them from frame indices / fps."""
+    times = list(frame_times)
+    if times and len(times) % temporal:
+        times += [times[-1]] * (temporal - len(times) % temporal)
+    return [(times[i] + times[i + temporal - 1]) / 2 for i in range(0, len(times), temporal)]
 
 
 def temporal_positions(num: int, second_per_grid_t: float, tokens_per_second: float) -> Tensor:

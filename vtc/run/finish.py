@@ -86,6 +86,8 @@ class Video:
     t_decode: float = 0.0
     t_encode: float = 0.0
     error: VtcError | None = None
+    #: how many frames the sampling plan takes from this video (Qwen3-VL's frame size depends on it)
+    planned_frames: int = 0
     #: the token grid and picture size of this video (they vary per video for Qwen targets)
     grid: tuple[int, int] | None = None
     picture: tuple[int, int] | None = None
@@ -178,8 +180,17 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
             sig[name] = encoder.encode_pixels(image)["patches"].reshape(-1, feats.shape[-1])
         timings["encode"] += time.perf_counter() - te
         t0 = time.perf_counter()
-    shape = feats.shape
+    # a target's carried planes (Qwen3-VL's DeepStack features) follow each token's own D channels: the method
+    # decides on those D, the same map reduces the planes
+    carried = int(getattr(encoder, "carried", 0))
+    dm = int(feats.shape[-1]) // (1 + carried)
+
+    def own(x: Tensor) -> Tensor:
+        return x[..., :dm].contiguous() if carried else x
+
+    shape = torch.Size([*feats.shape[:2], dm])
     red: Reduction | WindowedReduction
+    planes: Tensor | Streamed | None = None
     if plan.spec.in_encoder is not None:  # merged inside the encoder: the tokens are the encoder's, the map records
         source = sig.pop("source")  # [T, K, N]: which patches each token stands for
         sig.pop("size", None)
@@ -188,11 +199,13 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
         tokens = buffer.tensor().reshape(-1, feats.shape[-1])
         shape = torch.Size([feats.shape[0], source.shape[-1], feats.shape[-1]])
     elif in_memory:
-        red = plan.spec.run(feats, grid=grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
+        red = plan.spec.run(own(feats), grid=grid, ratio=plan.cfg.ratio, signals=Signals(**sig), params=plan.params)
         tokens = red.apply(feats)
+        if carried:
+            tokens, planes = tokens[:, :dm], tokens[:, dm:].reshape(-1, carried, dm)
     else:  # the clip does not fit the memory budget at once: the method sees windows of frames
         size = window or t
-        red = run_windowed_parts(lambda xw, sw: plan.spec.run(xw, grid=grid, ratio=plan.cfg.ratio, signals=sw,
+        red = run_windowed_parts(lambda xw, sw: plan.spec.run(own(xw), grid=grid, ratio=plan.cfg.ratio, signals=sw,
                                                               params=plan.params),
                                  buffer, Signals(**sig), size, store=video.entry_file())
         if window is not None:
@@ -203,7 +216,11 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
         if buffer.spilled:
             red.info["features_spilled"] = "float16 on disk (past half the memory budget)"
         dtype = out_dtype(plan.cfg.dtype_out)  # rows go to the file a window at a time, never all in memory
-        tokens = Streamed((red.num_outputs, d), dtype, lambda: windowed_rows(red, buffer, dtype))
+        k = red.num_outputs
+        tokens = Streamed((k, dm), dtype, lambda: (b[:, :dm].contiguous() for b in windowed_rows(red, buffer, dtype)))
+        if carried:
+            planes = Streamed((k, carried, dm), dtype, lambda: (b[:, dm:].reshape(-1, carried, dm)
+                                                                 for b in windowed_rows(red, buffer, dtype)))
     timings["compress"] = time.perf_counter() - t0
     ts = time.perf_counter()
     frame_times = torch.tensor(token_times, dtype=torch.float32)
@@ -216,6 +233,9 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
     meta.update(space)
     for name, value in extra.items():
         tensors[name] = value.to(tensors["tokens"].dtype).contiguous() if value.is_floating_point() else value
+    if planes is not None:  # [K, L, D]: what the model adds to its first L decoder layers at each kept token
+        tensors["deepstack"] = planes if isinstance(planes, Streamed) else \
+            planes.to(out_dtype(plan.cfg.dtype_out)).contiguous()
     for name in ("relevance", "audio_saliency"):
         if name in sig:
             tensors[name] = sig[name].float().contiguous()

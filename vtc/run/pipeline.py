@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import InputError, VtcError
-from vtc.io.decode import DecodeReport, VideoInfo, iter_frames, probe
+from vtc.io.decode import DecodeReport, VideoInfo, iter_frames, planned_frames, probe
 from vtc.io.encoders import AnyEncoder
 from vtc.io.geometry import FrameGeometry
 from vtc.run.finish import FrameReuse, Job, Outcome, Video, finish
@@ -104,6 +104,7 @@ class Engine:
         path = video.job.input
         try:
             video.info, frames = decode_video(path, self.plan, self.encoder.geometry, video.report)
+            video.planned_frames = planned_frames(video.info, self.plan.sampling)
             for ft, frame in frames:
                 if stop.is_set():
                     return
@@ -148,7 +149,7 @@ class Engine:
     def _encode(self, pending: list[tuple[Video, np.ndarray, float]]) -> None:
         """Encode a batch of frames (possibly of several videos), in runs that make pictures of one size."""
         geo = self.encoder.geometry
-        sizes = [geo.output_size(*f.shape[:2]) for _, f, _ in pending]
+        sizes = [geo.output_size(*f.shape[:2], v.planned_frames) for v, f, _ in pending]
         i = 0
         while i < len(pending):
             j = i
@@ -160,7 +161,7 @@ class Engine:
     def _encode_run(self, pending: list[tuple[Video, np.ndarray, float]]) -> None:
         t0 = time.perf_counter()
         geo = self.encoder.geometry
-        pixels = geo.preprocess_many([f for _, f, _ in pending])  # videos may differ in size
+        pixels = geo.preprocess_many([f for _, f, _ in pending], [v.planned_frames for v, _, _ in pending])
         views = geo.view(pixels) if self.plan.keep_views or self.plan.pre_encoder is not None else None
         if self.plan.pre_encoder is not None:
             assert views is not None
@@ -244,7 +245,8 @@ class Engine:
     # ------------------------------------------------------------------ one decoded video (Ray actors)
     def process_decoded(self, job: Job, info: VideoInfo, report: DecodeReport, frames: list[np.ndarray]) -> Outcome:
         """Encode (in batches), compress and store one video whose sampled frames were decoded elsewhere."""
-        v = Video(job, info=info, report=report, decoded=True, feature_budget=self.feature_budget)
+        v = Video(job, info=info, report=report, decoded=True, feature_budget=self.feature_budget,
+                  planned_frames=len(frames))
         try:
             if not frames:
                 raise no_frames(job.input)
