@@ -155,3 +155,45 @@ def test_a_qwen3_file_needs_the_tokenizer(tmp_path: Path, clip_path: Path, ckpt:
     f = compress(tmp_path, clip_path, ckpt, "uniform", "--ratio", 0.5)
     with pytest.raises(UsageError, match="tokenizer"):
         vtc.hf.video_inputs(f, model, prompt(model))
+
+
+def test_export_carries_the_deepstack_planes(tmp_path: Path, clip_path: Path, ckpt: Path) -> None:
+    f = compress(tmp_path, clip_path, ckpt, "evs", "--ratio", 0.5)
+    k, d = f.tokens.shape
+    space = f.meta["space"]
+    order = f.raster_order()
+    for engine in ("vllm", "sglang"):
+        r = runner.invoke(app, ["export", str(f.path), "--to", engine, "-o", str(tmp_path / f"{engine}.pt")])
+        assert r.exit_code == 0, r.output
+        data = torch.load(tmp_path / f"{engine}.pt")
+        item = data["multi_modal_data"]["video"] if engine == "vllm" else data["video_data"][0]
+        embeds = item["video_embeds"] if engine == "vllm" else item["feature"]
+        assert embeds.shape == (k, 3 * d)  # [tokens | plane 0 | plane 1], the layout both engines split
+        assert torch.equal(embeds[:, :d], f.tokens[order]) and torch.equal(embeds[:, d:], f["deepstack"][order]
+                                                                          .reshape(k, -1))
+        assert item["video_grid_thw"].tolist() == [space["video_grid_thw"]]
+        assert item["timestamps"] == [space["frame_timestamps"]] and "second_per_grid_ts" not in item
+        assert int(data["retention_mask"].sum()) == k == data["num_placeholder_tokens"]
+
+
+def test_a_long_input_streams_tokens_and_planes(tmp_path: Path, clip_path: Path, ckpt: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run on windows (as past the memory budget: here forced to 2 token frames, the tiny model's features being
+    far below the smallest budget), the planes reach the file a window at a time like the tokens, and a per-frame
+    method's tokens and planes equal the one-call run's."""
+    big = compress(tmp_path / "b", clip_path, ckpt, "pool")
+    monkeypatch.setattr("vtc.run.finish.window_frames", lambda *a, **k: 2)
+    small = compress(tmp_path / "s", clip_path, ckpt, "pool")
+    assert small.meta["info"]["windowed"]["windows"] == 2 and "windowed" not in big.meta["info"]
+    torch.testing.assert_close(small.tokens, big.tokens)
+    torch.testing.assert_close(small["deepstack"], big["deepstack"])
+    assert small.meta["D"] == big.meta["D"] == small.tokens.shape[1]
+
+
+def test_show_and_errors(tmp_path: Path, clip_path: Path, ckpt: Path) -> None:
+    f = compress(tmp_path, clip_path, ckpt, "uniform", "--ratio", 0.5)
+    r = runner.invoke(app, ["show", str(f.path), "--video", str(clip_path), "--html", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["compress", str(clip_path), "-o", str(tmp_path / "x.safetensors"), "--target",
+                            "qwen2.5-vl", "--target-model", str(ckpt)])
+    assert r.exit_code == 3 and "qwen3_vl" in r.output

@@ -354,7 +354,7 @@ def methods(
 
 @app.command()
 def export(
-    file: Annotated[Path, typer.Argument(help="A target-space token file (vtc compress --target qwen2.5-vl).",
+    file: Annotated[Path, typer.Argument(help="A Qwen target-space token file (vtc compress --target qwen3-vl).",
                                          show_default=False)],
     to: Annotated[str, typer.Option("--to", help="Engine: vllm or sglang.", show_default=False)],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (torch.save) [default: "

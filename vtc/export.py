@@ -9,8 +9,14 @@
 - SGLang (`format: "precomputed_embedding"`): `{"format", "feature": [K, D], "video_grid_thw", "second_per_grid_ts"}`
   with input_ids pre-expanded to `num_placeholder_tokens` video pads.
 
-Both are `torch.save` dicts of tensors (vtc writes them atomically). Only Qwen2.5-VL files can be exported: neither
-engine takes precomputed LLaVA-OneVision video tokens (use `vtc.hf` with transformers for those).
+Qwen3-VL files (`--target qwen3-vl`): the embeddings carry the DeepStack planes concatenated along the hidden axis,
+[K, D·(1 + L)] ("the embeds should contain both the base embedding and deepstack features", as both engines split
+them back), with the per-frame `timestamps` (seconds, one per temporal grid step) instead of `second_per_grid_ts`.
+SGLang's precomputed *video* path for Qwen3-VL is an open pull request (sgl-project/sglang#34632), so that export
+follows its image contract.
+
+Both are `torch.save` dicts of tensors (vtc writes them atomically). Only Qwen files can be exported: neither engine
+takes precomputed LLaVA-OneVision video tokens (use `vtc.hf` with transformers for those).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from vtc.io.store import TokenFile, atomic_write, load
 
 ENGINES = ("vllm", "sglang")
 PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
+QWEN_TARGETS = ("qwen2.5-vl", "qwen3-vl")
 
 
 def _qwen(tf: TokenFile) -> dict[str, Any]:
@@ -33,21 +40,29 @@ def _qwen(tf: TokenFile) -> dict[str, Any]:
     if space.get("kind") != "target":
         raise UsageError(f"{tf.path} holds encoder-space tokens; serving engines need a target's tokens "
                          f"(vtc compress --target qwen2.5-vl --target-model CHECKPOINT).")
-    if space.get("target") != "qwen2.5-vl":
+    if space.get("target") not in QWEN_TARGETS:
         raise UsageError(f"{tf.path} is in {space.get('target')} space; vLLM and SGLang take no precomputed video "
-                         f"tokens for it. Use vtc.hf.video_inputs with transformers, or a --target qwen2.5-vl file.")
+                         f"tokens for it. Use vtc.hf.video_inputs with transformers, or a --target qwen2.5-vl or "
+                         f"qwen3-vl file.")
     order = tf.raster_order()  # the model's sequence order: frame, row, column
     k = int(tf.tokens.shape[0])
-    return {
+    out: dict[str, Any] = {
         "embeds": tf.tokens[order].contiguous(),
         "grid_thw": torch.tensor([space["video_grid_thw"]], dtype=torch.int64),
-        "second_per_grid_ts": torch.tensor([space["second_per_grid_t"]], dtype=torch.float32),
         "retention_mask": tf["retention_mask"].bool(),
-        "mrope_positions": tf["mrope_positions"][order].long(),
         "num": k,
         "complete": k == int(tf["retention_mask"].numel()),
         "source": str(tf.path),
     }
+    if space["target"] == "qwen3-vl":  # [K, D] + [K, L, D] → [K, D·(1 + L)]; time comes from per-frame timestamps
+        planes = tf["deepstack"][order]
+        out["embeds"] = torch.cat([out["embeds"], planes.reshape(k, -1)], 1).contiguous()
+        out["time"] = {"timestamps": [list(space["frame_timestamps"])]}
+        out["mrope_positions"] = tf.positions[order].long()  # (frame, row, col): each frame its own (1, h, w) group
+    else:
+        out["time"] = {"second_per_grid_ts": torch.tensor([space["second_per_grid_t"]], dtype=torch.float32)}
+        out["mrope_positions"] = tf["mrope_positions"][order].long()
+    return out
 
 
 def _contract(q: dict[str, Any]) -> dict[str, Any]:
@@ -57,20 +72,22 @@ def _contract(q: dict[str, Any]) -> dict[str, Any]:
 
 
 def for_vllm(tf: TokenFile) -> dict[str, Any]:
-    """vLLM's offline embedding input for Qwen2.5-VL, plus its pruning contract (see the module docstring)."""
+    """vLLM's offline embedding input for Qwen2.5-VL / Qwen3-VL, plus its pruning contract (see the module
+    docstring)."""
     q = _qwen(tf)
     return {"engine": "vllm",
             "multi_modal_data": {"video": {"video_embeds": q["embeds"], "video_grid_thw": q["grid_thw"],
-                                           "second_per_grid_ts": q["second_per_grid_ts"]}},
+                                           **q["time"]}},
             **_contract(q)}
 
 
 def for_sglang(tf: TokenFile) -> dict[str, Any]:
-    """SGLang's precomputed-embedding item for Qwen2.5-VL (input_ids pre-expanded to `num_placeholder_tokens`)."""
+    """SGLang's precomputed-embedding item for Qwen2.5-VL / Qwen3-VL (input_ids pre-expanded to
+    `num_placeholder_tokens`)."""
     q = _qwen(tf)
     return {"engine": "sglang",
             "video_data": [{"format": "precomputed_embedding", "feature": q["embeds"],
-                            "video_grid_thw": q["grid_thw"], "second_per_grid_ts": q["second_per_grid_ts"]}],
+                            "video_grid_thw": q["grid_thw"], **q["time"]}],
             **_contract(q)}
 
 
