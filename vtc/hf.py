@@ -20,6 +20,10 @@ grid + 1 (`after_video="reference"`, Qwen's rule and vLLM's); `after_video="mode
 `get_rope_index` instead (transformers 5.x restarts text at start + max(h', w'), ignoring the temporal extent).
 `position_ids` has 4 rows on transformers ≥ 5 (row 0: text positions 0..L-1 for the mask) and 3 before; `generate`
 continues each row from its last value.
+
+Positions (Qwen3-VL): every frame is its own (1, h, w) group after its timestamp text, so the placeholder expands to
+the interleaved sequence (the tokenizer writes the timestamps) and every token keeps the position the model gives it
+in the uncompressed sequence; the kept tokens and their DeepStack planes go in as `mm_encoder_outputs`.
 """
 
 from __future__ import annotations
