@@ -86,3 +86,20 @@ def test_llava_scissor_search_is_bisection() -> None:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if sc.count(mid) <= budget else (lo, mid)
         assert sc.search(budget) == lo
+
+
+@pytest.mark.parametrize("data", ["walk", "noise"])
+def test_nearest_rows_equals_the_float32_argmax(data: str) -> None:
+    """The bfloat16 pre-scoring never changes an answer: on clustered rows (clear winners) and on noise (many
+    near ties, rescored in float32) it equals the plain float32 argmax."""
+    from vtc.ops.similarity import l2_normalize, nearest_rows
+
+    g = torch.Generator().manual_seed(3)
+    centers = torch.randn(300, 64, generator=g)
+    if data == "walk":
+        x = centers[torch.randint(0, 300, (5000,), generator=g)] + 0.3 * torch.randn(5000, 64, generator=g)
+    else:
+        x = torch.randn(5000, 64, generator=g)
+    want = (l2_normalize(x) @ l2_normalize(centers).T).argmax(-1)
+    got = nearest_rows(x, centers, block=700, exact_below=0)
+    assert torch.equal(got, want)

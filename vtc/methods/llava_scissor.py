@@ -10,7 +10,7 @@ from torch import Tensor
 from vtc.methods.registry import Param, register
 from vtc.ops import cosine_matrix
 from vtc.ops.components import SimilarityGraph, component_ids, order_ids
-from vtc.ops.similarity import l2_normalize
+from vtc.ops.similarity import l2_normalize, nearest_rows
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
@@ -143,8 +143,7 @@ def llava_scissor(
         tau = sc.search(ratio * t * n)
     tau = 0.9 if tau is None else tau
     s_ids, t_ids, final, k = sc.run(tau)
-    fn = l2_normalize(final)
-    assign = torch.cat([(l2_normalize(rows) @ fn.T).argmax(-1) for rows in sc.flat.split(4096)])  # [T·N]
+    assign = nearest_rows(sc.flat, final)  # [T·N] most cosine-similar final centroid
     count = torch.bincount(assign, minlength=k).double()
     s_size = torch.bincount(s_ids[s_ids >= 0], minlength=t_ids.numel()).double()
     t_size = torch.bincount(t_ids, minlength=k).double()

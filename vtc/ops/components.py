@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vtc.ops.similarity import BF16_COS_BOUND
+
 _CHUNK = 2048
 
 
@@ -179,8 +181,8 @@ class SimilarityGraph:
     product pass per round).
     """
 
-    # |bf16 cos − cos| ≤ 2·2⁻⁸ + D·2⁻²⁴ for unit vectors (D ≤ 16k), plus 2⁻⁹ for the threshold's own rounding
-    BOUND = 0.02
+    # |bf16 cos − cos| for unit vectors (see BF16_COS_BOUND), plus 2⁻⁹ for the threshold's own rounding
+    BOUND = BF16_COS_BOUND
 
     def __init__(self, xn: Tensor, floor: float = -1.0, cap: int = 4_000_000, block: int = 1024) -> None:
         self.xn, self.block = xn, block
@@ -189,11 +191,17 @@ class SimilarityGraph:
         low = xn.to(torch.bfloat16)
         src, dst, val = [], [], []
         kept = 0
+        # one buffer for every block's products and one for its mask: fresh pages for each block would cost more
+        # page faults than the products themselves take
+        space = torch.empty(min(block, m) * m, dtype=torch.bfloat16)
+        marks = torch.empty(min(block, m) * m, dtype=torch.bool)
+        lower = ~torch.ones(block, block, dtype=torch.bool).triu(1)
         for s in range(0, m, block):
-            rough = low[s : s + block] @ low[s:].T  # [b, M − s]: pairs i < j only (upper triangle)
-            b = rough.shape[0]
-            rough[:, :b].masked_fill_(~torch.ones(b, b, dtype=torch.bool).triu(1), -2.0)
-            i, j = torch.nonzero(rough > floor - self.BOUND, as_tuple=True)  # compared in bfloat16
+            b = min(block, m - s)
+            rough = torch.matmul(low[s : s + b], low[s:].T, out=space[: b * (m - s)].view(b, m - s))
+            rough[:, :b].masked_fill_(lower[:b, :b], -2.0)  # [b, M − s]: pairs i < j only (upper triangle)
+            mask = torch.gt(rough, floor - self.BOUND, out=marks[: b * (m - s)].view(b, m - s))  # in bfloat16
+            i, j = torch.nonzero(mask, as_tuple=True)
             src.append(i + s)
             dst.append(j + s)
             val.append(rough[i, j].float())
