@@ -23,7 +23,7 @@ from vtc.io.encoders import AnyEncoder
 from vtc.io.store import Streamed, TokenMap, out_dtype, token_tensors, write
 from vtc.reduction import Reduction
 from vtc.run.plan import Plan
-from vtc.run.spill import EntryFile, FeatureBuffer, window_frames
+from vtc.run.spill import EntryFile, FeatureBuffer, release_free_memory, window_frames
 from vtc.signals import Signals
 from vtc.stages.in_encoder import reduction_from_sources
 from vtc.stages.pre_encoder import PreEncoderRule
@@ -205,9 +205,13 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
             tokens, planes = tokens[:, :dm], tokens[:, dm:].reshape(-1, carried, dm)
     else:  # the clip does not fit the memory budget at once: the method sees windows of frames
         size = window or t
-        red = run_windowed_parts(lambda xw, sw: plan.spec.run(own(xw), grid=grid, ratio=plan.cfg.ratio, signals=sw,
-                                                              params=plan.params),
-                                 buffer, Signals(**sig), size, store=video.entry_file())
+
+        def run_window(xw: Tensor, sw: Signals) -> Reduction:
+            part = plan.spec.run(own(xw), grid=grid, ratio=plan.cfg.ratio, signals=sw, params=plan.params)
+            release_free_memory()  # the window's working arrays go back to the system
+            return part
+
+        red = run_windowed_parts(run_window, buffer, Signals(**sig), size, store=video.entry_file())
         if window is not None:
             red.info["windowed"]["reason"] = (f"{t} frames × [{n}, {d}] exceed the memory budget "
                                               f"({2 * video.feature_budget / 2**30:.2f} GiB)")

@@ -27,7 +27,7 @@ from vtc.io.encoders import AnyEncoder
 from vtc.io.geometry import FrameGeometry
 from vtc.run.finish import FrameReuse, Job, Outcome, Video, finish
 from vtc.run.plan import Plan
-from vtc.run.spill import bound_heap, budget_bytes
+from vtc.run.spill import budget_bytes, release_free_memory
 
 
 def decode_video(path: Path, plan: Plan, geometry: FrameGeometry, report: DecodeReport
@@ -82,7 +82,6 @@ class Engine:
         self.frames_encoded = 0
         #: half the memory budget for a video's features in RAM, half for the method's working set
         self.feature_budget = budget_bytes(plan.cfg.memory_budget) // 2
-        bound_heap()  # freed working arrays go back to the system: resident memory stays flat over a long video
         self.query_embedding = encoder.encode_text(plan.cfg.query) if plan.cfg.query else None
         #: frames per token frame (2 for Qwen: a batch never splits a pair, so batches are a multiple of it)
         self.tp = encoder.temporal_patch
@@ -190,6 +189,7 @@ class Engine:
             v.encoded += j - i
             v.t_encode += dt * (j - i) / len(pending)
             i = j
+        release_free_memory()  # the batch's freed arrays go back to the system: memory stays flat over a long video
         self.on_event("encoded", {"frames": len(pending)})
 
     def _encode_reusing(self, pending: list[tuple[Video, np.ndarray, float]], pixels: Tensor,
