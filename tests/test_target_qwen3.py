@@ -197,3 +197,15 @@ def test_show_and_errors(tmp_path: Path, clip_path: Path, ckpt: Path) -> None:
     r = runner.invoke(app, ["compress", str(clip_path), "-o", str(tmp_path / "x.safetensors"), "--target",
                             "qwen2.5-vl", "--target-model", str(ckpt)])
     assert r.exit_code == 3 and "qwen3_vl" in r.output
+
+
+def test_smart_resize_video_is_the_processors() -> None:
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+    from vtc.io.geometry import smart_resize_video
+
+    for frames in (2, 3, 8, 31, 64, 768):
+        for h, w in ((70, 90), (480, 640), (1080, 1920), (20, 300), (2000, 40)):
+            want = smart_resize(frames, h, w, temporal_factor=2, factor=32, min_pixels=128 * 32 * 32,
+                                max_pixels=32 * 32 * 768)
+            assert smart_resize_video(frames, h, w, 2, 32, 128 * 32 * 32, 32 * 32 * 768) == want
