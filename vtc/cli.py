@@ -98,8 +98,8 @@ def compress(
     layer: Annotated[int | None, typer.Option("--layer", help="Block whose patch tokens are used; -2 = "
                                               "penultimate, as LLaVA [default: -2]")] = None,
     target: Annotated[str | None, typer.Option("--target", help="Write tokens in this video LLM's input space, made "
-                                               "by its own vision path: llava-onevision or llava-video (needs "
-                                               "--target-model; pip install 'vtc[hf]').")] = None,
+                                               "by its own vision path: llava-onevision, llava-video, qwen2.5-vl "
+                                               "or qwen3-vl (needs --target-model; pip install 'vtc[hf]').")] = None,
     target_model: Annotated[str | None, typer.Option("--target-model", help="The target's transformers "
                                                      "checkpoint: a local directory or a hub id (only its vision "
                                                      "weights are read).")] = None,
