@@ -34,30 +34,20 @@ QWEN3_MAX_PIXELS = 32 * 32 * 768
 QWEN3_MEAN = QWEN3_STD = (0.5, 0.5, 0.5)
 
 
+#: per Qwen generation: the video processor's defaults (min pixels, max pixels, patch, mean, std) and whether its
+#: pixel bounds hold for all frames together (Qwen3-VL) rather than per frame
+_PROCESSOR_DEFAULTS = {
+    2: (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, 14, OPENAI_MEAN, OPENAI_STD, False),
+    3: (QWEN3_MIN_PIXELS, QWEN3_MAX_PIXELS, 16, QWEN3_MEAN, QWEN3_STD, True),
+}
+
+
 def qwen_geometry(config: dict[str, Any], pp: dict[str, Any], where: str, generation: int = 2) -> FrameGeometry:
     """The frame geometry of a Qwen2.5-VL or Qwen3-VL checkpoint's video processor (`video_preprocessor_config.json`,
     else the image processor's `preprocessor_config.json`, as `AutoVideoProcessor` falls back), with the
-    processor's precedence: `size` {shortest_edge, longest_edge}, overridden by `min_pixels` / `max_pixels`.
-    Qwen3-VL's bounds hold for all the frames of a video together (`FrameGeometry.temporal`)."""
-    if generation == 3:
-        vision = config.get("vision_config") or {}
-        if pp.get("cap_pixels_per_frame"):
-            raise ModelError(f"{where}: the video processor's cap_pixels_per_frame is not supported by vtc yet.")
-        if pp.get("do_resize") is False or pp.get("do_rescale") is False or pp.get("do_normalize") is False:
-            raise ModelError(f"{where}: its video processor settings (resize/rescale/normalize) are not the ones "
-                             f"vtc reproduces.")
-        size = pp.get("size") or {}
-        lo = int(size.get("shortest_edge") or QWEN3_MIN_PIXELS)
-        hi = int(size.get("longest_edge") or QWEN3_MAX_PIXELS)
-        patch = int(pp.get("patch_size") or vision.get("patch_size", 16))
-        merge = int(pp.get("merge_size") or vision.get("spatial_merge_size", 2))
-        temporal = int(pp.get("temporal_patch_size") or vision.get("temporal_patch_size", 2))
-        if patch != int(vision.get("patch_size", 16)) or merge != int(vision.get("spatial_merge_size", 2)):
-            raise ModelError(f"{where}: processor patch/merge size ({patch}/{merge}) differ from the vision config's.")
-        mean = tuple(float(v) for v in pp.get("image_mean", QWEN3_MEAN))
-        std = tuple(float(v) for v in pp.get("image_std", QWEN3_STD))
-        return FrameGeometry((0, 0), "smart", mean, std, 0.0, "tensor", patch * merge, lo, hi,  # type: ignore[arg-type]
-                             temporal)
+    processor's precedence: `size` {shortest_edge, longest_edge}, overridden by `min_pixels` / `max_pixels`
+    (Qwen2.5-VL only). Qwen3-VL's bounds hold for all the frames of a video together (`FrameGeometry.temporal`)."""
+    min_px, max_px, patch_px, mean0, std0, whole_clip = _PROCESSOR_DEFAULTS[generation]
     vision = config.get("vision_config") or {}
     if pp.get("cap_pixels_per_frame"):
         raise ModelError(f"{where}: the video processor's cap_pixels_per_frame is not supported by vtc yet.")
@@ -65,15 +55,18 @@ def qwen_geometry(config: dict[str, Any], pp: dict[str, Any], where: str, genera
         raise ModelError(f"{where}: its video processor settings (resize/rescale/normalize) are not the ones vtc "
                          f"reproduces.")
     size = pp.get("size") or {}
-    lo = int(pp.get("min_pixels") or size.get("shortest_edge") or DEFAULT_MIN_PIXELS)
-    hi = int(pp.get("max_pixels") or size.get("longest_edge") or DEFAULT_MAX_PIXELS)
-    patch = int(pp.get("patch_size") or vision.get("patch_size", 14))
+    pixels = (None, None) if whole_clip else (pp.get("min_pixels"), pp.get("max_pixels"))
+    lo = int(pixels[0] or size.get("shortest_edge") or min_px)
+    hi = int(pixels[1] or size.get("longest_edge") or max_px)
+    patch = int(pp.get("patch_size") or vision.get("patch_size", patch_px))
     merge = int(pp.get("merge_size") or vision.get("spatial_merge_size", 2))
-    if patch != int(vision.get("patch_size", 14)) or merge != int(vision.get("spatial_merge_size", 2)):
+    if patch != int(vision.get("patch_size", patch_px)) or merge != int(vision.get("spatial_merge_size", 2)):
         raise ModelError(f"{where}: processor patch/merge size ({patch}/{merge}) differ from the vision config's.")
-    mean = tuple(float(v) for v in pp.get("image_mean", OPENAI_MEAN))
-    std = tuple(float(v) for v in pp.get("image_std", OPENAI_STD))
-    return FrameGeometry((0, 0), "smart", mean, std, 0.0, "tensor", patch * merge, lo, hi)  # type: ignore[arg-type]
+    temporal = int(pp.get("temporal_patch_size") or vision.get("temporal_patch_size", 2)) if whole_clip else 0
+    mean = tuple(float(v) for v in pp.get("image_mean", mean0))
+    std = tuple(float(v) for v in pp.get("image_std", std0))
+    return FrameGeometry((0, 0), "smart", mean, std, 0.0, "tensor", patch * merge, lo, hi,  # type: ignore[arg-type]
+                         temporal)
 
 
 def patchify(pixels: Tensor, patch: int, merge: int, temporal: int) -> tuple[Tensor, list[int]]:
