@@ -26,7 +26,7 @@ from vtc.run.pipeline import Engine
 from vtc.run.plan import Plan, check_output
 from vtc.run.ray_engine import RayExecutor
 from vtc.signals import Signals
-from vtc.stages.window import run_windowed
+from vtc.stages.window import run_windowed_parts
 
 __all__ = ["CompressResult", "FeatureResult", "compress", "compress_batch", "compress_features", "load",
            "default_output"]
@@ -126,8 +126,9 @@ def compress_features(
         raise UsageError(f"window must be a number of frames ≥ 1, not {window!r}.")
     sig.check(t, n)
     if window is not None and window < t:
-        red = run_windowed(lambda xw, sw: spec.run(xw, grid=tuple(grid), ratio=ratio, signals=sw, params=resolved),
-                           features, sig, window, dtype=features.dtype)
+        red = run_windowed_parts(lambda xw, sw: spec.run(xw, grid=tuple(grid), ratio=ratio, signals=sw,
+                                                         params=resolved),
+                                 features, sig, window, dtype=features.dtype).to_reduction()
     else:
         red = spec.run(features, grid=tuple(grid), ratio=ratio, signals=sig, params=resolved)
     return FeatureResult(red.apply(features), red, spec.name, resolved, ratio, variant, (int(grid[0]), int(grid[1])))

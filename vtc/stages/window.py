@@ -203,19 +203,6 @@ def run_windowed_parts(
         extra=torch.cat(extras) if extras else None, extra_frames=torch.cat(extra_frames) if extras else None)
 
 
-def run_windowed(
-    run: Callable[[Tensor, Signals], Reduction],
-    x: Frames,
-    signals: Signals,
-    size: int,
-    *,
-    multiple: int = 1,
-    dtype: torch.dtype = torch.float32,
-) -> Reduction:
-    """`run_windowed_parts` joined into one in-memory `Reduction` over T·N sources, rows in window order."""
-    return run_windowed_parts(run, x, signals, size, multiple=multiple, dtype=dtype).to_reduction()
-
-
 def windowed_rows(red: WindowedReduction, x: Frames, dtype: torch.dtype = torch.float32) -> Iterator[Tensor]:
     """The output tokens of a windowed reduction, one window's rows at a time, in row order: each block summed in
     float32 from that window's frames of `x` [T, N, D] (and its off-grid tokens), then cast to `dtype`. Only one
