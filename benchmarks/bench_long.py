@@ -7,10 +7,11 @@ sequential vs parallel.
 The videos are synthetic (`vtc.testing.long_video`: 128×72 H.264, 15 fps, a scene cut every 20 s, a moving square,
 a keyframe every 10 s), made once under --cache. They are sampled at 1 fps through the real engine (`vtc.compress`:
 decode, batching, feature buffer, compress, store), but the encoder's output is *injected*: a tiny random-weight
-CLIP tower is loaded and its `encode_pixels` replaced by features of SigLIP-so400m's shape ([729, 1152] per frame,
-a 27×27 grid) — a random walk per patch with a jump at every scene cut, `attn`, `cls_attn` and `received` softmaxes of
-random logits, `pooled` and `cls_token` the mean feature, `keys` [730, 72] noise — so that what is measured is vtc's
-own handling of long inputs, not a vision tower. Every measurement runs in a fresh process (peak RSS = its VmHWM).
+CLIP tower with a 27×27 grid (54 px, patch 2) is loaded and its `encode_pixels` replaced by features of
+SigLIP-so400m's shape ([729, 1152] per frame) — a random walk per patch with a jump at every scene cut, `attn`,
+`cls_attn` and `received` softmaxes of random logits, `pooled` and `cls_token` the mean feature, `keys` [730, 72]
+noise — so that what is measured is vtc's own handling of long inputs, not a vision tower. Every measurement
+runs in a fresh process (peak RSS = its VmHWM).
 """
 
 from __future__ import annotations
@@ -114,8 +115,10 @@ def prepare(cache: Path, minutes: list[float]) -> tuple[dict[float, Path], Path,
             print(f"making a {m:g}-minute video …", flush=True)
             long_video(path, minutes=m)
         videos[m] = path
-    cfg = tiny_clip_config(cache / "tiny-clip.json")
-    ckpt = cache / "tiny-clip.pt"
+    # a tiny tower whose own grid is SigLIP-so400m's (54 px, patch 2: 27×27), so its view of a frame tiles the
+    # injected grid (RLT compares the pixels of each patch)
+    cfg = tiny_clip_config(cache / "tiny-clip-54.json", image_size=54, patch=2)
+    ckpt = cache / "tiny-clip-54.pt"
     if not ckpt.exists():
         save_random_checkpoint(cfg, ckpt)
     return videos, cfg, ckpt

@@ -72,14 +72,17 @@ def pool_level(x: Tensor, slots: Tensor, mode: str) -> Tensor:
 
 @dataclass
 class Pyramid:
-    """Per level (coarsest first): sizes, features [T, n_l, D], patch weights [n_l, h·w], boxes [n_l, 4]
-    (y0, x0, y1, x1; exclusive ends), child slots into the next level [n_l, 4]."""
+    """Per level (coarsest first): sizes, features [T, n_l, D], boxes [n_l, 4] (y0, x0, y1, x1; exclusive ends),
+    child slots into the next level [n_l, 4], and each cell's linear map from the patch grid as padded rows:
+    patches [n_l, M_l] (ascending, -1 = padding) with their float64 weights [n_l, M_l] (average pooling compounds,
+    so weights are dyadic fractions)."""
 
     sizes: list[tuple[int, int]]
     feats: list[Tensor]
-    weights: list[Tensor]
     boxes: list[Tensor]
     slots: list[Tensor]
+    patches: list[Tensor]
+    weights: list[Tensor]
 
 
 def build_pyramid(x: Tensor, grid: tuple[int, int], root_level: int, mode: str) -> Pyramid:
@@ -88,20 +91,29 @@ def build_pyramid(x: Tensor, grid: tuple[int, int], root_level: int, mode: str) 
     sizes = level_sizes(h, w)
     target_w = sizes[root_level][1]
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    feats, weights = [x.float()], [torch.eye(h * w, dtype=torch.float64)]
+    feats = [x.float()]
+    patches, weights = [torch.arange(h * w)[:, None]], [torch.ones(h * w, 1, dtype=torch.float64)]
     boxes = [torch.stack([yy, xx, yy + 1, xx + 1], -1).reshape(-1, 4)]
     level_hw, slots = [(h, w)], []
     while level_hw[0][1] != target_w:
         ch, cw = level_hw[0]
         s = child_slots(ch, cw)
+        valid = s >= 0
         feats.insert(0, pool_level(feats[0], s, mode))
-        weights.insert(0, pool_level(weights[0][None], s, mode)[0])
+        # a cell's map: its children's maps side by side (children are disjoint), divided by their count for means
+        pat = torch.where(valid[..., None], patches[0][s.clamp(min=0)], -1).flatten(1)  # [n', 4·M]
+        wts = (weights[0][s.clamp(min=0)] * valid[..., None]).flatten(1)
+        if mode == "mean":
+            wts = wts / valid.sum(1, keepdim=True)
+        order = torch.where(pat >= 0, pat, 1 << 62).argsort(1)
+        patches.insert(0, pat.gather(1, order))
+        weights.insert(0, wts.gather(1, order))
         b = boxes[0][s.clamp(min=0)]
-        big = torch.where((s >= 0)[..., None], b, torch.tensor([1 << 30, 1 << 30, -1, -1]))
+        big = torch.where(valid[..., None], b, torch.tensor([1 << 30, 1 << 30, -1, -1]))
         boxes.insert(0, torch.cat([big[..., :2].min(1).values, big[..., 2:].max(1).values], -1))
         slots.insert(0, s)
         level_hw.insert(0, (math.ceil(ch / 2), math.ceil(cw / 2)))
-    return Pyramid(level_hw, feats, weights, boxes, slots)
+    return Pyramid(level_hw, feats, boxes, slots, patches, weights)
 
 
 def _cos(a: Tensor, b: Tensor, head_dim: int | None) -> Tensor:
@@ -113,38 +125,11 @@ def _cos(a: Tensor, b: Tensor, head_dim: int | None) -> Tensor:
     return F.cosine_similarity(a, b, dim=-1)
 
 
-def quadtree_nodes(p: Pyramid, threshold: float, head_dim: int | None, border_slots: str
-                   ) -> list[tuple[int, int, int]]:
-    """Output nodes (frame, level, cell), sorted by frame then top-left patch."""
-    t = p.feats[0].shape[0]
-    h, w = p.sizes[-1]
-    nodes: list[tuple[int, int, int]] = []
-    active = [(f, c) for f in range(t) for c in range(p.feats[0].shape[1])]
-    for lvl in range(len(p.feats) - 1):
-        if not active:
-            break
-        frames = torch.tensor([a[0] for a in active])
-        cells = torch.tensor([a[1] for a in active])
-        s = p.slots[lvl][cells]  # [A, 4]
-        valid = s >= 0
-        child = p.feats[lvl + 1][frames[:, None], s.clamp(min=0)]  # invalid slots: the child level's cell 0
-        sim = _cos(p.feats[lvl][frames, cells][:, None, :], child, head_dim)  # [A, 4]
-        ok = sim >= threshold
-        stop = ok.all(1) if border_slots == "reference" else (ok | ~valid).all(1)
-        nxt = []
-        for i in range(len(active)):
-            if bool(stop[i]):
-                nodes.append((int(frames[i]), lvl, int(cells[i])))
-            else:
-                nxt.extend((int(frames[i]), int(c)) for c in s[i][valid[i]])
-        active = nxt
-    nodes.extend((f, len(p.feats) - 1, c) for f, c in active)
-
-    def key(node: tuple[int, int, int]) -> int:
-        y0, x0 = p.boxes[node[1]][node[2], :2].tolist()
-        return node[0] * h * w + y0 * w + x0
-
-    return sorted(nodes, key=key)
+def _unit(v: Tensor, head_dim: int | None) -> Tensor:
+    """Rows of v [..., D] scaled to unit norm (+1e-8, as the authors), per head of `head_dim` channels if given."""
+    if head_dim:
+        v = v.reshape(*v.shape[:-1], -1, head_dim)
+    return v / (v.norm(dim=-1, keepdim=True) + 1e-8)
 
 
 def _contains(a: Tensor, b: Tensor) -> Tensor:
@@ -152,39 +137,108 @@ def _contains(a: Tensor, b: Tensor) -> Tensor:
     return ((a[:, None, :2] <= b[None, :, :2]) & (a[:, None, 2:] >= b[None, :, 2:])).all(-1)
 
 
-def temporal_pairs(frame: Tensor, box: Tensor, feat: Tensor, thresh: float, head_dim: int | None, slow: bool
-                   ) -> Tensor:
-    """Pairs (a in frame t, b in frame t+1) with nested boxes and similarity ≥ thresh.  → int64 [L, 2], by
-    frame pair, then (fast path) by a then b, or (slow path, `slow`) by similarity descending with the authors'
-    adjacent-duplicate filter on b."""
-    out = []
-    t_max = int(frame.max()) if frame.numel() else -1
-    for f in range(t_max):
-        ia = torch.nonzero(frame == f).flatten()
-        ib = torch.nonzero(frame == f + 1).flatten()
-        if not ia.numel() or not ib.numel():
-            continue
-        nested = _contains(box[ia], box[ib]) | _contains(box[ib], box[ia]).T
-        ka, kb = torch.nonzero(nested, as_tuple=True)  # candidate pairs; similarity per pair, as the authors do
-        if slow or not head_dim:
-            a, b = feat[ia[ka]], feat[ib[kb]]
-            sim = ((a / (a.norm(dim=-1, keepdim=True) + 1e-8)) * (b / (b.norm(dim=-1, keepdim=True) + 1e-8))).sum(-1)
-        else:
-            a = feat[ia[ka]].reshape(len(ka), -1, head_dim)
-            b = feat[ib[kb]].reshape(len(kb), -1, head_dim)
-            a = a / (a.norm(dim=-1, keepdim=True) + 1e-8)
-            b = b / (b.norm(dim=-1, keepdim=True) + 1e-8)
-            sim = (a * b).sum(-1).mean(-1)
-        passed = sim >= thresh
-        ka, kb, sim = ka[passed], kb[passed], sim[passed]
-        if slow:
-            order = torch.argsort(sim, descending=True, stable=True)
-            ka, kb = ka[order], kb[order]
-            keep = torch.ones(len(kb), dtype=torch.bool)
-            keep[1:] = kb[1:] != kb[:-1]
-            ka, kb = ka[keep], kb[keep]
-        out.append(torch.stack([ia[ka], ib[kb]], 1))
-    return torch.cat(out) if out else torch.zeros(0, 2, dtype=torch.long)
+#: elements of one gathered block when similarities are computed frame-chunk by frame-chunk
+_BLOCK = 1 << 24
+
+
+@dataclass
+class SttmPlan:
+    """Everything STTM computes once per clip, whatever the spatial threshold.  Cells of all levels have global
+    ids (level after level, coarsest first): C in all.
+
+    split_sim: per level but the finest, [T, n_l, 4]: a cell's similarity to each child slot (the authors' rule
+    for missing slots: the child level's cell 0); parents: per level but the coarsest, [n_l] its parent cell;
+    pair_*: [P] the cross-frame candidates (cell `a` of frame f, cell `b` of frame f + 1, boxes nested, similarity
+    ≥ temporal_thresh), ordered by f, a, b."""
+
+    pyramid: Pyramid
+    grid: tuple[int, int]
+    split_sim: list[Tensor]
+    parents: list[Tensor]
+    offsets: list[int]
+    boxes: Tensor
+    pair_frame: Tensor
+    pair_a: Tensor
+    pair_b: Tensor
+    pair_sim: Tensor
+
+
+def plan_sttm(x: Tensor, grid: tuple[int, int], root_level: int, mode: str, head_dim: int | None,
+              temporal_thresh: float, slow: bool) -> SttmPlan:
+    """x [T, h·w, D] → the threshold-independent part of STTM."""
+    p = build_pyramid(x, grid, root_level, mode)
+    t = x.shape[0]
+    split_sim, parents = [], [torch.zeros(p.feats[0].shape[1], dtype=torch.long)]
+    for lvl, s in enumerate(p.slots):
+        parent, child = p.feats[lvl], p.feats[lvl + 1]
+        sim = torch.empty(t, parent.shape[1], 4)
+        step = max(1, _BLOCK // (s.numel() * x.shape[-1]))
+        for f in range(0, t, step):
+            sim[f:f + step] = _cos(parent[f:f + step, :, None, :], child[f:f + step][:, s.clamp(min=0)], head_dim)
+        split_sim.append(sim)
+        up = torch.empty(child.shape[1], dtype=torch.long)
+        valid = s >= 0
+        up[s[valid]] = torch.arange(s.shape[0])[:, None].expand_as(s)[valid]
+        parents.append(up)
+    sizes = [f.shape[1] for f in p.feats]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    boxes = torch.cat(p.boxes)
+    ga, gb = torch.nonzero(_contains(boxes, boxes) | _contains(boxes, boxes).T, as_tuple=True)
+    if temporal_thresh > 0 and t > 1:
+        per_head = None if slow else head_dim
+        sims = []
+        nxt = _unit(torch.cat([lv[0] for lv in p.feats]), per_head)  # [C, D] or [C, heads, head_dim]
+        for f in range(t - 1):
+            cur, nxt = nxt, _unit(torch.cat([lv[f + 1] for lv in p.feats]), per_head)
+            sim = (cur[ga] * nxt[gb]).sum(-1)
+            sims.append(sim.mean(-1) if per_head else sim)
+        sim = torch.stack(sims)  # [T-1, P0]
+        f, k = torch.nonzero(sim >= temporal_thresh, as_tuple=True)
+        pair = (f, ga[k], gb[k], sim[f, k])
+    else:
+        empty = torch.zeros(0, dtype=torch.long)
+        pair = (empty, empty, empty, torch.zeros(0))
+    return SttmPlan(p, grid, split_sim, parents, offsets, boxes, *pair)
+
+
+@dataclass
+class SttmResult:
+    """The structure behind an STTM reduction at one threshold (for tests and `vtc show`): the output nodes'
+    frame and global cell [K], sorted by frame then top-left patch; the joined node pairs [L, 2]; each node's
+    group representative [K] (its smallest node index)."""
+
+    plan: SttmPlan
+    frame: Tensor
+    cell: Tensor
+    pairs: Tensor
+    rep: Tensor
+
+    @property
+    def nodes(self) -> list[tuple[int, int, int]]:
+        """(frame, level, cell within the level) per node."""
+        lvl = torch.bucketize(self.cell, torch.tensor(self.plan.offsets), right=True) - 1
+        cell = self.cell - torch.tensor(self.plan.offsets)[lvl]
+        return list(zip(self.frame.tolist(), lvl.tolist(), cell.tolist(), strict=True))
+
+    @property
+    def num_outputs(self) -> int:
+        return int(torch.unique(self.rep).numel())
+
+
+def quadtree_nodes(plan: SttmPlan, threshold: float, border_slots: str) -> Tensor:
+    """Top down from the coarsest level, a cell stops (is a node) when it is ≥ threshold-similar to each child
+    (`own`: each child that exists); the others' children are examined at the next level; the finest level's
+    remaining cells are nodes.  → bool [T, C]: which cells are nodes."""
+    p = plan.pyramid
+    active = torch.ones(p.feats[0].shape[:2], dtype=torch.bool)
+    masks = []
+    for lvl, sim in enumerate(plan.split_sim):
+        ok = sim >= threshold
+        stop = ok.all(-1) if border_slots == "reference" else (ok | (p.slots[lvl] < 0)).all(-1)
+        masks.append(active & stop)
+        active = (active & ~stop)[:, plan.parents[lvl + 1]]
+    masks.append(active)
+    return torch.cat(masks, 1)
 
 
 def union_pairs(n: int, pairs: Tensor, mode: str) -> Tensor:
@@ -212,49 +266,77 @@ def union_pairs(n: int, pairs: Tensor, mode: str) -> Tensor:
         rep = new
 
 
-@dataclass
-class SttmResult:
-    """The structure behind an STTM reduction (for tests and `vtc show`)."""
+def sttm_structure(plan: SttmPlan, threshold: float, slow: bool, border_slots: str, union: str) -> SttmResult:
+    """The quadtree's nodes at `threshold`, the cross-frame pairs among them (fast path: by node a then b; slow
+    path, `slow`: per frame pair by similarity descending, the authors' adjacent-duplicate filter on b) and the
+    groups they form."""
+    h, w = plan.grid
+    is_node = quadtree_nodes(plan, threshold, border_slots)
+    frame, cell = torch.nonzero(is_node, as_tuple=True)
+    order = torch.argsort(frame * h * w + plan.boxes[cell, 0] * w + plan.boxes[cell, 1])
+    frame, cell = frame[order], cell[order]
+    index = torch.full(is_node.shape, -1, dtype=torch.long)
+    index[frame, cell] = torch.arange(frame.numel())
+    pf = plan.pair_frame
+    a, b = index[pf, plan.pair_a], index[pf + 1, plan.pair_b]
+    both = (a >= 0) & (b >= 0)
+    a, b, pf, sim = a[both], b[both], pf[both], plan.pair_sim[both]
+    order = torch.argsort(a * frame.numel() + b)
+    if slow:  # within each frame pair: similarity descending, ties in (a, b) order
+        by_sim = order[torch.argsort(sim[order], descending=True, stable=True)]
+        order = by_sim[torch.argsort(pf[by_sim], stable=True)]
+    a, b = a[order], b[order]
+    if slow:
+        keep = torch.ones(len(b), dtype=torch.bool)
+        keep[1:] = b[1:] != b[:-1]
+        a, b = a[keep], b[keep]
+    pairs = torch.stack([a, b], 1)
+    return SttmResult(plan, frame, cell, pairs, union_pairs(frame.numel(), pairs, union))
 
-    nodes: list[tuple[int, int, int]]
-    pairs: Tensor
-    rep: Tensor
+
+def sttm_reduction(st: SttmResult, weighted_avg: bool) -> Reduction:
+    """Every group becomes one token: the plain mean of its nodes (weighted_avg: area-weighted), represented by
+    its earliest node; the map from the patch grid is exact."""
+    plan, p = st.plan, st.plan.pyramid
+    t, n = p.feats[-1].shape[:2]
+    h, w = plan.grid
+    width = max(m.shape[1] for m in p.patches)
+    patches = torch.cat([F.pad(m, (0, width - m.shape[1]), value=-1) for m in p.patches])  # [C, M]
+    weights = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in p.weights])
+    survivors = torch.unique(st.rep)  # sorted: groups in the order of their earliest node
+    row = torch.searchsorted(survivors, st.rep)
+    box = plan.boxes[st.cell]
+    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+    if weighted_avg:
+        total = torch.zeros(len(survivors), dtype=torch.long).index_add_(0, row, area)
+    else:
+        total = torch.bincount(row, minlength=len(survivors))
+    scale = 1.0 / total.double()
+    pat = patches[st.cell]  # [K, M]
+    real = pat >= 0
+    dst = row[:, None].expand_as(pat)[real]
+    src = (pat + st.frame[:, None] * n)[real]
+    wts = (weights[st.cell] * scale[row][:, None])[real]
+    reps = st.frame[survivors] * n + box[survivors, 0] * w + box[survivors, 1]
+    red = Reduction.build(dst, src, wts, reps, t * n)
+    red.info.update(spatial_nodes=int(st.frame.numel()), temporal_pairs=int(st.pairs.shape[0]))
+    return red
 
 
 def sttm_reduce(x: Tensor, grid: tuple[int, int], threshold: float, temporal_thresh: float, root_level: int,
                 weighted_avg: bool, slow_ver: bool, head_dim: int | None, border_slots: str, union: str
                 ) -> tuple[Reduction, SttmResult]:
     """STTM with fixed thresholds.  x: [T, N, D] → (Reduction, structure)."""
-    t, n, _ = x.shape
-    h, w = grid
-    mode = "sum" if weighted_avg else "mean"
-    sizes = level_sizes(h, w)
+    st = sttm_structure(_plan(x, grid, root_level, weighted_avg, head_dim, temporal_thresh, slow_ver), threshold,
+                        slow_ver, border_slots, union)
+    return sttm_reduction(st, weighted_avg), st
+
+
+def _plan(x: Tensor, grid: tuple[int, int], root_level: int, weighted_avg: bool, head_dim: int | None,
+          temporal_thresh: float, slow_ver: bool) -> SttmPlan:
+    sizes = level_sizes(*grid)
     root_level = max(-len(sizes), min(root_level, len(sizes) - 1))
-    p = build_pyramid(x, grid, root_level, mode)
-    nodes = quadtree_nodes(p, threshold, head_dim, border_slots)
-    frame = torch.tensor([nd[0] for nd in nodes])
-    box = torch.stack([p.boxes[nd[1]][nd[2]] for nd in nodes])
-    feat = torch.stack([p.feats[nd[1]][nd[0], nd[2]] for nd in nodes])
-    pairs = temporal_pairs(frame, box, feat, temporal_thresh, head_dim, slow_ver) if temporal_thresh > 0 \
-        else torch.zeros(0, 2, dtype=torch.long)
-    rep = union_pairs(len(nodes), pairs, union)
-    survivors = torch.unique(rep)  # sorted: groups in the order of their earliest node
-    row = torch.searchsorted(survivors, rep)
-    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-    count = torch.bincount(row, minlength=len(survivors))
-    total_area = torch.zeros(len(survivors), dtype=torch.long).index_add_(0, row, area)
-    dst, src, wts = [], [], []
-    for i, nd in enumerate(nodes):
-        wv = p.weights[nd[1]][nd[2]]
-        idx = torch.nonzero(wv).flatten()
-        scale = 1.0 / float(total_area[row[i]]) if weighted_avg else 1.0 / float(count[row[i]])
-        dst.append(torch.full((idx.numel(),), int(row[i])))
-        src.append(idx + nd[0] * n)
-        wts.append(wv[idx] * scale)
-    reps = frame[survivors] * n + box[survivors, 0] * w + box[survivors, 1]
-    red = Reduction.build(torch.cat(dst), torch.cat(src), torch.cat(wts), reps, t * n)
-    red.info.update(spatial_nodes=len(nodes), temporal_pairs=int(pairs.shape[0]))
-    return red, SttmResult(nodes, pairs, rep)
+    return plan_sttm(x, grid, root_level, "sum" if weighted_avg else "mean", head_dim, temporal_thresh, slow_ver)
 
 
 @register(
@@ -289,23 +371,31 @@ def sttm(
     (bisection, 12 steps) for the largest output count not above ratio·T·N."""
     if head_dim and x.shape[-1] % head_dim:
         head_dim = None
-    args = (temporal_thresh, root_level, weighted_avg, slow_ver, head_dim, border_slots, union)
+    plan = _plan(x, grid, root_level, weighted_avg, head_dim, temporal_thresh, slow_ver)
+
+    def at(th: float) -> SttmResult:
+        return sttm_structure(plan, th, slow_ver, border_slots, union)
+
     if threshold is not None or ratio is None:
-        red, _ = sttm_reduce(x, grid, 0.8 if threshold is None else threshold, *args)
-        red.info["threshold"] = 0.8 if threshold is None else threshold
+        th = 0.8 if threshold is None else threshold
+        red = sttm_reduction(at(th), weighted_avg)
+        red.info["threshold"] = th
         return red
     budget = ratio * x.shape[0] * x.shape[1]
     lo, hi = -1.0, 1.0
-    best: tuple[float, Reduction] | None = None
-    for _ in range(12):
+    best: tuple[float, SttmResult] | None = None
+    for _ in range(12):  # only the structure depends on the threshold: the plan is computed once
         mid = (lo + hi) / 2
-        red, _ = sttm_reduce(x, grid, mid, *args)
-        if red.num_outputs <= budget:
-            best, lo = (mid, red), mid
+        st = at(mid)
+        if st.num_outputs <= budget:
+            best, lo = (mid, st), mid
         else:
             hi = mid
+    floor = best is None
     if best is None:  # even merging everything the pyramid allows stays above the budget: that is the floor
-        best = (-1.0, sttm_reduce(x, grid, -1.0, *args)[0])
-        best[1].info["budget_floor"] = best[1].num_outputs
-    best[1].info["threshold"] = round(best[0], 6)
-    return best[1]
+        best = (-1.0, at(-1.0))
+    red = sttm_reduction(best[1], weighted_avg)
+    if floor:
+        red.info["budget_floor"] = red.num_outputs
+    red.info["threshold"] = round(best[0], 6)
+    return red
