@@ -95,3 +95,31 @@ def test_missing_ray_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(MissingDependencyError, match=r"pip install 'vtc\[ray\]'"):
         ray_engine._ray()
+
+
+def test_a_video_too_long_to_ship_is_decoded_by_the_actor(tmp_path: Path, clip_path: Path, models,  # noqa: ANN001
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode task ships frames only when they fit a share of the budget; otherwise the row says `stream`,
+    carries no frames, and the actor decodes the video itself: the same file either way."""
+    from vtc.io.encoders import encoder_geometry
+    from vtc.run import ray_engine
+    from vtc.run.config import CompressConfig
+    from vtc.run.ray_engine import _decode_row, _EncodeActor
+
+    cfg, ckpt = models["clip"]
+    files = {}
+    for share, streamed in ((1 / 8, False), (1e-9, True)):
+        monkeypatch.setattr(ray_engine, "FRAMES_SHARE", share)
+        flat = CompressConfig(method="dycoke", ratio=0.3, fps=12.0, frames=None, memory_budget=1.0).as_flat()
+        flat.update(model=str(cfg), checkpoint=str(ckpt), pretrained=None)
+        cfg_json = json.dumps(flat)
+        geometry = encoder_geometry(CompressConfig.from_flat(flat).encoder).as_dict()
+        out = tmp_path / f"{streamed}.safetensors"
+        row = _decode_row({"input": str(clip_path), "output": str(out)}, cfg_json, geometry)
+        assert row["error"] is None and row["stream"] is streamed
+        assert (row["frames"].shape[0] == 0) is streamed
+        done = json.loads(_EncodeActor(cfg_json)(row)["outcome"])
+        assert done["ok"] and done["error"] is None, done
+        files[streamed] = vtc.load(out)
+    assert torch.equal(files[True].positions, files[False].positions)
+    assert torch.allclose(files[True].tokens.float(), files[False].tokens.float(), atol=1e-3)

@@ -3,6 +3,10 @@
     read list ──▶ decode (CPU tasks, one video each) ──▶ encode + compress + store (actors holding the model,
                   GPU when available) ──▶ records ──▶ the same manifest as the local engine
 
+A decode task ships a video's sampled frames to the actor as one row, so a video whose frames would take more than
+an eighth of the memory budget (an hour-long one) is not decoded there: its row says `stream` and the actor
+decodes it itself, frames streamed into the encoder as on the local engine (memory stays flat).
+
 Outputs go to OUTDIR, which must be storage every node sees (NFS, a mounted bucket). Resume, retry-failed,
 shards and failure records are the local engine's (`vtc.run.batch`): only the execution differs. Ray is optional:
 `pip install 'vtc[ray]'`.
@@ -22,7 +26,7 @@ import numpy as np
 
 import vtc.errors as errors
 from vtc.errors import MissingDependencyError, VtcError
-from vtc.io.decode import DecodeReport, VideoInfo
+from vtc.io.decode import DecodeReport, VideoInfo, planned_frames, probe
 from vtc.io.encoders import encoder_geometry, open_encoder
 from vtc.io.geometry import FrameGeometry
 from vtc.run.batch import Notify
@@ -30,6 +34,10 @@ from vtc.run.config import CompressConfig
 from vtc.run.finish import Job, Outcome
 from vtc.run.pipeline import Engine, decode_failure, decode_video
 from vtc.run.plan import Plan
+from vtc.run.spill import budget_bytes
+
+#: a video whose decoded frames exceed this share of the memory budget is decoded by the actor, streamed
+FRAMES_SHARE = 1 / 8
 
 
 def _ray() -> Any:
@@ -48,19 +56,28 @@ def _plan(cfg_json: str) -> Plan:
 
 
 def _decode_row(row: dict[str, Any], cfg_json: str, geometry: dict[str, Any]) -> dict[str, Any]:
-    """Ray task: decode one video's sampled frames at the encoder's decode size (or record the error)."""
+    """Ray task: decode one video's sampled frames at the encoder's decode size (or record the error), unless
+    they would be too many to ship as one row: then only mark it `stream` (the actor decodes it)."""
     path = Path(row["input"])
     out: dict[str, Any] = {"input": row["input"], "output": row["output"], "error": None, "error_type": None,
-                           "frames": np.zeros((0, 1, 1, 3), np.uint8), "info": "{}", "report": "{}"}
+                           "frames": np.zeros((0, 1, 1, 3), np.uint8), "info": "{}", "report": "{}",
+                           "stream": False}
     t0 = time.perf_counter()
     report = DecodeReport()
+    plan, geom = _plan(cfg_json), FrameGeometry.from_dict(geometry)
     try:
-        info, frames = decode_video(path, _plan(cfg_json), FrameGeometry.from_dict(geometry), report)
-        decoded = [f for _, f in frames]
-        if decoded:
-            out["frames"] = np.stack(decoded)
-        out["info"] = json.dumps(dataclasses.asdict(info))
-        out["report"] = json.dumps(dataclasses.asdict(report))
+        info = probe(path)
+        w, h = geom.decode_size(info.width, info.height)
+        count = planned_frames(info, plan.sampling)
+        if not count or count * w * h * 3 > FRAMES_SHARE * budget_bytes(plan.cfg.memory_budget):
+            out["stream"] = True  # unknown or long: streamed by the actor, never held as one array
+        else:
+            info, frames = decode_video(path, plan, geom, report)
+            decoded = [f for _, f in frames]
+            if decoded:
+                out["frames"] = np.stack(decoded)
+            out["info"] = json.dumps(dataclasses.asdict(info))
+            out["report"] = json.dumps(dataclasses.asdict(report))
     except Exception as e:  # the same policy as the local engine's decode workers
         err = decode_failure(path, e)
         out.update(error=str(err), error_type=type(err).__name__)
@@ -96,6 +113,10 @@ class _EncodeActor:
         job = Job(0, Path(row["input"]), Path(row["output"]))
         if row["error"]:
             out = Outcome(job, False, getattr(errors, row["error_type"], VtcError)(row["error"]))
+        elif row["stream"]:  # decoded here, frames streamed into the encoder (the local engine's loop)
+            out = next(iter(self.engine.run([job])))
+            out.timings["decode"] = out.timings.get("decode", 0.0) + row["t_decode"]
+            return _outcome_row(out)
         else:
             frames = list(row["frames"])
             out = self.engine.process_decoded(job, VideoInfo(**json.loads(row["info"])),
