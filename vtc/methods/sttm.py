@@ -11,6 +11,9 @@ Follows HYUNJS/STTM @ 00736c7 (`token_merging_utils/quadtree_*.py`).
    `weighted_avg`: the area-weighted mean), represented by its earliest node.
 
 The exact linear map from the patch grid is kept (average pooling compounds, so weights are dyadic fractions).
+Only where step 2 cuts the tree depends on the spatial threshold: the pyramid, every parent–child similarity and
+every cross-frame candidate pair are computed once (`plan_sttm`), and the search for the threshold that meets
+--ratio re-cuts the tree (`sttm_structure`) without touching the features again.
 
 Deviations from the authors' code (their behaviour is the `reference` variant):
 - at odd borders a parent has fewer than four children; the authors also compare it with the child level's cell
