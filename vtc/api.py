@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,22 +15,25 @@ from torch import Tensor
 
 from vtc._version import __version__
 from vtc.errors import UsageError
+from vtc.io.chunks import is_live_dir, join, load_chunks
 from vtc.io.decode import probe
 from vtc.io.encoders import AnyEncoder, open_encoder
-from vtc.io.store import load, out_dtype, token_tensors, write
+from vtc.io.store import TokenFile, out_dtype, token_tensors, write
+from vtc.io.store import load as load_file
 from vtc.methods.registry import parse_method
 from vtc.reduction import Reduction
 from vtc.run.batch import BatchSummary, LocalExecutor, run_batch
 from vtc.run.config import make_config
 from vtc.run.finish import Job
+from vtc.run.live import LiveOptions, LiveRun, LiveSummary, check_live_plan
 from vtc.run.pipeline import Engine
 from vtc.run.plan import Plan, check_output
 from vtc.run.ray_engine import RayExecutor
 from vtc.signals import Signals
 from vtc.stages.window import run_windowed_parts
 
-__all__ = ["CompressResult", "FeatureResult", "compress", "compress_batch", "compress_features", "load",
-           "default_output"]
+__all__ = ["CompressResult", "FeatureResult", "LiveSummary", "compress", "compress_batch", "compress_features",
+           "compress_live", "load", "default_output"]
 
 
 @dataclass
@@ -207,3 +211,47 @@ def compress_batch(
         raise UsageError(f"--engine must be local or ray, not '{engine}'.")
     return run_batch(inputs, outdir, cfg, shard=shard, retry_failed=retry_failed, fail_fast=fail_fast,
                      executor=executor, on_event=on_event)
+
+
+def compress_live(
+    source: str,
+    output: str | os.PathLike[str],
+    *,
+    chunk: float = 10.0,
+    reconnect: int = 0,
+    stall_timeout: float = 10.0,
+    live_format: str | None = None,
+    preset: str | None = None,
+    encoder: AnyEncoder | None = None,
+    stop: threading.Event | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> LiveSummary:
+    """Compress a live stream as it arrives into the directory `output`: one token file per `chunk` seconds and an
+    index (see `vtc.run.live`).  `source`: a network URL (rtsp://, srt://, udp://, tcp://, http(s):// HLS), "-"
+    for standard input, or a capture device with `live_format` (e.g. "v4l2").  Sampling by `fps` (default 1) or
+    `every`.  Runs until the source ends or `stop` is set (the current chunk is written); a source that drops or
+    stalls is reopened `reconnect` times.  Options as for `compress`.  A run into an existing live directory with
+    the same settings continues its index.
+    """
+    if options.get("frames") is not None:
+        raise UsageError("--live samples by rate: pass --fps F (or --every n); --frames needs the whole video.")
+    if options.get("fps") is None and options.get("every") is None:
+        options["fps"] = 1.0
+    cfg = make_config(preset, **options)
+    plan = Plan.make(cfg)
+    live = LiveOptions(chunk=chunk, reconnect=reconnect, stall_timeout=stall_timeout, format=live_format)
+    check_live_plan(plan, source, live)
+    if encoder is None:
+        encoder = open_encoder(plan.cfg.encoder, text=bool(plan.cfg.query))
+    run = LiveRun(plan, encoder, source, Path(output), live, on_event=on_event)
+    return run.run(stop)
+
+
+def load(path: str | os.PathLike[str], *, last: int | None = None) -> TokenFile:
+    """Read a token file, or a live output directory as one video (its chunks joined; `last`: only the last N)."""
+    if is_live_dir(path):
+        return join(load_chunks(path, last))
+    if last is not None:
+        raise UsageError(f"{path}: last= applies to a live output directory, not a token file.")
+    return load_file(path)

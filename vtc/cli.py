@@ -137,17 +137,37 @@ def compress(
                                                     "RAY_ADDRESS, else a local Ray instance).")] = None,
     actors: Annotated[int, typer.Option("--actors", help="Ray: encoder actors (one GPU each when the "
                                         "cluster has GPUs).")] = 1,
+    live: Annotated[bool, typer.Option("--live", help="INPUT is a live stream (rtsp://, srt://, udp://, tcp://, "
+                                       "http(s):// HLS, '-' for stdin, or a device with --live-format): compress it "
+                                       "as it arrives into -o DIR, one token file per --chunk seconds.")] = False,
+    chunk: Annotated[float, typer.Option("--chunk", help="Live: seconds of stream per chunk file.")] = 10.0,
+    reconnect: Annotated[int, typer.Option("--reconnect", help="Live: reopen a source that drops or stalls up to "
+                                           "N times in a row (the gap is recorded).")] = 0,
+    stall_timeout: Annotated[float, typer.Option("--stall-timeout", help="Live: seconds without data before the "
+                                                 "source counts as stalled.")] = 10.0,
+    live_format: Annotated[str | None, typer.Option("--live-format", help="Live: FFmpeg input format (mpegts, "
+                                                    "v4l2, avfoundation, …) [default: probed; mpegts on stdin]")
+                           ] = None,
 ) -> None:
     """Compress videos into token files (decode → encode → compress → store).
 
     One file: writes FILE.safetensors beside it (or -o PATH). Several files, a directory or a glob: batch mode,
-    with -o OUTDIR, a manifest (vtc-manifest.jsonl), resume and failures recorded per input.
+    with -o OUTDIR, a manifest (vtc-manifest.jsonl), resume and failures recorded per input. With --live, a stream
+    compressed as it arrives into -o DIR (chunk files and index.json); Ctrl-C writes the current chunk and stops.
     """
     import glob
 
     from vtc.api import compress as api_compress
     from vtc.run.config import parse_param
 
+    if live:
+        _live(inputs, output, dict(
+            method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
+            checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
+            target=target, target_model=target_model, batch_size=batch_size, dtype_out=dtype_out, query=query,
+            memory_budget=memory_budget), param, preset, quiet=quiet, chunk=chunk, reconnect=reconnect,
+            stall_timeout=stall_timeout, live_format=live_format)
+        return
     # one existing file, or one path that is no glob pattern with matches (a missing file is reported as such)
     single = len(inputs) == 1 and not Path(inputs[0]).is_dir() and (
         Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?[") or not glob.glob(inputs[0]))
@@ -197,6 +217,63 @@ def compress(
             f"compress {t.get('compress', 0):.3f}s, store {t.get('store', 0):.3f}s{note}",
             highlight=False,
         )
+
+
+def _live(inputs: list[str], output: Path | None, options: dict[str, Any], param: list[str] | None,
+          preset: str | None, *, quiet: bool, chunk: float, reconnect: int, stall_timeout: float,
+          live_format: str | None) -> None:
+    """`vtc compress SOURCE --live -o DIR`: a line per chunk, SIGINT/SIGTERM finish the current chunk."""
+    import signal
+    import threading
+
+    from vtc.api import compress_live
+    from vtc.run.config import parse_param
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():  # a second signal: stop now
+            raise KeyboardInterrupt
+        stop.set()
+        console.print(f"{signal.Signals(signum).name}: writing the current chunk, then stopping", highlight=False)
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if quiet:
+            return
+        if kind == "chunk":
+            lat = data["latency_s"]
+            console.print(f"{data['file']}: {data['t0']:.1f}–{data['t1']:.1f} s, {data['frames']} frames, "
+                          f"{data['source_tokens']} → {data['tokens']} tokens, latency p50 {lat['p50']:.2f} s "
+                          f"(max {lat['max']:.2f} s)", highlight=False)
+        elif kind == "gap":
+            console.print(f"[yellow]gap[/] at {data['t']:.1f} s: {data['seconds']:.1f} s ({safe(data['reason'])})",
+                          highlight=False)
+
+    try:
+        if len(inputs) != 1:
+            raise UsageError(f"--live takes one source, not {len(inputs)}.")
+        if output is None:
+            raise UsageError("--live needs -o DIR: the directory that receives the chunk files and index.json.")
+        params = dict(parse_param(p) for p in (param or []))
+        if params:
+            options["params"] = params
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            res = compress_live(inputs[0], output, chunk=chunk, reconnect=reconnect, stall_timeout=stall_timeout,
+                                live_format=live_format, preset=preset, stop=stop, on_event=on_event, **options)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    except VtcError as e:
+        raise _fail(e) from None
+    if not quiet:
+        p50, p95 = res.latency(0.5), res.latency(0.95)
+        lat = f", latency p50 {p50:.2f} s, p95 {p95:.2f} s" if p50 is not None and p95 is not None else ""
+        share = f" ({100 * res.tokens / res.source_tokens:.1f}%)" if res.source_tokens else ""
+        out.print(f"{safe(res.output)}: {res.chunks} chunks, {res.frames} frames, {res.tokens} of "
+                  f"{res.source_tokens} tokens{share}{lat}; {safe(res.stopped)}", highlight=False)
+    if res.error is not None:
+        raise _fail(res.error) from None
 
 
 def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], param: list[str] | None,
@@ -325,7 +402,7 @@ def methods(
         print_json([
             {"name": s.name, "summary": s.summary, "signals": list(s.signals), "optional_signals":
              list(s.optional_signals), "paper": s.paper, "paper_ratio": s.paper_ratio, "variants": s.variants,
-             "runs": "inside the encoder" if s.in_encoder is not None else "after the encoder",
+             "runs": "inside the encoder" if s.in_encoder is not None else "after the encoder", "scope": s.scope,
              "params": [{"name": p.name, "default": p.default, "type": p.describe_type(), "help": p.help,
                          "author_name": p.author_name, "choices": list(p.choices) if p.choices else None,
                          "range": [p.lo, p.hi] if p.lo is not None or p.hi is not None else None}
@@ -341,6 +418,8 @@ def methods(
             out.print(f"  variant [bold]{s.name}:{v}[/]: {knobs}", style="dim", highlight=False)
         if s.signals:
             out.print(f"  needs: {', '.join(s.signals)}", style="dim", highlight=False)
+        live = "frame by frame (exactly as offline)" if s.scope == "frame" else "per chunk"
+        out.print(f"  scope: {s.scope} (--live: {live})", style="dim", highlight=False)
         if s.in_encoder is not None:
             out.print("  runs inside the encoder (between its blocks; not on --target or precomputed features)",
                       style="dim", highlight=False)

@@ -40,7 +40,9 @@ def sparkline(values: list[int], width: int = 64) -> str:
 
 
 def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Facts about a token file, as plain data."""
+    """Facts about a token file (or a live output directory: its index, and its last chunk), as plain data."""
+    if os.path.isdir(path):
+        return live_summary(path)
     f = peek(path)  # header and small tensors: no torch
     m = f.meta
     per_frame = f.tokens_per_frame()
@@ -83,8 +85,51 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def live_summary(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Facts about a live output directory: chunks, stream span, tokens, gaps, latency; the last chunk's summary."""
+    from vtc.io.chunks import read_index  # the index alone needs no torch
+
+    index = read_index(directory)
+    chunks = index["chunks"]
+    lat = sorted(float(c.get("latency_s", {}).get("p50", 0.0)) for c in chunks)
+    return {
+        "file": str(directory),
+        "live": {
+            "chunks": len(chunks),
+            "span": [chunks[0]["t0"], chunks[-1]["t1"]] if chunks else None,
+            "frames": sum(int(c.get("frames", 0)) for c in chunks),
+            "tokens_before": sum(int(c.get("source_tokens", 0)) for c in chunks),
+            "tokens_after": sum(int(c.get("tokens", 0)) for c in chunks),
+            "tokens_per_chunk": [int(c.get("tokens", 0)) for c in chunks],
+            "sessions": index.get("sessions", []),
+            "gaps": index.get("gaps", []),
+            "ended": index.get("ended"),
+            "latency_p50_median": lat[len(lat) // 2] if lat else None,
+            "settings": index.get("settings", {}),
+        },
+        "last_chunk": summary(os.path.join(directory, chunks[-1]["file"])) if chunks else None,
+    }
+
+
 def summary_table(info: dict[str, Any], console: Console) -> None:
     """Print `summary(...)` as a rich table."""
+    if "live" in info:
+        lv = info["live"]
+        table = _PlainTable(title=Text(plain(f"{info['file']} (live)")), show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        span = lv["span"] or [0, 0]
+        table.add_row("stream", f"{lv['chunks']} chunks, {span[0]:.1f}–{span[1]:.1f} s, {lv['frames']} frames, "
+                      f"{len(lv['sessions'])} run(s), {len(lv['gaps'])} gap(s); ended: {lv['ended'] or 'running'}")
+        kept = 100 * lv["tokens_after"] / lv["tokens_before"] if lv["tokens_before"] else 0.0
+        table.add_row("tokens", f"{lv['tokens_before']} → {lv['tokens_after']} ({kept:.1f}% kept)")
+        table.add_row("per chunk", sparkline(lv["tokens_per_chunk"]))
+        if lv["latency_p50_median"] is not None:
+            table.add_row("latency", f"median of the chunks' p50: {lv['latency_p50_median']:.2f} s")
+        console.print(table)
+        if info["last_chunk"] is not None:
+            summary_table(info["last_chunk"], console)
+        return
     v = info["video"] or {}
     table = _PlainTable(title=Text(plain(info["file"])), show_header=False, title_justify="left")
     table.add_column(style="bold")

@@ -49,8 +49,8 @@ def decode_meta(raw: dict[str, str]) -> dict[str, Any]:
 _META_TYPES: dict[str, tuple[type, ...]] = {
     "params": (dict,), "signals": (dict,), "sampling": (dict,), "video": (dict,), "encoder": (dict,), "info": (dict,),
     "decode": (dict,), "features": (dict,), "pre_encoder": (dict,), "space": (dict,), "newline": (dict,),
-    "ratio_requested": (int, float, type(None)), "ratio_achieved": (int, float), "truncated": (bool,),
-    "method": (str,), "variant": (str,), "order": (str,),
+    "live": (dict,), "ratio_requested": (int, float, type(None)), "ratio_achieved": (int, float),
+    "truncated": (bool,), "method": (str,), "variant": (str,), "order": (str,),
 }
 #: integer tensors and their allowed dtypes
 _INTS = ("I8", "I16", "I32", "I64", "U8", "U16", "U32")

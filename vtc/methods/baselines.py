@@ -12,7 +12,7 @@ from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 
-@register("none", summary="keep every token (no compression)")
+@register("none", summary="keep every token (no compression)", scope="frame")
 def keep_all(x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals) -> Reduction:
     """All T·N tokens, in (frame, row, col) order.  x: [T, N, D]."""
     t, n, _ = x.shape
@@ -81,6 +81,7 @@ def _pool_weights(src: int, dst: int, mode: str) -> Tensor:
         Param("mode", "bilinear (LLaVA-OneVision, ceil size) or average (LLaVA-Video, floor size)",
               choices=("bilinear", "average")),
     ],
+    scope="frame",
 )
 def pool(
     x: Tensor,

@@ -101,6 +101,8 @@ class Video:
     buffers: dict[str, FeatureBuffer] = field(default_factory=dict)
     #: a windowed reduction's merge entries, on disk
     entries: EntryFile | None = None
+    #: a chunk of a live stream: {"chunk", "t0", "t1", "source"} (no file to hash)
+    live: dict[str, Any] | None = None
 
     def entry_file(self) -> EntryFile:
         self.entries = EntryFile()
@@ -281,9 +283,9 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
         "encoder": enc,
         "sampling": plan.sampling.describe(),
         "video": {
-            "path": str(Path(path).resolve()),
+            "path": str(Path(path).resolve()) if video.live is None else video.live["source"],
             "size_bytes": info.size_bytes,
-            "sha256": content_hash(path),
+            "sha256": content_hash(path) if video.live is None else None,
             "duration": info.duration,
             "fps": info.fps,
             "width": info.width,
@@ -299,6 +301,8 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
     }
     if video.reuse is not None:
         meta["pre_encoder"] = video.reuse.describe()
+    if video.live is not None:
+        meta["live"] = video.live
     if cfg.query:
         meta["query"] = cfg.query
     return meta

@@ -242,24 +242,38 @@ class Engine:
     def _finish(self, video: Video) -> Outcome:
         return finish(self.plan, self.encoder, video, self.query_embedding)
 
-    # ------------------------------------------------------------------ one decoded video (Ray actors)
+    # ------------------------------------------------------------------ frames decoded elsewhere (Ray actors, live)
+    def open_video(self, job: Job, info: VideoInfo, report: DecodeReport, planned: int) -> Video:
+        """A video whose sampled frames are decoded elsewhere and fed with `encode_frames`."""
+        return Video(job, info=info, report=report, decoded=True, feature_budget=self.feature_budget,
+                     planned_frames=planned)
+
+    def encode_frames(self, video: Video, frames: list[np.ndarray], times: list[float]) -> None:
+        """Encode sampled frames of `video` (in batches of the run's size; a multiple of the temporal patch)."""
+        bs = self.batch
+        for s in range(0, len(frames), bs):
+            chunk = [(video, f, t) for f, t in zip(frames[s : s + bs], times[s : s + bs], strict=True)]
+            video.queued += len(chunk)
+            self._encode(chunk)
+
+    def complete(self, video: Video, frames: list[np.ndarray], times: list[float]) -> Outcome:
+        """Encode the last frames of `video` (an odd last frame pairs with itself, as Qwen's processor does), then
+        compress and store it."""
+        if video.queued + len(frames) == 0:
+            raise no_frames(video.job.input)
+        if frames and len(frames) % self.tp:
+            frames = frames + [frames[-1]] * (self.tp - len(frames) % self.tp)
+            times = times + [times[-1]] * (len(frames) - len(times))
+        self.encode_frames(video, frames, times)
+        return self._finish(video)
+
     def process_decoded(self, job: Job, info: VideoInfo, report: DecodeReport, frames: list[np.ndarray]) -> Outcome:
         """Encode (in batches), compress and store one video whose sampled frames were decoded elsewhere."""
-        v = Video(job, info=info, report=report, decoded=True, feature_budget=self.feature_budget,
-                  planned_frames=len(frames))
+        v = self.open_video(job, info, report, len(frames))
         try:
-            if not frames:
-                raise no_frames(job.input)
-            bs = self.batch
-            if len(frames) % self.tp:  # an odd last frame pairs with itself (Qwen)
-                frames = frames + [frames[-1]] * (self.tp - len(frames) % self.tp)
-            times = list(report.frame_times) + [report.frame_times[-1]] * (len(frames) - len(report.frame_times))
-            for s in range(0, len(frames), bs):
-                chunk = [(v, f, t) for f, t in zip(frames[s : s + bs], times[s : s + bs], strict=True)]
-                v.queued += len(chunk)
-                self._encode(chunk)
-            return self._finish(v)
+            return self.complete(v, frames, list(report.frame_times))
         except Exception as e:  # one input's failure, recorded as data
+            v.close()
             return Outcome(job, False, as_failure(job, e), timings={"encode": v.t_encode})
 
     # ------------------------------------------------------------------ the loop
