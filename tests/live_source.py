@@ -1,7 +1,7 @@
 """A live source for the tests: remux a clip as MPEG-TS at `speed` × real time, `loops` times back to back (the
 timestamps continue), into standard output ("-") or a URL (e.g. tcp://127.0.0.1:PORT?listen=1).
 
-    python tests/live_source.py CLIP DEST [--speed 1] [--loops 1] [--start-after FILE]
+    python tests/live_source.py CLIP DEST [--speed 1] [--loops 1] [--seconds S] [--start-after FILE]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("dest")
     ap.add_argument("--speed", type=float, default=1.0)
     ap.add_argument("--loops", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=float("inf"), help="stop after this much of the stream")
     ap.add_argument("--start-after", help="wait until this file exists (the reader is ready) before streaming")
     a = ap.parse_args()
     while a.start_after and not os.path.exists(a.start_after):
@@ -37,6 +38,8 @@ def main() -> None:
                 for p in src.demux(v):
                     if p.dts is None:
                         continue
+                    if float((p.dts + shift) * p.time_base) > a.seconds:
+                        return
                     p.dts += shift
                     p.pts = (p.pts if p.pts is not None else p.dts - shift) + shift
                     last = max(last, p.pts + (p.duration or 0))

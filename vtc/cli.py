@@ -245,6 +245,10 @@ def _live(inputs: list[str], output: Path | None, options: dict[str, Any], param
             console.print(f"{data['file']}: {data['t0']:.1f}–{data['t1']:.1f} s, {data['frames']} frames, "
                           f"{data['source_tokens']} → {data['tokens']} tokens, latency p50 {lat['p50']:.2f} s "
                           f"(max {lat['max']:.2f} s)", highlight=False)
+        elif kind == "behind":
+            console.print(f"[bold yellow]warning:[/] encoding {data['frames']} frames took {data['encode_s']:.1f} s "
+                          f"for {data['seconds']:.1f} s of stream: the encoder is slower than the stream and the "
+                          f"latency will grow. Lower --fps, use a smaller --model, or a GPU.", highlight=False)
         elif kind == "gap":
             console.print(f"[yellow]gap[/] at {data['t']:.1f} s: {data['seconds']:.1f} s ({safe(data['reason'])})",
                           highlight=False)

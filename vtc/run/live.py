@@ -114,6 +114,7 @@ class LiveRun:
         #: the frame-reuse rule's last view and outputs, carried from one chunk to the next
         self._last_view: Any = None
         self._last_out: Any = None
+        self._warned = False
 
     # ------------------------------------------------------------------ the index
     def _settings(self) -> dict[str, Any]:
@@ -268,6 +269,7 @@ class LiveRun:
                  "tokens": outcome.num_tokens, "source_tokens": outcome.num_source_tokens,
                  "session": len(index["sessions"]) - 1,
                  "latency_s": {"p50": round(float(np.median(lat)), 3), "max": round(max(lat), 3)},
+                 "encode_s": round(outcome.timings.get("encode", 0.0), 3),
                  "rss_mb": _rss_mb()}
         index["chunks"].append(entry)
         write_index(self.outdir, index)
@@ -277,6 +279,10 @@ class LiveRun:
         summary.tokens += outcome.num_tokens
         summary.source_tokens += outcome.num_source_tokens
         self.on_event("chunk", entry)
+        if entry["encode_s"] > t1 - t0 and not self._warned:  # the encoder falls behind: latency will grow
+            self._warned = True
+            self.on_event("behind", {"encode_s": entry["encode_s"], "seconds": round(t1 - t0, 3),
+                                     "frames": state.frames})
         return number + 1
 
     # ------------------------------------------------------------------ decode thread
