@@ -245,3 +245,213 @@ def test_hostile_videos_stay_under_3_gb(tmp_path: Path, model_args) -> None:  # 
     peak = int(done.stdout.strip().splitlines()[-1])
     assert peak < 3 * 2**30, f"peak RSS {peak / 2**30:.2f} GB"
 
+
+
+# ---------------------------------------------------------------- data first: nothing the user has is destroyed
+
+
+def token_file(path: Path, frames: int = 2) -> Path:
+    return vtc.compress_features(torch.randn(frames, 4, 8), method="uniform", ratio=0.5).save(path)
+
+
+def nothing_beside(folder: Path) -> None:
+    """No temporaries left in `folder`."""
+    assert not list(folder.glob(".*.tmp")), list(folder.glob(".*.tmp"))
+
+
+def test_export_never_replaces_what_it_must_not(tmp_path: Path) -> None:
+    """`vtc export -o` gets the output checks of `compress`: its own input, a video, a text file, another token file
+    and an earlier export are refused (one line, exit 2, the file intact) unless --overwrite; the checks come before
+    the file is even read."""
+    q = token_file(tmp_path / "q.safetensors")
+    other = token_file(tmp_path / "other.safetensors", frames=3)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42 my holiday")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    earlier = tmp_path / "q.vllm.pt"
+    earlier.write_bytes(b"an earlier export")
+    for target in (q, video, notes, other, earlier):
+        before = target.read_bytes()
+        r = cli("export", q, "--to", "vllm", "-o", target)
+        text = one_line(r, 2)
+        assert target.name in text and target.read_bytes() == before
+    r = cli("export", q, "--to", "vllm")  # the default output is the existing q.vllm.pt: refused too
+    assert "refusing to overwrite" in one_line(r, 2) and earlier.read_bytes() == b"an earlier export"
+    r = cli("export", q, "--to", "vllm", "-o", earlier, "--overwrite")  # past the output checks: q is no Qwen file
+    assert "encoder-space" in one_line(r, 2) or "space" in r.output
+    assert earlier.read_bytes() == b"an earlier export"
+    nothing_beside(tmp_path)
+
+
+def test_export_into_a_read_only_folder_is_one_line(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    q = token_file(tmp_path / "q.safetensors")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        r = cli("export", q, "--to", "vllm", "-o", ro / "q.pt")
+        assert "not writable" in one_line(r, 2)
+    finally:
+        ro.chmod(stat.S_IRWXU)
+
+
+def test_show_reports_replace_only_vtc_reports(tmp_path: Path) -> None:
+    """`vtc show --html/--png` replaces a report it wrote, never another file (unless --overwrite), never the token
+    file itself."""
+    q = token_file(tmp_path / "q.safetensors")
+    notes = tmp_path / "notes.html"
+    notes.write_text("<html>my notes</html>")
+    sheet = tmp_path / "notes.png"
+    sheet.write_bytes(b"\x89PNG\r\n\x1a\n someone else's picture")
+    for opt, target in (("--html", notes), ("--png", sheet)):
+        before = target.read_bytes()
+        r = cli("show", q, opt, target)
+        assert r.exit_code == 2 and "refusing to overwrite" in r.output and target.read_bytes() == before, r.output
+    r = cli("show", q, "--html", q)
+    assert r.exit_code == 2 and vtc.load(q).num_frames == 2
+    ours_html, ours_png = tmp_path / "r.html", tmp_path / "r.png"
+    for _ in range(2):  # written, then replaced: vtc's own reports
+        r = cli("show", q, "--html", ours_html, "--png", ours_png)
+        assert r.exit_code == 0, r.output
+    r = cli("show", q, "--html", notes, "--overwrite")
+    assert r.exit_code == 0 and "vtc" in notes.read_text()
+    nothing_beside(tmp_path)
+
+
+def test_a_read_only_token_file_is_not_replaced(tmp_path: Path, clip_path: Path, model_args,  # noqa: ANN001
+                                                no_work: dict[str, int]) -> None:
+    out = token_file(tmp_path / "o.safetensors")
+    out.chmod(0o444)
+    before = out.read_bytes()
+    r = cli("compress", clip_path, "-o", out, *flags(model_args))
+    assert "read-only" in one_line(r, 2)
+    assert out.read_bytes() == before and stat.S_IMODE(out.stat().st_mode) == 0o444
+    assert no_work == {"decode": 0, "model": 0}
+
+
+def test_single_file_runs_remove_what_a_killed_run_left(tmp_path: Path, clip_path: Path, model_args) -> None:  # noqa: ANN001
+    out = tmp_path / "o.safetensors"
+    stale = tmp_path / ".o.safetensors.k1ll3d.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    r = cli("compress", clip_path, "-o", out, "-m", "pool", "--frames", "2", *flags(model_args))
+    assert r.exit_code == 0, r.output
+    assert not stale.exists() and vtc.load(out).num_frames == 2
+    nothing_beside(tmp_path)
+
+
+def batch(src: Path, out: Path, model_args, *extra: object):  # noqa: ANN001, ANN201
+    return cli("compress", src, "-o", out, "--frames", "2", "--json", *flags(model_args), *extra)
+
+
+def test_a_torn_manifest_line_never_swallows_the_next_record(tmp_path: Path, clip_path: Path,  # noqa: ANN001
+                                                            model_args) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(clip_path, src / "a.mp4")
+    out = tmp_path / "out"
+    assert json.loads(batch(src, out, model_args, "-m", "pool").output)["ok"] == 1
+    manifest = out / "vtc-manifest.jsonl"
+    manifest.write_bytes(manifest.read_bytes()[:-20])  # a killed run: the last line is cut
+    shutil.copy(clip_path, src / "b.mp4")
+    for _ in range(2):  # each resume appends records that parse; the torn line is reported, not trusted
+        s = json.loads(batch(src, out, model_args, "-m", "pool").output)
+        assert "malformed" in (s["warning"] or "")
+    from vtc.run.batch import read_manifest
+
+    recs = read_manifest(out)
+    assert recs[str(src / "a.mp4")]["status"] == "ok" and recs[str(src / "b.mp4")]["status"] == "ok"
+    s = json.loads(batch(src, out, model_args, "-m", "pool").output)
+    assert s["skipped"] == 2 and s["ok"] == 0
+
+
+def test_resume_trusts_an_output_only_when_it_records_these_settings(tmp_path: Path, clip_path: Path,  # noqa: ANN001
+                                                                     model_args) -> None:
+    """Two runs with different settings into one folder: the file that ends up there records the settings that
+    made it, and a resume redoes it when they are not its own, whatever the manifest's latest record says."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(clip_path, src / "a.mp4")
+    out, other = tmp_path / "out", tmp_path / "other"
+    assert json.loads(batch(src, out, model_args, "-m", "pool").output)["ok"] == 1
+    assert json.loads(batch(src, other, model_args, "-m", "uniform", "-r", "0.5").output)["ok"] == 1
+    shutil.copy(other / "a.safetensors", out / "a.safetensors")  # the other run's write landed last
+    s = json.loads(batch(src, out, model_args, "-m", "pool").output)
+    assert s["ok"] == 1 and s["skipped"] == 0
+    assert vtc.load(out / "a.safetensors").meta["method"] == "pool"
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path: Path, clip_path: Path, model_args) -> None:  # noqa: ANN001
+    from vtc.run.batch import Manifest
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(clip_path, src / "a.mp4")
+    out = tmp_path / "out"
+    held = Manifest(out / "vtc-manifest.jsonl")  # another run holds the folder
+    try:
+        r = cli("compress", src, "-o", out, "--frames", "2", "-m", "pool", *flags(model_args))
+        assert "another vtc run" in one_line(r, 2)
+        assert not (out / "a.safetensors").exists()
+    finally:
+        held.close()
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_non_finite_features_are_refused_naming_the_frame(tmp_path: Path, bad: str) -> None:
+    from safetensors.torch import save_file
+
+    x = torch.randn(4, 4, 8)
+    x[2, 1, 3] = float(bad)
+    with pytest.raises(UsageError, match="frame 2"):
+        vtc.compress_features(x, method="tome", ratio=0.5)
+    save_file({"features": x}, str(tmp_path / "f.safetensors"))
+    r = cli("compress-features", tmp_path / "f.safetensors", "-o", tmp_path / "o.safetensors", "-m", "tome")
+    assert "frame 2" in one_line(r, 2) and not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.parametrize("shape,grid", [((2, 196, 8), "-14,-14"), ((2, 4, 0), "2,2"), ((2, 4, 8), "0,0")])
+def test_compress_features_never_writes_a_file_its_reader_refuses(tmp_path: Path, shape: tuple[int, ...],
+                                                                   grid: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"features": torch.randn(*shape)}, str(tmp_path / "f.safetensors"))
+    r = cli("compress-features", tmp_path / "f.safetensors", "-o", tmp_path / "o.safetensors", "-m", "uniform",
+            f"--grid={grid}")
+    one_line(r, 2)
+    assert not (tmp_path / "o.safetensors").exists()
+    nothing_beside(tmp_path)
+
+
+def test_the_writer_refuses_a_file_the_reader_would_reject(tmp_path: Path) -> None:
+    """The last guard: whatever made them, tensors the reader would refuse never reach the path."""
+    from vtc.errors import FormatError
+    from vtc.io.store import token_tensors, write
+
+    res = vtc.compress_features(torch.randn(2, 4, 8), method="uniform", ratio=0.5)
+    tensors = token_tensors(res.reduction, res.tokens, (2, 2), torch.arange(2.0), torch.float16)
+    tensors["merge_src"] = tensors["merge_src"] + 100  # indices past the sources
+    with pytest.raises(FormatError, match="merge_src"):
+        write(tmp_path / "o.safetensors", tensors, {"grid": [2, 2], "T": 2, "K": res.reduction.num_outputs})
+    assert not (tmp_path / "o.safetensors").exists()
+    nothing_beside(tmp_path)
+
+
+def test_an_encoder_giving_nan_fails_in_one_line_naming_the_frame(tmp_path: Path, clip_path: Path,  # noqa: ANN001
+                                                                   model_args) -> None:
+    a = model_args("clip")
+    state = torch.load(a["checkpoint"], weights_only=True)
+    name = next(k for k in state if k.startswith("visual.") and k.endswith("proj.weight") or "conv1" in k)
+    state[name] = torch.full_like(state[name], float("nan"))
+    ckpt = tmp_path / "nan.pt"
+    torch.save(state, ckpt)
+    out = tmp_path / "o.safetensors"
+    r = cli("compress", clip_path, "-o", out, "-m", "pool", "--frames", "2", "--model", a["model"],
+            "--checkpoint", ckpt)
+    assert r.exit_code == 3 and "Traceback" not in r.output, r.output
+    (error,) = [line for line in r.output.splitlines() if line.startswith("error:")]  # after the stage lines
+    assert r.output.strip().splitlines()[-1] == error
+    assert "NaN" in error and "frame 0" in error and not out.exists()
+    nothing_beside(tmp_path)

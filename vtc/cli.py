@@ -137,6 +137,8 @@ def compress(
                                                     "RAY_ADDRESS, else a local Ray instance).")] = None,
     actors: Annotated[int, typer.Option("--actors", help="Ray: encoder actors (one GPU each when the "
                                         "cluster has GPUs).")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="One file: replace an existing file at -o even "
+                                            "if it is read-only or not a vtc token file.")] = False,
 ) -> None:
     """Compress videos into token files (decode → encode → compress → store).
 
@@ -145,13 +147,14 @@ def compress(
     """
     import glob
 
-    from vtc.api import compress as api_compress
-    from vtc.run.config import parse_param
-
-    # one existing file, or one path that is no glob pattern with matches (a missing file is reported as such)
+    # one existing file, or one path that is no glob pattern with matches (a missing file is reported as such);
+    # patterns match recursively ('clips/**/*.avi')
     single = len(inputs) == 1 and not Path(inputs[0]).is_dir() and (
-        Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?[") or not glob.glob(inputs[0]))
+        Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?[")
+        or not glob.glob(inputs[0], recursive=True))
     if not single:
+        if output is not None and output.suffix == ".safetensors" and not output.is_dir():
+            raise _fail(UsageError(f"several inputs go to a directory, not to the file {output}; give -o OUTDIR."))
         _batch(inputs, output, dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
             checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
@@ -164,6 +167,15 @@ def compress(
         return
     input = Path(inputs[0])
     try:
+        from vtc.io.decode import check_input
+
+        check_input(input)  # before torch is imported: a typo costs a fraction of a second, not seconds and a GB
+    except VtcError as e:
+        raise _fail(e) from None
+    from vtc.api import compress as api_compress
+    from vtc.run.config import parse_param
+
+    try:
         params = dict(parse_param(p) for p in (param or []))
         options: dict[str, Any] = dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
@@ -175,24 +187,38 @@ def compress(
         if params:
             options["params"] = params
         show_bar = not quiet and console.is_terminal
+        name = safe(input.name)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, disable=not show_bar, transient=True) as bar:
-            task = bar.add_task(f"{safe(input.name)}: decoding", total=None)
-
-            def progress(kind: str, done: int, total: int | None) -> None:
-                bar.update(task, completed=done, description=f"{safe(input.name)}: {kind}")
-
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show_bar,
+                      transient=True) as bar:
+            tasks: dict[str, Any] = {}
+            said: set[str] = set()
             t_call = time.perf_counter()
-            res = api_compress(input, output=output, preset=preset, progress=progress, **options)
+
+            def progress(stage: str, done: int, total: int | None) -> None:
+                if show_bar:  # one bar per stage, with the planned total and an ETA where it is known
+                    if stage not in tasks:
+                        tasks[stage] = bar.add_task(f"{name}: {stage}", total=total)
+                    bar.update(tasks[stage], completed=done, total=total)
+                elif not quiet and stage not in said:  # not a terminal: one line as each stage starts
+                    said.add(stage)
+                    of = f" ({total} frames)" if total else ""
+                    console.print(f"{name}: {stage}{of} … {time.perf_counter() - _T0:.1f} s", highlight=False)
+
+            res = api_compress(input, output=output, preset=preset, progress=progress, overwrite=overwrite,
+                               **options)
     except VtcError as e:
         raise _fail(e) from None
     if not quiet:
         t = res.timings
         total = time.perf_counter() - _T0
         note = " [yellow](truncated input: kept what decoded)[/]" if res.truncated else ""
+        kept = f"{100 * res.ratio_achieved:.1f} %"
+        if res.ratio_note:  # the ratio asked for was not what the method kept: say so, and why
+            kept = f"[yellow]asked {100 * (res.ratio_asked or 0):.1f} %, got {kept} ({safe(res.ratio_note)})[/]"
         out.print(
             f"{safe(res.output)}: {res.num_tokens} of {res.num_source_tokens} tokens "
-            f"({100 * res.ratio_achieved:.1f}%) in {total:.2f}s — start-up {t_call - _T0:.2f}s, "
+            f"({kept}) in {total:.2f}s — start-up {t_call - _T0:.2f}s, "
             f"model {t.get('load', 0):.2f}s, decode {t.get('decode', 0):.2f}s, encode {t.get('encode', 0):.2f}s, "
             f"compress {t.get('compress', 0):.3f}s, store {t.get('store', 0):.3f}s{note}",
             highlight=False,
@@ -359,13 +385,15 @@ def export(
     to: Annotated[str, typer.Option("--to", help="Engine: vllm or sglang.", show_default=False)],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (torch.save) [default: "
                                                "FILE with .vllm.pt / .sglang.pt]")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at the output.")] = False,
 ) -> None:
-    """Write a token file in the shapes vLLM or SGLang take for precomputed video tokens (Qwen2.5-VL)."""
+    """Write a Qwen2.5-VL or Qwen3-VL target token file in the shapes vLLM or SGLang take for precomputed video
+    tokens."""
     from vtc.export import export as do_export
 
     try:
         out_path = output or file.with_suffix(f".{to}.pt")
-        written = do_export(file, to, out_path)
+        written = do_export(file, to, out_path, overwrite=overwrite)
     except VtcError as e:
         raise _fail(e) from None
     out.print(f"wrote {safe(written)}", highlight=False)
@@ -379,6 +407,8 @@ def show(
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
     png_out: Annotated[Path | None, typer.Option("--png", help="Write a PNG contact sheet.")] = None,
     max_frames: Annotated[int, typer.Option("--max-frames", help="Frames drawn at most (uniformly chosen).")] = 256,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --html/--png even if "
+                                            "vtc did not write it.")] = False,
 ) -> None:
     """Summarise a token file: video, model, method, tokens before → after, tokens per frame.
 
@@ -396,7 +426,7 @@ def show(
                 raise UsageError(f"--video {video}: no such file.")
             for opt, target in (("--html", html_out), ("--png", png_out)):
                 if target is not None:
-                    check_report_path(opt, target)
+                    check_report_path(opt, target, token_file=file, overwrite=overwrite)
             rep = build(file, video, max_frames=max_frames)
             if rep["warning"]:
                 console.print(f"[bold yellow]warning:[/] {safe(rep['warning'])}", highlight=False, soft_wrap=True)
@@ -453,8 +483,18 @@ def _version_of(package: str) -> str | None:
         return None
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: one line saying what state the run leaves, then the usual exit 130."""
+    console.print("[bold yellow]interrupted:[/] stopped; no half-written file is left (outputs are written "
+                  "atomically), and a batch resumes where it stopped.", highlight=False)
+    raise KeyboardInterrupt
+
+
 def run() -> None:
     """Console-script entry point."""
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupted)
     app()
 
 

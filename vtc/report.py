@@ -22,12 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from vtc._version import __version__
 from vtc.errors import MissingDependencyError, UsageError
 from vtc.io.decode import Sampling, content_hash, iter_frames
 from vtc.io.geometry import FrameGeometry
-from vtc.io.store import TokenFile, atomic_write, is_token_file, load
+from vtc.io.store import REPORT_MARK_HTML, TokenFile, atomic_write, check_output, is_token_file, is_vtc_report, load
 from vtc.run.batch import VIDEO_EXTENSIONS
 
+#: the generator mark of an HTML report (what lets a later run replace it: `is_vtc_report`)
+MARK_HTML = REPORT_MARK_HTML.decode() + f' {__version__}">'
 CELL_MAX = 32  # pixels per patch cell in the tiles (tiles are at most 16·32 = 512 px wide)
 MERGE_TINT = 0.2  # how much of a merged token's colour is blended into its cells
 DIM = 0.72  # how much darker a dropped cell is
@@ -274,18 +277,18 @@ def build(file: str | os.PathLike[str], video: str | os.PathLike[str] | None = N
     }
 
 
-def check_report_path(option: str, path: str | os.PathLike[str]) -> None:
-    """A report can be written at `path` (its folder exists and is writable, it is not a folder, and it does not
-    replace a token file or a video), else a UsageError before any drawing."""
+def check_report_path(option: str, path: str | os.PathLike[str], *, token_file: Path | None = None,
+                      overwrite: bool = False) -> None:
+    """A report can be written at `path` (the output checks of every vtc output: not the token file itself, not a
+    folder, a writable folder, and an existing file replaced only when it is a report vtc wrote, or with
+    `overwrite`), else a UsageError before any drawing."""
     p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{option} {p} is a directory; give a file name such as report.html.")
-    if not p.parent.is_dir():
+    if not p.is_dir() and not p.parent.is_dir():
         raise UsageError(f"{option} {p}: the folder {p.parent} does not exist.")
-    if not os.access(p.parent, os.W_OK):
-        raise UsageError(f"{option} {p}: the folder {p.parent} is not writable.")
-    if p.exists() and (is_token_file(p) or p.suffix.lower() in VIDEO_EXTENSIONS):
+    if p.is_file() and (is_token_file(p) or p.suffix.lower() in VIDEO_EXTENSIONS):
         raise UsageError(f"{option} {p} would overwrite a token file or a video; choose another name.")
+    check_output(token_file, p, replaceable=is_vtc_report, overwrite=overwrite, option=option,
+                 kind="a report vtc wrote")
 
 
 def write_html(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -303,7 +306,7 @@ def write_html(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     nopix = "" if report["pixels"] else '<p class="note">No video given: grid maps without pixels.</p>'
     params = html.escape(json.dumps(hd["params"], default=str))
     title = html.escape(str(hd["video"]))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vtc report — {title}</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8">{MARK_HTML}<title>vtc report — {title}</title>
 <style>
 body{{font-family:system-ui,sans-serif;margin:16px;color:#222;background:#fff}}
 h1{{font-size:18px;margin:0 0 8px}} table{{border-collapse:collapse;font-size:13px}}
@@ -370,7 +373,11 @@ def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int
     for k, tile in enumerate(tiles):
         r, c = divmod(k, cols)
         sheet.paste(Image.fromarray(tile), (pad + c * (tw + pad), head + pad + r * (th + pad)))
-    return atomic_write(Path(path), lambda tmp: sheet.save(tmp, format="PNG"))
+    from PIL.PngImagePlugin import PngInfo
+
+    mark = PngInfo()
+    mark.add_text("Software", f"vtc {__version__}")  # what lets a later run replace this sheet (is_vtc_report)
+    return atomic_write(Path(path), lambda tmp: sheet.save(tmp, format="PNG", pnginfo=mark))
 
 
 _TIMELINE_H = 28
