@@ -455,3 +455,196 @@ def test_an_encoder_giving_nan_fails_in_one_line_naming_the_frame(tmp_path: Path
     assert r.output.strip().splitlines()[-1] == error
     assert "NaN" in error and "frame 0" in error and not out.exists()
     nothing_beside(tmp_path)
+
+
+# ---------------------------------------------------------------- hostile inputs: one line, the right code, no hang
+
+
+def preset_cases(tmp_path: Path) -> list[tuple[str, Path, str]]:
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    both = tmp_path / "both.toml"
+    both.write_text("frames = 8\nfps = 2.0\n")
+    plain = tmp_path / "notes"
+    plain.write_text("frames = 8\n")
+    return [("folder", folder, "not a regular file"), ("fifo", fifo, "not a regular file"),
+            ("deep", deep, "nested too deeply"), ("both", both, "more than one way of sampling"),
+            ("not toml", plain, "not a .toml file")]
+
+
+def test_hostile_presets_are_one_line_before_any_work(tmp_path: Path, clip_path: Path, model_args,  # noqa: ANN001
+                                                      no_work: dict[str, int]) -> None:
+    """A folder, a FIFO (which used to hang), a deeply nested TOML (a 3,000-line RecursionError), frames and fps
+    together (fps silently won), a file that is no .toml: each one line, exit 2, nothing done."""
+    for _, preset, message in preset_cases(tmp_path):
+        r = cli("compress", clip_path, "-o", tmp_path / "o.safetensors", "--preset", preset, *flags(model_args))
+        assert message in one_line(r, 2), (preset, r.output)
+    assert no_work == {"decode": 0, "model": 0} and not (tmp_path / "o.safetensors").exists()
+
+
+def crafted(tmp_path: Path, name: str, space: object, drop: tuple[str, ...] = (), add: dict | None = None) -> Path:
+    """A token file (2 frames of a 2×2 grid) whose `space` metadata and tensors are edited as given."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    good = token_file(tmp_path / f"{name}-good.safetensors")
+    with safe_open(str(good), "pt") as h:
+        meta = dict(h.metadata())
+    tensors = {k: v for k, v in load_file(str(good)).items() if k not in drop}
+    tensors.update(add or {})
+    meta["space"] = space if isinstance(space, str) else json.dumps(space)
+    out = tmp_path / f"{name}.safetensors"
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+TARGET_CASES = {
+    "qwen3 without fields": ({"kind": "target", "target": "qwen3-vl"}, "spatial_merge_size"),
+    "qwen3 grid of strings": ({"kind": "target", "target": "qwen3-vl", "spatial_merge_size": 2,
+                               "video_grid_thw": ["2", "4", "4"]}, "video_grid_thw"),
+    "qwen3 no mask": ({"kind": "target", "target": "qwen3-vl", "spatial_merge_size": 1,
+                       "video_grid_thw": [2, 2, 2]}, "retention_mask"),
+    "qwen2.5 no mrope": ({"kind": "target", "target": "qwen2.5-vl", "spatial_merge_size": 1,
+                          "video_grid_thw": [2, 2, 2]}, "mrope_positions"),
+    "not json": ("{target: qwen3-vl", "space"),
+    "unknown kind": ({"kind": "teleport"}, "kind"),
+    "no target": ({"kind": "target"}, "names no target"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TARGET_CASES))
+def test_target_fields_are_checked_by_the_reader(tmp_path: Path, case: str) -> None:
+    """Files claiming a target space without what it carries: `export`, `show`, `show --json` and `--html` are one
+    line, exit 4 (they were KeyError/IndexError tracebacks, or an engine file written with exit 0)."""
+    space, field = TARGET_CASES[case]
+    mask = {"retention_mask": torch.ones(8, dtype=torch.bool)} if "no mrope" in case else None
+    f = crafted(tmp_path, "c", space, add=mask)
+    for args in (["export", f, "--to", "vllm", "-o", tmp_path / "e.pt"], ["show", f], ["show", f, "--json"],
+                 ["show", f, "--html", tmp_path / "r.html"]):
+        r = cli(*args)
+        assert field in one_line(r, 4), (args, r.output)
+    assert not (tmp_path / "e.pt").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_show_checks_every_index_like_html(tmp_path: Path) -> None:
+    """An out-of-range merge_src used to pass `vtc show` with exit 0."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    good = token_file(tmp_path / "g.safetensors")
+    with safe_open(str(good), "pt") as h:
+        meta = dict(h.metadata())
+    tensors = load_file(str(good))
+    tensors["merge_src"][0] = 10**6
+    save_file(tensors, str(tmp_path / "b.safetensors"), metadata=meta)
+    for extra in ([], ["--json"]):
+        assert "merge_src" in one_line(cli("show", tmp_path / "b.safetensors", *extra), 4)
+
+
+VIDEO_META = [{}, {"fps": "fast", "duration": "long", "width": None}, {"path": ["x"], "fps": [1]},
+              {"sha256": 5, "duration": {"a": 1}}]
+
+
+@pytest.mark.parametrize("i", range(len(VIDEO_META)))
+def test_show_survives_incomplete_or_mistyped_metadata(tmp_path: Path, i: int) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    good = token_file(tmp_path / "g.safetensors")
+    with safe_open(str(good), "pt") as h:
+        meta = dict(h.metadata())
+    meta["video"] = json.dumps(VIDEO_META[i])
+    meta["encoder"] = json.dumps({"geometry": {"size": "x"}, "image_size": "big"})
+    meta["info"] = json.dumps({"budget_floor": "x", "windowed": {"a": 1}})
+    meta["ratio_requested"] = "0.5"
+    meta["space"] = json.dumps({"kind": "target", "target": "llava-onevision", "video_grid_thw": "abc"})
+    f = tmp_path / "m.safetensors"
+    save_file(load_file(str(good)), str(f), metadata=meta)
+    for extra in ([], ["--json"], ["--html", tmp_path / "r.html"], ["--png", tmp_path / "r.png"]):
+        r = cli("show", f, *extra)
+        assert r.exit_code in (0, 4) and "Traceback" not in r.output, (extra, r.output)
+        if r.exit_code == 4:
+            one_line(r, 4)
+
+
+@pytest.mark.parametrize("value", ["-1", "-5", "0"])
+def test_show_max_frames_must_be_positive(tmp_path: Path, value: str) -> None:
+    q = token_file(tmp_path / "q.safetensors")
+    assert "--max-frames" in one_line(cli("show", q, "--html", tmp_path / "r.html", "--max-frames", value), 2)
+
+
+def test_show_video_fifo_fails_at_once(tmp_path: Path) -> None:
+    q = token_file(tmp_path / "q.safetensors")
+    fifo = tmp_path / "v.mp4"
+    os.mkfifo(fifo)
+    code = textwrap.dedent(f"""
+        from typer.testing import CliRunner
+        from vtc.cli import app
+        r = CliRunner().invoke(app, ["show", {str(q)!r}, "--html", {str(tmp_path / "r.html")!r}, "--video",
+                                     {str(fifo)!r}])
+        print(r.exit_code, r.output)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("2 ") and "not a regular file" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_recursive_glob_is_a_batch(tmp_path: Path, clip_path: Path, model_args) -> None:  # noqa: ANN001
+    """`vtc compress 'clips/**/*.mp4'` (the README's form) finds videos at any depth; it was 'no such file'."""
+    deep = tmp_path / "clips" / "a" / "b"
+    deep.mkdir(parents=True)
+    shutil.copy(clip_path, deep / "c.mp4")
+    r = cli("compress", f"{tmp_path}/clips/**/*.mp4", "-o", tmp_path / "out", "-m", "pool", "--frames", "2",
+            "--json", *flags(model_args))
+    assert r.exit_code == 0 and json.loads(r.output)["ok"] == 1, r.output
+
+
+def test_a_missing_input_is_named_first_without_torch(tmp_path: Path) -> None:
+    """Offline, with the default model (weights absent): the missing file is the error (exit 2), found before torch
+    is imported."""
+    code = textwrap.dedent("""
+        import sys
+        from typer.testing import CliRunner
+        from vtc.cli import app
+        r = CliRunner().invoke(app, ["compress", "does-not-exist.mp4", "--model", "ViT-L-14", "--pretrained", "x"])
+        print(r.exit_code, "torch" in sys.modules, r.output.strip())
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.stdout.startswith("2 False ") and "no such file" in done.stdout, done.stdout + done.stderr
+    r = cli("compress", tmp_path / "nope.mp4", "--model", "ViT-L-14", "--pretrained", "x")
+    assert "no such file" in one_line(r, 2)
+
+
+def test_ctrl_c_says_what_it_leaves(tmp_path: Path) -> None:
+    """SIGINT exits 130 with one line (it exited 130 without a word)."""
+    import signal
+
+    code = textwrap.dedent(f"""
+        import sys, time
+        import vtc.api
+        def slow(*a, **k):
+            print("ready", flush=True)
+            time.sleep(60)
+        vtc.api.compress = slow
+        from vtc.testing import write_video
+        sys.argv = ["vtc", "compress", {str(tmp_path / "v.mp4")!r}]
+        import numpy as np
+        write_video({str(tmp_path / "v.mp4")!r}, [np.zeros((16, 16, 3), np.uint8)] * 2, fps=2)
+        from vtc.cli import run
+        run()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err

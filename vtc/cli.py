@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from vtc._version import __version__
-from vtc.errors import UsageError, VtcError
+from vtc.errors import FormatError, UsageError, VtcError
 
 #: when the command line started (the summary accounts for the whole wall time, imports included)
 _T0 = time.perf_counter()
@@ -415,19 +415,25 @@ def show(
     With --html/--png, draw which patches were kept (clear), dropped (dimmed) and merged (one colour per output
     token), with a timeline of tokens per frame and the temporal segments.
     """
+    from vtc.io.decode import check_input
     from vtc.show import summary, summary_table
 
     try:
+        if max_frames < 1:
+            raise UsageError(f"--max-frames must be ≥ 1, not {max_frames}.")
         info = summary(file)
         if html_out or png_out:
             from vtc.report import build, check_report_path, write_html, write_png
 
-            if video is not None and not video.exists():
-                raise UsageError(f"--video {video}: no such file.")
+            if video is not None:
+                check_input(video)  # a missing file, a folder or a FIFO (which would wait forever)
             for opt, target in (("--html", html_out), ("--png", png_out)):
                 if target is not None:
                     check_report_path(opt, target, token_file=file, overwrite=overwrite)
-            rep = build(file, video, max_frames=max_frames)
+            try:
+                rep = build(file, video, max_frames=max_frames)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # metadata of odd shapes
+                raise _metadata_error(file, e) from None
             if rep["warning"]:
                 console.print(f"[bold yellow]warning:[/] {safe(rep['warning'])}", highlight=False, soft_wrap=True)
             if html_out:
@@ -439,10 +445,18 @@ def show(
     if as_json:
         print_json(info)
     else:
-        summary_table(info, out)
+        try:
+            summary_table(info, out)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # metadata of odd shapes
+            raise _fail(_metadata_error(file, e)) from None
         for p in (html_out, png_out):
             if p:
                 out.print(f"wrote {safe(p)}", highlight=False)
+
+
+def _metadata_error(file: Path, e: Exception) -> FormatError:
+    """A token file whose metadata passed the reader's checks but not the report's use of it."""
+    return FormatError(f"{file}: its metadata is incomplete or inconsistent ({type(e).__name__}: {str(e)[:80]}).")
 
 
 @app.command()

@@ -235,7 +235,10 @@ def check_video(f: TokenFile, video: str | os.PathLike[str] | None) -> str | Non
         return None
 
     want = (f.meta.get("video") or {}).get("sha256")
-    if want and content_hash(video) != want:
+    if not want:
+        return (f"{f.path} records no source video (or no content hash of it): {video} is drawn as given, and may "
+                f"not be the video the tokens came from.")
+    if content_hash(video) != want:
         return (f"{video} is not the video this file was made from (content hash differs): the pictures below "
                 f"do not match the tokens.")
     return None

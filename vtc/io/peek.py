@@ -20,6 +20,8 @@ from vtc.errors import FormatError, InputError
 FORMAT_NAME = "vtc-tokens"
 FORMAT_VERSION = "1"
 REQUIRED = ("tokens", "positions", "timestamps", "frame_times", "sizes", "source", "merge_src", "merge_dst", "merge_w")
+#: the tensors whose values (index ranges, finiteness) the readers check
+CHECKED = ("positions", "frame_times", "segments", "source", "merge_src", "merge_dst", "merge_w", "sizes")
 #: metadata keys whose values are JSON
 JSON_KEYS = ("params", "grid", "image_size", "signals", "sampling", "video", "encoder", "info", "decode", "features",
              "pre_encoder", "space", "newline")
@@ -306,7 +308,7 @@ def peek(path: str | os.PathLike[str]) -> Peek:
     shapes = header_shapes(p, header)
     try:
         with safe_open(str(p), framework="np") as f:
-            arrays = {n: f.get_tensor(n) for n in ("positions", "frame_times", "segments") if n in header}
+            arrays = {n: f.get_tensor(n) for n in CHECKED if n in header}  # every index range, as `load` checks
     except Exception as e:  # safetensors raises its own error types
         raise FormatError(f"{p}: cannot read its tensors ({str(e)[:200]}).") from None
     check_contents(p, meta, shapes, arrays)

@@ -39,7 +39,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from vtc.errors import FormatError, UsageError, VtcError
-from vtc.io.peek import FORMAT_NAME, FORMAT_VERSION, check_contents, check_header, header_shapes, read_header
+from vtc.io.peek import CHECKED, FORMAT_NAME, FORMAT_VERSION, check_contents, check_header, header_shapes, read_header
 from vtc.reduction import Reduction
 from vtc.stages.window import WindowedReduction
 
@@ -270,7 +270,7 @@ def check_written(path: Path, tmp: Path) -> None:
         meta = check_header(tmp, header)
         shapes = header_shapes(tmp, header)
         with safe_open(str(tmp), framework="np") as f:
-            arrays = {n: f.get_tensor(n) for n in _CHECKED if n in header}
+            arrays = {n: f.get_tensor(n) for n in CHECKED if n in header}
         check_contents(path, meta, shapes, arrays)
     except FormatError as e:
         raise FormatError(f"refusing to write {path}, which vtc's reader would reject: "
@@ -342,10 +342,6 @@ def _read(path: Path, error: type[VtcError], hint: str) -> tuple[dict[str, str],
         raise error(f"{path}: not a safetensors file ({e}). {hint}") from None
 
 
-#: the tensors whose values (index ranges, finiteness) the reader checks
-_CHECKED = ("positions", "frame_times", "segments", "source", "merge_src", "merge_dst", "merge_w", "sizes")
-
-
 def load(path: str | os.PathLike[str]) -> TokenFile:
     """Read and validate a vtc token file.  Raises FormatError with what is wrong."""
     path = Path(path)
@@ -353,7 +349,7 @@ def load(path: str | os.PathLike[str]) -> TokenFile:
     meta = check_header(path, header)  # format, version, required tensors, metadata decoding
     shapes = header_shapes(path, header)
     _, tensors = _read(path, FormatError, "Is it a vtc token file?")
-    arrays = {n: tensors[n].numpy() for n in _CHECKED if n in tensors}
+    arrays = {n: tensors[n].numpy() for n in CHECKED if n in tensors}
     check_contents(path, meta, shapes, arrays)  # every shape, dtype and index range: a FormatError, exit 4
     return TokenFile(path, tensors, meta)
 
