@@ -648,3 +648,28 @@ def test_ctrl_c_says_what_it_leaves(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+
+
+def test_offline_query_with_a_hub_tokenizer_fails_in_one_line(tmp_path: Path, clip_path: Path,  # noqa: ANN001
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose tokenizer lives on the hub (SigLIP's), the hub unreachable: offline-ness is decided once, the
+    error is one line (exit 3), and the process is switched to the local cache (no retry loop, no warnings)."""
+    import huggingface_hub.constants as hc
+
+    from vtc.testing import TINY_TEXT, save_random_checkpoint, tiny_clip_config
+
+    conf = tiny_clip_config(tmp_path / "hubtok.json")
+    cfg = json.loads(conf.read_text())
+    cfg["text_cfg"] = {**TINY_TEXT, "hf_tokenizer_name": "timm/vtc-never-cached-tokenizer"}
+    conf.write_text(json.dumps(cfg))
+    ckpt = save_random_checkpoint(conf, tmp_path / "hubtok.pt")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # restored afterwards, whatever the run sets
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", hc.HF_HUB_OFFLINE)
+    monkeypatch.setenv("VTC_HUB_HOST", "127.0.0.1")  # nothing listens on 443 here: unreachable at once
+    out = tmp_path / "o.safetensors"
+    r = cli("compress", clip_path, "-o", out, "-m", "budgeted", "-p", "budget=query", "--query", "a square",
+            "--frames", "2", "--model", conf, "--checkpoint", ckpt)
+    assert r.exit_code == 3 and "Traceback" not in r.output, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "tokenizer" in errors[0] and "warn" not in r.output.lower()
+    assert hc.HF_HUB_OFFLINE is True and not out.exists()

@@ -265,12 +265,27 @@ def _weights_cache_empty() -> bool:
 
 
 def _hub_offline() -> None:
+    """Use the local caches only, from now on in this process (huggingface_hub and transformers)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import huggingface_hub.constants as hc
 
         hc.HF_HUB_OFFLINE = True
     except ImportError:  # pragma: no cover
         pass
+
+
+def _hub_tokenizer(name: str) -> bool:
+    """Whether open_clip's tokenizer for model `name` comes from the Hugging Face hub (SigLIP's and others')."""
+    import open_clip
+
+    if name.startswith("hf-hub:"):
+        return True
+    try:
+        cfg = open_clip.get_model_config(name) or {}
+    except Exception:  # an unknown name: open_clip says so itself
+        return False
+    return bool((cfg.get("text_cfg") or {}).get("hf_tokenizer_name"))
 
 
 @contextlib.contextmanager
@@ -430,8 +445,11 @@ class Encoder(FrameGrid):
         """The text tower's embedding of `text`, L2-normalised: [D'] float32 CPU (same space as `pooled`)."""
         import open_clip
 
+        if _hub_tokenizer(self.name) and not _hub_reachable():
+            _hub_offline()  # decided once: the local cache or a one-line error in seconds, never minutes of retries
         try:
-            tokenizer = open_clip.get_tokenizer(self.name)
+            with _quiet_logs():
+                tokenizer = open_clip.get_tokenizer(self.name)
             tokens = tokenizer([text]).to(self.device)
         except ModuleNotFoundError as e:
             raise MissingDependencyError(
