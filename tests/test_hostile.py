@@ -673,3 +673,57 @@ def test_offline_query_with_a_hub_tokenizer_fails_in_one_line(tmp_path: Path, cl
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "tokenizer" in errors[0] and "warn" not in r.output.lower()
     assert hc.HF_HUB_OFFLINE is True and not out.exists()
+
+
+# ---------------------------------------------------------------- honest progress and results
+
+
+def test_the_result_line_says_when_the_ratio_was_not_kept(tmp_path: Path, clip_path: Path,  # noqa: ANN001
+                                                          model_args) -> None:
+    out = tmp_path / "o.safetensors"
+    r = cli("compress", clip_path, "-o", out, "-m", "none", "-r", "0.25", "--frames", "2", *flags(model_args))
+    assert r.exit_code == 0, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert "asked 25.0 %, got 100.0 %" in last and "keeps at least" in last, last
+    r = cli("compress", clip_path, "-o", out, "-m", "uniform", "-r", "0.25", "--frames", "2", *flags(model_args))
+    last = r.output.strip().splitlines()[-1]
+    assert "(25.0 %)" in last and "asked" not in last, last  # kept what was asked: nothing to explain
+
+
+def test_progress_names_each_stage_with_its_total(tmp_path: Path, clip_path: Path, model_args) -> None:  # noqa: ANN001
+    """The callback hears loading, decoding and encoding with the planned frame count (it was always None, and the
+    stage was wrong while encoding); without a terminal the CLI prints one line as each stage starts."""
+    seen: list[tuple[str, int, int | None]] = []
+    vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="pool", frames=4,
+                 progress=lambda *a: seen.append(a), **model_args("clip"))
+    stages = list(dict.fromkeys(s for s, _, _ in seen))
+    assert stages == ["loading model", "decoding", "encoding", "compressing and writing"], seen
+    assert {t for s, _, t in seen if s in ("decoding", "encoding")} == {4}
+    assert max(d for s, d, _ in seen if s == "encoding") == 4
+    r = cli("compress", clip_path, "-o", tmp_path / "o.safetensors", "-m", "pool", "--frames", "4",
+            *flags(model_args))
+    lines = r.output.strip().splitlines()
+    assert [line.split(":")[1].split("…")[0].strip() for line in lines[:-1]] == [
+        "loading model", "decoding (4 frames)", "encoding (4 frames)", "compressing and writing"], r.output
+
+
+def test_a_query_report_draws_the_relevance_that_set_the_budget(tmp_path: Path, clip_path: Path,  # noqa: ANN001
+                                                                 model_args) -> None:
+    out = tmp_path / "q.safetensors"
+    vtc.compress(clip_path, output=out, method="budgeted", params={"budget": "query"}, ratio=0.5, frames=4,
+                 query="a white square", **model_args("clip"))
+    r = cli("show", out, "--html", tmp_path / "r.html")
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "r.html").read_text()
+    assert "red: query relevance" in page and 'id="saliency"' in page and "audio saliency" not in page
+
+
+def test_the_last_tick_label_stays_inside_the_timeline() -> None:
+    import re
+
+    from vtc.report import _timeline_svg
+
+    svg = _timeline_svg([1] * 1000, None, None, width=900)
+    ticks = re.findall(r'class="tick" x="([\d.]+)"[^>]*text-anchor="(\w+)">(\d+)<', svg)
+    x, anchor, label = ticks[-1]
+    assert label == "999" and (anchor == "end" and float(x) <= 900 or float(x) + 3 * 6 <= 900), ticks

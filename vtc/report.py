@@ -3,7 +3,8 @@
 For every sampled frame: the frame as the encoder saw it (when the video is at hand) with kept patches clear,
 dropped ones dimmed, and merged tokens drawn as regions in one colour per output token — so a temporal merge
 shows the same colour across frames. Below: a timeline of tokens per frame with the temporal segments, and the
-audio saliency when the audio guided the budget. Without the video, the same maps are drawn without pixels.
+curve that steered the budget (query relevance, or audio saliency) in red. Without the video, the same maps are
+drawn without pixels.
 
 Needs Pillow (`pip install 'vtc[show]'`).
 """
@@ -151,9 +152,11 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _timeline_svg(per_frame: list[int], segments: list[list[int]] | None, saliency: list[float] | None,
-                  width: int = 900, height: int = 120) -> str:
-    """Tokens per frame as bars over the temporal segments (named S0, S1, ...), with labelled axes."""
+def _timeline_svg(per_frame: list[int], segments: list[list[int]] | None,
+                  curve: tuple[str, list[float]] | None, width: int = 900, height: int = 120) -> str:
+    """Tokens per frame as bars over the temporal segments (named S0, S1, ...), with labelled axes, and the curve
+    that steered the budget (query relevance or audio saliency) in red."""
+    curve_name, saliency = curve if curve else ("", None)
     t = max(len(per_frame), 1)
     left, bottom = 40, 34  # room for the y labels and the x axis
     plot_w = width - left
@@ -196,9 +199,11 @@ def _timeline_svg(per_frame: list[int], segments: list[list[int]] | None, salien
                  f'<text x="{left - 30}" y="{height / 2}" font-size="10" transform="rotate(-90 {left - 30} '
                  f'{height / 2})" text-anchor="middle">tokens</text>')
     for i in sorted({0, (t - 1) // 2, t - 1}):
-        parts.append(f'<text class="tick" x="{left + (i + 0.5) * bw:.1f}" y="{height + 13}" font-size="10" '
-                     f'text-anchor="middle">{i}</text>')
-    label = "frame index (tokens per frame" + ("; red: audio saliency" if saliency else "") + \
+        x = left + (i + 0.5) * bw
+        anchor = "end" if x + 4 * len(str(i)) > width else "middle"  # the last label stays inside the picture
+        parts.append(f'<text class="tick" x="{min(x, width - 1):.1f}" y="{height + 13}" font-size="10" '
+                     f'text-anchor="{anchor}">{i}</text>')
+    label = "frame index (tokens per frame" + (f"; red: {curve_name}" if saliency else "") + \
         ("; shaded bands: temporal segments" if drawn else "") + \
         (f"; {len(segments)} temporal segments, too many to shade" if segments and not drawn else "") + ")"
     parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height + 28}" font-size="11" text-anchor="middle">'
@@ -224,9 +229,14 @@ def describe_view(geo: FrameGeometry) -> str:
     }.get(geo.resize_mode, geo.resize_mode)
 
 
-def _saliency(f: TokenFile) -> list[float] | None:
-    sal = f.tensors.get("audio_saliency")
-    return None if sal is None else [float(v) for v in sal.float().tolist()]
+def _saliency(f: TokenFile) -> tuple[str, list[float]] | None:
+    """The curve that steered the budget, drawn over the timeline: the query relevance per frame when the run had
+    a --query (it set the budget), else the audio saliency when the method used it.  → (name, values) or None."""
+    for name, label in (("relevance", "query relevance"), ("audio_saliency", "audio saliency")):
+        sal = f.tensors.get(name)
+        if sal is not None and sal.numel():
+            return label, [float(v) for v in sal.float().reshape(-1).tolist()]
+    return None
 
 
 def check_video(f: TokenFile, video: str | os.PathLike[str] | None) -> str | None:
