@@ -727,3 +727,16 @@ def test_the_last_tick_label_stays_inside_the_timeline() -> None:
     ticks = re.findall(r'class="tick" x="([\d.]+)"[^>]*text-anchor="(\w+)">(\d+)<', svg)
     x, anchor, label = ticks[-1]
     assert label == "999" and (anchor == "end" and float(x) <= 900 or float(x) + 3 * 6 <= 900), ticks
+
+
+# ---------------------------------------------------------------- tests that say what they skipped
+
+
+def test_a_run_without_the_shared_folder_says_what_it_skipped(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VTC_GOLDEN_DIR": str(tmp_path / "no-golden"),
+           "VTC_MEDIA_DIR": str(tmp_path / "no-media")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_media.py"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("vtc: ")]
+    assert "skipped" in line and "VTC_GOLDEN_DIR" in line and "VTC_MEDIA_DIR" in line
