@@ -740,3 +740,68 @@ def test_a_run_without_the_shared_folder_says_what_it_skipped(tmp_path: Path) ->
     assert done.returncode == 0, done.stdout[-2000:]
     (line,) = [x for x in done.stdout.splitlines() if x.startswith("vtc: ")]
     assert "skipped" in line and "VTC_GOLDEN_DIR" in line and "VTC_MEDIA_DIR" in line
+
+
+# ---------------------------------------------------------------- discoverability
+
+
+def test_methods_name_describes_one_method_and_the_list_reads_as_blocks() -> None:
+    r = cli("methods", "fastvid")
+    assert r.exit_code == 0 and r.output.startswith("fastvid") and "parameters" in r.output, r.output
+    assert "\ntome" not in r.output and "paper:" in r.output
+    one = json.loads(cli("methods", "dycoke:reference", "--json").output)
+    assert [m["name"] for m in one] == ["dycoke"]
+    assert "unknown method" in one_line(cli("methods", "fastvidd"), 2).lower()
+    listing = cli("methods").output
+    assert "\n\nfastvid — " in listing and "\n\ntome — " in listing  # a blank line before each method
+
+
+def test_presets_are_listed() -> None:
+    from vtc.run.config import list_presets
+
+    rows = json.loads(cli("presets", "--json").output)
+    assert [r["name"] for r in rows] == list(list_presets()) and rows
+    text = cli("presets").output
+    assert all(r["name"] in text for r in rows) and "--preset NAME" in text
+
+
+def test_doctor_reports_optional_parts_and_cached_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    r = cli("doctor")
+    assert r.exit_code == 0, r.output
+    for word in ("Pillow", "Ray", "model weights cached"):
+        assert word in r.output
+    assert "random-checkpoint" in r.output  # nothing cached: says how to try offline
+    (tmp_path / "hub" / "models--timm--ViT-B-16-SigLIP").mkdir(parents=True)
+    assert "timm/ViT-B-16-SigLIP" in cli("doctor").output
+
+
+def test_a_random_checkpoint_for_offline_trials(tmp_path: Path, clip_path: Path) -> None:
+    from vtc.testing import tiny_clip_config
+
+    conf = tiny_clip_config(tmp_path / "arch.json")
+    out = tmp_path / "w.pt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "vtc.testing", "random-checkpoint", str(conf), str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and out.exists(), done.stderr
+    r = cli("compress", clip_path, "-o", tmp_path / "o.safetensors", "-m", "pool", "--frames", "2", "--model", conf,
+            "--checkpoint", out)
+    assert r.exit_code == 0, r.output
+    done = subprocess.run([sys.executable, "-m", "vtc.testing", "random-checkpoint", "ViT-Q-99", str(tmp_path / "x")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "unknown model" in done.stderr
+
+
+def test_two_inputs_and_a_file_output_is_one_line(tmp_path: Path, clip_path: Path, model_args) -> None:  # noqa: ANN001
+    r = cli("compress", clip_path, clip_path, "-o", tmp_path / "out.safetensors", *flags(model_args))
+    assert "directory" in one_line(r, 2) and not (tmp_path / "out.safetensors").exists()
+
+
+def test_cosmetic_messages() -> None:
+    from vtc.io.encode import _fetch_error
+
+    assert "/openai" not in str(_fetch_error(None, "hf-hub:timm/ViT-B-16-SigLIP", "openai", offline=True))
+    assert "ViT-B-16/openai" in str(_fetch_error(None, "ViT-B-16", "openai", offline=True))
+    with pytest.raises(UsageError, match="compress-features"):
+        vtc.compress_features(torch.randn(2, 4, 8), method="fastvid", ratio=0.5)

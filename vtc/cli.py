@@ -341,12 +341,22 @@ def compress_features_cmd(
 
 @app.command()
 def methods(
+    name: Annotated[str | None, typer.Argument(help="One method to describe (e.g. fastvid); all when omitted.",
+                                               show_default=False, metavar="[NAME]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List every compression method: its default ratio, variants, signals and parameters."""
+    """List every compression method (or describe one): its default ratio, variants, signals and parameters."""
     from vtc.methods import all_methods
 
     specs = all_methods()
+    if name is not None:
+        from vtc.methods.registry import parse_method
+
+        try:
+            spec, _ = parse_method(name)
+        except VtcError as e:
+            raise _fail(e) from None
+        specs = [spec]
     if as_json:
         print_json([
             {"name": s.name, "summary": s.summary, "signals": list(s.signals), "optional_signals":
@@ -358,24 +368,61 @@ def methods(
                         for p in s.params]}
             for s in specs])
         return
-    for s in specs:
-        out.print(f"[bold cyan]{s.name}[/] — {s.summary}", highlight=False)
+    for i, s in enumerate(specs):
+        if i:
+            out.print()  # one blank line between methods: each reads as a block
+        out.print(f"[bold cyan]{s.name}[/] — {safe(s.summary)}", highlight=False)
+        if name is not None and s.paper:
+            out.print(f"  paper: {safe(s.paper)}", highlight=False)
         ratio = f"{s.paper_ratio:g}" if s.paper_ratio is not None else "none (its own knob sets the count)"
         out.print(f"  default ratio: {ratio}", style="dim", highlight=False)
         for v, settings in s.variants.items():
             knobs = ", ".join(f"{k}={val!r}" for k, val in settings.items())
-            out.print(f"  variant [bold]{s.name}:{v}[/]: {knobs}", style="dim", highlight=False)
+            out.print(f"  variant [bold]{s.name}:{v}[/]: {safe(knobs)}", style="dim", highlight=False)
         if s.signals:
             out.print(f"  needs: {', '.join(s.signals)}", style="dim", highlight=False)
         if s.in_encoder is not None:
             out.print("  runs inside the encoder (between its blocks; not on --target or precomputed features)",
                       style="dim", highlight=False)
+        if s.params:
+            out.print("  parameters (-p NAME=VALUE):", style="dim", highlight=False)
         for p in s.params:
             author = f" (authors: {p.author_name})" if p.author_name and p.author_name != p.name else ""
             allowed = f" one of {', '.join(map(str, p.choices))}" if p.choices else ""
             if p.lo is not None or p.hi is not None:
                 allowed = f" in {p.describe_range()}"
-            out.print(f"  [green]{p.name}[/]={p.default!r}{author}: {p.help}{allowed}", highlight=False)
+            out.print(f"    [green]{p.name}[/]={safe(repr(p.default))}{author}: {safe(p.help)}{allowed}",
+                      highlight=False)
+
+
+@app.command()
+def presets(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the named presets (--preset NAME): their description and settings."""
+    import tomllib
+
+    from vtc.run.config import list_presets
+
+    rows = []
+    for preset_name, path in list_presets().items():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        rows.append({"name": preset_name, "path": str(path), "description": data.pop("description", ""),
+                     "settings": data})
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        settings = ", ".join(f"{k}={v!r}" for k, v in row["settings"].items() if k != "params")
+        params = ", ".join(f"{k}={v!r}" for k, v in (row["settings"].get("params") or {}).items())
+        out.print(f"[bold cyan]{safe(row['name'])}[/] — {safe(row['description'])}", highlight=False)
+        out.print(f"  {safe(settings)}" + (f"; params: {safe(params)}" if params else ""), style="dim",
+                  highlight=False)
+    out.print("Use one with --preset NAME, or --preset FILE.toml; explicit options override it.", style="dim",
+              highlight=False)
 
 
 @app.command()
@@ -474,6 +521,9 @@ def doctor() -> None:
     row("FFmpeg libavcodec", ".".join(map(str, av.library_versions.get("libavcodec", ()))))
     row("open_clip", _version_of("open_clip_torch") or "not installed")
     row("transformers (--target)", _version_of("transformers") or "not installed: pip install 'vtc[hf]'")
+    row("Pillow (show --html/--png)", _version_of("pillow") or "not installed: pip install 'vtc[show]'")
+    row("Ray (--engine ray)", _version_of("ray") or "not installed: pip install 'vtc[ray]'")
+    row("model weights cached", _cached_weights())
     import torch
 
     from vtc.io.encode import pick_device, pick_dtype
@@ -486,6 +536,18 @@ def doctor() -> None:
     row("device", str(dev))
     row("dtype", str(pick_dtype(dev, "auto")).replace("torch.", ""))
     row("threads", str(torch.get_num_threads()))
+
+
+def _cached_weights() -> str:
+    """What the Hugging Face hub cache holds (open_clip and transformers load from it), without importing them."""
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    hub = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub"))
+    models = sorted(p.name[len("models--"):].replace("--", "/") for p in hub.glob("models--*")) if hub.is_dir() else []
+    if not models:
+        return (f"none in {hub}: the first run downloads them (network needed), or pass --checkpoint; "
+                f"python -m vtc.testing random-checkpoint MODEL OUT.pt makes random weights for offline trials")
+    return f"{len(models)} in {hub}: " + ", ".join(models[:6]) + (" …" if len(models) > 6 else "")
 
 
 def _version_of(package: str) -> str | None:

@@ -302,10 +302,15 @@ def _quiet_logs() -> Iterator[None]:
             logging.getLogger(n).setLevel(lvl)
 
 
+def _weights_name(name: str, pretrained: str | None) -> str:
+    """'ViT-B-16/openai'; an hf-hub id alone (the repository is the weights: a tag means nothing there)."""
+    return name if name.startswith("hf-hub:") or not pretrained else f"{name}/{pretrained}"
+
+
 def _fetch_error(e: Exception | None, name: str, pretrained: str | None, offline: bool = False) -> ModelError:
     if offline:
         return ModelError(
-            f"cannot fetch weights for {name}{'/' + pretrained if pretrained else ''}: the model hub is unreachable "
+            f"cannot fetch weights for {_weights_name(name, pretrained)}: the model hub is unreachable "
             f"(offline?) and they "
             f"are not in the local cache. Run once with network access (weights are cached under "
             f"~/.cache/huggingface), or pass --checkpoint PATH to a local weights file for this architecture."
@@ -313,7 +318,7 @@ def _fetch_error(e: Exception | None, name: str, pretrained: str | None, offline
     if isinstance(e, (RuntimeError, KeyError, ValueError)) and "download" not in str(e).lower():
         return ModelError(f"cannot create model '{name}': {str(e).splitlines()[0][:300] if str(e) else e!r}")
     return ModelError(
-        f"cannot fetch weights for {name}/{pretrained or ''} ({type(e).__name__}: "
+        f"cannot fetch weights for {_weights_name(name, pretrained)} ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:200] if str(e) else 'no network?'}). Run once with network access "
         f"(weights are cached under ~/.cache/huggingface), or pass --checkpoint PATH to a local weights file "
         f"for this architecture."
