@@ -14,6 +14,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -805,3 +806,25 @@ def test_cosmetic_messages() -> None:
     assert "ViT-B-16/openai" in str(_fetch_error(None, "ViT-B-16", "openai", offline=True))
     with pytest.raises(UsageError, match="compress-features"):
         vtc.compress_features(torch.randn(2, 4, 8), method="fastvid", ratio=0.5)
+
+
+def test_dropped_cells_show_on_a_black_picture() -> None:
+    from vtc.report import Maps, palette, render_tile
+
+    state = np.array([[[1, 0], [0, 1]]], np.uint8)
+    maps = Maps(state, np.array([[[0, -1], [-1, 1]]]), np.zeros_like(state, bool))
+    tile = render_tile(maps, 0, 16, np.zeros((32, 32, 3), np.uint8), palette(2))
+    kept, dropped = tile[:16, :16], tile[:16, 16:]
+    assert kept.max() == 0 and dropped.max() > 60  # the kept cell is the (black) picture; the dropped one is framed
+    assert tile[8, 24].max() == 0  # its centre stays the dimmed picture
+
+
+def test_reported_tables_and_target_models_read_as_words(tmp_path: Path) -> None:
+    from vtc.report import _model_line
+
+    f = vtc.compress_features(torch.randn(4, 4, 8), method="uniform", ratio=0.5, window=2).save(
+        tmp_path / "w.safetensors")
+    r = cli("show", f)
+    assert r.exit_code == 0 and "windowed=(" in r.output and "{'" not in r.output, r.output
+    target = {"space": {"kind": "target", "target": "qwen3-vl", "checkpoint": "ckpt"}, "layer": "-2"}
+    assert _model_line(target) == "qwen3-vl vision path of ckpt"

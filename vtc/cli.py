@@ -75,7 +75,7 @@ def main(
 @app.command()
 def compress(
     inputs: Annotated[list[str], typer.Argument(help="Video file(s), directories (recursive) or glob patterns.",
-                                                show_default=False)],
+                                                show_default=False, metavar="VIDEO")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Token file to write [default: beside the "
                                                "input, .safetensors]; for several inputs, the output directory "
                                                "(the input tree is mirrored under it).")] = None,
@@ -83,8 +83,8 @@ def compress(
                                                "lists them [default: fastvid]")] = None,
     ratio: Annotated[float | None, typer.Option("-r", "--ratio", help="Fraction of tokens to keep, in (0, 1] "
                                                 "[default: the method's paper setting]")] = None,
-    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter key=value "
-                                                    "(repeatable), e.g. -p tau=0.8")] = None,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", metavar="KEY=VALUE", help="Method parameter "
+                                                    "key=value (repeatable), e.g. -p tau=0.8")] = None,
     frames: Annotated[int | None, typer.Option("--frames", "-t", help="Sample T frames uniformly "
                                                "[default: 32; llava-video target: 64]")] = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Sample F frames per second instead.")] = None,
@@ -293,16 +293,17 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
 
 @app.command("compress-features")
 def compress_features_cmd(
-    features: Annotated[Path, typer.Argument(help="safetensors file with 'features' [T, N, D] (or [T, h, w, D]) "
-                                             "and optional signals under vtc's names (attn, pooled, keys, …).",
+    features: Annotated[Path, typer.Argument(metavar="FEATURES", help="safetensors file with 'features' [T, N, D] "
+                                             "(or [T, h, w, D]) and optional signals under vtc's names (attn, "
+                                             "pooled, keys, …).",
                                              show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Token file to write.")],
     method: Annotated[str, typer.Option("-m", "--method", help="Method, or method:variant (e.g. "
                                         "dycoke:reference); 'vtc methods' lists them.")] = "fastvid",
     ratio: Annotated[float | None, typer.Option("-r", "--ratio", help="Fraction of tokens to keep, in (0, 1] "
                                                 "[default: the method's paper setting]")] = None,
-    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter key=value "
-                                                    "(repeatable).")] = None,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", metavar="KEY=VALUE", help="Method parameter "
+                                                    "key=value (repeatable).")] = None,
     grid: Annotated[str | None, typer.Option("--grid", help="Patch grid h,w [default: the file's 'grid' "
                                              "metadata, else a square N].")] = None,
     dtype_out: Annotated[str, typer.Option("--dtype-out", help="Stored token dtype: float16, bfloat16, "

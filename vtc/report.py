@@ -35,6 +35,7 @@ MARK_HTML = REPORT_MARK_HTML.decode() + f' {__version__}">'
 CELL_MAX = 32  # pixels per patch cell in the tiles (tiles are at most 16·32 = 512 px wide)
 MERGE_TINT = 0.2  # how much of a merged token's colour is blended into its cells
 DIM = 0.72  # how much darker a dropped cell is
+DROPPED_EDGE = (110, 110, 110)  # the frame drawn round a dropped cell (seen on black and on white pictures)
 TILE_TARGET = 192  # aim for tiles about this wide
 
 
@@ -126,6 +127,12 @@ def render_tile(maps: Maps, t: int, cell: int, base: np.ndarray | None, colours:
     tint_up = np.repeat(np.repeat(tint, cell, 0), cell, 1)
     img = img * (1 - MERGE_TINT * merged) + tint_up * MERGE_TINT * merged  # light: the picture stays visible
     out = img.clip(0, 255).astype(np.uint8)
+    if cell >= 6:  # dropped cells get a thin grey frame: dimming alone is invisible on a dark picture
+        grey = np.array(DROPPED_EDGE, np.uint8)
+        for r, c in zip(*np.nonzero(state == 0), strict=True):
+            y, x = r * cell, c * cell
+            out[y, x : x + cell] = out[y + cell - 1, x : x + cell] = grey
+            out[y : y + cell, x] = out[y : y + cell, x + cell - 1] = grey
     if cell >= 6:  # each merged token's region gets an edge in its colour where it meets another token
         edge = max(1, cell // 10)
         for r, c in zip(*np.nonzero(state == 2), strict=True):
@@ -229,6 +236,17 @@ def describe_view(geo: FrameGeometry) -> str:
     }.get(geo.resize_mode, geo.resize_mode)
 
 
+def _model_line(m: dict[str, Any]) -> str:
+    """Which model made the tokens: a target's vision path (its own layer choice), or the open_clip tower and the
+    block read."""
+    space = m.get("space") if isinstance(m.get("space"), dict) else {}
+    if space.get("kind") == "target":
+        return f"{space.get('target')} vision path of {space.get('checkpoint')}"
+    if not m.get("model"):
+        return "features from your own encoder (compress_features)"
+    return f"{m.get('model')} {m.get('pretrained') or ''} layer {m.get('layer')}".replace("  ", " ")
+
+
 def _saliency(f: TokenFile) -> tuple[str, list[float]] | None:
     """The curve that steered the budget, drawn over the timeline: the query relevance per frame when the run had
     a --query (it set the budget), else the audio saliency when the method used it.  → (name, values) or None."""
@@ -279,7 +297,7 @@ def build(file: str | os.PathLike[str], video: str | os.PathLike[str] | None = N
         "times": [float(x) for x in f["frame_times"].tolist()],
         "header": {
             "video": (m.get("video") or {}).get("path", "?"),
-            "model": f"{m.get('model')} {m.get('pretrained') or ''} layer {m.get('layer')}".strip(),
+            "model": _model_line(m),
             "method": m.get("method"),
             "params": m.get("params", {}),
             "tokens": f"{t * h * w} → {f.tokens.shape[0]} ({100 * float(m.get('ratio_achieved') or 0):.1f}% kept)",

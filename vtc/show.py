@@ -36,6 +36,13 @@ def num(value: object, spec: str) -> str:
     return "?" if value is None else str(value)[:40]
 
 
+def _fact(value: object) -> str:
+    """A reported value in words: a table as `(key=value, ...)`, not a Python dict."""
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k}={_fact(v)}" for k, v in value.items()) + ")"
+    return str(value)
+
+
 def sparkline(values: list[int], width: int = 64) -> str:
     """Unicode sparkline of `values` (resampled to at most `width` cells)."""
     if not values:
@@ -142,7 +149,7 @@ def summary_table(info: dict[str, Any], console: Console) -> None:
     facts = {k: v for k, v in (info["info"] or {}).items()
              if k not in info["params_effective"] and (not isinstance(v, list) or len(v) <= 8)}
     if facts:
-        table.add_row("reported", ", ".join(f"{k}={v}" for k, v in facts.items()))
+        table.add_row("reported", ", ".join(f"{k}={_fact(v)}" for k, v in facts.items()))
     req = info["ratio_requested"]
     table.add_row("tokens", f"{info['tokens_before']} → {info['tokens_after']} "
                   f"({num(100 * (info['ratio_achieved'] or 0), '.1f')} % kept"
