@@ -828,3 +828,31 @@ def test_reported_tables_and_target_models_read_as_words(tmp_path: Path) -> None
     assert r.exit_code == 0 and "windowed=(" in r.output and "{'" not in r.output, r.output
     target = {"space": {"kind": "target", "target": "qwen3-vl", "checkpoint": "ckpt"}, "layer": "-2"}
     assert _model_line(target) == "qwen3-vl vision path of ckpt"
+
+
+def test_a_full_temporary_folder_is_named_not_blamed_on_the_video(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import tempfile as tf
+
+    from vtc.errors import VtcError
+    from vtc.run.spill import FeatureBuffer
+
+    def full(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tf, "TemporaryFile", full)
+    buf = FeatureBuffer(budget=16)
+    with pytest.raises(VtcError, match="temporary folder .*No space left.*TMPDIR"):
+        buf.append(torch.zeros(4, 4, 4))
+
+
+def test_a_resume_from_another_folder_with_relative_paths(tmp_path: Path, clip_path: Path,  # noqa: ANN001
+                                                          model_args, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "work" / "in").mkdir(parents=True)
+    shutil.copy(clip_path, tmp_path / "work" / "in" / "a.mp4")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert json.loads(batch(Path("in"), Path("out"), model_args, "-m", "pool").output)["ok"] == 1
+    monkeypatch.chdir(tmp_path)  # the same folders, typed from another place
+    s = json.loads(batch(Path("work/in"), Path("work/out"), model_args, "-m", "pool").output)
+    assert s["skipped"] == 1 and s["ok"] == 0, s
