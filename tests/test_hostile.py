@@ -856,3 +856,17 @@ def test_a_resume_from_another_folder_with_relative_paths(tmp_path: Path, clip_p
     monkeypatch.chdir(tmp_path)  # the same folders, typed from another place
     s = json.loads(batch(Path("work/in"), Path("work/out"), model_args, "-m", "pool").output)
     assert s["skipped"] == 1 and s["ok"] == 0, s
+
+
+def test_an_unwritable_folder_is_one_line_for_every_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """export, show --html and compress-features into a folder the process may not write (as root cannot be made
+    to happen, os.access says so): one line, exit 2, before any work (a PermissionError traceback for export)."""
+    q = token_file(tmp_path / "q.safetensors")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == locked else real(p, mode, **k))
+    for args in (["export", q, "--to", "vllm", "-o", locked / "q.pt"], ["show", q, "--html", locked / "r.html"],
+                 ["compress-features", q, "-o", locked / "o.safetensors"]):
+        assert "not writable" in one_line(cli(*args), 2), args
+    assert not list(locked.iterdir())
