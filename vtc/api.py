@@ -16,9 +16,9 @@ from torch import Tensor
 from vtc._version import __version__
 from vtc.errors import UsageError
 from vtc.io.chunks import is_live_dir, join, load_chunks
-from vtc.io.decode import probe
+from vtc.io.decode import check_input, planned_frames, probe
 from vtc.io.encoders import AnyEncoder, open_encoder
-from vtc.io.store import TokenFile, out_dtype, token_tensors, write
+from vtc.io.store import TokenFile, clean_stale, out_dtype, token_tensors, write
 from vtc.io.store import load as load_file
 from vtc.methods.registry import parse_method
 from vtc.reduction import Reduction
@@ -26,7 +26,7 @@ from vtc.run.batch import BatchSummary, LocalExecutor, run_batch
 from vtc.run.config import make_config
 from vtc.run.finish import Job
 from vtc.run.live import LiveOptions, LiveRun, LiveSummary, check_live_plan
-from vtc.run.pipeline import Engine
+from vtc.run.pipeline import Engine, first_nonfinite
 from vtc.run.plan import Plan, check_output
 from vtc.run.ray_engine import RayExecutor
 from vtc.signals import Signals
@@ -77,6 +77,10 @@ class CompressResult:
     ratio_achieved: float
     timings: dict[str, float] = field(default_factory=dict)
     truncated: bool = False
+    #: the ratio asked for (option or the method's paper setting; None: the method's own knob) and, when the
+    #: achieved ratio differs, why
+    ratio_asked: float | None = None
+    ratio_note: str | None = None
 
 
 def default_output(path: str | os.PathLike[str]) -> Path:
@@ -116,8 +120,18 @@ def compress_features(
         if side * side != n:
             raise UsageError(f"N = {n} is not a square: pass grid=(h, w).")
         grid = (side, side)
+    if len(grid) != 2 or any(int(g) != g or g < 1 for g in grid):
+        raise UsageError(f"grid must be (h, w) with whole h, w ≥ 1, not {tuple(grid)}.")
+    grid = (int(grid[0]), int(grid[1]))
     if grid[0] * grid[1] != n:
         raise UsageError(f"grid {grid} does not match N = {n}.")
+    if features.shape[-1] < 1:
+        raise UsageError(f"features have D = 0 channels (shape {tuple(features.shape)}); each token needs D ≥ 1.")
+    if not features.is_floating_point():
+        raise UsageError(f"features must be floating point, not {features.dtype}.")
+    bad = first_nonfinite(features)
+    if bad is not None:
+        raise UsageError(f"features frame {bad} holds NaN or Inf values; vtc compresses finite features only.")
     if ratio is not None and not 0.0 < float(ratio) <= 1.0:
         raise UsageError(f"ratio must be in (0, 1] — the fraction of tokens kept — not {ratio}.")
     spec, variant = parse_method(method)
@@ -145,6 +159,7 @@ def compress(
     preset: str | None = None,
     encoder: AnyEncoder | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> CompressResult:
     """Decode → encode → compress → store one video.
@@ -153,33 +168,47 @@ def compress(
     every, model, pretrained, checkpoint, layer, device, dtype, target, target_model, batch_size, dtype_out,
     allow_truncated, query.
     A `preset` (name or TOML path) fills what is not given. An `encoder` can be passed to reuse a loaded model.
+    `progress(stage, done, total)` hears the stages ("loading model", "decoding", "encoding" with frame counts and
+    the planned total, "compressing and writing"). An existing file at `output` is replaced only when it is a
+    writable vtc token file, or with `overwrite`.
     Every option is validated before the video is opened; nothing is written unless every stage succeeds, and
     the write itself is atomic.
     """
     t0 = time.perf_counter()
-    plan = Plan.make(make_config(preset, **options))
+    check_input(path)  # a missing input is named first, before the options' models are looked up
+    cfg = make_config(preset, **options)
     out_path = Path(output) if output is not None else default_output(path)
     if out_path.is_dir():  # -o DIR for one file: write DIR/<name>.safetensors
         out_path = out_path / default_output(Path(path).name)
-    check_output(Path(path), out_path)
-    probe(path)  # fail fast on a bad input before loading a model
+    check_output(Path(path), out_path, overwrite=overwrite)
+    plan = Plan.make(cfg)
+    info = probe(path)  # fail fast on a bad input before loading a model
+    total = planned_frames(info, plan.sampling) or None
     if encoder is None:
+        if progress is not None:
+            progress("loading model", 0, None)
         encoder = open_encoder(plan.cfg.encoder, text=bool(plan.cfg.query))
     load_time = time.perf_counter() - t0
     seen: dict[str, int] = {}
 
     def on_event(kind: str, data: dict[str, Any]) -> None:
-        if progress is not None and kind in ("decoded", "encoded"):
+        if progress is None:
+            return
+        if kind in ("decoded", "encoded"):
             seen[kind] = seen.get(kind, 0) + int(data["frames"])
-            progress("decode" if kind == "decoded" else "encode", seen[kind], None)
+            progress("decoding" if kind == "decoded" else "encoding", seen[kind], total)
+        elif kind == "finishing":
+            progress("compressing and writing", 0, None)
 
+    clean_stale(out_path)  # what a killed earlier run left beside this output
     engine = Engine(plan, encoder, decode_workers=1, on_event=on_event)
     (outcome,) = list(engine.run([Job(0, Path(path), out_path)]))
     if not outcome.ok:
         assert outcome.error is not None
         raise outcome.error
     return CompressResult(out_path, outcome.num_tokens, outcome.num_source_tokens, outcome.ratio_achieved,
-                          {"load": load_time, **outcome.timings}, outcome.truncated)
+                          {"load": load_time, **outcome.timings}, outcome.truncated, outcome.ratio_asked,
+                          outcome.ratio_note)
 
 
 def compress_batch(

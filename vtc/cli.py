@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from vtc._version import __version__
-from vtc.errors import UsageError, VtcError
+from vtc.errors import FormatError, UsageError, VtcError
 
 #: when the command line started (the summary accounts for the whole wall time, imports included)
 _T0 = time.perf_counter()
@@ -75,7 +75,7 @@ def main(
 @app.command()
 def compress(
     inputs: Annotated[list[str], typer.Argument(help="Video file(s), directories (recursive) or glob patterns.",
-                                                show_default=False)],
+                                                show_default=False, metavar="VIDEO")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Token file to write [default: beside the "
                                                "input, .safetensors]; for several inputs, the output directory "
                                                "(the input tree is mirrored under it).")] = None,
@@ -83,8 +83,8 @@ def compress(
                                                "lists them [default: fastvid]")] = None,
     ratio: Annotated[float | None, typer.Option("-r", "--ratio", help="Fraction of tokens to keep, in (0, 1] "
                                                 "[default: the method's paper setting]")] = None,
-    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter key=value "
-                                                    "(repeatable), e.g. -p tau=0.8")] = None,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", metavar="KEY=VALUE", help="Method parameter "
+                                                    "key=value (repeatable), e.g. -p tau=0.8")] = None,
     frames: Annotated[int | None, typer.Option("--frames", "-t", help="Sample T frames uniformly "
                                                "[default: 32; llava-video target: 64]")] = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Sample F frames per second instead.")] = None,
@@ -148,6 +148,8 @@ def compress(
     live_format: Annotated[str | None, typer.Option("--live-format", help="Live: FFmpeg input format (mpegts, "
                                                     "v4l2, avfoundation, …) [default: probed; mpegts on stdin]")
                            ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="One file: replace an existing file at -o even "
+                                            "if it is read-only or not a vtc token file.")] = False,
 ) -> None:
     """Compress videos into token files (decode → encode → compress → store).
 
@@ -157,9 +159,6 @@ def compress(
     """
     import glob
 
-    from vtc.api import compress as api_compress
-    from vtc.run.config import parse_param
-
     if live:
         _live(inputs, output, dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
@@ -168,10 +167,14 @@ def compress(
             memory_budget=memory_budget), param, preset, quiet=quiet, chunk=chunk, reconnect=reconnect,
             stall_timeout=stall_timeout, live_format=live_format)
         return
-    # one existing file, or one path that is no glob pattern with matches (a missing file is reported as such)
+    # one existing file, or one path that is no glob pattern with matches (a missing file is reported as such);
+    # patterns match recursively ('clips/**/*.avi')
     single = len(inputs) == 1 and not Path(inputs[0]).is_dir() and (
-        Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?[") or not glob.glob(inputs[0]))
+        Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?[")
+        or not glob.glob(inputs[0], recursive=True))
     if not single:
+        if output is not None and output.suffix == ".safetensors" and not output.is_dir():
+            raise _fail(UsageError(f"several inputs go to a directory, not to the file {output}; give -o OUTDIR."))
         _batch(inputs, output, dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
             checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
@@ -184,6 +187,15 @@ def compress(
         return
     input = Path(inputs[0])
     try:
+        from vtc.io.decode import check_input
+
+        check_input(input)  # before torch is imported: a typo costs a fraction of a second, not seconds and a GB
+    except VtcError as e:
+        raise _fail(e) from None
+    from vtc.api import compress as api_compress
+    from vtc.run.config import parse_param
+
+    try:
         params = dict(parse_param(p) for p in (param or []))
         options: dict[str, Any] = dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
@@ -195,24 +207,38 @@ def compress(
         if params:
             options["params"] = params
         show_bar = not quiet and console.is_terminal
+        name = safe(input.name)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, disable=not show_bar, transient=True) as bar:
-            task = bar.add_task(f"{safe(input.name)}: decoding", total=None)
-
-            def progress(kind: str, done: int, total: int | None) -> None:
-                bar.update(task, completed=done, description=f"{safe(input.name)}: {kind}")
-
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show_bar,
+                      transient=True) as bar:
+            tasks: dict[str, Any] = {}
+            said: set[str] = set()
             t_call = time.perf_counter()
-            res = api_compress(input, output=output, preset=preset, progress=progress, **options)
+
+            def progress(stage: str, done: int, total: int | None) -> None:
+                if show_bar:  # one bar per stage, with the planned total and an ETA where it is known
+                    if stage not in tasks:
+                        tasks[stage] = bar.add_task(f"{name}: {stage}", total=total)
+                    bar.update(tasks[stage], completed=done, total=total)
+                elif not quiet and stage not in said:  # not a terminal: one line as each stage starts
+                    said.add(stage)
+                    of = f" ({total} frames)" if total else ""
+                    console.print(f"{name}: {stage}{of} … {time.perf_counter() - _T0:.1f} s", highlight=False)
+
+            res = api_compress(input, output=output, preset=preset, progress=progress, overwrite=overwrite,
+                               **options)
     except VtcError as e:
         raise _fail(e) from None
     if not quiet:
         t = res.timings
         total = time.perf_counter() - _T0
         note = " [yellow](truncated input: kept what decoded)[/]" if res.truncated else ""
+        kept = f"{100 * res.ratio_achieved:.1f} %"
+        if res.ratio_note:  # the ratio asked for was not what the method kept: say so, and why
+            kept = f"[yellow]asked {100 * (res.ratio_asked or 0):.1f} %, got {kept} ({safe(res.ratio_note)})[/]"
         out.print(
             f"{safe(res.output)}: {res.num_tokens} of {res.num_source_tokens} tokens "
-            f"({100 * res.ratio_achieved:.1f}%) in {total:.2f}s — start-up {t_call - _T0:.2f}s, "
+            f"({kept}) in {total:.2f}s — start-up {t_call - _T0:.2f}s, "
             f"model {t.get('load', 0):.2f}s, decode {t.get('decode', 0):.2f}s, encode {t.get('encode', 0):.2f}s, "
             f"compress {t.get('compress', 0):.3f}s, store {t.get('store', 0):.3f}s{note}",
             highlight=False,
@@ -348,16 +374,17 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
 
 @app.command("compress-features")
 def compress_features_cmd(
-    features: Annotated[Path, typer.Argument(help="safetensors file with 'features' [T, N, D] (or [T, h, w, D]) "
-                                             "and optional signals under vtc's names (attn, pooled, keys, …).",
+    features: Annotated[Path, typer.Argument(metavar="FEATURES", help="safetensors file with 'features' [T, N, D] "
+                                             "(or [T, h, w, D]) and optional signals under vtc's names (attn, "
+                                             "pooled, keys, …).",
                                              show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Token file to write.")],
     method: Annotated[str, typer.Option("-m", "--method", help="Method, or method:variant (e.g. "
                                         "dycoke:reference); 'vtc methods' lists them.")] = "fastvid",
     ratio: Annotated[float | None, typer.Option("-r", "--ratio", help="Fraction of tokens to keep, in (0, 1] "
                                                 "[default: the method's paper setting]")] = None,
-    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter key=value "
-                                                    "(repeatable).")] = None,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", metavar="KEY=VALUE", help="Method parameter "
+                                                    "key=value (repeatable).")] = None,
     grid: Annotated[str | None, typer.Option("--grid", help="Patch grid h,w [default: the file's 'grid' "
                                              "metadata, else a square N].")] = None,
     dtype_out: Annotated[str, typer.Option("--dtype-out", help="Stored token dtype: float16, bfloat16, "
@@ -396,12 +423,22 @@ def compress_features_cmd(
 
 @app.command()
 def methods(
+    name: Annotated[str | None, typer.Argument(help="One method to describe (e.g. fastvid); all when omitted.",
+                                               show_default=False, metavar="[NAME]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List every compression method: its default ratio, variants, signals and parameters."""
+    """List every compression method (or describe one): its default ratio, variants, signals and parameters."""
     from vtc.methods import all_methods
 
     specs = all_methods()
+    if name is not None:
+        from vtc.methods.registry import parse_method
+
+        try:
+            spec, _ = parse_method(name)
+        except VtcError as e:
+            raise _fail(e) from None
+        specs = [spec]
     if as_json:
         print_json([
             {"name": s.name, "summary": s.summary, "signals": list(s.signals), "optional_signals":
@@ -413,13 +450,17 @@ def methods(
                         for p in s.params]}
             for s in specs])
         return
-    for s in specs:
-        out.print(f"[bold cyan]{s.name}[/] — {s.summary}", highlight=False)
+    for i, s in enumerate(specs):
+        if i:
+            out.print()  # one blank line between methods: each reads as a block
+        out.print(f"[bold cyan]{s.name}[/] — {safe(s.summary)}", highlight=False)
+        if name is not None and s.paper:
+            out.print(f"  paper: {safe(s.paper)}", highlight=False)
         ratio = f"{s.paper_ratio:g}" if s.paper_ratio is not None else "none (its own knob sets the count)"
         out.print(f"  default ratio: {ratio}", style="dim", highlight=False)
         for v, settings in s.variants.items():
             knobs = ", ".join(f"{k}={val!r}" for k, val in settings.items())
-            out.print(f"  variant [bold]{s.name}:{v}[/]: {knobs}", style="dim", highlight=False)
+            out.print(f"  variant [bold]{s.name}:{v}[/]: {safe(knobs)}", style="dim", highlight=False)
         if s.signals:
             out.print(f"  needs: {', '.join(s.signals)}", style="dim", highlight=False)
         live = "frame by frame (exactly as offline)" if s.scope == "frame" else "per chunk"
@@ -427,12 +468,45 @@ def methods(
         if s.in_encoder is not None:
             out.print("  runs inside the encoder (between its blocks; not on --target or precomputed features)",
                       style="dim", highlight=False)
+        if s.params:
+            out.print("  parameters (-p NAME=VALUE):", style="dim", highlight=False)
         for p in s.params:
             author = f" (authors: {p.author_name})" if p.author_name and p.author_name != p.name else ""
             allowed = f" one of {', '.join(map(str, p.choices))}" if p.choices else ""
             if p.lo is not None or p.hi is not None:
                 allowed = f" in {p.describe_range()}"
-            out.print(f"  [green]{p.name}[/]={p.default!r}{author}: {p.help}{allowed}", highlight=False)
+            out.print(f"    [green]{p.name}[/]={safe(repr(p.default))}{author}: {safe(p.help)}{allowed}",
+                      highlight=False)
+
+
+@app.command()
+def presets(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the named presets (--preset NAME): their description and settings."""
+    import tomllib
+
+    from vtc.run.config import list_presets
+
+    rows = []
+    for preset_name, path in list_presets().items():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        rows.append({"name": preset_name, "path": str(path), "description": data.pop("description", ""),
+                     "settings": data})
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        settings = ", ".join(f"{k}={v!r}" for k, v in row["settings"].items() if k != "params")
+        params = ", ".join(f"{k}={v!r}" for k, v in (row["settings"].get("params") or {}).items())
+        out.print(f"[bold cyan]{safe(row['name'])}[/] — {safe(row['description'])}", highlight=False)
+        out.print(f"  {safe(settings)}" + (f"; params: {safe(params)}" if params else ""), style="dim",
+                  highlight=False)
+    out.print("Use one with --preset NAME, or --preset FILE.toml; explicit options override it.", style="dim",
+              highlight=False)
 
 
 @app.command()
@@ -442,13 +516,15 @@ def export(
     to: Annotated[str, typer.Option("--to", help="Engine: vllm or sglang.", show_default=False)],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (torch.save) [default: "
                                                "FILE with .vllm.pt / .sglang.pt]")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at the output.")] = False,
 ) -> None:
-    """Write a token file in the shapes vLLM or SGLang take for precomputed video tokens (Qwen2.5-VL)."""
+    """Write a Qwen2.5-VL or Qwen3-VL target token file in the shapes vLLM or SGLang take for precomputed video
+    tokens."""
     from vtc.export import export as do_export
 
     try:
         out_path = output or file.with_suffix(f".{to}.pt")
-        written = do_export(file, to, out_path)
+        written = do_export(file, to, out_path, overwrite=overwrite)
     except VtcError as e:
         raise _fail(e) from None
     out.print(f"wrote {safe(written)}", highlight=False)
@@ -462,25 +538,33 @@ def show(
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
     png_out: Annotated[Path | None, typer.Option("--png", help="Write a PNG contact sheet.")] = None,
     max_frames: Annotated[int, typer.Option("--max-frames", help="Frames drawn at most (uniformly chosen).")] = 256,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --html/--png even if "
+                                            "vtc did not write it.")] = False,
 ) -> None:
     """Summarise a token file: video, model, method, tokens before → after, tokens per frame.
 
     With --html/--png, draw which patches were kept (clear), dropped (dimmed) and merged (one colour per output
     token), with a timeline of tokens per frame and the temporal segments.
     """
+    from vtc.io.decode import check_input
     from vtc.show import summary, summary_table
 
     try:
+        if max_frames < 1:
+            raise UsageError(f"--max-frames must be ≥ 1, not {max_frames}.")
         info = summary(file)
         if html_out or png_out:
             from vtc.report import build, check_report_path, write_html, write_png
 
-            if video is not None and not video.exists():
-                raise UsageError(f"--video {video}: no such file.")
+            if video is not None:
+                check_input(video)  # a missing file, a folder or a FIFO (which would wait forever)
             for opt, target in (("--html", html_out), ("--png", png_out)):
                 if target is not None:
-                    check_report_path(opt, target)
-            rep = build(file, video, max_frames=max_frames)
+                    check_report_path(opt, target, token_file=file, overwrite=overwrite)
+            try:
+                rep = build(file, video, max_frames=max_frames)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # metadata of odd shapes
+                raise _metadata_error(file, e) from None
             if rep["warning"]:
                 console.print(f"[bold yellow]warning:[/] {safe(rep['warning'])}", highlight=False, soft_wrap=True)
             if html_out:
@@ -492,10 +576,18 @@ def show(
     if as_json:
         print_json(info)
     else:
-        summary_table(info, out)
+        try:
+            summary_table(info, out)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # metadata of odd shapes
+            raise _fail(_metadata_error(file, e)) from None
         for p in (html_out, png_out):
             if p:
                 out.print(f"wrote {safe(p)}", highlight=False)
+
+
+def _metadata_error(file: Path, e: Exception) -> FormatError:
+    """A token file whose metadata passed the reader's checks but not the report's use of it."""
+    return FormatError(f"{file}: its metadata is incomplete or inconsistent ({type(e).__name__}: {str(e)[:80]}).")
 
 
 @app.command()
@@ -513,6 +605,9 @@ def doctor() -> None:
     row("FFmpeg libavcodec", ".".join(map(str, av.library_versions.get("libavcodec", ()))))
     row("open_clip", _version_of("open_clip_torch") or "not installed")
     row("transformers (--target)", _version_of("transformers") or "not installed: pip install 'vtc[hf]'")
+    row("Pillow (show --html/--png)", _version_of("pillow") or "not installed: pip install 'vtc[show]'")
+    row("Ray (--engine ray)", _version_of("ray") or "not installed: pip install 'vtc[ray]'")
+    row("model weights cached", _cached_weights())
     import torch
 
     from vtc.io.encode import pick_device, pick_dtype
@@ -527,6 +622,18 @@ def doctor() -> None:
     row("threads", str(torch.get_num_threads()))
 
 
+def _cached_weights() -> str:
+    """What the Hugging Face hub cache holds (open_clip and transformers load from it), without importing them."""
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    hub = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub"))
+    models = sorted(p.name[len("models--"):].replace("--", "/") for p in hub.glob("models--*")) if hub.is_dir() else []
+    if not models:
+        return (f"none in {hub}: the first run downloads them (network needed), or pass --checkpoint; "
+                f"python -m vtc.testing random-checkpoint MODEL OUT.pt makes random weights for offline trials")
+    return f"{len(models)} in {hub}: " + ", ".join(models[:6]) + (" …" if len(models) > 6 else "")
+
+
 def _version_of(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -536,8 +643,18 @@ def _version_of(package: str) -> str | None:
         return None
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: one line saying what state the run leaves, then the usual exit 130."""
+    console.print("[bold yellow]interrupted:[/] stopped; no half-written file is left (outputs are written "
+                  "atomically), and a batch resumes where it stopped.", highlight=False)
+    raise KeyboardInterrupt
+
+
 def run() -> None:
     """Console-script entry point."""
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupted)
     app()
 
 

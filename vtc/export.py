@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from vtc.errors import UsageError
-from vtc.io.store import TokenFile, atomic_write, load
+from vtc.io.store import TokenFile, atomic_write, check_output, load
 
 ENGINES = ("vllm", "sglang")
 PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -91,12 +91,12 @@ def for_sglang(tf: TokenFile) -> dict[str, Any]:
             **_contract(q)}
 
 
-def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str]) -> Path:
-    """Write `path`'s tokens for engine `to` (vllm or sglang) to `output` (a torch.save file), atomically."""
+def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write `path`'s tokens for engine `to` (vllm or sglang) to `output` (a torch.save file), atomically.  An
+    existing file at `output` is never replaced unless `overwrite` (the output checks of `vtc compress`)."""
     if to not in ENGINES:
         raise UsageError(f"--to must be one of {', '.join(ENGINES)}, not '{to}'.")
     out = Path(output)
-    if out.is_dir():
-        raise UsageError(f"the output {out} is a directory; give a file name such as clip.{to}.pt.")
+    check_output(Path(path), out, replaceable=lambda p: False, overwrite=overwrite, kind="a file vtc may replace")
     data = (for_vllm if to == "vllm" else for_sglang)(load(path))
     return atomic_write(out, lambda tmp: torch.save(data, tmp))

@@ -28,6 +28,21 @@ class _PlainTable(Table):
         super().add_row(*(c if isinstance(c, Text) else Text(plain(c)) for c in cells), **kw)  # type: ignore[arg-type]
 
 
+def num(value: object, spec: str) -> str:
+    """`value` formatted with `spec` when it is a number, else as it is (a hostile file's metadata may hold
+    anything)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return "?" if value is None else str(value)[:40]
+
+
+def _fact(value: object) -> str:
+    """A reported value in words: a table as `(key=value, ...)`, not a Python dict."""
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k}={_fact(v)}" for k, v in value.items()) + ")"
+    return str(value)
+
+
 def sparkline(values: list[int], width: int = 64) -> str:
     """Unicode sparkline of `values` (resampled to at most `width` cells)."""
     if not values:
@@ -47,7 +62,9 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     m = f.meta
     per_frame = f.tokens_per_frame()
     seg = f.segments
-    t, n = int(m.get("T", 0)), int(m.get("N", 0))
+    t = int(f.frame_times.size)  # the reader checked metadata T against the tensors
+    h, w = m["grid"]  # checked by the reader: [h ≥ 1, w ≥ 1]
+    n = m["N"] if isinstance(m.get("N"), int) else h * w
     params = m.get("params", {}) if isinstance(m.get("params"), dict) else {}
     info = m.get("info", {}) if isinstance(m.get("info"), dict) else {}
     return {
@@ -55,7 +72,7 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         "format": f"{m.get('format')} v{m.get('format_version')}",
         "vtc_version": m.get("vtc_version"),
         "created": m.get("created"),
-        "video": m.get("video", {}),
+        "video": m.get("video", {}),  # a dict: the reader checks its type
         "model": {k: m.get(k) for k in ("model", "pretrained", "checkpoint", "checkpoint_sha256", "layer")},
         "grid": m.get("grid"),
         "image_size": m.get("image_size"),
@@ -137,8 +154,8 @@ def summary_table(info: dict[str, Any], console: Console) -> None:
     dur = v.get("duration")
     mdl = info["model"]
     if v:
-        facts = Text(plain(f"{v.get('path', '?')}\n{v.get('width')}×{v.get('height')}, {(v.get('fps') or 0):.3g} fps, "
-                           f"{(dur or 0):.1f} s, {v.get('codec', '?')}"))
+        facts = Text(plain(f"{v.get('path', '?')}\n{v.get('width')}×{v.get('height')}, {num(v.get('fps'), '.3g')} fps, "
+                           f"{num(dur, '.1f')} s, {v.get('codec', '?')}"))
         if info["truncated"]:
             facts.append(" (truncated input)", style="yellow")
         table.add_row("video", facts)
@@ -147,13 +164,18 @@ def summary_table(info: dict[str, Any], console: Console) -> None:
         nl = info["newline"]
         head = (f"target {space.get('target')} ({space.get('checkpoint')}, vision sha256 "
                 f"{str(space.get('vision_sha256', ''))[:12]}), LLM hidden size {space.get('hidden_size')}")
-        if "video_grid_thw" in space:  # Qwen: frame pairs, 2×2-merged cells, original M-RoPE positions
-            t, gh, gw = space["video_grid_thw"]
-            m = space.get("spatial_merge_size", 2)
-            body = (f"video_grid_thw [{t}, {gh}, {gw}] (patches) → {t} × {gh // m}×{gw // m} merged cells, each "
-                    f"token frame = {space.get('temporal_patch_size')} sampled frames, picture "
-                    f"{space.get('image_size')}\nM-RoPE: t step {space.get('second_per_grid_t', 0):.4g} s × "
-                    f"{space.get('tokens_per_second')} tokens/s; kept tokens keep their original (t, h, w)")
+        thw = space.get("video_grid_thw")
+        if isinstance(thw, list) and len(thw) == 3:  # Qwen: frame pairs, merged cells, original M-RoPE positions
+            t, gh, gw = thw
+            body = (f"video_grid_thw [{t}, {gh}, {gw}] (patches) → {t} × {info['grid'][0]}×{info['grid'][1]} merged "
+                    f"cells, each token frame = {space.get('temporal_patch_size')} sampled frames, picture "
+                    f"{space.get('image_size')}")
+            if "second_per_grid_t" in space:  # Qwen2.5-VL: time in the M-RoPE positions
+                body += (f"\nM-RoPE: t step {num(space.get('second_per_grid_t'), '.4g')} s × "
+                         f"{space.get('tokens_per_second')} tokens/s; kept tokens keep their original (t, h, w)")
+            elif "frame_timestamps" in space:  # Qwen3-VL: time as text before each frame
+                body += ("\ntime: a timestamp before each token frame; kept tokens keep their original (t, h, w); "
+                         f"DeepStack planes {space.get('deepstack_planes')}")
         else:
             body = (f"token grid {space.get('grid')} from vision grid {space.get('vision_grid')}\n"
                     f"newline: {nl.get('layout')} — {nl.get('where', '')}")
@@ -172,11 +194,12 @@ def summary_table(info: dict[str, Any], console: Console) -> None:
     facts = {k: v for k, v in (info["info"] or {}).items()
              if k not in info["params_effective"] and (not isinstance(v, list) or len(v) <= 8)}
     if facts:
-        table.add_row("reported", ", ".join(f"{k}={v}" for k, v in facts.items()))
+        table.add_row("reported", ", ".join(f"{k}={_fact(v)}" for k, v in facts.items()))
     req = info["ratio_requested"]
     table.add_row("tokens", f"{info['tokens_before']} → {info['tokens_after']} "
-                  f"({100 * (info['ratio_achieved'] or 0):.1f}% kept"
-                  + (f", asked {100 * req:.1f}%" if req is not None else "") + f"), dim {info['dim']} {info['dtype']}")
+                  f"({num(100 * (info['ratio_achieved'] or 0), '.1f')} % kept"
+                  + (f", asked {num(100 * req, '.1f')} %" if req is not None else "")
+                  + f"), dim {info['dim']} {info['dtype']}")
     per = info["tokens_per_frame"]
     table.add_row("per frame", f"{sparkline(per)}\nmin {min(per, default=0)}, max {max(per, default=0)} "
                   f"over {info['frames']} frames")

@@ -88,7 +88,8 @@ class Signals:
         if value is None:
             raise UsageError(
                 f"method '{method}' needs the signal '{name}' ({SIGNALS[name].meaning}); "
-                f"vtc's pipeline provides it — with compress_features, pass {name}=..."
+                f"vtc compress provides it; with vtc.compress_features pass {name}=..., with vtc compress-features "
+                f"store a tensor '{name}' in the features file"
             )
         return value
 

@@ -61,19 +61,24 @@ def tiny_siglip_config(path: Path) -> Path:
     return path
 
 
-def save_random_checkpoint(config: Path, out: Path, seed: int = 0) -> Path:
-    """Build the model of `config` with random weights (seeded) and save its state dict to `out`."""
+def save_random_checkpoint(config: Path | str, out: Path, seed: int = 0) -> Path:
+    """Build the model of `config` (an open_clip JSON config file, or the name of one of open_clip's architectures,
+    e.g. ViT-B-16) with random weights (seeded) and save its state dict to `out`: a checkpoint for offline trials
+    (`--model NAME --checkpoint OUT`)."""
     import logging
 
     import open_clip
     import torch
 
-    open_clip.add_model_config(config)
+    name = str(config)
+    if Path(config).is_file():
+        open_clip.add_model_config(Path(config))
+        name = Path(config).stem
     torch.manual_seed(seed)
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # "no pretrained weights loaded" is the point here
     try:
-        model = open_clip.create_model(config.stem, pretrained=None)
+        model = open_clip.create_model(name, pretrained=None)
     finally:
         root.setLevel(level)
     torch.save(model.state_dict(), out)
@@ -292,3 +297,29 @@ def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pi
     Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
                           cap_pixels_per_frame=False).save_pretrained(out)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m vtc.testing random-checkpoint MODEL OUT.pt [--seed N]`: random weights for a real architecture
+    (or a JSON config), to try vtc offline: `vtc compress clip.mp4 --model MODEL --checkpoint OUT.pt`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m vtc.testing", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    rc = sub.add_parser("random-checkpoint", help="save random weights for an open_clip architecture")
+    rc.add_argument("model", help="an open_clip model name (e.g. ViT-B-16) or a JSON config file")
+    rc.add_argument("out", type=Path, help="the .pt file to write")
+    rc.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    import open_clip
+
+    if not Path(args.model).is_file() and args.model not in open_clip.list_models():
+        parser.error(f"unknown model '{args.model}' (open_clip.list_models() lists them; or pass a JSON config)")
+    if args.out.exists():
+        parser.error(f"{args.out} exists; choose another name")
+    save_random_checkpoint(args.model, args.out, seed=args.seed)
+    print(f"wrote {args.out}: random weights for {args.model}; use --model {args.model} --checkpoint {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -265,12 +265,27 @@ def _weights_cache_empty() -> bool:
 
 
 def _hub_offline() -> None:
+    """Use the local caches only, from now on in this process (huggingface_hub and transformers)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import huggingface_hub.constants as hc
 
         hc.HF_HUB_OFFLINE = True
     except ImportError:  # pragma: no cover
         pass
+
+
+def _hub_tokenizer(name: str) -> bool:
+    """Whether open_clip's tokenizer for model `name` comes from the Hugging Face hub (SigLIP's and others')."""
+    import open_clip
+
+    if name.startswith("hf-hub:"):
+        return True
+    try:
+        cfg = open_clip.get_model_config(name) or {}
+    except Exception:  # an unknown name: open_clip says so itself
+        return False
+    return bool((cfg.get("text_cfg") or {}).get("hf_tokenizer_name"))
 
 
 @contextlib.contextmanager
@@ -287,10 +302,15 @@ def _quiet_logs() -> Iterator[None]:
             logging.getLogger(n).setLevel(lvl)
 
 
+def _weights_name(name: str, pretrained: str | None) -> str:
+    """'ViT-B-16/openai'; an hf-hub id alone (the repository is the weights: a tag means nothing there)."""
+    return name if name.startswith("hf-hub:") or not pretrained else f"{name}/{pretrained}"
+
+
 def _fetch_error(e: Exception | None, name: str, pretrained: str | None, offline: bool = False) -> ModelError:
     if offline:
         return ModelError(
-            f"cannot fetch weights for {name}{'/' + pretrained if pretrained else ''}: the model hub is unreachable "
+            f"cannot fetch weights for {_weights_name(name, pretrained)}: the model hub is unreachable "
             f"(offline?) and they "
             f"are not in the local cache. Run once with network access (weights are cached under "
             f"~/.cache/huggingface), or pass --checkpoint PATH to a local weights file for this architecture."
@@ -298,7 +318,7 @@ def _fetch_error(e: Exception | None, name: str, pretrained: str | None, offline
     if isinstance(e, (RuntimeError, KeyError, ValueError)) and "download" not in str(e).lower():
         return ModelError(f"cannot create model '{name}': {str(e).splitlines()[0][:300] if str(e) else e!r}")
     return ModelError(
-        f"cannot fetch weights for {name}/{pretrained or ''} ({type(e).__name__}: "
+        f"cannot fetch weights for {_weights_name(name, pretrained)} ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:200] if str(e) else 'no network?'}). Run once with network access "
         f"(weights are cached under ~/.cache/huggingface), or pass --checkpoint PATH to a local weights file "
         f"for this architecture."
@@ -430,8 +450,11 @@ class Encoder(FrameGrid):
         """The text tower's embedding of `text`, L2-normalised: [D'] float32 CPU (same space as `pooled`)."""
         import open_clip
 
+        if _hub_tokenizer(self.name) and not _hub_reachable():
+            _hub_offline()  # decided once: the local cache or a one-line error in seconds, never minutes of retries
         try:
-            tokenizer = open_clip.get_tokenizer(self.name)
+            with _quiet_logs():
+                tokenizer = open_clip.get_tokenizer(self.name)
             tokens = tokenizer([text]).to(self.device)
         except ModuleNotFoundError as e:
             raise MissingDependencyError(

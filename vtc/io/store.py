@@ -23,6 +23,7 @@ the file is in ({"kind": "encoder"} or {"kind": "target", "target", "checkpoint"
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -38,7 +39,16 @@ from safetensors import safe_open
 from torch import Tensor
 
 from vtc.errors import FormatError, UsageError, VtcError
-from vtc.io.peek import FORMAT_NAME, FORMAT_VERSION, check_contents, check_header, header_shapes, read_header
+from vtc.io.peek import (
+    CHECKED,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    check_contents,
+    check_header,
+    header_shapes,
+    read_header,
+    value_summaries,
+)
 from vtc.reduction import Reduction
 from vtc.stages.window import WindowedReduction
 
@@ -111,20 +121,84 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: Path, write_to: Any) -> Path:
+def atomic_write(path: Path, write_to: Any, check: Callable[[str], None] | None = None) -> Path:
     """Call `write_to(temporary path)` for a temporary file beside `path`, give it the usual permissions (mkstemp's
-    are 0600), then rename it over `path`: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    are 0600), run `check(temporary path)` (a file its reader would refuse is never renamed into place), then
+    rename it over `path`: readers never see a half-written file.  An OS failure (disk full, folder not writable)
+    is a VtcError naming `path`; the temporary is removed whatever happens."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write_to(tmp)
         os.chmod(tmp, file_mode())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        raise VtcError(f"cannot write {path}: {e.strerror or e}; nothing was written.") from None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def clean_stale(output: Path) -> None:
+    """Remove the temporary files (`.NAME.*.tmp`) a killed run left beside `output`."""
+    try:
+        if output.parent.is_dir():
+            for tmp in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # a folder we may not clean: the temporaries stay, harmless
+
+
+def is_vtc_report(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a report `vtc show --html/--png` wrote (its generator mark in the first 4 kB)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return REPORT_MARK_HTML in head or REPORT_MARK_PNG in head
+
+
+#: how reports mark themselves (an HTML meta tag; a PNG tEXt chunk "Software")
+REPORT_MARK_HTML = b'<meta name="generator" content="vtc'
+REPORT_MARK_PNG = b"tEXtSoftware\x00vtc"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output(input: Path | None, output: Path, *, replaceable: Callable[[Path], bool] | None = None,
+                 overwrite: bool = False, option: str = "-o", kind: str = "a vtc token file") -> None:
+    """The one check of every file vtc writes (token files, exports, reports), before any work: the output is not
+    the input, not a folder, its folder is a writable folder, and an existing file there is replaced only when
+    `replaceable(output)` says it is vtc's own output of this kind (default: a token file) and it is writable —
+    or when `overwrite` is given.  Else a UsageError naming the output."""
+    replaceable = replaceable or is_token_file
+    if input is not None and _same_file(output, input):
+        raise UsageError(f"the output {output} is the input itself; choose another {option}.")
+    if output.is_dir():
+        raise UsageError(f"the output {output} is a directory; give a file name ({option} FILE).")
+    parent = next((p for p in output.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"cannot write {output}: {parent} is a file, not a directory.")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {output}: the folder {parent} is not writable.")
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        if not output.is_file() or not replaceable(output):
+            raise UsageError(f"refusing to overwrite {output}: it is not {kind}. Remove it, choose another "
+                             f"{option}, or pass --overwrite.")
+        if not os.access(output, os.W_OK) or not output.stat().st_mode & 0o222:
+            raise UsageError(f"refusing to overwrite {output}: the file is read-only. Make it writable, choose "
+                             f"another {option}, or pass --overwrite.")
 
 
 @dataclass
@@ -192,7 +266,22 @@ def save_streaming(tensors: dict[str, Tensor | Streamed], path: str | os.PathLik
 def write(path: str | os.PathLike[str], tensors: dict[str, Tensor | Streamed], metadata: dict[str, Any]) -> Path:
     """Write a token file atomically (`atomic_write`), with 0644-style permissions under umask 022."""
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
-    return atomic_write(Path(path), lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)))
+    path = Path(path)
+    return atomic_write(path, lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)),
+                        check=lambda tmp: check_written(path, Path(tmp)))
+
+
+def check_written(path: Path, tmp: Path) -> None:
+    """Validate a just-written token file (its temporary `tmp`) as `load` would: vtc never leaves a file at `path`
+    that its own reader refuses (a FormatError instead, and nothing written)."""
+    try:
+        header = read_header(tmp)
+        meta = check_header(tmp, header)
+        shapes = header_shapes(tmp, header)
+        check_contents(path, meta, shapes, value_summaries(tmp, header))
+    except FormatError as e:
+        why = str(e).replace(str(tmp), str(path)).removeprefix(f"{path}: ")
+        raise FormatError(f"refusing to write {path}, which vtc's reader would reject: {why}") from None
 
 
 @dataclass
@@ -267,8 +356,7 @@ def load(path: str | os.PathLike[str]) -> TokenFile:
     meta = check_header(path, header)  # format, version, required tensors, metadata decoding
     shapes = header_shapes(path, header)
     _, tensors = _read(path, FormatError, "Is it a vtc token file?")
-    arrays = {n: tensors[n].numpy() for n in ("positions", "frame_times", "segments", "source", "merge_src",
-                                              "merge_dst", "merge_w", "sizes") if n in tensors}
+    arrays = {n: tensors[n].numpy() for n in CHECKED if n in tensors}
     check_contents(path, meta, shapes, arrays)  # every shape, dtype and index range: a FormatError, exit 4
     return TokenFile(path, tensors, meta)
 

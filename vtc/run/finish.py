@@ -52,6 +52,23 @@ class Outcome:
     frames: int = 0
     truncated: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    #: the ratio the run asked for (the option, else the method's paper setting; None when the method's own knob
+    #: sets the count) and, when the file's ratio differs from it, why
+    ratio_asked: float | None = None
+    ratio_note: str | None = None
+
+
+def ratio_note(asked: float | None, got: float, info: dict[str, Any], num_sources: int) -> str | None:
+    """Why a run kept another share of the tokens than it asked for (None when they agree to 0.1 %)."""
+    if asked is None or f"{100 * asked:.1f}" == f"{100 * got:.1f}":
+        return None
+    floor = info.get("budget_floor")
+    if isinstance(floor, int) and got > asked and floor > asked * num_sources:
+        return f"the method keeps at least {floor} of {num_sources} tokens"
+    if got > asked:
+        return "the method's own rules kept more (whole frames, merge steps or rounding); vtc show FILE lists " \
+               "what it reported"
+    return "the method's own rules kept fewer (merge steps or rounding); vtc show FILE lists what it reported"
 
 
 @dataclass
@@ -247,8 +264,9 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
             tensors[name] = sig[name].float().contiguous()
     write(video.job.output, tensors, meta)
     timings["store"] = time.perf_counter() - ts
+    asked = plan.cfg.ratio if plan.cfg.ratio is not None else plan.spec.paper_ratio
     return Outcome(video.job, True, None, red.num_outputs, red.num_sources, red.ratio(), int(shape[0]),
-                   video.report.truncated, timings)
+                   video.report.truncated, timings, asked, ratio_note(asked, red.ratio(), red.info, red.num_sources))
 
 
 def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap, sources: dict[str, str],
@@ -279,6 +297,7 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
         "N": n,
         "D": d,
         "K": red.num_outputs,
+        "config_hash": cfg.config_hash(),  # the settings that made it: a resume trusts only its own
         "signals": sources,
         "encoder": enc,
         "sampling": plan.sampling.describe(),

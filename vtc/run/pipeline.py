@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vtc.errors import InputError, VtcError
+from vtc.errors import InputError, ModelError, VtcError
 from vtc.io.decode import DecodeReport, VideoInfo, iter_frames, planned_frames, probe
 from vtc.io.encoders import AnyEncoder
 from vtc.io.geometry import FrameGeometry
@@ -52,6 +52,12 @@ def decode_failure(path: Path, e: Exception) -> VtcError:
 def as_failure(job: Job, e: Exception) -> VtcError:
     """An error while encoding, compressing or storing `job`, as the VtcError its record keeps."""
     return e if isinstance(e, VtcError) else VtcError(f"{job.input}: {type(e).__name__}: {e}")
+
+
+def first_nonfinite(x: Tensor) -> int | None:
+    """Index of the first frame of `x` [T, ...] holding a NaN or an infinity, or None."""
+    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    return None if bool(finite.all()) else int((~finite).nonzero()[0, 0])
 
 
 def no_frames(path: Path) -> InputError:
@@ -181,6 +187,16 @@ class Engine:
             while j < len(pending) and pending[j][0] is v:
                 j += 1
             rows = slice(i // tp, j // tp)  # token frames: one per `tp` sampled frames (runs are whole pairs)
+            bad = first_nonfinite(res["patches"][rows])
+            if bad is not None:  # NaN/Inf features would make an all-NaN token file: this video fails, named
+                if v.error is None:
+                    frame = v.encoded // tp + bad
+                    v.error = ModelError(
+                        f"{v.job.input}: the encoder gave NaN/Inf features for token frame {frame} "
+                        f"(t = {pending[i + bad * tp][2]:.2f} s); check the model's weights, or pass --dtype fp32 "
+                        f"if half precision overflowed.")
+                i = j
+                continue
             v.add({k: val[rows] for k, val in res.items()}, views[i:j:tp] if self.plan.keep_views else None,
                   pixels[i:j:tp] if self.plan.keep_pixels else None)
             v.grid, v.picture = self.encoder.grid_for(*picture), picture
@@ -240,6 +256,7 @@ class Engine:
                     v.error = as_failure(v.job, e)
 
     def _finish(self, video: Video) -> Outcome:
+        self.on_event("finishing", {"input": str(video.job.input)})
         return finish(self.plan, self.encoder, video, self.query_embedding)
 
     # ------------------------------------------------------------------ frames decoded elsewhere (Ray actors, live)
@@ -255,6 +272,8 @@ class Engine:
             chunk = [(video, f, t) for f, t in zip(frames[s : s + bs], times[s : s + bs], strict=True)]
             video.queued += len(chunk)
             self._encode(chunk)
+            if video.error is not None:  # e.g. NaN/Inf features: this video fails, named
+                raise video.error
 
     def complete(self, video: Video, frames: list[np.ndarray], times: list[float]) -> Outcome:
         """Encode the last frames of `video` (an odd last frame pairs with itself, as Qwen's processor does), then

@@ -8,7 +8,6 @@ Engines execute plans; they never look a method up or re-resolve a parameter.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from vtc.errors import UsageError
 from vtc.io.decode import Sampling
 from vtc.io.encoders import check_encoder as check_encoder_config
-from vtc.io.store import is_token_file
+from vtc.io.store import check_output
 from vtc.io.target import TARGETS
 from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
@@ -98,29 +97,25 @@ class Plan:
         return self.spec.extra_images is not None
 
 
-def check_output(input: Path, output: Path) -> None:
-    """An output may be written: it is not the input, not a folder, its folder is not a file, and it does not
-    replace anything but an earlier vtc token file.  Else a UsageError, before any work."""
-    if output.resolve() == input.resolve():
-        raise UsageError(f"the output {output} is the input itself; choose another -o.")
-    if output.is_dir():
-        raise UsageError(f"the output {output} is a directory.")
-    if output.exists() and not is_token_file(output):
-        raise UsageError(f"refusing to overwrite {output}: it is not a vtc token file. Remove it or choose another -o.")
-    parent = next((p for p in output.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise UsageError(f"cannot write {output}: {parent} is a file, not a directory.")
-    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {output}: the folder {parent} is not writable.")
-
-
-def check_outputs(pairs: list[tuple[Path, Path]]) -> None:
-    """Many (input, output) pairs: each checked as by `check_output`, and no two inputs share an output."""
+def check_outputs(pairs: list[tuple[Path, Path]]) -> dict[Path, UsageError]:
+    """Many (input, output) pairs: each checked as by `check_output`, and no two inputs share an output (a
+    UsageError for the run).  An output refused because of what already lies there (a file vtc may not replace,
+    a folder) fails that input alone: → {output: its error}."""
     seen: dict[Path, Path] = {}
+    refused: dict[Path, UsageError] = {}
     for src, dst in pairs:
         key = dst.resolve()
         if key in seen:
             raise UsageError(f"{seen[key]} and {src} would both be written to {dst}; rename one of them or run "
                              f"them in separate batches.")
         seen[key] = src
-        check_output(src, dst)
+        try:
+            check_output(src, dst)
+        except UsageError as e:
+            if not (dst.exists() or dst.is_symlink()):
+                raise
+            refused[dst] = e
+    return refused
+
+
+__all__ = ["Plan", "check_output", "check_outputs"]
