@@ -55,7 +55,7 @@ def _qwen(tf: TokenFile) -> dict[str, Any]:
         "source": str(tf.path),
     }
     if space["target"] == "qwen3-vl":  # [K, D] + [K, L, D] → [K, D·(1 + L)]; time comes from per-frame timestamps
-        planes = tf["deepstack"][order]
+        planes = tf["deepstack"][order] if int(space.get("deepstack_planes", 0)) else tf.tokens.new_zeros(k, 0)
         out["embeds"] = torch.cat([out["embeds"], planes.reshape(k, -1)], 1).contiguous()
         out["time"] = {"timestamps": [list(space["frame_timestamps"])]}
         out["mrope_positions"] = tf.positions[order].long()  # (frame, row, col): each frame its own (1, h, w) group

@@ -254,9 +254,10 @@ def _qwen3_inputs(tf: TokenFile, model: Any, ids: Tensor, at: int, tokenizer: An
     `mm_encoder_outputs` {"video": the kept tokens [K, D] and the DeepStack planes [K, D] each}."""
     from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-    if "deepstack" not in tf.tensors:
-        raise FormatError(f"{tf.path}: a qwen3-vl file without 'deepstack'.")
     space = tf.meta["space"]
+    num_planes = int(space.get("deepstack_planes", 0))
+    if num_planes and "deepstack" not in tf.tensors:
+        raise FormatError(f"{tf.path}: a qwen3-vl file with {num_planes} DeepStack planes but no 'deepstack'.")
     h, w = tf.grid
     stamps = [float(v) for v in space["frame_timestamps"]]
     fmt = str(space.get("timestamp_format", "<{:.1f} seconds>"))
@@ -293,7 +294,8 @@ def _qwen3_inputs(tf: TokenFile, model: Any, ids: Tensor, at: int, tokenizer: An
     device, dtype = embed.weight.device, embed.weight.dtype
     input_ids = torch.tensor([seq], device=device)
     kept = tf.tokens[order].to(device=device, dtype=dtype)
-    planes = tf.tensors["deepstack"][order].to(device=device, dtype=dtype)  # [K, L, D]
+    planes = tf.tensors["deepstack"][order].to(device=device, dtype=dtype) if num_planes else \
+        kept.new_zeros(kept.shape[0], 0, kept.shape[1])  # [K, L, D]; L = 0 without DeepStack
     video = BaseModelOutputWithDeepstackFeatures(
         pooler_output=(kept,), deepstack_features=[(planes[:, i],) for i in range(planes.shape[1])])
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),

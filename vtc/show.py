@@ -107,8 +107,15 @@ def summary_table(info: dict[str, Any], console: Console) -> None:
             m = space.get("spatial_merge_size", 2)
             body = (f"video_grid_thw [{t}, {gh}, {gw}] (patches) → {t} × {gh // m}×{gw // m} merged cells, each "
                     f"token frame = {space.get('temporal_patch_size')} sampled frames, picture "
-                    f"{space.get('image_size')}\nM-RoPE: t step {space.get('second_per_grid_t', 0):.4g} s × "
-                    f"{space.get('tokens_per_second')} tokens/s; kept tokens keep their original (t, h, w)")
+                    f"{space.get('image_size')}\n")
+            if "frame_timestamps" in space:  # Qwen3-VL: each token frame its own group after its timestamp
+                stamps = [str(space.get("timestamp_format", "<{:.1f} seconds>")).format(float(x))
+                          for x in space["frame_timestamps"]]
+                body += (f"timestamps {' '.join(stamps[:6])}{' …' if len(stamps) > 6 else ''}; DeepStack planes "
+                         f"{space.get('deepstack_planes', 0)}; kept tokens keep their original positions")
+            else:
+                body += (f"M-RoPE: t step {float(space.get('second_per_grid_t') or 0):.4g} s × "
+                         f"{space.get('tokens_per_second')} tokens/s; kept tokens keep their original (t, h, w)")
         else:
             body = (f"token grid {space.get('grid')} from vision grid {space.get('vision_grid')}\n"
                     f"newline: {nl.get('layout')} — {nl.get('where', '')}")

@@ -10,6 +10,7 @@ import json
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -232,6 +233,27 @@ def tiny_llava_onevision(out: Path, *, seed: int = 0, head: bool = False, image_
     return out
 
 
+def tiny_tokenizer(vocab_size: int = 300) -> Any:
+    """A small real tokenizer (transformers `PreTrainedTokenizerFast` over a `tokenizers` WordLevel model): one id
+    per printable ASCII character (ids 3–97), the Qwen vision special tokens at 290–293 (<|image_pad|>,
+    <|video_pad|>, <|vision_start|>, <|vision_end|>) and the LLaVA <image>/<video> at 294/295 — what the tiny
+    checkpoints' processors need to expand a prompt as the real ones do."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = {"<|image_pad|>": 290, "<|video_pad|>": 291, "<|vision_start|>": 292, "<|vision_end|>": 293,
+                "<image>": 294, "<video>": 295}
+    vocab = {"<unk>": 0, "<|endoftext|>": 1, "<|im_end|>": 2}
+    vocab.update({chr(c): 3 + i for i, c in enumerate(range(32, 127))})
+    vocab.update({f"<unused{i}>": i for i in range(len(vocab), vocab_size) if i not in specials.values()})
+    vocab.update(specials)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", additional_special_tokens=list(specials))
+
+
 #: token ids of the tiny Qwen2.5-VL model's vocabulary that the tests use
 TINY_QWEN_VIDEO_TOKEN = 291
 TINY_QWEN_VISION_START = 292
@@ -239,12 +261,15 @@ TINY_QWEN_VISION_END = 293
 
 
 def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_pixels: int = 112 * 140,
-                    tokens_per_second: int = 2, shard_size: str | None = None) -> Path:
+                    tokens_per_second: int = 2, shard_size: str | None = None,
+                    cap_pixels_per_frame: bool = False) -> Path:
     """Save a tiny random-weight Qwen2.5-VL checkpoint (transformers `save_pretrained`) with a video processor
     config: vision transformer (patch 14, 2×2 merge, frame pairs, window attention with one full-attention block),
-    Qwen2 language model with M-RoPE.  → the directory."""
+    Qwen2 language model with M-RoPE; the full processor (`Qwen2_5_VLProcessor` with `tiny_tokenizer`) is saved
+    along, so `AutoProcessor.from_pretrained` gives the model's own.  → the directory."""
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     torch.manual_seed(seed)
@@ -261,24 +286,28 @@ def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(out, **kwargs)
-    Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-                          cap_pixels_per_frame=False).save_pretrained(out)
+    video = Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                                  cap_pixels_per_frame=cap_pixels_per_frame)
+    Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tiny_tokenizer(),
+                        video_processor=video).save_pretrained(out)
     return out
 
 
-def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pixels: int = 64 * 96 * 8) -> Path:
+def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pixels: int = 64 * 96 * 8,
+                  deepstack: tuple[int, ...] = (0, 1)) -> Path:
     """Save a tiny random-weight Qwen3-VL checkpoint (transformers `save_pretrained`) with a video processor
     config: vision transformer (patch 16, 2×2 merge, frame pairs, learned position grid, DeepStack mergers after
     blocks 0 and 1), Qwen3 language model with interleaved M-RoPE. Its processor bounds the pixels of all frames
     together (min_pixels, max_pixels).  → the directory."""
     import torch
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     torch.manual_seed(seed)
     vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=48, patch_size=16,
                   spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                  deepstack_visual_indexes=[0, 1], in_channels=3)
+                  deepstack_visual_indexes=list(deepstack), in_channels=3)
     text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=12, vocab_size=300, max_position_embeddings=4096,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2],
@@ -289,6 +318,8 @@ def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pi
                         vision_end_token_id=TINY_QWEN_VISION_END)
     model = Qwen3VLForConditionalGeneration(cfg).eval()
     model.save_pretrained(out)
-    Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-                          cap_pixels_per_frame=False).save_pretrained(out)
+    video = Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                                  cap_pixels_per_frame=False)
+    Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=16), tokenizer=tiny_tokenizer(),
+                     video_processor=video).save_pretrained(out)
     return out

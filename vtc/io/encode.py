@@ -458,7 +458,7 @@ class Encoder(FrameGrid):
         return self.grid
 
     def file_extras(self, positions: Tensor, rep: Tensor, grid: tuple[int, int], num_frames: int,
-                    frame_times: list[float], fps: float, picture: tuple[int, int]) -> tuple[dict[str, Any],
+                    frame_times: list[float], info: Any, picture: tuple[int, int]) -> tuple[dict[str, Any],
                                                                                               dict[str, Tensor]]:
         """The `space` and `newline` metadata of a file (encoder space: no extra tensors)."""
         return {"space": self.space(), "newline": {"layout": "none"}}, {}

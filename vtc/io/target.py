@@ -38,6 +38,7 @@ from vtc.io.geometry import FrameGeometry
 from vtc.io.target_qwen import (
     Qwen3Tower,
     QwenTower,
+    VideoTiming,
     frame_timestamps,
     mrope_positions,
     qwen_geometry,
@@ -219,15 +220,30 @@ def read_checkpoint(ref: str, spec: TargetSpec) -> Checkpoint:
         need = "the vision transformer (visual.*)" if spec.family == "qwen" else \
             "the vision tower, the multi_modal_projector and image_newline"
         raise ModelError(f"{folder} has no {' / '.join(missing)} weights; a {spec.name} target needs {need}.")
-    preprocess: dict[str, Any] = {}
+    return Checkpoint(folder, config, keys, video_processor_config(folder), spec)
+
+
+def video_processor_config(folder: Path) -> dict[str, Any]:
+    """The checkpoint's video processor settings, found as `AutoVideoProcessor` finds them: the `video_processor`
+    entry of `processor_config.json` (transformers ≥ 5 saves processors nested there), else
+    `video_preprocessor_config.json`, else the image processor's `preprocessor_config.json`; {} when none."""
+    def read(name: str) -> Any:
+        try:
+            return json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            raise ModelError(f"{folder / name} cannot be read as JSON.") from None
+
+    if (folder / "processor_config.json").is_file():
+        nested = read("processor_config.json")
+        if isinstance(nested, dict) and isinstance(nested.get("video_processor"), dict):
+            return nested["video_processor"]
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
         if (folder / name).is_file():
-            try:
-                preprocess = json.loads((folder / name).read_text())
-            except (OSError, ValueError):
-                raise ModelError(f"{folder / name} cannot be read as JSON.") from None
-            break
-    return Checkpoint(folder, config, keys, preprocess, spec)
+            found = read(name)
+            if not isinstance(found, dict):
+                raise ModelError(f"{folder / name} is not a processor configuration (a JSON object).")
+            return found
+    return {}
 
 
 #: LlavaOnevisionVideoProcessor's defaults (used when the checkpoint ships no processor config)
@@ -576,41 +592,38 @@ class TargetEncoder(FrameGrid):
         return self.tower.grid_for(height, width) if isinstance(self.tower, QwenTower) else self.grid
 
     def file_extras(self, positions: Tensor, rep: Tensor, grid: tuple[int, int], num_frames: int,
-                    frame_times: list[float], fps: float, picture: tuple[int, int]) -> tuple[dict[str, Any],
-                                                                                              dict[str, Tensor]]:
+                    frame_times: list[float], info: Any, picture: tuple[int, int]) -> tuple[dict[str, Any],
+                                                                                             dict[str, Tensor]]:
         """The `space` and `newline` metadata and the extra tensors of one file.
 
         positions [K, 3] (frame, row, col of each kept token), rep [K] (flat source index or -1), grid (h, w),
-        num_frames T (token frames), frame_times of the sampled frames, the video's fps, the picture (H, W)."""
+        num_frames T (token frames), frame_times [F] of the sampled frames, the video's header (`VideoInfo`: fps,
+        frame count, first frame's time), the picture (H, W)."""
         space = self.space()
         tensors: dict[str, Tensor] = {}
-        if self.spec.family == "qwen" and self.spec.generation == 3:
+        if self.spec.family == "qwen":
             vc = self.holder.config.vision_config
             m = int(vc.spatial_merge_size)
+            timing = VideoTiming.of(frame_times, info)
+            # what the model's processor is told about the video (`VideoMetadata`), so a consumer can recompute
             space.update(grid=list(grid), image_size=list(picture),
                          video_grid_thw=[num_frames, grid[0] * m, grid[1] * m], spatial_merge_size=m,
                          temporal_patch_size=self.temporal_patch, frames_sampled=len(frame_times),
-                         frame_timestamps=[round(v, 6) for v in frame_timestamps(frame_times, self.temporal_patch)],
-                         timestamp_format="<{:.1f} seconds>", deepstack_planes=self.carried,
+                         video_fps=timing.fps, video_frames=timing.total_frames, frame_indices=timing.indices,
+                         sampled_fps=timing.sampled_fps,
                          vision_start_token_id=self.ckpt.config.get("vision_start_token_id"),
                          vision_end_token_id=self.ckpt.config.get("vision_end_token_id"))
-            mask = torch.zeros(num_frames * grid[0] * grid[1], dtype=torch.bool)
-            mask[rep[rep >= 0].long()] = True
-            tensors["retention_mask"] = mask
-        elif self.spec.family == "qwen":
-            vc = self.holder.config.vision_config
-            spg = second_per_grid(frame_times, self.temporal_patch, fps)
-            tps = float(vc.tokens_per_second)
-            t_pos = temporal_positions(num_frames, spg, tps)
-            m = int(vc.spatial_merge_size)
-            space.update(grid=list(grid), image_size=list(picture),
-                         video_grid_thw=[num_frames, grid[0] * m, grid[1] * m], spatial_merge_size=m,
-                         temporal_patch_size=self.temporal_patch, tokens_per_second=tps, second_per_grid_t=spg,
-                         frames_sampled=len(frame_times),
-                         vision_start_token_id=self.ckpt.config.get("vision_start_token_id"),
-                         vision_end_token_id=self.ckpt.config.get("vision_end_token_id"),
-                         max_position=int(max(int(t_pos[-1]), grid[0] - 1, grid[1] - 1)))
-            tensors["mrope_positions"] = mrope_positions(positions, t_pos).contiguous()
+            tensors["sampled_frame_times"] = torch.tensor(frame_times, dtype=torch.float64)
+            if self.spec.generation == 3:
+                space.update(frame_timestamps=frame_timestamps(timing, self.temporal_patch),
+                             timestamp_format="<{:.1f} seconds>", deepstack_planes=self.carried)
+            else:
+                spg = second_per_grid(timing, self.temporal_patch)
+                tps = float(vc.tokens_per_second)
+                t_pos = temporal_positions(num_frames, spg, tps)
+                space.update(tokens_per_second=tps, second_per_grid_t=spg,
+                             max_position=int(max(int(t_pos[-1]), grid[0] - 1, grid[1] - 1)))
+                tensors["mrope_positions"] = mrope_positions(positions, t_pos).contiguous()
             mask = torch.zeros(num_frames * grid[0] * grid[1], dtype=torch.bool)
             mask[rep[rep >= 0].long()] = True
             tensors["retention_mask"] = mask

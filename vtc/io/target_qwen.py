@@ -16,6 +16,7 @@ gives kept tokens their original positions.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -166,12 +167,62 @@ class Qwen3Tower(QwenTower):
         return {"patches": tokens, **self.signals(tokens[..., : self.width], want)}
 
 
-def frame_timestamps(frame_times: list[float], temporal: int) -> list[float]:
-    """Qwen3-VL's timestamp of each token frame: the mean time of its first and last sampled frame (an odd count
-    repeats the last frame), as its processor computes them from frame indices / fps."""
-    times = list(frame_times)
-    if times and len(times) % temporal:
-        times += [times[-1]] * (temporal - len(times) % temporal)
+@dataclass(frozen=True)
+class VideoTiming:
+    """Which frames of the video were sampled, as the model's processor is told (`VideoMetadata`): the video's
+    frame rate, its frame count and the index of each sampled frame (from its presentation time: index =
+    round((time − first frame's time) · fps))."""
+
+    fps: float
+    total_frames: int
+    indices: list[int]
+
+    @classmethod
+    def of(cls, frame_times: list[float], info: Any) -> VideoTiming:
+        """From the sampled frames' times [F] and the video's header (`VideoInfo`: fps, frame count — when the
+        container stores none, the stream's packets are counted, as a decoder-side loader counts frames — and
+        the first frame's time)."""
+        fps = float(info.fps or 0.0)
+        total = int(info.num_frames or 0) or count_frames(info.path, int(info.stream))
+        idx = [max(0, round((t - info.start_time) * fps)) if fps > 0 else i for i, t in enumerate(frame_times)]
+        return cls(fps, max(total, (max(idx) + 1) if idx else 0), idx)
+
+    @property
+    def sampled_fps(self) -> float:
+        """transformers' `VideoMetadata.sampled_fps` (qwen-vl-utils, vLLM): sampled frames / total frames × fps
+        (24 when the video's fps is unknown, as transformers defaults)."""
+        if self.fps <= 0 or self.total_frames <= 0:
+            return self.fps or 24.0
+        return len(self.indices) / self.total_frames * self.fps
+
+
+def count_frames(path: str, stream: int = 0) -> int:
+    """The number of frames of video stream `stream` of `path`, from its demuxed packets (no decoding); 0 when the
+    file cannot be read."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            return sum(1 for pkt in c.demux(c.streams.video[stream]) if pkt.size and pkt.pts is not None)
+    except (av.error.FFmpegError, OSError, IndexError):
+        return 0
+
+
+def second_per_grid(timing: VideoTiming, temporal: int) -> float:
+    """Seconds covered by one temporal grid step, as Qwen2.5-VL's processor sets `second_per_grid_ts`:
+    temporal_patch_size / sampled_fps."""
+    return temporal / timing.sampled_fps
+
+
+def frame_timestamps(timing: VideoTiming, temporal: int) -> list[float]:
+    """Qwen3-VL's timestamp of each token frame, as its processor computes it (`_calculate_timestamps`): frame
+    index / fps of every sampled frame (an odd count repeats the last), then the mean of the first and last of
+    each group of `temporal`. Unrounded: the text is `format(value, ".1f")` of exactly these floats."""
+    idx = list(timing.indices)
+    if idx and len(idx) % temporal:
+        idx += [idx[-1]] * (temporal - len(idx) % temporal)
+    fps = timing.fps if timing.fps > 0 else 24.0
+    times = [i / fps for i in idx]
     return [(times[i] + times[i + temporal - 1]) / 2 for i in range(0, len(times), temporal)]
 
 
@@ -188,14 +239,3 @@ def mrope_positions(positions: Tensor, t_pos: Tensor) -> Tensor:
     frame = positions[:, 0].long().clamp(min=0)
     hw = positions[:, 1:].long().clamp(min=0)
     return torch.cat([t_pos[frame][:, None], hw], 1).int()
-
-
-def second_per_grid(frame_times: list[float], temporal: int, fallback_fps: float) -> float:
-    """Seconds covered by one temporal grid step: temporal_patch_size / the sampling rate (frames per second of
-    the sampled frames, from their median spacing), as the model's processor sets `second_per_grid_ts`."""
-    if len(frame_times) > 1:
-        gaps = sorted(b - a for a, b in zip(frame_times, frame_times[1:], strict=False))
-        step = gaps[len(gaps) // 2]
-        if step > 0:
-            return float(temporal * step)
-    return float(temporal / fallback_fps) if fallback_fps > 0 else float(temporal)

@@ -233,10 +233,11 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
     # the token space: a target's newline embedding (placed by consumers, never compressed), Qwen's M-RoPE
     # positions and retention mask
     space, extra = encoder.file_extras(tensors["positions"], red.rep, grid, int(feats.shape[0]), list(sampled),
-                                       float(video.info.fps or 0.0), video.picture or (0, 0))
+                                       video.info, video.picture or (0, 0))
     meta.update(space)
     for name, value in extra.items():
-        tensors[name] = value.to(tensors["tokens"].dtype).contiguous() if value.is_floating_point() else value
+        # embeddings (float32, e.g. the newline) follow --dtype-out; times (float64) keep their precision
+        tensors[name] = value.to(tensors["tokens"].dtype).contiguous() if value.dtype == torch.float32 else value
     if planes is not None:  # [K, L, D]: what the model adds to its first L decoder layers at each kept token
         tensors["deepstack"] = planes if isinstance(planes, Streamed) else \
             planes.to(out_dtype(plan.cfg.dtype_out)).contiguous()

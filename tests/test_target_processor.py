@@ -1,0 +1,194 @@
+"""Qwen targets against the model's FULL processor (video processor + tokenizer) and its own forward.
+
+The reference is transformers itself, never vtc's metadata: the frames vtc sampled are decoded again with PyAV,
+their indices in the video counted from the stream, and `AutoProcessor` (a `Qwen2_5_VLProcessor` /
+`Qwen3VLProcessor` with a real tokenizer, saved with the tiny checkpoint) is told which frames of the video they
+are (`VideoMetadata`: total frames, fps, frame indices), as `qwen-vl-utils` and vLLM do. It then decides
+`second_per_grid_ts`, the timestamp text, the expanded `input_ids` and `video_grid_thw`; the model's forward on
+those is compared with its forward on `vtc.hf.video_inputs`, and its `get_rope_index` with vtc's positions.
+Cases: odd and even frame counts, `--fps`, a clip whose first frame is not at 0 s and whose container stores no
+frame count, a portrait clip, sizes that are no multiple of 28 or 32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+pytest.importorskip("transformers")
+
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from transformers.video_utils import VideoMetadata  # noqa: E402
+
+import vtc  # noqa: E402
+import vtc.hf  # noqa: E402
+from vtc.cli import app  # noqa: E402
+from vtc.testing import tiny_qwen2_5_vl, tiny_qwen3_vl  # noqa: E402
+
+from .conftest import MEDIA  # noqa: E402
+
+runner = CliRunner()
+
+#: (clip, sampling): odd/even counts, a rate, a clip starting at 0.033 s without a header frame count, a portrait
+#: 244×432 clip, the README's bikes clip
+CASES = [("square", ["--frames", 1]), ("square", ["--frames", 3]), ("square", ["--frames", 4]),
+         ("square", ["--frames", 9]), ("square", ["--fps", 2]), ("asl_book.mkv", ["--frames", 5]),
+         ("one_by_one_portrait_244x432.mp4", ["--frames", 3]), ("bikes.mp4", ["--frames", 5]),
+         ("bikes.mp4", ["--fps", 2])]
+
+
+def clip_of(name: str, square: Path) -> Path:
+    if name == "square":
+        return square
+    path = MEDIA / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not available")
+    return path
+
+
+def reference_video(clip: Path, times: list[float]) -> tuple[np.ndarray, VideoMetadata]:
+    """Decode the whole stream with PyAV: the frames nearest to `times` (RGB uint8 [F, H, W, 3]) and the
+    `VideoMetadata` a processor is given for them (frame count and fps of the stream, each frame's index)."""
+    with av.open(str(clip)) as c:
+        stream = c.streams.video[0]
+        fps = float(stream.average_rate)
+        pts = [float(f.time) for f in c.decode(stream)]
+    idx = [int(np.argmin([abs(p - t) for p in pts])) for t in times]
+    want = set(idx)
+    got: dict[int, np.ndarray] = {}
+    with av.open(str(clip)) as c:
+        for i, f in enumerate(c.decode(c.streams.video[0])):
+            if i in want:
+                got[i] = f.to_ndarray(format="rgb24")
+    return np.stack([got[i] for i in idx]), VideoMetadata(total_num_frames=len(pts), fps=fps, frames_indices=idx)
+
+
+def compress(tmp_path: Path, clip: Path, ckpt: Path, target: str, sampling: list[object], method: str = "none",
+             *extra: object) -> vtc.TokenFile:
+    out = tmp_path / f"{target}-{method}.safetensors"
+    r = runner.invoke(app, [str(a) for a in ("compress", clip, "-o", out, "--target", target, "--target-model",
+                                             ckpt, "--method", method, *sampling, "--dtype-out", "float32",
+                                             *extra)])
+    assert r.exit_code == 0, r.output
+    return vtc.load(out)
+
+
+# ------------------------------------------------------------------------------------------------ Qwen2.5-VL
+@pytest.fixture(scope="module")
+def qwen25(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, object]:
+    ckpt = tiny_qwen2_5_vl(tmp_path_factory.mktemp("q25") / "qwen25")
+    return ckpt, AutoProcessor.from_pretrained(ckpt), Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt).eval()
+
+
+QWEN25_TEXT = "ab<|vision_start|><|video_pad|><|vision_end|>cd"
+
+
+@pytest.mark.parametrize(("clip_name", "sampling"), CASES)
+def test_qwen2_5_vl_equals_the_processor_and_the_models_forward(tmp_path: Path, clip_path: Path, qwen25,  # noqa: ANN001
+                                                                clip_name: str, sampling: list[object]) -> None:
+    ckpt, proc, model = qwen25
+    clip = clip_of(clip_name, clip_path)
+    f = compress(tmp_path, clip, ckpt, "qwen2.5-vl", sampling)
+    frames, meta = reference_video(clip, f["sampled_frame_times"].tolist())
+    ref = proc(text=[QWEN25_TEXT], videos=[frames], video_metadata=[meta], do_sample_frames=False,
+               return_tensors="pt")
+    space = f.meta["space"]
+    assert space["video_grid_thw"] == ref["video_grid_thw"][0].tolist()
+    assert space["frame_indices"] == meta.frames_indices and space["video_frames"] == meta.total_num_frames
+    # the processor keeps second_per_grid_ts as float32: vtc's float64 rounds to the same value
+    assert torch.equal(torch.tensor([space["second_per_grid_t"]], dtype=torch.float32), ref["second_per_grid_ts"])
+    ids = proc.tokenizer(QWEN25_TEXT).input_ids
+    inputs = vtc.hf.video_inputs(f, model, ids, after_video="model")
+    pos, _ = model.model.get_rope_index(ref["input_ids"], ref["mm_token_type_ids"],
+                                        video_grid_thw=ref["video_grid_thw"],
+                                        second_per_grid_ts=ref["second_per_grid_ts"])
+    assert torch.equal(inputs["position_ids"][-3:], pos)
+    with torch.no_grad():
+        want = model(**ref).logits
+        got = model(**inputs).logits
+    assert (got - want).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("method", ["evs", "uniform"])
+def test_qwen2_5_vl_pruned_positions_are_the_models(tmp_path: Path, clip_path: Path, qwen25, method: str) -> None:  # noqa: ANN001
+    ckpt, proc, model = qwen25
+    f = compress(tmp_path, clip_path, ckpt, "qwen2.5-vl", ["--frames", 7], method, "--ratio", 0.3)
+    frames, meta = reference_video(clip_path, f["sampled_frame_times"].tolist())
+    ref = proc(text=[QWEN25_TEXT], videos=[frames], video_metadata=[meta], do_sample_frames=False,
+               return_tensors="pt")
+    full, _ = model.model.get_rope_index(ref["input_ids"], ref["mm_token_type_ids"],
+                                         video_grid_thw=ref["video_grid_thw"],
+                                         second_per_grid_ts=ref["second_per_grid_ts"])
+    vid = model.config.video_token_id
+    slots = torch.nonzero(ref["input_ids"][0] == vid).flatten()  # the full video, in (frame, row, col) order
+    h, w = f.grid
+    pos = f.positions.long()[f.raster_order()]
+    inputs = vtc.hf.video_inputs(f, model, proc.tokenizer(QWEN25_TEXT).input_ids, after_video="model")
+    at = proc.tokenizer(QWEN25_TEXT).input_ids.index(vid)
+    got = inputs["position_ids"][-3:, 0, at: at + pos.shape[0]]
+    assert torch.equal(got, full[:, 0, slots[pos[:, 0] * h * w + pos[:, 1] * w + pos[:, 2]]])
+    # the text after the video continues where the model's full sequence continues it
+    assert torch.equal(inputs["position_ids"][-3:, 0, -2:], full[:, 0, -2:])
+
+
+# ------------------------------------------------------------------------------------------------ Qwen3-VL
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object, object]]:
+    from transformers import Qwen3VLForConditionalGeneration
+
+    out = {}
+    for name, planes in (("deepstack", (0, 1)), ("plain", ())):
+        ckpt = tiny_qwen3_vl(tmp_path_factory.mktemp("q3") / name, deepstack=planes)
+        out[name] = (ckpt, AutoProcessor.from_pretrained(ckpt),
+                     Qwen3VLForConditionalGeneration.from_pretrained(ckpt).eval())
+    return out
+
+
+QWEN3_TEXT = "ab<|video_pad|>cd"
+
+
+#: Qwen3VLVideoProcessor refuses a single frame (t must reach temporal_patch_size); vtc pairs it with itself
+@pytest.mark.parametrize(("clip_name", "sampling"), CASES[1:])
+def test_qwen3_vl_equals_the_processor_and_the_models_forward(tmp_path: Path, clip_path: Path, qwen3,  # noqa: ANN001
+                                                              clip_name: str, sampling: list[object]) -> None:
+    ckpt, proc, model = qwen3["deepstack"]
+    clip = clip_of(clip_name, clip_path)
+    f = compress(tmp_path, clip, ckpt, "qwen3-vl", sampling)
+    frames, meta = reference_video(clip, f["sampled_frame_times"].tolist())
+    ref = proc(text=[QWEN3_TEXT], videos=[frames], video_metadata=[meta], do_sample_frames=False,
+               return_tensors="pt")
+    assert f.meta["space"]["video_grid_thw"] == ref["video_grid_thw"][0].tolist()
+    inputs = vtc.hf.video_inputs(f, model, proc.tokenizer(QWEN3_TEXT).input_ids, tokenizer=proc.tokenizer)
+    assert torch.equal(inputs["input_ids"], ref["input_ids"])  # the timestamp text is the processor's
+    pos, _ = model.model.get_rope_index(ref["input_ids"], ref["mm_token_type_ids"],
+                                        video_grid_thw=ref["video_grid_thw"])
+    assert torch.equal(inputs["position_ids"][-3:], pos)
+    with torch.no_grad():
+        want = model(**ref).logits
+        got = model(**inputs).logits
+    assert (got - want).abs().max() <= 1e-4
+
+
+def test_qwen3_vl_without_deepstack_works_in_hf_and_export(tmp_path: Path, clip_path: Path, qwen3) -> None:  # noqa: ANN001
+    ckpt, proc, model = qwen3["plain"]
+    f = compress(tmp_path, clip_path, ckpt, "qwen3-vl", ["--frames", 5])
+    assert f.meta["space"]["deepstack_planes"] == 0 and "deepstack" not in f.tensors
+    frames, meta = reference_video(clip_path, f["sampled_frame_times"].tolist())
+    ref = proc(text=[QWEN3_TEXT], videos=[frames], video_metadata=[meta], do_sample_frames=False,
+               return_tensors="pt")
+    inputs = vtc.hf.video_inputs(f, model, proc.tokenizer(QWEN3_TEXT).input_ids, tokenizer=proc.tokenizer)
+    with torch.no_grad():
+        assert (model(**inputs).logits - model(**ref).logits).abs().max() <= 1e-4
+    for engine in ("vllm", "sglang"):
+        out = tmp_path / f"x.{engine}.pt"
+        r = runner.invoke(app, ["export", str(f.path), "--to", engine, "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        data = torch.load(out)
+        embeds = data["multi_modal_data"]["video"]["video_embeds"] if engine == "vllm" else \
+            data["video_data"][0]["feature"]
+        assert embeds.shape == f.tokens.shape  # no planes to append
