@@ -26,9 +26,9 @@ import vtc.hf  # noqa: E402
 from vtc.cli import app  # noqa: E402
 from vtc.errors import ModelError, UsageError  # noqa: E402
 from vtc.io.decode import Sampling, iter_frames  # noqa: E402
-from vtc.io.encoders import open_encoder  # noqa: E402
-from vtc.io.target import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
 from vtc.run.config import make_config  # noqa: E402
+from vtc.targets import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
+from vtc.targets.encoders import open_encoder  # noqa: E402
 from vtc.testing import tiny_llava_onevision  # noqa: E402
 
 runner = CliRunner()

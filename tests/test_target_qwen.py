@@ -23,10 +23,10 @@ import vtc.hf  # noqa: E402
 from vtc.cli import app  # noqa: E402
 from vtc.errors import UsageError  # noqa: E402
 from vtc.io.decode import Sampling, iter_frames  # noqa: E402
-from vtc.io.encoders import open_encoder  # noqa: E402
-from vtc.io.target import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
-from vtc.io.target_qwen import patchify  # noqa: E402
 from vtc.run.config import make_config  # noqa: E402
+from vtc.targets import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
+from vtc.targets.encoders import open_encoder  # noqa: E402
+from vtc.targets.qwen import patchify  # noqa: E402
 from vtc.testing import TINY_QWEN_VISION_END, TINY_QWEN_VISION_START, tiny_qwen2_5_vl  # noqa: E402
 
 runner = CliRunner()

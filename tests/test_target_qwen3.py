@@ -21,8 +21,8 @@ import vtc.hf  # noqa: E402
 from vtc.cli import app  # noqa: E402
 from vtc.errors import UsageError  # noqa: E402
 from vtc.io.decode import Sampling, iter_frames, probe  # noqa: E402
-from vtc.io.target import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
-from vtc.io.target_qwen import patchify  # noqa: E402
+from vtc.targets import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
+from vtc.targets.qwen import patchify  # noqa: E402
 from vtc.testing import TINY_QWEN_VISION_END, TINY_QWEN_VISION_START, tiny_qwen3_vl  # noqa: E402
 
 runner = CliRunner()

@@ -15,7 +15,6 @@ from torch import Tensor
 from vtc._version import __version__
 from vtc.errors import UsageError
 from vtc.io.decode import probe
-from vtc.io.encoders import AnyEncoder, open_encoder
 from vtc.io.store import load, out_dtype, token_tensors, write
 from vtc.methods.registry import parse_method
 from vtc.reduction import Reduction
@@ -27,6 +26,7 @@ from vtc.run.plan import Plan, check_output
 from vtc.run.ray_engine import RayExecutor
 from vtc.signals import Signals
 from vtc.stages.window import run_windowed_parts
+from vtc.targets.encoders import AnyEncoder, open_encoder
 
 __all__ = ["CompressResult", "FeatureResult", "compress", "compress_batch", "compress_features", "load",
            "default_output"]

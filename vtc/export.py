@@ -29,40 +29,19 @@ import torch
 
 from vtc.errors import UsageError
 from vtc.io.store import TokenFile, atomic_write, load
+from vtc.targets import spec_of_file
 
 ENGINES = ("vllm", "sglang")
 PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
-QWEN_TARGETS = ("qwen2.5-vl", "qwen3-vl")
 
 
 def _qwen(tf: TokenFile) -> dict[str, Any]:
+    """The family's engine input (`TargetSpec.engine_video`): embeds, grid_thw, time, retention mask, positions."""
     space = tf.meta.get("space") if isinstance(tf.meta.get("space"), dict) else {}
     if space.get("kind") != "target":
         raise UsageError(f"{tf.path} holds encoder-space tokens; serving engines need a target's tokens "
                          f"(vtc compress --target qwen2.5-vl --target-model CHECKPOINT).")
-    if space.get("target") not in QWEN_TARGETS:
-        raise UsageError(f"{tf.path} is in {space.get('target')} space; vLLM and SGLang take no precomputed video "
-                         f"tokens for it. Use vtc.hf.video_inputs with transformers, or a --target qwen2.5-vl or "
-                         f"qwen3-vl file.")
-    order = tf.raster_order()  # the model's sequence order: frame, row, column
-    k = int(tf.tokens.shape[0])
-    out: dict[str, Any] = {
-        "embeds": tf.tokens[order].contiguous(),
-        "grid_thw": torch.tensor([space["video_grid_thw"]], dtype=torch.int64),
-        "retention_mask": tf["retention_mask"].bool(),
-        "num": k,
-        "complete": k == int(tf["retention_mask"].numel()),
-        "source": str(tf.path),
-    }
-    if space["target"] == "qwen3-vl":  # [K, D] + [K, L, D] → [K, D·(1 + L)]; time comes from per-frame timestamps
-        planes = tf["deepstack"][order] if int(space.get("deepstack_planes", 0)) else tf.tokens.new_zeros(k, 0)
-        out["embeds"] = torch.cat([out["embeds"], planes.reshape(k, -1)], 1).contiguous()
-        out["time"] = {"timestamps": [list(space["frame_timestamps"])]}
-        out["mrope_positions"] = tf.positions[order].long()  # (frame, row, col): each frame its own (1, h, w) group
-    else:
-        out["time"] = {"second_per_grid_ts": torch.tensor([space["second_per_grid_t"]], dtype=torch.float32)}
-        out["mrope_positions"] = tf["mrope_positions"][order].long()
-    return out
+    return spec_of_file(tf).engine_video(tf)
 
 
 def _contract(q: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class EncoderConfig:
     """Which encoder to build and how to run it (the CLI's --model/--pretrained/--checkpoint/--layer/...).
 
     With `target` (and `target_model`), tokens come from that video LLM's own vision path instead of an open_clip
-    tower (`vtc.io.target`); model/pretrained/checkpoint/layer then do not apply."""
+    tower (`vtc.targets`); model/pretrained/checkpoint/layer then do not apply."""
 
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED

@@ -28,12 +28,12 @@ from typing import Any, Protocol
 
 from vtc._version import __version__
 from vtc.errors import UsageError
-from vtc.io.encoders import AnyEncoder, open_encoder
 from vtc.io.store import is_token_file
 from vtc.run.config import CompressConfig
 from vtc.run.finish import Job, Outcome
 from vtc.run.pipeline import Engine
 from vtc.run.plan import Plan, check_outputs
+from vtc.targets.encoders import AnyEncoder, open_encoder
 
 Notify = Callable[[str, dict[str, Any]], None]
 

@@ -19,7 +19,6 @@ from vtc._version import __version__
 from vtc.errors import VtcError
 from vtc.io.audio import SALIENCY_NAME, audio_saliency
 from vtc.io.decode import DecodeReport, VideoInfo, content_hash
-from vtc.io.encoders import AnyEncoder
 from vtc.io.store import Streamed, TokenMap, out_dtype, token_tensors, write
 from vtc.reduction import Reduction
 from vtc.run.plan import Plan
@@ -28,6 +27,7 @@ from vtc.signals import Signals
 from vtc.stages.in_encoder import reduction_from_sources
 from vtc.stages.pre_encoder import PreEncoderRule
 from vtc.stages.window import WindowedReduction, run_windowed_parts, windowed_rows
+from vtc.targets.encoders import AnyEncoder
 
 
 @dataclass

@@ -1,16 +1,14 @@
-"""The Qwen2.5-VL target: the model's own vision transformer and patch merger, its frame sizes, its M-RoPE positions.
+"""What the Qwen-VL families share: the checkpoint's `visual` part, the processor's dynamic frame size, frame-pair
+patches, the tower adapter, what the processor is told about the sampled frames, and the engines' input.
 
-Qwen2.5-VL patches two consecutive frames together (`temporal_patch_size` 2) and merges 2×2 neighbouring patches,
-so `F` sampled frames of `H × W` pixels (multiples of 28, chosen per video by `smart_resize`) give a token grid
-`[T' = ⌈F/2⌉, (H/28)·(W/28), D_llm]`; an odd frame count repeats the last frame, as the model's processor does.
-The vision transformer attends within each frame pair only (full-attention blocks) or within windows, so frame
-pairs can be encoded in any batch.
+Qwen-VL models patch `temporal_patch_size` (2) consecutive frames together and merge 2×2 neighbouring patches, so
+`F` sampled frames of `H × W` pixels (multiples of patch·merge, chosen per video by `smart_resize`) give a token grid
+`[T' = ⌈F/2⌉, (H/(p·m))·(W/(p·m)), D_llm]`; an odd frame count repeats the last frame, as the model's processor
+does. The vision transformer attends within each frame pair (or window), so frame pairs can be encoded in any batch.
 
-Positions: the model gives the video token at (t', row, col) the rotary position
-`(⌊t'·second_per_grid_t·tokens_per_second⌋, row, col) + start`, where start is the position after the text before
-the video. A vtc file stores that triple (without `start`) for every kept token (`mrope_positions`), with
-`video_grid_thw`, `second_per_grid_t` and the retention mask over the full grid, so a consumer or a serving engine
-gives kept tokens their original positions.
+The per-video quantities the processor derives from the frames it is given — `second_per_grid_ts` (Qwen2.5-VL),
+the timestamps (Qwen3-VL) — come from `VideoMetadata`: the video's fps, its frame count and the index of each
+sampled frame. vtc computes them by the same rule (`VideoTiming`) and records those three in the file.
 """
 
 from __future__ import annotations
@@ -24,7 +22,9 @@ from torch import Tensor
 
 from vtc.errors import ModelError, UsageError
 from vtc.io.geometry import OPENAI_MEAN, OPENAI_STD, FrameGeometry
+from vtc.io.store import TokenFile
 from vtc.io.towers import Tower
+from vtc.targets.base import Checkpoint, TargetEncoder, TargetSpec, retention_mask
 
 #: Qwen2VLVideoProcessor's default pixel bounds per frame (shortest_edge / longest_edge of its `size`)
 DEFAULT_MIN_PIXELS = 128 * 28 * 28
@@ -84,18 +84,22 @@ def patchify(pixels: Tensor, patch: int, merge: int, temporal: int) -> tuple[Ten
 
 
 class QwenTower(Tower):
-    """Qwen2.5-VL's vision transformer + patch merger as a tower adapter: frames [F, 3, H, W] (F even, or the last
-    frame repeats) → `patches` [F/2, (H/28)·(W/28), D_llm] and substitute signals (see `signal_sources`)."""
+    """A Qwen-VL vision transformer + patch merger as a tower adapter: frames [F, 3, H, W] (F even, or the last
+    frame repeats) → `patches` [F/2, (H/(p·m))·(W/(p·m)), D_llm] and substitute signals (see `signal_sources`)."""
 
     kind = "qwen"
-    name = "qwen2.5-vl"
+    #: what the tokens are read from (recorded as the file's `layer`)
+    layer_label = "merger"
+    pool = "merge"
 
-    def __init__(self, holder: Any) -> None:
+    def __init__(self, holder: Any, name: str) -> None:
         vc = holder.config.vision_config
+        self.name = name
         self.patch = int(vc.patch_size)
         self.merge = int(vc.spatial_merge_size)
         self.temporal = int(vc.temporal_patch_size)
-        super().__init__(holder, (0, 0), int(vc.depth), int(vc.out_hidden_size))
+        out = getattr(vc, "out_hidden_size", None) or holder.config.text_config.hidden_size  # Qwen2-VL: hidden_size
+        super().__init__(holder, (0, 0), int(vc.depth), int(out))
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         """The merged token grid of a picture of height × width pixels."""
@@ -131,7 +135,7 @@ class QwenTower(Tower):
         return {k: v for k, v in res.items() if k in want}
 
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
-        raise UsageError("encoding only the changed patches is not available with --target qwen2.5-vl.")
+        raise UsageError(f"encoding only the changed patches is not available with --target {self.name}.")
 
     def signal_sources(self, layer: int) -> dict[str, str]:
         name = self.name
@@ -143,28 +147,6 @@ class QwenTower(Tower):
             "cls_token": f"{name}: mean of the frame pair's tokens (substitute: no CLS token)",
             "keys": f"{name}: the merged tokens themselves, row 0 zero (substitute: no CLS, keys not exposed)",
         }
-
-
-class Qwen3Tower(QwenTower):
-    """Qwen3-VL's vision transformer, patch merger and DeepStack mergers: frames [F, 3, H, W] → `patches`
-    [F/2, (H/32)·(W/32), (1 + L)·D_llm]: each token's LLM embedding followed by its L DeepStack features (the
-    mergers of intermediate blocks, added to the first L decoder layers' hidden states). Methods decide on the
-    first D_llm channels only (`carried` = L planes ride along and are reduced with the same map), and the file
-    stores them as `deepstack` [K, L, D_llm]."""
-
-    kind = "qwen3"
-    name = "qwen3-vl"
-
-    def __init__(self, holder: Any) -> None:
-        super().__init__(holder)
-        self.carried = len(holder.config.vision_config.deepstack_visual_indexes)
-
-    def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
-        out, gt, gh, gw = self.run_visual(pixels)
-        n = (gh // self.merge) * (gw // self.merge)
-        planes = [out.pooler_output, *out.deepstack_features]
-        tokens = torch.cat([p.reshape(gt, n, -1) for p in planes], -1)
-        return {"patches": tokens, **self.signals(tokens[..., : self.width], want)}
 
 
 @dataclass(frozen=True)
@@ -239,3 +221,76 @@ def mrope_positions(positions: Tensor, t_pos: Tensor) -> Tensor:
     frame = positions[:, 0].long().clamp(min=0)
     hw = positions[:, 1:].long().clamp(min=0)
     return torch.cat([t_pos[frame][:, None], hw], 1).int()
+
+
+def text_ids(tokenizer: Any, text: str, target: str) -> list[int]:
+    """Token ids of `text` without special tokens, from a transformers tokenizer (or any `encode` / callable)."""
+    if tokenizer is None:
+        raise UsageError(f"a {target} file needs the model's tokenizer to write each frame's timestamp: "
+                         f"video_inputs(file, model, input_ids, tokenizer=processor.tokenizer).")
+    if hasattr(tokenizer, "encode"):
+        try:
+            return list(tokenizer.encode(text, add_special_tokens=False))
+        except TypeError:
+            return list(tokenizer.encode(text))
+    return list(tokenizer(text))
+
+
+@dataclass(frozen=True)
+class QwenSpec(TargetSpec):
+    """A Qwen-VL family: the checkpoint's `visual` part (vision transformer, patch merger and any DeepStack
+    mergers), the processor's dynamic frame size, frame pairs."""
+
+    parts: tuple[str, ...] = ("visual",)
+    family: str = "qwen"
+    #: which processor defaults apply: 2 (Qwen2-VL, Qwen2.5-VL: per-frame pixel bounds) or 3 (Qwen3-VL and later:
+    #: bounds over all the frames of a video)
+    generation: int = 2
+
+    def weight_role(self, key: str) -> tuple[str, str] | None:
+        """`model.visual.…` (transformers 5) and `visual.…` (hub checkpoints)."""
+        k = key[len("model."):] if key.startswith("model.") else key
+        return ("visual", k[len("visual."):]) if k.startswith("visual.") else None
+
+    def needs(self) -> str:
+        return "the vision transformer (visual.*)"
+
+    def geometry(self, ckpt: Checkpoint) -> FrameGeometry:
+        return qwen_geometry(ckpt.config, ckpt.preprocess, str(ckpt.path), self.generation)
+
+    def attach(self, holder: torch.nn.Module, modules: dict[str, torch.nn.Module],
+               state: dict[str, dict[str, Tensor]]) -> None:
+        holder.visual = modules["visual"]
+
+    def tower(self, holder: Any) -> Tower:
+        return QwenTower(holder, self.name)
+
+    def common_extras(self, enc: TargetEncoder, rep: Tensor, grid: tuple[int, int], num_frames: int,
+                      frame_times: list[float], info: Any, picture: tuple[int, int]
+                      ) -> tuple[dict[str, Any], dict[str, Tensor], VideoTiming]:
+        """The space fields, tensors and timing every Qwen file has: the grid as the processor's
+        `video_grid_thw`, what the processor is told about the frames (fps, frame count, indices), the sampled
+        frames' times [F] (`sampled_frame_times`, float64) and the retention mask over the full grid."""
+        m = int(enc.holder.config.vision_config.spatial_merge_size)
+        timing = VideoTiming.of(frame_times, info)
+        space = dict(grid=list(grid), image_size=list(picture),
+                     video_grid_thw=[num_frames, grid[0] * m, grid[1] * m], spatial_merge_size=m,
+                     temporal_patch_size=enc.temporal_patch, frames_sampled=len(frame_times),
+                     video_fps=timing.fps, video_frames=timing.total_frames, frame_indices=timing.indices,
+                     sampled_fps=timing.sampled_fps,
+                     vision_start_token_id=enc.ckpt.config.get("vision_start_token_id"),
+                     vision_end_token_id=enc.ckpt.config.get("vision_end_token_id"))
+        tensors = {"sampled_frame_times": torch.tensor(frame_times, dtype=torch.float64),
+                   "retention_mask": retention_mask(rep, num_frames * grid[0] * grid[1])}
+        return space, tensors, timing
+
+    def engine_common(self, tf: TokenFile) -> dict[str, Any]:
+        """The engines' input every Qwen file gives: the kept tokens in the model's order (frame, row, col), the
+        grid, the retention mask, whether the file is complete."""
+        space = tf.meta["space"]
+        order = tf.raster_order()
+        k = int(tf.tokens.shape[0])
+        return {"embeds": tf.tokens[order].contiguous(), "order": order,
+                "grid_thw": torch.tensor([space["video_grid_thw"]], dtype=torch.int64),
+                "retention_mask": tf["retention_mask"].bool(), "num": k,
+                "complete": k == int(tf["retention_mask"].numel()), "source": str(tf.path)}
