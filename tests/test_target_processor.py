@@ -28,7 +28,7 @@ from transformers.video_utils import VideoMetadata  # noqa: E402
 import vtc  # noqa: E402
 import vtc.hf  # noqa: E402
 from vtc.cli import app  # noqa: E402
-from vtc.testing import tiny_qwen2_5_vl, tiny_qwen3_vl  # noqa: E402
+from vtc.testing import tiny_llava_onevision, tiny_qwen2_5_vl, tiny_qwen3_vl  # noqa: E402
 
 from .conftest import MEDIA  # noqa: E402
 
@@ -192,3 +192,74 @@ def test_qwen3_vl_without_deepstack_works_in_hf_and_export(tmp_path: Path, clip_
         embeds = data["multi_modal_data"]["video"]["video_embeds"] if engine == "vllm" else \
             data["video_data"][0]["feature"]
         assert embeds.shape == f.tokens.shape  # no planes to append
+
+
+# ------------------------------------------------------------------------------------------------ LLaVA
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, object]:
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    ckpt = tiny_llava_onevision(tmp_path_factory.mktemp("llava") / "llava", image_size=56)
+    return ckpt, AutoProcessor.from_pretrained(ckpt), \
+        LlavaOnevisionForConditionalGeneration.from_pretrained(ckpt).eval()
+
+
+LLAVA_TEXT = "ab<video>cd"
+
+
+@pytest.mark.parametrize("target", ["llava-onevision", "llava-video"])
+@pytest.mark.parametrize("frames", [1, 5])
+def test_llava_targets_equal_the_processor_and_the_models_forward(tmp_path: Path, clip_path: Path, llava,  # noqa: ANN001
+                                                                  target: str, frames: int) -> None:
+    """LLaVA-Video's transformers checkpoint runs OneVision's video path: bilinear pool (ceil), one newline per
+    video. The processor's expansion and the model's forward on its output are the reference."""
+    ckpt, proc, model = llava
+    f = compress(tmp_path, clip_path, ckpt, target, ["--frames", frames])
+    frames_rgb, _ = reference_video(clip_path, f["frame_times"].tolist())
+    ref = proc(text=[LLAVA_TEXT], videos=[frames_rgb], return_tensors="pt")
+    inputs = vtc.hf.video_inputs(f, model, proc.tokenizer(LLAVA_TEXT).input_ids)
+    assert inputs["inputs_embeds"].shape[1] == ref["input_ids"].shape[1]  # 2 + F·2·2 + 1 newline + 2
+    with torch.no_grad():
+        want = model(**ref).logits
+        got = model(**inputs).logits
+    assert (got - want).abs().max() <= 1e-4
+
+
+def test_llava_layout_follows_the_checkpoints_llava_next_keys(tmp_path: Path, clip_path: Path, llava) -> None:  # noqa: ANN001
+    """A config naming LLaVA-NeXT's layout (average pool, stride 2, one newline per frame) gets that layout, with
+    either LLaVA-Video target; a layout vtc cannot reproduce is refused before decoding."""
+    import json
+    import shutil
+
+    ckpt, _, _ = llava
+    mine = tmp_path / "next"
+    shutil.copytree(ckpt, mine)
+    cfg = json.loads((mine / "config.json").read_text())
+    cfg.update(mm_spatial_pool_mode="average", mm_spatial_pool_stride=2, mm_newline_position="frame")
+    (mine / "config.json").write_text(json.dumps(cfg))
+    for target in ("llava-video", "llava-video-next"):
+        f = compress(tmp_path, clip_path, mine, target, ["--frames", 3])
+        assert f.grid == (2, 2) and f.meta["newline"]["layout"] == "per_frame"
+        seq = vtc.hf.visual_sequence(f)
+        assert seq.embeds.shape[0] == 3 * (4 + 1) and seq.is_newline.tolist() == ([False] * 4 + [True]) * 3
+    cfg["mm_newline_position"] = "diagonal"
+    (mine / "config.json").write_text(json.dumps(cfg))
+    r = runner.invoke(app, ["compress", str(clip_path), "-o", str(tmp_path / "x.safetensors"), "--target",
+                            "llava-video", "--target-model", str(mine)])
+    assert r.exit_code == 3 and "mm_newline_position" in r.output and "Traceback" not in r.output
+
+
+def test_a_cls_strategy_on_siglip_is_refused_up_front(tmp_path: Path, clip_path: Path, llava) -> None:  # noqa: ANN001
+    import json
+    import shutil
+
+    ckpt, _, _ = llava
+    mine = tmp_path / "cls"
+    shutil.copytree(ckpt, mine)
+    cfg = json.loads((mine / "config.json").read_text())
+    cfg["vision_feature_select_strategy"] = "default"
+    (mine / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "x.safetensors"
+    r = runner.invoke(app, ["compress", str(clip_path), "-o", str(out), "--target", "llava-onevision",
+                            "--target-model", str(mine)])
+    assert r.exit_code == 3 and "CLS" in r.output and "Traceback" not in r.output and not out.exists()

@@ -213,7 +213,8 @@ def tiny_llava_onevision(out: Path, *, seed: int = 0, head: bool = False, image_
     processor config, as a real one is laid out: SigLIP vision tower (patch 14 → 6×6 at 84 px; no attention-pool
     head unless `head`), 2-layer projector, image_newline, Qwen2 language model.  → the directory."""
     import torch
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_llava_onevision import LlavaOnevisionImageProcessor
     from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
 
     torch.manual_seed(seed)
@@ -228,21 +229,30 @@ def tiny_llava_onevision(out: Path, *, seed: int = 0, head: bool = False, image_
     model = LlavaOnevisionForConditionalGeneration(cfg).eval()
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(out, **kwargs)
-    LlavaOnevisionVideoProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
-                                 image_std=[0.5] * 3).save_pretrained(out)
+    video = LlavaOnevisionVideoProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                                         image_std=[0.5] * 3)
+    image = LlavaOnevisionImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                                         image_std=[0.5] * 3)
+    LlavaOnevisionProcessor(image_processor=image, tokenizer=tiny_tokenizer(LLAVA_SPECIALS), video_processor=video,
+                            num_image_tokens=(image_size // 14) ** 2, vision_feature_select_strategy="full"
+                            ).save_pretrained(out)
     return out
 
 
-def tiny_tokenizer(vocab_size: int = 300) -> Any:
+#: the special tokens of the tiny Qwen checkpoints' tokenizer (ids as in their configs)
+QWEN_SPECIALS = {"<|image_pad|>": 290, "<|video_pad|>": 291, "<|vision_start|>": 292, "<|vision_end|>": 293}
+#: the special tokens of the tiny LLaVA checkpoints' tokenizer
+LLAVA_SPECIALS = {"<image>": 290, "<video>": 291}
+
+
+def tiny_tokenizer(specials: dict[str, int] | None = None, vocab_size: int = 300) -> Any:
     """A small real tokenizer (transformers `PreTrainedTokenizerFast` over a `tokenizers` WordLevel model): one id
-    per printable ASCII character (ids 3–97), the Qwen vision special tokens at 290–293 (<|image_pad|>,
-    <|video_pad|>, <|vision_start|>, <|vision_end|>) and the LLaVA <image>/<video> at 294/295 — what the tiny
-    checkpoints' processors need to expand a prompt as the real ones do."""
+    per printable ASCII character (ids 3–97) and the family's special tokens (`QWEN_SPECIALS` by default) — what
+    the tiny checkpoints' processors need to expand a prompt as the real ones do."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = {"<|image_pad|>": 290, "<|video_pad|>": 291, "<|vision_start|>": 292, "<|vision_end|>": 293,
-                "<image>": 294, "<video>": 295}
+    specials = dict(QWEN_SPECIALS if specials is None else specials)
     vocab = {"<unk>": 0, "<|endoftext|>": 1, "<|im_end|>": 2}
     vocab.update({chr(c): 3 + i for i, c in enumerate(range(32, 127))})
     vocab.update({f"<unused{i}>": i for i in range(len(vocab), vocab_size) if i not in specials.values()})

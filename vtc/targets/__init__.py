@@ -25,8 +25,14 @@ TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (
         "llava-onevision", "LLaVA-OneVision: SigLIP → projector → 2×2 bilinear pool (27×27 → 14×14), one newline "
         "after the video", ("llava_onevision",), 32, "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
     LlavaOnevisionSpec(
-        "llava-video", "LLaVA-Video: SigLIP → projector → 2×2 average pool (27×27 → 13×13), a newline after every "
-        "row", ("llava_onevision",), 64, "llava-hf/LLaVA-Video-7B-Qwen2-hf",
+        "llava-video", "LLaVA-Video as its transformers checkpoint runs (llava-hf/LLaVA-Video-7B-Qwen2-hf, vLLM "
+        "alike): OneVision's layout — 2×2 bilinear pool (ceil, 27×27 → 14×14), one newline after the video — unless "
+        "the config names LLaVA-NeXT's mm_spatial_pool_mode / mm_spatial_pool_stride / mm_newline_position",
+        ("llava_onevision",), 64, "llava-hf/LLaVA-Video-7B-Qwen2-hf"),
+    LlavaOnevisionSpec(
+        "llava-video-next", "LLaVA-Video as the authors' LLaVA-NeXT code runs it: 2×2 average pool (floor, 27×27 → "
+        "13×13), a newline after every row; the config's mm_spatial_pool_mode / mm_spatial_pool_stride / "
+        "mm_newline_position where it has them", ("llava_onevision",), 64, "llava-hf/LLaVA-Video-7B-Qwen2-hf",
         layout=LlavaLayout("average", 2, "per_row")),
     Qwen2_5VLSpec(
         "qwen2.5-vl", "Qwen2.5-VL: its vision transformer and 2×2 patch merger on frame pairs at the processor's "

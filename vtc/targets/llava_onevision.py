@@ -1,16 +1,22 @@
 """LLaVA-OneVision-style targets (transformers `llava_onevision` checkpoints): SigLIP tower → feature layer →
 projector → 2-D pooling of each frame's grid → newline embedding(s).
 
-| target          | per frame (384 px, 27×27 patches)                      | newline                  | frames |
-|-----------------|--------------------------------------------------------|--------------------------|--------|
-| llava-onevision | 2×2 bilinear resize (ceil): 14×14 = 196                | one, after the video     | 32     |
-| llava-video     | as its transformers checkpoint runs (the OneVision one) | one, after the video     | 64     |
+| target           | per frame (384 px, 27×27 patches)         | newline                        | frames |
+|------------------|-------------------------------------------|--------------------------------|--------|
+| llava-onevision  | 2×2 bilinear resize (ceil): 14×14 = 196   | one, after the video           | 32     |
+| llava-video      | as transformers runs it: 14×14 = 196      | one, after the video           | 64     |
+| llava-video-next | LLaVA-NeXT's 2×2 average pool: 13×13      | after every row: 13×14 = 182   | 64     |
 
 The layout (pool mode and stride, where newlines go) is a `LlavaLayout`. transformers runs every `llava_onevision`
 checkpoint — `llava-hf/LLaVA-Video-7B-Qwen2-hf` included — with OneVision's video path (bilinear, ceil, one newline
-per video: `LlavaOnevisionModel.get_video_features`), and vLLM does the same; that is the default. A checkpoint
-whose config carries LLaVA-NeXT's own keys (`mm_spatial_pool_mode`, `mm_spatial_pool_stride`,
-`mm_newline_position`) gets the layout they name, as LLaVA-NeXT's `get_2dPool` / `add_token_per_grid` build it.
+per video: `LlavaOnevisionModel.get_video_features`), and vLLM does the same; that is `llava-video`'s default.
+`llava-video-next` is the layout of the authors' LLaVA-NeXT code (`get_2dPool` average, stride 2;
+`mm_newline_position="grid"`: `add_token_per_grid`), which a transformers checkpoint never runs. Either way a config
+that carries LLaVA-NeXT's own keys (`mm_spatial_pool_mode` average/max/bilinear, `mm_spatial_pool_stride`,
+`mm_newline_position` grid/frame/one_token/no_token) gets the layout they name.
+
+`vision_feature_select_strategy` "default" drops the first token (a CLS); it is refused up front for a tower without
+one (SigLIP), where the model itself would fail.
 
 The tokens are the model's own: the tower, projector and (bilinear) pooling are transformers' modules
 (`SiglipVisionModel`, `LlavaOnevisionMultiModalProjector`, `LlavaOnevisionModel.apply_pooling`).
@@ -395,6 +401,14 @@ class LlavaOnevisionSpec(TargetSpec):
 
     def check(self, ckpt: Checkpoint) -> None:
         self.layout_of(ckpt.config, str(ckpt.path))
+        strategy = ckpt.config.get("vision_feature_select_strategy", "full")
+        vision = ckpt.config.get("vision_config") or {}
+        if strategy not in ("default", "full"):
+            raise ModelError(f"{ckpt.path}: vision_feature_select_strategy {strategy!r} is neither 'default' nor "
+                             f"'full'.")
+        if strategy == "default" and str(vision.get("model_type", "siglip_vision_model")).startswith("siglip"):
+            raise ModelError(f"{ckpt.path}: vision_feature_select_strategy 'default' drops a CLS token, but its "
+                             f"SigLIP tower has none (the model itself fails on it); set it to 'full'.")
 
     def modules(self, config: Any) -> dict[str, torch.nn.Module]:
         from transformers import AutoModel
