@@ -263,3 +263,25 @@ def test_a_cls_strategy_on_siglip_is_refused_up_front(tmp_path: Path, clip_path:
     r = runner.invoke(app, ["compress", str(clip_path), "-o", str(out), "--target", "llava-onevision",
                             "--target-model", str(mine)])
     assert r.exit_code == 3 and "CLS" in r.output and "Traceback" not in r.output and not out.exists()
+
+
+@pytest.mark.parametrize("generation", [2, 3])
+def test_cap_pixels_per_frame_is_the_processors(tmp_path: Path, clip_path: Path, generation: int) -> None:
+    """`cap_pixels_per_frame` (transformers' coming default, qwen-vl-utils' rule) bounds the frame size by the
+    frame count; a small `max_video_tokens` makes the bound bite."""
+    if generation == 2:
+        ckpt = tiny_qwen2_5_vl(tmp_path / "cap2", cap_pixels_per_frame=True, max_video_tokens=20)
+        target, text = "qwen2.5-vl", QWEN25_TEXT
+    else:
+        ckpt = tiny_qwen3_vl(tmp_path / "cap3", cap_pixels_per_frame=True, max_video_tokens=4)
+        target, text = "qwen3-vl", QWEN3_TEXT
+    proc = AutoProcessor.from_pretrained(ckpt)
+    for frames in (3, 9):
+        f = compress(tmp_path, clip_path, ckpt, target, ["--frames", frames])
+        video, meta = reference_video(clip_path, f["sampled_frame_times"].tolist())
+        ref = proc(text=[text], videos=[video], video_metadata=[meta], do_sample_frames=False, return_tensors="pt")
+        assert f.meta["space"]["video_grid_thw"] == ref["video_grid_thw"][0].tolist()
+        uncapped = proc(text=[text], videos=[video], video_metadata=[meta], do_sample_frames=False,
+                        cap_pixels_per_frame=False, return_tensors="pt")
+        if frames == 9:  # the cap binds: smaller frames than without it
+            assert ref["video_grid_thw"][0].prod() < uncapped["video_grid_thw"][0].prod()

@@ -272,7 +272,7 @@ TINY_QWEN_VISION_END = 293
 
 def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_pixels: int = 112 * 140,
                     tokens_per_second: int = 2, shard_size: str | None = None,
-                    cap_pixels_per_frame: bool = False) -> Path:
+                    cap_pixels_per_frame: bool = False, max_video_tokens: int = 128000) -> Path:
     """Save a tiny random-weight Qwen2.5-VL checkpoint (transformers `save_pretrained`) with a video processor
     config: vision transformer (patch 14, 2×2 merge, frame pairs, window attention with one full-attention block),
     Qwen2 language model with M-RoPE; the full processor (`Qwen2_5_VLProcessor` with `tiny_tokenizer`) is saved
@@ -297,14 +297,15 @@ def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(out, **kwargs)
     video = Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-                                  cap_pixels_per_frame=cap_pixels_per_frame)
+                                  cap_pixels_per_frame=cap_pixels_per_frame, max_video_tokens=max_video_tokens)
     Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tiny_tokenizer(),
                         video_processor=video).save_pretrained(out)
     return out
 
 
 def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pixels: int = 64 * 96 * 8,
-                  deepstack: tuple[int, ...] = (0, 1)) -> Path:
+                  deepstack: tuple[int, ...] = (0, 1), cap_pixels_per_frame: bool = False,
+                  max_video_tokens: int = 768) -> Path:
     """Save a tiny random-weight Qwen3-VL checkpoint (transformers `save_pretrained`) with a video processor
     config: vision transformer (patch 16, 2×2 merge, frame pairs, learned position grid, DeepStack mergers after
     blocks 0 and 1), Qwen3 language model with interleaved M-RoPE. Its processor bounds the pixels of all frames
@@ -329,7 +330,7 @@ def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pi
     model = Qwen3VLForConditionalGeneration(cfg).eval()
     model.save_pretrained(out)
     video = Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-                                  cap_pixels_per_frame=False)
+                                  cap_pixels_per_frame=cap_pixels_per_frame, max_video_tokens=max_video_tokens)
     Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=16), tokenizer=tiny_tokenizer(),
                      video_processor=video).save_pretrained(out)
     return out

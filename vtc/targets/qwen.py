@@ -33,6 +33,9 @@ DEFAULT_MAX_PIXELS = 768 * 28 * 28
 QWEN3_MIN_PIXELS = 128 * 32 * 32
 QWEN3_MAX_PIXELS = 32 * 32 * 768
 QWEN3_MEAN = QWEN3_STD = (0.5, 0.5, 0.5)
+#: the video processors' `max_video_tokens` defaults (used with `cap_pixels_per_frame`)
+QWEN2_MAX_VIDEO_TOKENS = 128000
+QWEN3_MAX_VIDEO_TOKENS = 768
 
 
 #: per Qwen generation: the video processor's defaults (min pixels, max pixels, patch, mean, std) and whether its
@@ -50,8 +53,6 @@ def qwen_geometry(config: dict[str, Any], pp: dict[str, Any], where: str, genera
     (Qwen2.5-VL only). Qwen3-VL's bounds hold for all the frames of a video together (`FrameGeometry.temporal`)."""
     min_px, max_px, patch_px, mean0, std0, whole_clip = _PROCESSOR_DEFAULTS[generation]
     vision = config.get("vision_config") or {}
-    if pp.get("cap_pixels_per_frame"):
-        raise ModelError(f"{where}: the video processor's cap_pixels_per_frame is not supported by vtc yet.")
     if pp.get("do_resize") is False or pp.get("do_rescale") is False or pp.get("do_normalize") is False:
         raise ModelError(f"{where}: its video processor settings (resize/rescale/normalize) are not the ones vtc "
                          f"reproduces.")
@@ -66,8 +67,16 @@ def qwen_geometry(config: dict[str, Any], pp: dict[str, Any], where: str, genera
     temporal = int(pp.get("temporal_patch_size") or vision.get("temporal_patch_size", 2)) if whole_clip else 0
     mean = tuple(float(v) for v in pp.get("image_mean", mean0))
     std = tuple(float(v) for v in pp.get("image_std", std0))
+    cap = 0
+    if pp.get("cap_pixels_per_frame"):  # qwen-vl-utils' bound on a whole video's pixels, as the processor applies it
+        factor = patch * merge
+        if whole_clip:  # Qwen3VLVideoProcessor: at most max_video_tokens patches per frame
+            cap = int(pp.get("max_video_tokens") or QWEN3_MAX_VIDEO_TOKENS) * factor * factor
+        else:  # Qwen2VLVideoProcessor: 90 % of max_video_tokens for the whole video, shared by its frames
+            tp = int(pp.get("temporal_patch_size") or vision.get("temporal_patch_size", 2))
+            cap = int(int(pp.get("max_video_tokens") or QWEN2_MAX_VIDEO_TOKENS) * factor * factor * 0.9) * tp
     return FrameGeometry((0, 0), "smart", mean, std, 0.0, "tensor", patch * merge, lo, hi,  # type: ignore[arg-type]
-                         temporal)
+                         temporal, cap)
 
 
 def patchify(pixels: Tensor, patch: int, merge: int, temporal: int) -> tuple[Tensor, list[int]]:
