@@ -285,3 +285,26 @@ def test_cap_pixels_per_frame_is_the_processors(tmp_path: Path, clip_path: Path,
                         cap_pixels_per_frame=False, return_tensors="pt")
         if frames == 9:  # the cap binds: smaller frames than without it
             assert ref["video_grid_thw"][0].prod() < uncapped["video_grid_thw"][0].prod()
+
+
+def test_targets_lists_the_families_and_an_unsupported_model_type_names_them(tmp_path: Path, clip_path: Path,
+                                                                             qwen25) -> None:  # noqa: ANN001
+    import json
+
+    r = runner.invoke(app, ["targets", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads(r.output)}
+    assert rows["qwen2.5-vl"]["model_types"] == ["qwen2_5_vl"] and rows["qwen2.5-vl"]["engines"] == ["vllm", "sglang"]
+    assert "llava_onevision" in rows["llava-video"]["model_types"]
+    assert "qwen3-vl" in runner.invoke(app, ["targets"]).output
+    # a Qwen2.5-VL checkpoint given to another family: the right --target is named, before any decoding
+    out = tmp_path / "x.safetensors"
+    r = runner.invoke(app, ["compress", str(clip_path), "-o", str(out), "--target", "qwen3-vl", "--target-model",
+                            str(qwen25[0])])
+    assert r.exit_code == 3 and "--target qwen2.5-vl" in r.output and not out.exists()
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    r = runner.invoke(app, ["compress", str(clip_path), "-o", str(out), "--target", "qwen3-vl", "--target-model",
+                            str(other)])
+    assert r.exit_code == 3 and "'bert'" in r.output and "llava-onevision (llava_onevision)" in r.output

@@ -109,7 +109,7 @@ def describe_targets() -> list[dict[str, Any]]:
     for s in TARGETS.values():
         engines = type(s).engine_video is not TargetSpec.engine_video
         rows.append({"name": s.name, "model_types": list(s.model_types), "frames": s.frames, "example": s.example,
-                     "summary": s.summary, "engines": "vllm, sglang" if engines else "transformers only"})
+                     "summary": s.summary, "engines": ["vllm", "sglang"] if engines else []})
     return rows
 
 
