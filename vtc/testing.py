@@ -305,32 +305,71 @@ def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_
 
 def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pixels: int = 64 * 96 * 8,
                   deepstack: tuple[int, ...] = (0, 1), cap_pixels_per_frame: bool = False,
-                  max_video_tokens: int = 768) -> Path:
-    """Save a tiny random-weight Qwen3-VL checkpoint (transformers `save_pretrained`) with a video processor
-    config: vision transformer (patch 16, 2×2 merge, frame pairs, learned position grid, DeepStack mergers after
-    blocks 0 and 1), Qwen3 language model with interleaved M-RoPE. Its processor bounds the pixels of all frames
-    together (min_pixels, max_pixels).  → the directory."""
+                  max_video_tokens: int = 768, model_type: str = "qwen3_vl") -> Path:
+    """Save a tiny random-weight Qwen3-VL-style checkpoint (transformers `save_pretrained`) with its full processor
+    (`Qwen3VLProcessor`, `tiny_tokenizer`): vision transformer (patch 16, 2×2 merge, frame pairs, learned position
+    grid, DeepStack mergers after blocks `deepstack`), a language model with interleaved M-RoPE. Its processor
+    bounds the pixels of all frames together (min_pixels, max_pixels). `model_type`: qwen3_vl, qwen3_vl_moe (MoE
+    language model, same vision tower), qwen3_5 or qwen3_5_moe (no DeepStack; gated delta-net + attention
+    layers).  → the directory."""
     import torch
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     torch.manual_seed(seed)
-    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=48, patch_size=16,
-                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                  deepstack_visual_indexes=list(deepstack), in_channels=3)
-    text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=12, vocab_size=300, max_position_embeddings=4096,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2],
-                                 "mrope_interleaved": True},
-                bos_token_id=1, eos_token_id=2)
-    cfg = Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=290,
-                        video_token_id=TINY_QWEN_VIDEO_TOKEN, vision_start_token_id=TINY_QWEN_VISION_START,
-                        vision_end_token_id=TINY_QWEN_VISION_END)
-    model = Qwen3VLForConditionalGeneration(cfg).eval()
+    vision: dict[str, Any] = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=48,
+                                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                                  num_position_embeddings=64, in_channels=3)
+    text: dict[str, Any] = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                num_key_value_heads=2, head_dim=12, vocab_size=300, max_position_embeddings=4096,
+                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                 "mrope_section": [2, 2, 2], "mrope_interleaved": True},
+                                bos_token_id=1, eos_token_id=2)
+    if model_type.startswith("qwen3_vl"):
+        vision["deepstack_visual_indexes"] = list(deepstack)
+    if model_type.endswith("_moe"):
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    if model_type.startswith("qwen3_5"):
+        text.update(layer_types=["linear_attention", "full_attention", "full_attention"], linear_conv_kernel_dim=2,
+                    linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                    linear_num_value_heads=4, rope_parameters={**text["rope_parameters"], "partial_rotary_factor": 1.0})
+        if model_type.endswith("_moe"):
+            text.update(shared_expert_intermediate_size=32)
+    cfg = AutoConfig.for_model(model_type, vision_config=vision, text_config=text, image_token_id=290,
+                               video_token_id=TINY_QWEN_VIDEO_TOKEN, vision_start_token_id=TINY_QWEN_VISION_START,
+                               vision_end_token_id=TINY_QWEN_VISION_END)
+    model = AutoModelForImageTextToText.from_config(cfg).eval()
     model.save_pretrained(out)
     video = Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
                                   cap_pixels_per_frame=cap_pixels_per_frame, max_video_tokens=max_video_tokens)
     Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=16), tokenizer=tiny_tokenizer(),
+                     video_processor=video).save_pretrained(out)
+    return out
+
+
+def tiny_qwen2_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_pixels: int = 112 * 140) -> Path:
+    """Save a tiny random-weight Qwen2-VL checkpoint with its full processor (`Qwen2VLProcessor`,
+    `tiny_tokenizer`): vision transformer (patch 14, 2×2 merge, frame pairs, full attention), Qwen2 language model
+    with M-RoPE (no time scaling).  → the directory."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    torch.manual_seed(seed)
+    vision = dict(depth=2, embed_dim=32, hidden_size=48, mlp_ratio=2, num_heads=4, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=300, max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2]},
+                bos_token_id=1, eos_token_id=2)
+    cfg = Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=290,
+                        video_token_id=TINY_QWEN_VIDEO_TOKEN, vision_start_token_id=TINY_QWEN_VISION_START,
+                        vision_end_token_id=TINY_QWEN_VISION_END)
+    Qwen2VLForConditionalGeneration(cfg).eval().save_pretrained(out)
+    video = Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                                  cap_pixels_per_frame=False)
+    Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tiny_tokenizer(),
                      video_processor=video).save_pretrained(out)
     return out

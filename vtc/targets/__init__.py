@@ -18,6 +18,8 @@ from vtc.io.store import TokenFile
 from vtc.targets.base import Checkpoint, TargetEncoder, TargetSpec, read_checkpoint, read_config
 from vtc.targets.llava_onevision import LlavaLayout, LlavaOnevisionSpec
 from vtc.targets.qwen2_5_vl import Qwen2_5VLSpec
+from vtc.targets.qwen2_vl import Qwen2VLSpec
+from vtc.targets.qwen3_5 import Qwen3_5Spec
 from vtc.targets.qwen3_vl import Qwen3VLSpec
 
 TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (
@@ -34,13 +36,21 @@ TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (
         "13×13), a newline after every row; the config's mm_spatial_pool_mode / mm_spatial_pool_stride / "
         "mm_newline_position where it has them", ("llava_onevision",), 64, "llava-hf/LLaVA-Video-7B-Qwen2-hf",
         layout=LlavaLayout("average", 2, "per_row")),
+    Qwen2VLSpec(
+        "qwen2-vl", "Qwen2-VL: its vision transformer and 2×2 patch merger on frame pairs at the processor's dynamic "
+        "size; original M-RoPE positions (no time scaling)", ("qwen2_vl",), 32, "Qwen/Qwen2-VL-7B-Instruct"),
     Qwen2_5VLSpec(
         "qwen2.5-vl", "Qwen2.5-VL: its vision transformer and 2×2 patch merger on frame pairs at the processor's "
-        "dynamic size; original M-RoPE positions", ("qwen2_5_vl",), 32, "Qwen/Qwen2.5-VL-7B-Instruct"),
+        "dynamic size; original M-RoPE positions (time-scaled by second_per_grid_ts)", ("qwen2_5_vl",), 32,
+        "Qwen/Qwen2.5-VL-7B-Instruct"),
     Qwen3VLSpec(
-        "qwen3-vl", "Qwen3-VL: its vision transformer, 2×2 patch merger and DeepStack mergers on frame pairs at the "
-        "processor's dynamic size; each frame after its timestamp, original positions", ("qwen3_vl",), 32,
-        "Qwen/Qwen3-VL-8B-Instruct"),
+        "qwen3-vl", "Qwen3-VL (dense and MoE: same vision tower): its vision transformer, 2×2 patch merger and "
+        "DeepStack mergers on frame pairs at the processor's dynamic size; each frame after its timestamp, original "
+        "positions", ("qwen3_vl", "qwen3_vl_moe"), 32, "Qwen/Qwen3-VL-8B-Instruct"),
+    Qwen3_5Spec(
+        "qwen3.5", "Qwen3.5 (dense and MoE): a Qwen3-VL-style vision transformer and patch merger (no DeepStack) on "
+        "frame pairs; each frame after its timestamp, original positions", ("qwen3_5", "qwen3_5_moe"), 32,
+        "Qwen/Qwen3.5-27B"),
 )}
 
 

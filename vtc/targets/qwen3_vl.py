@@ -35,12 +35,12 @@ class Qwen3Tower(QwenTower):
 
     def __init__(self, holder: Any, name: str) -> None:
         super().__init__(holder, name)
-        self.carried = len(holder.config.vision_config.deepstack_visual_indexes)
+        self.carried = len(getattr(holder.config.vision_config, "deepstack_visual_indexes", None) or [])
 
     def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
         out, gt, gh, gw = self.run_visual(pixels)
         n = (gh // self.merge) * (gw // self.merge)
-        planes = [out.pooler_output, *out.deepstack_features]
+        planes = [out.pooler_output, *(getattr(out, "deepstack_features", None) or [])]
         tokens = torch.cat([p.reshape(gt, n, -1) for p in planes], -1)
         return {"patches": tokens, **self.signals(tokens[..., : self.width], want)}
 
