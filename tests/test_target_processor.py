@@ -28,7 +28,7 @@ from transformers.video_utils import VideoMetadata  # noqa: E402
 import vtc  # noqa: E402
 import vtc.hf  # noqa: E402
 from vtc.cli import app  # noqa: E402
-from vtc.testing import tiny_llava_onevision, tiny_qwen2_5_vl, tiny_qwen3_vl  # noqa: E402
+from vtc.testing import tiny_llava_next_video, tiny_llava_onevision, tiny_qwen2_5_vl, tiny_qwen3_vl  # noqa: E402
 
 from .conftest import MEDIA  # noqa: E402
 
@@ -308,3 +308,42 @@ def test_targets_lists_the_families_and_an_unsupported_model_type_names_them(tmp
     r = runner.invoke(app, ["compress", str(clip_path), "-o", str(out), "--target", "qwen3-vl", "--target-model",
                             str(other)])
     assert r.exit_code == 3 and "'bert'" in r.output and "llava-onevision (llava_onevision)" in r.output
+
+
+# ------------------------------------------------------------------------------------------------ LLaVA-NeXT-Video
+@pytest.fixture(scope="module")
+def next_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, object]:
+    from transformers import LlavaNextVideoForConditionalGeneration
+
+    ckpt = tiny_llava_next_video(tmp_path_factory.mktemp("lnv") / "lnv")
+    return ckpt, AutoProcessor.from_pretrained(ckpt), \
+        LlavaNextVideoForConditionalGeneration.from_pretrained(ckpt).eval()
+
+
+@pytest.mark.parametrize("clip_name", ["square", "one_by_one_portrait_244x432.mp4"])
+def test_llava_next_video_three_proofs(tmp_path: Path, clip_path: Path, next_video, clip_name: str) -> None:  # noqa: ANN001
+    """Features = the model's own `get_video_features` on the processor's pixels (short side resized, centre
+    crop); logits = its forward on the processor's inputs; a pruned token's original position = its index in the
+    full sequence the processor makes (LLaVA's positions are 0..L-1)."""
+    ckpt, proc, model = next_video
+    clip = clip_of(clip_name, clip_path)
+    f = compress(tmp_path, clip, ckpt, "llava-next-video", ["--frames", 3])
+    assert f.grid == (2, 2) and f.meta["newline"]["layout"] == "none"
+    video, _ = reference_video(clip, f["frame_times"].tolist())
+    ref = proc(text=[LLAVA_TEXT], videos=[video], return_tensors="pt")
+    with torch.no_grad():
+        own = model.model.get_video_features(pixel_values_videos=ref["pixel_values_videos"]).pooler_output
+    own = own.reshape(-1, own.shape[-1])
+    assert (f.tokens[f.raster_order()] - own).abs().max() <= 1e-5 * float(own.abs().max())
+    ids = proc.tokenizer(LLAVA_TEXT).input_ids
+    inputs = vtc.hf.video_inputs(f, model, ids)
+    with torch.no_grad():
+        assert (model(**inputs).logits - model(**ref).logits).abs().max() <= 1e-4
+    pruned = compress(tmp_path, clip, ckpt, "llava-next-video", ["--frames", 3], "uniform", "--ratio", 0.5)
+    pos = vtc.hf.video_inputs(pruned, model, ids, positions="original")["position_ids"][0]
+    vid = model.config.video_token_id
+    slots = torch.nonzero(ref["input_ids"][0] == vid).flatten()
+    at, (h, w) = ids.index(vid), pruned.grid
+    p = pruned.positions.long()[pruned.raster_order()]
+    assert torch.equal(pos[at: at + p.shape[0]], slots[p[:, 0] * h * w + p[:, 1] * w + p[:, 2]])
+    assert torch.equal(pos[-2:], torch.arange(ref["input_ids"].shape[1])[-2:])

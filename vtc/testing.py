@@ -264,6 +264,36 @@ def tiny_tokenizer(specials: dict[str, int] | None = None, vocab_size: int = 300
                                    pad_token="<|endoftext|>", additional_special_tokens=list(specials))
 
 
+def tiny_llava_next_video(out: Path, *, seed: int = 0, image_size: int = 56, text_hidden: int = 48) -> Path:
+    """Save a tiny random-weight LLaVA-NeXT-Video checkpoint with its full processor (`LlavaNextVideoProcessor`,
+    `tiny_tokenizer`): CLIP vision tower (patch 14, CLS; 4×4 patches at 56 px), 2×2 average pooler, projector,
+    Qwen2 language model; the video processor resizes the short side to `image_size` and centre-crops.
+    → the directory."""
+    import torch
+    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor
+    from transformers.models.llava_next.image_processing_llava_next import LlavaNextImageProcessor
+    from transformers.models.llava_next_video.video_processing_llava_next_video import LlavaNextVideoVideoProcessor
+
+    torch.manual_seed(seed)
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, image_size=image_size, patch_size=14, projection_dim=32)
+    text = dict(model_type="qwen2", hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
+                max_position_embeddings=4096)
+    cfg = LlavaNextVideoConfig(vision_config=vision, text_config=text, image_token_index=TINY_LLAVA_IMAGE_TOKEN,
+                               video_token_index=TINY_LLAVA_VIDEO_TOKEN, vision_feature_layer=-2,
+                               vision_feature_select_strategy="default", spatial_pool_mode="average",
+                               spatial_pool_stride=2, image_grid_pinpoints=[[image_size, image_size]])
+    LlavaNextVideoForConditionalGeneration(cfg).eval().save_pretrained(out)
+    size, crop = {"shortest_edge": image_size}, {"height": image_size, "width": image_size}
+    LlavaNextVideoProcessor(video_processor=LlavaNextVideoVideoProcessor(size=size, crop_size=crop),
+                            image_processor=LlavaNextImageProcessor(size=size, crop_size=crop),
+                            tokenizer=tiny_tokenizer(LLAVA_SPECIALS), patch_size=14,
+                            vision_feature_select_strategy="default", num_additional_image_tokens=1
+                            ).save_pretrained(out)
+    return out
+
+
 #: token ids of the tiny Qwen2.5-VL model's vocabulary that the tests use
 TINY_QWEN_VIDEO_TOKEN = 291
 TINY_QWEN_VISION_START = 292

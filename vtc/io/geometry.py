@@ -173,9 +173,20 @@ class FrameGeometry:
         (`resize` with antialias on uint8, then `rescale_and_normalize` with mean and std folded by 1/255)."""
         import torchvision.transforms.v2.functional as tvF
 
-        if self.resize_mode not in ("squash", "smart"):
-            raise ValueError("resize_on='tensor' supports the squash and smart resizes only")
-        size = self.output_size(int(x.shape[-2]), int(x.shape[-1]), video_frames)
+        if self.resize_mode not in ("squash", "smart", "shortest"):
+            raise ValueError("resize_on='tensor' supports the squash, smart and shortest resizes only")
+        if self.resize_mode == "shortest":  # the short side to the crop's side (int(s·long/short)), centre crop
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            th, tw = self.image_size
+            short, long = (w, h) if w <= h else (h, w)
+            size = (int(th * long / short), th) if w <= h else (th, int(th * long / short))
+            if (h, w) != size:
+                x = tvF.resize(x.contiguous(), list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+            top, left = int((size[0] - th) / 2.0), int((size[1] - tw) / 2.0)
+            x = x[..., top: top + th, left: left + tw]
+            size = (th, tw)
+        else:
+            size = self.output_size(int(x.shape[-2]), int(x.shape[-1]), video_frames)
         if tuple(x.shape[-2:]) != size:
             x = tvF.resize(x.contiguous(), list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
         rescale = 1 / 255

@@ -16,6 +16,7 @@ from vtc.io.encode import EncoderConfig, pick_device, pick_dtype
 from vtc.io.geometry import FrameGeometry
 from vtc.io.store import TokenFile
 from vtc.targets.base import Checkpoint, TargetEncoder, TargetSpec, read_checkpoint, read_config
+from vtc.targets.llava_next_video import LlavaNextVideoSpec
 from vtc.targets.llava_onevision import LlavaLayout, LlavaOnevisionSpec
 from vtc.targets.qwen2_5_vl import Qwen2_5VLSpec
 from vtc.targets.qwen2_vl import Qwen2VLSpec
@@ -36,6 +37,10 @@ TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (
         "13×13), a newline after every row; the config's mm_spatial_pool_mode / mm_spatial_pool_stride / "
         "mm_newline_position where it has them", ("llava_onevision",), 64, "llava-hf/LLaVA-Video-7B-Qwen2-hf",
         layout=LlavaLayout("average", 2, "per_row")),
+    LlavaNextVideoSpec(
+        "llava-next-video", "LLaVA-NeXT-Video: CLIP → feature layer (CLS dropped) → its spatial pooler (2×2 average, "
+        "24×24 → 12×12) → projector; no newline; shortest-edge resize and centre crop", ("llava_next_video",), 32,
+        "llava-hf/LLaVA-NeXT-Video-7B-hf", layout=LlavaLayout("average", 2, "none")),
     Qwen2VLSpec(
         "qwen2-vl", "Qwen2-VL: its vision transformer and 2×2 patch merger on frame pairs at the processor's dynamic "
         "size; original M-RoPE positions (no time scaling)", ("qwen2_vl",), 32, "Qwen/Qwen2-VL-7B-Instruct"),

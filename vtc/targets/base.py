@@ -39,6 +39,8 @@ class TargetSpec(ABC):
     example: str
     #: the checkpoint parts vtc reads; everything else (the language model, lm_head) is never touched
     parts: tuple[str, ...] = ()
+    #: parts a checkpoint may lack (a module without weights, e.g. an average pooler)
+    optional_parts: tuple[str, ...] = ()
     #: "llava" or "qwen": the checkpoint layout and which pre-encoder steps apply
     family: str = "llava"
 
@@ -200,7 +202,7 @@ def read_checkpoint(ref: str, spec: TargetSpec) -> Checkpoint:
             except Exception as e:
                 raise ModelError(f"{shard} is not a readable safetensors file ({e}).") from None
     found = {spec.weight_role(k)[0] for k in keys}  # type: ignore[index]
-    missing = [p for p in spec.parts if p not in found]
+    missing = [p for p in spec.parts if p not in found and p not in spec.optional_parts]
     if missing:
         raise ModelError(f"{folder} has no {' / '.join(missing)} weights; a {spec.name} target needs "
                          f"{spec.needs()}.")

@@ -140,6 +140,8 @@ class LlavaTower(Tower):
         self.vision_grid = (self.g, self.g)
         self.pool = layout.pool
         self.layer_label = holder.config.vision_feature_layer
+        #: tokens before the patches that the select strategy drops (a CLIP tower's CLS with "default")
+        self.prefix = 1 if holder.config.vision_feature_select_strategy == "default" else 0
 
     def _encoder_layers(self) -> Any:
         t = self.visual.vision_tower
@@ -231,6 +233,7 @@ class LlavaTower(Tower):
         last = max(self._selected()) - 1
         if {"attn", "cls_attn", "keys", "received"} & want:
             received, keys = self._attention(last, inputs[last])
+            received, keys = received[:, self.prefix:], keys[:, self.prefix:]
             out["cls_attn"] = pool_map(received, self.g, self.layout)
             out["attn"] = out["received"] = out["cls_attn"]
             k = pool_map(keys, self.g, self.layout)
@@ -244,7 +247,8 @@ class LlavaTower(Tower):
         if "cls_token" in want:
             out["cls_token"] = tokens.float().mean(1)
         if "received_object" in want:
-            out["received_object"] = pool_map(self._attention(obj, inputs[obj])[0], self.g, self.layout)
+            out["received_object"] = pool_map(self._attention(obj, inputs[obj])[0][:, self.prefix:], self.g,
+                                              self.layout)
         return {k: v for k, v in out.items() if k == "patches" or k in want}
 
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
