@@ -35,7 +35,7 @@ runner = CliRunner()
 #: 98 px / patch 14 → a 7×7 vision grid: LLaVA-OneVision pools it to 4×4 (ceil), LLaVA-Video to 3×3 (floor)
 SIZE = 98
 FRAMES = 6
-LLAVA = [name for name, spec in TARGETS.items() if spec.family == "llava"]
+LLAVA = [name for name, spec in TARGETS.items() if "llava_onevision" in spec.model_types]
 
 
 def cli(*args: object):  # noqa: ANN201
