@@ -109,13 +109,16 @@ def summary_table(info: dict[str, Any], console: Console) -> None:
                     f"token frame = {space.get('temporal_patch_size')} sampled frames, picture "
                     f"{space.get('image_size')}\n")
             if "frame_timestamps" in space:  # Qwen3-VL: each token frame its own group after its timestamp
-                stamps = [str(space.get("timestamp_format", "<{:.1f} seconds>")).format(float(x))
-                          for x in space["frame_timestamps"]]
+                raw = space.get("frame_timestamps")
+                stamps = [f"<{x:.1f} seconds>" if isinstance(x, (int, float)) else "<?>"
+                          for x in (raw if isinstance(raw, list) else [])]
                 body += (f"timestamps {' '.join(stamps[:6])}{' …' if len(stamps) > 6 else ''}; DeepStack planes "
                          f"{space.get('deepstack_planes', 0)}; kept tokens keep their original positions")
-            else:
+            elif "second_per_grid_t" in space:  # Qwen2.5-VL: time-scaled temporal positions
                 body += (f"M-RoPE: t step {float(space.get('second_per_grid_t') or 0):.4g} s × "
                          f"{space.get('tokens_per_second')} tokens/s; kept tokens keep their original (t, h, w)")
+            else:  # Qwen2-VL
+                body += "M-RoPE: t = token frame; kept tokens keep their original (t, h, w)"
         else:
             body = (f"token grid {space.get('grid')} from vision grid {space.get('vision_grid')}\n"
                     f"newline: {nl.get('layout')} — {nl.get('where', '')}")

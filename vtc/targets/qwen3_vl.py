@@ -87,7 +87,10 @@ class Qwen3VLSpec(QwenSpec):
                               f"'deepstack'.")
         h, w = tf.grid
         stamps = [float(v) for v in space["frame_timestamps"]]
-        fmt = str(space.get("timestamp_format", TIMESTAMP_FORMAT))
+        fmt = space.get("timestamp_format", TIMESTAMP_FORMAT)
+        if fmt != TIMESTAMP_FORMAT:
+            raise FormatError(f"{tf.path}: timestamp_format {str(fmt)[:40]!r} is not the processor's "
+                              f"{TIMESTAMP_FORMAT!r}.")
         start_id, end_id = int(space["vision_start_token_id"]), int(space["vision_end_token_id"])
         vid = video_token_id(model)
         order = tf.raster_order()
