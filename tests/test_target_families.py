@@ -73,6 +73,7 @@ def test_method_none_is_the_models_own_features(tmp_path: Path, clip_path: Path,
     f = compress(tmp_path, clip_path, ckpt, target, ["--frames", 5])
     ref = reference(f, clip_path, proc, text)
     assert f.meta["space"]["video_grid_thw"] == ref["video_grid_thw"][0].tolist()
+    assert f.meta["layer"] == "merger"  # what the tokens are read from: the patch merger's output
     with torch.no_grad():
         own = model.model.get_video_features(pixel_values_videos=ref["pixel_values_videos"],
                                              video_grid_thw=ref["video_grid_thw"])

@@ -329,6 +329,7 @@ def test_llava_next_video_three_proofs(tmp_path: Path, clip_path: Path, next_vid
     clip = clip_of(clip_name, clip_path)
     f = compress(tmp_path, clip, ckpt, "llava-next-video", ["--frames", 3])
     assert f.grid == (2, 2) and f.meta["newline"]["layout"] == "none"
+    assert f.meta["layer"] == str(model.config.vision_feature_layer) == "-2"  # the read-out layer, not a default
     video, _ = reference_video(clip, f["frame_times"].tolist())
     ref = proc(text=[LLAVA_TEXT], videos=[video], return_tensors="pt")
     with torch.no_grad():

@@ -15,8 +15,11 @@ them back), with the per-frame `timestamps` (seconds, one per temporal grid step
 SGLang's precomputed *video* path for Qwen3-VL is an open pull request (sgl-project/sglang#34632), so that export
 follows its image contract.
 
+Qwen2-VL files carry no `second_per_grid_ts` (its positions are not time-scaled); Qwen3.5 files are Qwen3-VL's
+without planes. Each family's engine input is built in its module (`TargetSpec.engine_video`).
+
 Both are `torch.save` dicts of tensors (vtc writes them atomically). Only Qwen files can be exported: neither engine
-takes precomputed LLaVA-OneVision video tokens (use `vtc.hf` with transformers for those).
+takes precomputed LLaVA video tokens (use `vtc.hf` with transformers for those).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ ENGINES = ("vllm", "sglang")
 PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 
 
-def _qwen(tf: TokenFile) -> dict[str, Any]:
+def _engine_input(tf: TokenFile) -> dict[str, Any]:
     """The family's engine input (`TargetSpec.engine_video`): embeds, grid_thw, time, retention mask, positions."""
     space = tf.meta.get("space") if isinstance(tf.meta.get("space"), dict) else {}
     if space.get("kind") != "target":
@@ -53,7 +56,7 @@ def _contract(q: dict[str, Any]) -> dict[str, Any]:
 def for_vllm(tf: TokenFile) -> dict[str, Any]:
     """vLLM's offline embedding input for Qwen2.5-VL / Qwen3-VL, plus its pruning contract (see the module
     docstring)."""
-    q = _qwen(tf)
+    q = _engine_input(tf)
     return {"engine": "vllm",
             "multi_modal_data": {"video": {"video_embeds": q["embeds"], "video_grid_thw": q["grid_thw"],
                                            **q["time"]}},
@@ -63,7 +66,7 @@ def for_vllm(tf: TokenFile) -> dict[str, Any]:
 def for_sglang(tf: TokenFile) -> dict[str, Any]:
     """SGLang's precomputed-embedding item for Qwen2.5-VL / Qwen3-VL (input_ids pre-expanded to
     `num_placeholder_tokens`)."""
-    q = _qwen(tf)
+    q = _engine_input(tf)
     return {"engine": "sglang",
             "video_data": [{"format": "precomputed_embedding", "feature": q["embeds"],
                             "video_grid_thw": q["grid_thw"], **q["time"]}],

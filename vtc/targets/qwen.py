@@ -188,15 +188,18 @@ class VideoTiming:
 
 
 def count_frames(path: str, stream: int = 0) -> int:
-    """The number of frames of video stream `stream` of `path`, from its demuxed packets (no decoding); 0 when the
-    file cannot be read."""
+    """The number of frames of video stream `stream` of `path`, from its demuxed packets (no decoding), up to the
+    first unreadable packet; 0 when the file cannot be opened."""
     import av
 
+    n = 0
     try:
         with av.open(str(path)) as c:
-            return sum(1 for pkt in c.demux(c.streams.video[stream]) if pkt.size and pkt.pts is not None)
+            for pkt in c.demux(c.streams.video[stream]):
+                n += 1 if pkt.size and pkt.pts is not None else 0
     except (av.error.FFmpegError, OSError, IndexError):
-        return 0
+        pass
+    return n
 
 
 def second_per_grid(timing: VideoTiming, temporal: int) -> float:
