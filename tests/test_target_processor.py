@@ -348,3 +348,29 @@ def test_llava_next_video_three_proofs(tmp_path: Path, clip_path: Path, next_vid
     p = pruned.positions.long()[pruned.raster_order()]
     assert torch.equal(pos[at: at + p.shape[0]], slots[p[:, 0] * h * w + p[:, 1] * w + p[:, 2]])
     assert torch.equal(pos[-2:], torch.arange(ref["input_ids"].shape[1])[-2:])
+
+
+def test_llava_next_video_cls_attention_is_the_towers(next_video) -> None:  # noqa: ANN001
+    """A CLIP tower has a CLS: `cls_attn` is its attention row (mean over heads) in the last block used, over the
+    patches, 2×2 average-pooled like the tokens — compared with the tower's own `output_attentions`."""
+    import torch.nn.functional as F
+    from transformers import AutoModel
+
+    from vtc.run.config import make_config
+    from vtc.targets.encoders import open_encoder
+
+    ckpt, proc, model = next_video
+    enc = open_encoder(make_config(target="llava-next-video", target_model=str(ckpt)).encoder)
+    video = np.random.default_rng(0).integers(0, 256, (2, 70, 90, 3), dtype=np.uint8)
+    pixels = proc.video_processor(videos=[video], return_tensors="pt")["pixel_values_videos"][0]
+    got = enc.encode_pixels(pixels, {"cls_attn", "keys"})
+    tower = AutoModel.from_config(model.config.vision_config, attn_implementation="eager").eval()
+    tower.load_state_dict(model.model.vision_tower.state_dict())
+    with torch.no_grad():
+        att = tower(pixels, output_attentions=True).attentions
+    block = model.config.vision_config.num_hidden_layers + model.config.vision_feature_layer  # hidden_states[-2]
+    row = att[block].mean(1)[:, 0, 1:].reshape(2, 1, 4, 4)  # CLS → the 4×4 patches
+    want = F.avg_pool2d(row, 2).reshape(2, -1)
+    assert torch.allclose(got["cls_attn"], want, atol=1e-6)
+    assert got["keys"].shape == (2, 1 + 4, model.config.vision_config.hidden_size // 4)
+    assert "CLS → patch attention" in enc.signal_sources()["cls_attn"]

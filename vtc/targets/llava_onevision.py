@@ -198,12 +198,13 @@ class LlavaTower(Tower):
             tokens = pool_map(proj, self.g, self.layout).to(proj.dtype)
         return sel, tokens, inputs
 
-    def _attention(self, index: int, block_input: Tensor) -> tuple[Tensor, Tensor]:
-        """'Attention received' [B, g·g] (mean over heads and queries) and head-mean keys [B, g·g, d] of block
-        `index` (0-based), from its input (computed one frame at a time: [heads, L, L] is large)."""
+    def _attention(self, index: int, block_input: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """'Attention received' [B, L] (mean over heads and queries), head-mean keys [B, L, d] and the first token's
+        head-mean attention row [B, L] (the CLS's, for a tower that has one) of block `index` (0-based), from its
+        input (computed one frame at a time: [heads, L, L] is large). L = prefix + g·g."""
         block = self._encoder_layers()[index]
         attn = block.self_attn
-        received, keys = [], []
+        received, keys, first = [], [], []
         for h in block_input:
             x = block.layer_norm1(h[None])
             n, heads = x.shape[1], attn.num_heads
@@ -212,7 +213,8 @@ class LlavaTower(Tower):
             probs = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)  # [1, heads, L, L]
             received.append(probs.mean(1).mean(1)[0])
             keys.append(k.mean(1)[0])
-        return torch.stack(received), torch.stack(keys)
+            first.append(probs.mean(1)[0, 0])
+        return torch.stack(received), torch.stack(keys), torch.stack(first)
 
     def _head(self, sel: Tensor) -> tuple[Tensor, Tensor]:
         """SigLIP's attention-pool head on the selected features (FastVID's 'vision abstract'): pooled [B, Dv] and
@@ -232,12 +234,14 @@ class LlavaTower(Tower):
         out: dict[str, Tensor] = {"patches": tokens}
         last = max(self._selected()) - 1
         if {"attn", "cls_attn", "keys", "received"} & want:
-            received, keys = self._attention(last, inputs[last])
-            received, keys = received[:, self.prefix:], keys[:, self.prefix:]
-            out["cls_attn"] = pool_map(received, self.g, self.layout)
-            out["attn"] = out["received"] = out["cls_attn"]
-            k = pool_map(keys, self.g, self.layout)
-            out["keys"] = torch.cat([k.new_zeros(k.shape[0], 1, k.shape[-1]), k], 1)
+            received, keys, first = self._attention(last, inputs[last])
+            out["received"] = pool_map(received[:, self.prefix:], self.g, self.layout)
+            # a CLIP tower's CLS → patch attention where there is a CLS; 'attention received' otherwise
+            out["cls_attn"] = pool_map(first[:, self.prefix:], self.g, self.layout) if self.prefix else out["received"]
+            out["attn"] = out["cls_attn"]
+            k = pool_map(keys[:, self.prefix:], self.g, self.layout)
+            cls_key = keys[:, :1] if self.prefix else k.new_zeros(k.shape[0], 1, k.shape[-1])
+            out["keys"] = torch.cat([cls_key.to(k.dtype), k], 1)
         if self.has_head and {"attn", "pooled"} & want:
             pooled, probe_attn = self._head(sel)
             out["attn"] = pool_map(probe_attn, self.g, self.layout)
@@ -259,14 +263,19 @@ class LlavaTower(Tower):
         pool = f"{self.layout.describe()} to the token grid"
         received = f"'attention received' (mean over heads and queries) of the last vision block used, {pool}"
         head = f"SigLIP attention-pool head on the selected features (FastVID's vision abstract), {pool}"
+        cls = f"CLS → patch attention (mean over heads) of the last vision block used, {pool}"
+        cls_attn = cls if self.prefix else f"{received} (SigLIP has no CLS: substitute)"
         return {
             "attn": f"{self.name}: " + (f"{head}, probe→patch attention" if self.has_head else
+                                        cls if self.prefix else
                                         f"{received} (substitute: the checkpoint has no SigLIP head)"),
             "pooled": f"{self.name}: " + ("SigLIP attention-pool head output" if self.has_head else
                                           "mean of the selected vision features (substitute: no SigLIP head)"),
-            "cls_attn": f"{self.name}: {received} (SigLIP has no CLS: substitute)",
-            "cls_token": f"{self.name}: mean of the frame's target tokens (SigLIP has no CLS: substitute)",
-            "keys": f"{self.name}: head-mean keys of the last vision block used, {pool}; row 0 zero (no CLS)",
+            "cls_attn": f"{self.name}: {cls_attn}",
+            "cls_token": f"{self.name}: mean of the frame's target tokens (substitute: the CLS token is not in the "
+                         f"LLM's space)",
+            "keys": f"{self.name}: head-mean keys of the last vision block used, {pool}; row 0 "
+                    + ("the CLS's" if self.prefix else "zero (no CLS)"),
             "received": f"{self.name}: {received}",
             "received_object": f"{self.name}: 'attention received' of vision block "
                                f"{object_block(self.num_layers) + 1} (1-based) of {self.num_layers}, {pool}",
