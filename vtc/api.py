@@ -17,7 +17,6 @@ from vtc._version import __version__
 from vtc.errors import UsageError
 from vtc.io.chunks import is_live_dir, join, load_chunks
 from vtc.io.decode import check_input, planned_frames, probe
-from vtc.io.encoders import AnyEncoder, open_encoder
 from vtc.io.store import TokenFile, clean_stale, out_dtype, token_tensors, write
 from vtc.io.store import load as load_file
 from vtc.methods.registry import parse_method
@@ -31,6 +30,7 @@ from vtc.run.plan import Plan, check_output
 from vtc.run.ray_engine import RayExecutor
 from vtc.signals import Signals
 from vtc.stages.window import run_windowed_parts
+from vtc.targets.encoders import AnyEncoder, open_encoder
 
 __all__ = ["CompressResult", "FeatureResult", "LiveSummary", "compress", "compress_batch", "compress_features",
            "compress_live", "load", "default_output"]

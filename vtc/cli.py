@@ -98,8 +98,9 @@ def compress(
     layer: Annotated[int | None, typer.Option("--layer", help="Block whose patch tokens are used; -2 = "
                                               "penultimate, as LLaVA [default: -2]")] = None,
     target: Annotated[str | None, typer.Option("--target", help="Write tokens in this video LLM's input space, made "
-                                               "by its own vision path: llava-onevision, llava-video, qwen2.5-vl "
-                                               "or qwen3-vl (needs --target-model; pip install 'vtc[hf]').")] = None,
+                                               "by its own vision path, e.g. llava-onevision, llava-video, "
+                                               "qwen2.5-vl, qwen3-vl (vtc targets lists them; needs --target-model; "
+                                               "pip install 'vtc[hf]').")] = None,
     target_model: Annotated[str | None, typer.Option("--target-model", help="The target's transformers "
                                                      "checkpoint: a local directory or a hub id (only its vision "
                                                      "weights are read).")] = None,
@@ -507,6 +508,24 @@ def presets(
                   highlight=False)
     out.print("Use one with --preset NAME, or --preset FILE.toml; explicit options override it.", style="dim",
               highlight=False)
+
+
+@app.command()
+def targets(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the target families (--target): the checkpoints' model types, default frames, engines."""
+    from vtc.targets import describe_targets
+
+    rows = describe_targets()
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        out.print(f"[bold cyan]{r['name']}[/] — {r['summary']}", highlight=False)
+        out.print(f"  model types: {', '.join(r['model_types'])}; default frames: {r['frames']}; e.g. "
+                  f"{r['example']}; vtc export: {', '.join(r['engines']) or 'none (vtc.hf only)'}", style="dim",
+                  highlight=False)
 
 
 @app.command()

@@ -169,13 +169,18 @@ def summary_table(info: dict[str, Any], console: Console) -> None:
             t, gh, gw = thw
             body = (f"video_grid_thw [{t}, {gh}, {gw}] (patches) → {t} × {info['grid'][0]}×{info['grid'][1]} merged "
                     f"cells, each token frame = {space.get('temporal_patch_size')} sampled frames, picture "
-                    f"{space.get('image_size')}")
-            if "second_per_grid_t" in space:  # Qwen2.5-VL: time in the M-RoPE positions
-                body += (f"\nM-RoPE: t step {num(space.get('second_per_grid_t'), '.4g')} s × "
+                    f"{space.get('image_size')}\n")
+            if "frame_timestamps" in space:  # Qwen3-VL: each token frame its own group after its timestamp
+                raw = space.get("frame_timestamps")
+                stamps = [f"<{x:.1f} seconds>" if isinstance(x, (int, float)) else "<?>"
+                          for x in (raw if isinstance(raw, list) else [])]
+                body += (f"timestamps {' '.join(stamps[:6])}{' …' if len(stamps) > 6 else ''}; DeepStack planes "
+                         f"{space.get('deepstack_planes', 0)}; kept tokens keep their original positions")
+            elif "second_per_grid_t" in space:  # Qwen2.5-VL: time-scaled temporal positions
+                body += (f"M-RoPE: t step {num(space.get('second_per_grid_t'), '.4g')} s × "
                          f"{space.get('tokens_per_second')} tokens/s; kept tokens keep their original (t, h, w)")
-            elif "frame_timestamps" in space:  # Qwen3-VL: time as text before each frame
-                body += ("\ntime: a timestamp before each token frame; kept tokens keep their original (t, h, w); "
-                         f"DeepStack planes {space.get('deepstack_planes')}")
+            else:  # Qwen2-VL
+                body += "M-RoPE: t = token frame; kept tokens keep their original (t, h, w)"
         else:
             body = (f"token grid {space.get('grid')} from vision grid {space.get('vision_grid')}\n"
                     f"newline: {nl.get('layout')} — {nl.get('where', '')}")

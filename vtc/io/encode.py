@@ -40,7 +40,7 @@ class EncoderConfig:
     """Which encoder to build and how to run it (the CLI's --model/--pretrained/--checkpoint/--layer/...).
 
     With `target` (and `target_model`), tokens come from that video LLM's own vision path instead of an open_clip
-    tower (`vtc.io.target`); model/pretrained/checkpoint/layer then do not apply."""
+    tower (`vtc.targets`); model/pretrained/checkpoint/layer then do not apply."""
 
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
@@ -481,7 +481,7 @@ class Encoder(FrameGrid):
         return self.grid
 
     def file_extras(self, positions: Tensor, rep: Tensor, grid: tuple[int, int], num_frames: int,
-                    frame_times: list[float], fps: float, picture: tuple[int, int]) -> tuple[dict[str, Any],
+                    frame_times: list[float], info: Any, picture: tuple[int, int]) -> tuple[dict[str, Any],
                                                                                               dict[str, Tensor]]:
         """The `space` and `newline` metadata of a file (encoder space: no extra tensors)."""
         return {"space": self.space(), "newline": {"layout": "none"}}, {}

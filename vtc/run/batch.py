@@ -28,13 +28,13 @@ from typing import Any, Protocol
 
 from vtc._version import __version__
 from vtc.errors import UsageError, VtcError
-from vtc.io.encoders import AnyEncoder, open_encoder
 from vtc.io.peek import read_header
 from vtc.io.store import clean_stale, is_token_file
 from vtc.run.config import CompressConfig
 from vtc.run.finish import Job, Outcome
 from vtc.run.pipeline import Engine
 from vtc.run.plan import Plan, check_outputs
+from vtc.targets.encoders import AnyEncoder, open_encoder
 
 Notify = Callable[[str, dict[str, Any]], None]
 

@@ -26,7 +26,7 @@ import tomllib
 from vtc.errors import UsageError
 from vtc.io.encode import EncoderConfig
 from vtc.io.store import OUT_DTYPES
-from vtc.io.target import TARGETS
+from vtc.targets import TARGETS
 
 DEFAULT_METHOD = "fastvid"
 #: the encoder's fields, declared once in `EncoderConfig`, given flat in options and presets

@@ -19,7 +19,6 @@ from vtc._version import __version__
 from vtc.errors import VtcError
 from vtc.io.audio import SALIENCY_NAME, audio_saliency
 from vtc.io.decode import DecodeReport, VideoInfo, content_hash
-from vtc.io.encoders import AnyEncoder
 from vtc.io.store import Streamed, TokenMap, out_dtype, token_tensors, write
 from vtc.reduction import Reduction
 from vtc.run.plan import Plan
@@ -28,6 +27,7 @@ from vtc.signals import Signals
 from vtc.stages.in_encoder import reduction_from_sources
 from vtc.stages.pre_encoder import PreEncoderRule
 from vtc.stages.window import WindowedReduction, run_windowed_parts, windowed_rows
+from vtc.targets.encoders import AnyEncoder
 
 
 @dataclass
@@ -252,10 +252,11 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
     # the token space: a target's newline embedding (placed by consumers, never compressed), Qwen's M-RoPE
     # positions and retention mask
     space, extra = encoder.file_extras(tensors["positions"], red.rep, grid, int(feats.shape[0]), list(sampled),
-                                       float(video.info.fps or 0.0), video.picture or (0, 0))
+                                       video.info, video.picture or (0, 0))
     meta.update(space)
     for name, value in extra.items():
-        tensors[name] = value.to(tensors["tokens"].dtype).contiguous() if value.is_floating_point() else value
+        # embeddings (float32, e.g. the newline) follow --dtype-out; times (float64) keep their precision
+        tensors[name] = value.to(tensors["tokens"].dtype).contiguous() if value.dtype == torch.float32 else value
     if planes is not None:  # [K, L, D]: what the model adds to its first L decoder layers at each kept token
         tensors["deepstack"] = planes if isinstance(planes, Streamed) else \
             planes.to(out_dtype(plan.cfg.dtype_out)).contiguous()
@@ -290,7 +291,7 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
         "pretrained": enc["pretrained"],
         "checkpoint": enc["checkpoint"],
         "checkpoint_sha256": enc["checkpoint_sha256"],
-        "layer": str(cfg.encoder.layer),
+        "layer": str(enc.get("layer", cfg.encoder.layer)),
         "image_size": enc["image_size"],
         "grid": list(grid),
         "T": t,

@@ -23,11 +23,11 @@ from torch import Tensor
 
 from vtc.errors import InputError, ModelError, VtcError
 from vtc.io.decode import DecodeReport, VideoInfo, iter_frames, planned_frames, probe
-from vtc.io.encoders import AnyEncoder
 from vtc.io.geometry import FrameGeometry
 from vtc.run.finish import FrameReuse, Job, Outcome, Video, finish
 from vtc.run.plan import Plan
 from vtc.run.spill import budget_bytes, release_free_memory
+from vtc.targets.encoders import AnyEncoder
 
 
 def decode_video(path: Path, plan: Plan, geometry: FrameGeometry, report: DecodeReport

@@ -14,14 +14,14 @@ from typing import Any
 
 from vtc.errors import UsageError
 from vtc.io.decode import Sampling
-from vtc.io.encoders import check_encoder as check_encoder_config
 from vtc.io.store import check_output
-from vtc.io.target import TARGETS
 from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
 from vtc.run.config import CompressConfig
 from vtc.signals import Provider, provided_by
 from vtc.stages.pre_encoder import PreEncoderRule
+from vtc.targets import TARGETS
+from vtc.targets.encoders import check_encoder as check_encoder_config
 
 
 @dataclass(frozen=True)
