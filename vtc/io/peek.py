@@ -143,8 +143,9 @@ def check_contents(where: Path | str, meta: dict[str, Any], shapes: dict[str, tu
     return t, h, w
 
 
-#: the targets whose files carry Qwen's video fields (video_grid_thw, retention_mask, M-RoPE or DeepStack)
-QWEN_SPACES = ("qwen2.5-vl", "qwen3-vl")
+#: the targets whose files carry Qwen's video fields (video_grid_thw, retention_mask, M-RoPE or DeepStack): every
+#: Qwen family in vtc.targets
+QWEN_SPACES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5")
 
 
 def _whole(value: Any, lo: int = 1) -> bool:
@@ -205,19 +206,21 @@ def check_space(where: Path | str, meta: dict[str, Any], shapes: dict[str, tuple
         raise FormatError(f"{where}: space 'video_grid_thw' must be [{t}, {h * m}, {w * m}] ({t} frames of the "
                           f"{h}×{w} token grid, merge {m}), not {str(thw)[:60]}.")
     need("retention_mask", (t * h * w,), dtypes=("BOOL", "U8"))
-    if target == "qwen2.5-vl":
+    if "frame_timestamps" not in space:  # Qwen2-VL / Qwen2.5-VL: M-RoPE positions in the file
         need("mrope_positions", (k, 3), ints=True)
-        if not _finite(space.get("second_per_grid_t")) or space["second_per_grid_t"] < 0:
+        if (target == "qwen2.5-vl" or "second_per_grid_t" in space) and \
+                (not _finite(space.get("second_per_grid_t")) or space["second_per_grid_t"] < 0):
             raise FormatError(f"{where}: space 'second_per_grid_t' must be a number ≥ 0, not "
                               f"{str(space.get('second_per_grid_t'))[:40]!r}.")
         if not _whole(space.get("max_position"), 0):
             raise FormatError(f"{where}: space 'max_position' must be a whole number, not "
                               f"{str(space.get('max_position'))[:40]!r}.")
-    else:
+    else:  # Qwen3-VL / Qwen3.5: a timestamp per token frame, DeepStack planes where the checkpoint has them
         planes = space.get("deepstack_planes")
         if not _whole(planes, 0):
             raise FormatError(f"{where}: space 'deepstack_planes' must be a whole number, not {str(planes)[:40]!r}.")
-        need("deepstack", (k, planes, d))
+        if planes:
+            need("deepstack", (k, planes, d))
         stamps = space.get("frame_timestamps")
         if not (isinstance(stamps, list) and len(stamps) == t and all(_finite(v) for v in stamps)):
             raise FormatError(f"{where}: space 'frame_timestamps' must be {t} numbers (one per token frame), not "

@@ -30,11 +30,11 @@ import numpy as np
 from vtc.errors import InputError, UsageError, VtcError
 from vtc.io.chunks import INDEX_FORMAT, INDEX_VERSION, chunk_name, fsync_file, is_live_dir, read_index, write_index
 from vtc.io.decode import DecodeReport, VideoInfo
-from vtc.targets.encoders import AnyEncoder
 from vtc.io.live import Gap, LiveFrame, check_live_source, iter_live
 from vtc.run.finish import FrameReuse, Job, Video
 from vtc.run.pipeline import Engine
 from vtc.run.plan import Plan
+from vtc.targets.encoders import AnyEncoder
 
 #: frames (sampled or not) waiting between the decode thread and the encoder
 QUEUE_FRAMES = 512
