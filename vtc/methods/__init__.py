@@ -1,6 +1,7 @@
 """Every method, registered by name.  Importing this package fills the registry."""
 
 from vtc.methods import (  # noqa: F401
+    aim,
     baselines,
     budgeted,
     divprune,
