@@ -39,4 +39,31 @@ def check_aim(meta: dict, t: dict[str, torch.Tensor]) -> None:
         assert torch.allclose(red.dense(), _dense_map(t, red.num_outputs, x.shape[0] * x.shape[1]), atol=1e-6)
 
 
-OUTER_CHECKS = {"aim": check_aim}
+def check_recoverable(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """The two scores vtc computes (one-head full-width CLS attention, scaled text cosine) from the stored q, keys,
+    CLIP hidden states and projection; per frame the picks, centres and counts; then the tokens (`reference`)."""
+    from vtc.methods.recoverable import cls_attention_full, recoverable_frame, text_scores
+
+    p = json.loads(meta["params"])
+    attn = t["cls_attn"]  # top-k gaps reach 1.1e-7: decide on the stored scores, as the README says
+    assert torch.allclose(cls_attention_full(t["q_cls"], t["keys"]), attn, atol=1e-6, rtol=1e-5), "CLS attention"
+    patch_embed = t["clip_hidden"][:, 1:] @ t["w.visual_projection"].T
+    sim = text_scores(patch_embed, t["text_embed"][0])
+    assert torch.allclose(sim, t["text_score"], atol=1e-7, rtol=1e-5), "text score"
+    knobs = {"knn": p["knn_k"], "text_weight": p["text_score_scale"], "lof_pick": p["lof_k_vision"],
+             "lof_rest": p["lof_k_rest"]}
+    assert p["lof_k_text"] == p["lof_k_vision"]
+    for f in range(t["features"].shape[0]):
+        d = recoverable_frame(attn[f], t["text_score"][f], t["keys"][f], centres="width", key_index="list", **knobs)
+        for name in ("index_vision", "index_text"):  # top-k sets (the authors' order is topk's)
+            assert torch.equal(d[name].sort().values, t[f"f{f}.{name}"].sort().values), (f, name)
+        assert torch.equal(d["index_all"], t[f"f{f}.index_all"]) and torch.equal(d["centers"], t[f"f{f}.centers"])
+    spec = get_method("recoverable")
+    sig = Signals(last_cls_attn=attn, last_keys=t["keys"], patch_embed=patch_embed, query_embed=t["text_embed"][0])
+    red = spec.run(t["features"], grid=tuple(p["grid"]), ratio=None, signals=sig,
+                   params=spec.resolve(knobs, "reference"))
+    assert red.info["tokens_per_frame"] == t["tokens_per_frame"].tolist(), "tokens per frame"
+    assert torch.allclose(red.apply(t["features"]), t["tokens"], atol=1e-5, rtol=0), "tokens"
+
+
+OUTER_CHECKS = {"aim": check_aim, "recoverable": check_recoverable}

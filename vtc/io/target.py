@@ -92,6 +92,9 @@ TARGETS: dict[str, TargetSpec] = {
 }
 
 
+#: the signals every target's tower can make (the others need an open_clip tower: a CLS token, a text space)
+TARGET_SIGNALS = frozenset({"attn", "pooled", "cls_attn", "cls_token", "keys", "received", "received_object"})
+
 
 def target_spec(name: str) -> TargetSpec:
     if name not in TARGETS:

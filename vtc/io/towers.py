@@ -102,6 +102,22 @@ def _mha_probs_and_keys(attn: torch.nn.MultiheadAttention, h: Tensor) -> tuple[T
     return probs, k.float().mean(1)
 
 
+#: signals read at the tower's last block whatever block the features come from
+LAST_BLOCK_SIGNALS = frozenset({"last_cls_attn", "last_keys", "patch_embed"})
+
+
+def _full_width_cls(attn: torch.nn.MultiheadAttention, h: Tensor) -> dict[str, Tensor]:
+    """Recoverable Compression's read-out of a block: keys over the full width (k_proj with bias) [B, L, W] and the
+    CLS query's one-head attention softmax(q_cls · kᵀ · W^-½) without the CLS column [B, L-1].  h: [B, L, W], after
+    the block's ln_1."""
+    width = h.shape[-1]
+    w, bias = attn.in_proj_weight, attn.in_proj_bias
+    q = F.linear(h[:, :1], w[:width], None if bias is None else bias[:width]).float()
+    k = F.linear(h, w[width : 2 * width], None if bias is None else bias[width : 2 * width]).float()
+    logits = (k @ q.transpose(-1, -2))[..., 0] * width**-0.5
+    return {"last_keys": k, "last_cls_attn": logits.softmax(-1)[:, 1:]}
+
+
 class ClipTower(Tower):
     """open_clip `VisionTransformer`: CLS at row 0, `transformer.resblocks`, `_pool` + `proj` for the embedding."""
 
@@ -120,7 +136,7 @@ class ClipTower(Tower):
         x = v._embeds(pixels)  # [B, 1+N, W]
         last = self.num_layers - 1
         obj = object_block(self.num_layers)
-        stop = max(last if {"attn", "pooled"} & want else layer_index,
+        stop = max(last if {"attn", "pooled"} & want or LAST_BLOCK_SIGNALS & want else layer_index,
                    obj if "received_object" in want else 0)
         out: dict[str, Tensor] = {}
         for i, blk in enumerate(v.transformer.resblocks[: stop + 1]):
@@ -138,6 +154,8 @@ class ClipTower(Tower):
                     out["keys"] = keys
                 if i == last and "attn" in want:
                     out["attn"] = cls_row / cls_row.sum(-1, keepdim=True)
+            if i == last and {"last_cls_attn", "last_keys"} & want:
+                out.update(_full_width_cls(blk.attn, blk.ln_1(x)))
             x = self._block(blk, x)
             if i == layer_index:
                 out["patches"] = x[:, 1:]
@@ -146,7 +164,9 @@ class ClipTower(Tower):
         if "pooled" in want:
             pooled, _ = v._pool(x)
             out["pooled"] = pooled @ v.proj if v.proj is not None else pooled
-        return out
+        if "patch_embed" in want:  # the last block's patches through the projection, without ln_post
+            out["patch_embed"] = x[:, 1:] @ v.proj if v.proj is not None else x[:, 1:]
+        return {k: val for k, val in out.items() if k == "patches" or k in want}
 
     def forward_merging(self, pixels: Tensor, merger: BlockMerger, layer_index: int) -> dict[str, Tensor]:
         x = self.visual._embeds(pixels)  # [B, 1+N, W], CLS first
@@ -183,6 +203,9 @@ class ClipTower(Tower):
                         f"dropped)",
             "received_object": f"clip: attention received in block {object_block(self.num_layers) + 1} (1-based) of "
                                f"{self.num_layers}",
+            "last_cls_attn": "clip: CLS query · keys of the last block, one head over the full width, softmax",
+            "last_keys": "clip: keys of the last block over the full width (with bias), row 0 = CLS",
+            "patch_embed": "clip: last block's patch tokens through the visual projection (no ln_post)",
         }
 
 
@@ -206,8 +229,15 @@ class SiglipTower(Tower):
         x = self._embed(pixels)
         out: dict[str, Tensor] = {}
         obj = object_block(self.num_layers)
-        stop = max(layer_index, obj if "received_object" in want else 0)
+        last = self.num_layers - 1
+        stop = max(layer_index, obj if "received_object" in want else 0, last if LAST_BLOCK_SIGNALS & want else 0)
         for i, blk in enumerate(tr.blocks[: stop + 1]):
+            if i == last and "last_keys" in want:  # all heads' keys side by side, after the k norm; no CLS row
+                h = blk.norm1(x)
+                b, n, c = h.shape
+                k = blk.attn.k_norm(blk.attn.qkv(h).reshape(b, n, 3, blk.attn.num_heads, -1)[:, :, 1].transpose(1, 2))
+                k = k.transpose(1, 2).reshape(b, n, c).float()
+                out["last_keys"] = torch.cat([k.new_zeros(b, 1, c), k], 1)
             sel = i == layer_index and bool({"keys", "received"} & want)
             at_obj = i == obj and "received_object" in want
             if sel or at_obj:
@@ -232,7 +262,24 @@ class SiglipTower(Tower):
             pooled, probe_attn = self._attn_pool(tr.norm(out["patches"]))
             pooled = self.visual.head(pooled)
             out.update(attn=probe_attn, cls_attn=probe_attn, pooled=pooled, cls_token=pooled)
+        if {"last_cls_attn", "patch_embed"} & want:  # x: the last block's output
+            final = tr.norm(x)
+            out["last_cls_attn"] = self._attn_pool(final)[1]
+            out["patch_embed"] = self._patch_pool(final)
         return {k: v for k, v in out.items() if k == "patches" or k in want}
+
+    def _patch_pool(self, x: Tensor) -> Tensor:
+        """The attention-pool head applied to each patch alone (all of the probe's attention on it): value →
+        proj → + MLP → head.  x [B, N, C] (after the trunk norm) → [B, N, E]."""
+        ap = self.visual.trunk.attn_pool
+        b, n, c = x.shape
+        if ap.pos_embed is not None:
+            x = x + ap.pos_embed.unsqueeze(0).to(x.dtype)
+        v = ap.kv(x).reshape(b, n, 2, c)[:, :, 1]  # heads side by side, as the pooled output lays them out
+        y = ap.proj(v)
+        if ap.mlp is not None:
+            y = y + ap.mlp(ap.norm(y))
+        return self.visual.head(y)
 
     def _attn_pool(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """timm AttentionPoolLatent, re-stated to also return the head-mean probe→patch attention [B, N]."""
@@ -274,6 +321,10 @@ class SiglipTower(Tower):
             "received": f"siglip: attention received in block {layer} (mean over heads and all queries; no CLS)",
             "received_object": f"siglip: attention received in block {object_block(self.num_layers) + 1} (1-based) "
                                f"of {self.num_layers}",
+            "last_cls_attn": "siglip: attention-pool probe→patch attention on the last block (no CLS: substitute)",
+            "last_keys": "siglip: keys of the last block, all heads side by side after the k norm; row 0 zero",
+            "patch_embed": "siglip: the attention-pool head applied to each last-block patch alone (no projection "
+                           "of patches: substitute)",
         }
 
 

@@ -16,6 +16,7 @@ from vtc.methods import (  # noqa: F401
     llava_scissor,
     omnizip,
     prunevid,
+    recoverable,
     rlt,
     sttm,
     tome,

@@ -168,6 +168,9 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
     if query_embedding is not None:  # per-frame relevance to the query, in the joint embedding space
         sig["relevance"] = torch.nn.functional.normalize(sig["pooled"].float(), dim=-1) @ query_embedding
         sources["relevance"] = f"query {plan.cfg.query!r}: cosine of frame and text embeddings"
+        if "query_embed" in plan.signals:
+            sig["query_embed"] = query_embedding.float()
+            sources["query_embed"] = f"query {plan.cfg.query!r}: text embedding"
     if "audio_saliency" in plan.signals:
         sal = audio_saliency(video.job.input, start=video.info.start_time) if video.info.has_audio else None
         sources["audio_saliency"] = SALIENCY_NAME if sal is not None else "none (no audio track)"

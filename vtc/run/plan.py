@@ -17,7 +17,7 @@ from vtc.errors import UsageError
 from vtc.io.decode import Sampling
 from vtc.io.encoders import check_encoder as check_encoder_config
 from vtc.io.store import is_token_file
-from vtc.io.target import TARGETS
+from vtc.io.target import TARGET_SIGNALS, TARGETS
 from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
 from vtc.run.config import CompressConfig
@@ -47,13 +47,16 @@ class Plan:
         params = spec.resolve(cfg.params, variant)
         sampling = Sampling(frames=cfg.frames, fps=cfg.fps, every=cfg.every).validate()
         signals = set(spec.wanted_signals)
+        text = {"relevance", "query_embed"}
+        if not cfg.query and text & set(spec.signals):
+            raise UsageError(f"{spec.name} is guided by a question: pass --query TEXT.")
         if cfg.query:
-            if "relevance" not in signals:
+            if not text & signals:
                 raise UsageError(f"--query needs a query-aware method; '{spec.name}' is not. Use --method budgeted "
                                  f"-p budget=query (or --preset query-attention).")
             signals.add("pooled")  # the frame embeddings the query is compared with
         else:
-            signals.discard("relevance")
+            signals -= text
         if check_encoder:
             check_encoder_config(cfg.encoder)
         rule = spec.pre_encoder(**params) if spec.pre_encoder is not None else None
@@ -65,6 +68,10 @@ class Plan:
             ratio = cfg.ratio if cfg.ratio is not None else spec.paper_ratio
             spec.in_encoder(ratio=ratio, layers=12, tokens=197, protected=1, **params)  # checks the parameters
         if target is not None:
+            missing = sorted(set(spec.signals) - TARGET_SIGNALS - provided_by("decode") - text)
+            if missing:
+                raise UsageError(f"{spec.name} needs {', '.join(missing)}, which --target {target} does not provide; "
+                                 f"use an open_clip --model.")
             if cfg.query:
                 raise UsageError("--query is not available with --target yet (a target has no text tower in the frame "
                                  "embedding space); drop --query or use an open_clip --model.")

@@ -1,0 +1,89 @@
+"""The wave-3 outer methods (AIM, Recoverable Compression, ZOO-Prune, Free Video-LLM, VScan, GRT) end to end: the
+signals they need from the towers, compared with torch's own modules; runs through `vtc.compress` on a tiny CLIP
+and a tiny SigLIP tower; the one-line refusals where a signal cannot exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import vtc
+from vtc.errors import UsageError
+from vtc.io.encode import Encoder, EncoderConfig
+
+
+@pytest.fixture(scope="module")
+def encoders(models: dict[str, tuple[Path, Path]]) -> dict[str, Encoder]:
+    return {k: Encoder(EncoderConfig(model=str(cfg), pretrained=None, checkpoint=str(ckpt), device="cpu"))
+            for k, (cfg, ckpt) in models.items()}
+
+
+def test_clip_last_block_signals_match_torch_attention(encoders: dict[str, Encoder]) -> None:
+    """`last_cls_attn` / `last_keys`: the last block's q/k projections as ONE head over the full width — the same
+    weights loaded into torch's own single-head MultiheadAttention give the same attention row; `patch_embed` is
+    the last block's output (captured by a hook) through the visual projection."""
+    enc = encoders["clip"]
+    pixels = torch.randn(2, 3, *enc.image_size)
+    out = enc.encode_pixels(pixels, {"last_cls_attn", "last_keys", "patch_embed"})
+    blk = enc.model.visual.transformer.resblocks[-1]
+    seen = {}
+    hooks = [blk.ln_1.register_forward_hook(lambda m, a, o: seen.setdefault("h", o)),
+             blk.register_forward_hook(lambda m, a, o: seen.setdefault("y", o))]
+    with torch.no_grad():
+        enc.model.visual(pixels)
+    for h in hooks:
+        h.remove()
+    width = blk.attn.embed_dim
+    one = torch.nn.MultiheadAttention(width, 1, batch_first=True)
+    one.load_state_dict(blk.attn.state_dict())
+    h = seen["h"] if enc.model.visual.transformer.batch_first else seen["h"].transpose(0, 1)
+    y = seen["y"] if enc.model.visual.transformer.batch_first else seen["y"].transpose(0, 1)
+    with torch.no_grad():
+        _, w = one(h[:, :1], h, h, need_weights=True)
+        k = torch.nn.functional.linear(h, blk.attn.in_proj_weight[width : 2 * width],
+                                       blk.attn.in_proj_bias[width : 2 * width])
+    assert torch.allclose(out["last_cls_attn"], w[:, 0, 1:], atol=1e-6)
+    assert torch.allclose(out["last_keys"], k, atol=1e-5)
+    assert torch.allclose(out["patch_embed"], y[:, 1:] @ enc.model.visual.proj, atol=1e-5)
+
+
+def test_siglip_patch_embed_is_the_pool_head_on_one_patch(encoders: dict[str, Encoder]) -> None:
+    """SigLIP substitute: timm's own attention-pool head, given a frame made of one patch repeated, pools to
+    exactly that patch's `patch_embed` (attention on equal keys is uniform: the output is that value)."""
+    enc = encoders["siglip"]
+    pixels = torch.randn(1, 3, *enc.image_size)
+    out = enc.encode_pixels(pixels, {"patch_embed", "last_cls_attn", "last_keys"})
+    tr = enc.model.visual.trunk
+    with torch.no_grad():
+        final = tr.norm(tr.blocks(tr.norm_pre(tr.patch_drop(tr._pos_embed(tr.patch_embed(pixels))))))
+        ap = tr.attn_pool
+        pos, ap.pos_embed = ap.pos_embed, None
+        try:
+            one = final[:, 3:4].expand(1, final.shape[1], -1) + (0 if pos is None else pos[3:4])
+            pooled = enc.model.visual.head(ap(one))
+        finally:
+            ap.pos_embed = pos
+    assert torch.allclose(out["patch_embed"][0, 3], pooled[0], atol=1e-5)
+    assert out["last_keys"].shape[1] == enc.num_patches + 1 and torch.all(out["last_keys"][:, 0] == 0)
+    assert torch.allclose(out["last_cls_attn"].sum(-1), torch.ones(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+@pytest.mark.parametrize("method,kw", [
+    ("aim", {}),
+    ("recoverable", {"query": "a white square"}),
+    ("recoverable", {}),
+])
+def test_end_to_end(kind: str, method: str, kw: dict, clip_path: Path, model_args, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / f"{method}.safetensors"
+    vtc.compress(clip_path, output=out, method=method, frames=4, **kw, **model_args(kind))
+    f = vtc.load(out)
+    assert 1 <= f.tokens.shape[0] < 4 * f.tokens_per_frame().numel() * 100
+    assert f.meta["method"].startswith(method)
+
+
+def test_text_guided_methods_need_a_query_only_where_required(clip_path: Path, model_args, tmp_path: Path) -> None:  # noqa: ANN001
+    with pytest.raises(UsageError, match="query-aware"):
+        vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="aim", query="x", **model_args("clip"))
