@@ -18,9 +18,8 @@ Without --query there are no text picks (k_t = 0) and the centre score is the ke
 The authors' code has two indexing slips, kept by `reference`: the centre count uses n_c = the feature width C
 (a reused variable) instead of |R| (`centres=width`; vtc's default `rest`), and the keys of the rest are read at
 their positions in the rest list instead of their own (`key_index=list`; vtc's default `own`). vtc also keeps a
-frame's
-most-attended token where nothing stands out (`keep_one`; the authors' code empties the frame) and clamps the 32
-candidates and the centre count to what the rest holds (the authors' `topk` raises there). The authors' text
+frame's most-attended token where nothing stands out (`keep_one`; the authors' code empties the frame) and clamps
+the 32 candidates and the centre count to what the rest holds (the authors' `topk` raises there). The authors' text
 feature is the CLIP text tower's last padded position of the prompt's first line; vtc uses the query's embedding.
 """
 
