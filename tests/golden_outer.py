@@ -66,4 +66,57 @@ def check_recoverable(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.allclose(red.apply(t["features"]), t["tokens"], atol=1e-5, rtol=0), "tokens"
 
 
-OUTER_CHECKS = {"aim": check_aim, "recoverable": check_recoverable}
+def _mlp(t: dict[str, torch.Tensor], prefix: str) -> torch.nn.Sequential:
+    """The stored projector `w.<prefix>.<i>.*` as torch modules in float32: Linear layers at the stored indices,
+    GELU between them (LLaVA's mlp2x_gelu; the low-rank one has two bias-free factor layers)."""
+    idx = sorted({int(k.split(".")[2]) for k in t if k.startswith(f"w.{prefix}.")})
+    layers: list[torch.nn.Module] = []
+    for i in range(max(idx) + 1):
+        if i not in idx:
+            layers.append(torch.nn.GELU())
+            continue
+        w = t[f"w.{prefix}.{i}.weight"].float()
+        b = t.get(f"w.{prefix}.{i}.bias")
+        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+        lin.weight.data.copy_(w)
+        if b is not None:
+            lin.bias.data.copy_(b.float())
+        layers.append(lin)
+    return torch.nn.Sequential(*layers).eval()
+
+
+def check_zoo_prune(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """Sensitivities from the stored projector and raw directions (rtol 1e-4), then the selection order and kept
+    set on the stored sensitivities (exact), through the registry's `reference` variant for the kept tokens."""
+    from vtc.ops.sensitivity import (
+        normalize_directions,
+        projector_sensitivity,
+        sensitivity_weights,
+        weighted_diverse_order,
+    )
+
+    p = json.loads(meta["params"])
+    x, ref_s = t["features"], t["sensitivity"]
+    tt, n, _ = x.shape
+    mm = _mlp(t, "mm_projector")
+    with torch.no_grad():
+        assert torch.allclose(mm(x), t["projected"], atol=1e-5, rtol=1e-5), "projector"
+    u = normalize_directions(t["directions_raw"])
+    next_path = p["path"] == "next"
+    proj = _mlp(t, "lowrank_mm_projector") if next_path else mm
+    for f in range(tt):
+        s = projector_sensitivity(proj, x[f], u[0] if next_path else u[f], p["NOISERECOV_INTENS"])
+        assert torch.allclose(s, ref_s[f], rtol=1e-4, atol=0), f"sensitivity, frame {f}"
+    k = p["k_frame"] if next_path else p["k_per_frame"]
+    for f in range(tt):
+        order = weighted_diverse_order(t["projected"][f], sensitivity_weights(ref_s[f], not next_path), k)
+        assert torch.equal(order, t["selection_order"][f]), f"selection order, frame {f}"
+    spec = get_method("zoo_prune")
+    params = {"k_per_frame": k, "guard": not next_path}
+    red = spec.run(t["projected"], grid=tuple(p.get("grid_hw") or p["grid"]), ratio=None,
+                   signals=Signals(sensitivity=ref_s), params=spec.resolve(params, "reference"))
+    assert torch.equal(red.rep, t["kept_index"]), "kept index"
+    assert torch.equal(red.apply(t["projected"]), t["tokens"]), "tokens"
+
+
+OUTER_CHECKS = {"zoo_prune": check_zoo_prune, "aim": check_aim, "recoverable": check_recoverable}

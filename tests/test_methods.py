@@ -32,6 +32,7 @@ def make_signals(t: int, n: int, d: int, gen: torch.Generator, h: int = 1, w: in
         patch_embed=torch.randn(t, n, 6, generator=gen),
         query_embed=torch.nn.functional.normalize(torch.randn(6, generator=gen), dim=0),
         relevance=torch.randn(t, generator=gen),
+        sensitivity=torch.rand(t, n, generator=gen),
     )
 
 

@@ -87,3 +87,51 @@ def test_end_to_end(kind: str, method: str, kw: dict, clip_path: Path, model_arg
 def test_text_guided_methods_need_a_query_only_where_required(clip_path: Path, model_args, tmp_path: Path) -> None:  # noqa: ANN001
     with pytest.raises(UsageError, match="query-aware"):
         vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="aim", query="x", **model_args("clip"))
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vtc.testing import tiny_llava_onevision
+
+    return tiny_llava_onevision(tmp_path_factory.mktemp("llava") / "ov", image_size=98)
+
+
+def test_zoo_prune_sensitivity_is_the_projectors(llava: Path, clip_path: Path, tmp_path: Path) -> None:
+    """--target llava-onevision: the sensitivity signal equals a central difference through the checkpoint's own
+    projector module (transformers), pooled as the tokens are; ZOO-Prune keeps int(ratio·N) tokens per frame."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from vtc.io.encoders import open_encoder
+    from vtc.ops.sensitivity import unit_directions
+    from vtc.run.config import make_config
+
+    enc = open_encoder(make_config(target="llava-onevision", target_model=str(llava)).encoder)
+    pixels = torch.randn(2, 3, *enc.image_size)
+    out = enc.encode_pixels(pixels, {"sensitivity"})
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(llava).eval()
+    with torch.no_grad():
+        cfg = model.config
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[cfg.vision_feature_layer]
+        u = unit_directions(64, hidden.shape[-1], 0)
+        proj = model.model.multi_modal_projector
+        diff = proj(hidden[:, :, None] + 0.01 * u) - proj(hidden[:, :, None] - 0.01 * u)  # [B, g·g, m, D]
+        s = (diff.norm(dim=-1) / 0.02).mean(-1)
+        g = int(s.shape[1] ** 0.5)
+        pooled = torch.nn.functional.interpolate(s.reshape(2, 1, g, g), size=[(g + 1) // 2] * 2, mode="bilinear")
+    assert torch.allclose(out["sensitivity"], pooled.reshape(2, -1), rtol=1e-4, atol=1e-6)
+    res = vtc.compress(clip_path, output=tmp_path / "z.safetensors", method="zoo_prune", ratio=0.25, frames=4,
+                       target="llava-onevision", target_model=str(llava), encoder=enc)
+    f = vtc.load(tmp_path / "z.safetensors")
+    assert f.tokens.shape[0] == 4 * int(0.25 * 16) and "seeded 0" in f.meta["signals"]["sensitivity"]
+    assert res is not None
+
+
+def test_zoo_prune_refuses_without_a_target(clip_path: Path, model_args, tmp_path: Path) -> None:  # noqa: ANN001
+    with pytest.raises(UsageError, match="nonlinear projector"):
+        vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="zoo_prune", **model_args("clip"))
+
+
+def test_clip_only_signals_refused_with_a_target(llava: Path, clip_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not provide"):
+        vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="recoverable", target="llava-onevision",
+                     target_model=str(llava))

@@ -48,6 +48,9 @@ SIGNALS: dict[str, SignalDoc] = {
     "patch_embed": SignalDoc("[T, N, E] every patch of the last block in the image–text space (CLIP: visual "
                              "projection of the patch tokens without the post-LayerNorm; SigLIP: the attention-pool "
                              "head applied to each patch alone, as substitute)", "encoder"),
+    "sensitivity": SignalDoc("[T, N] zeroth-order sensitivity of the target's projector at each token: mean over 64 "
+                             "seeded unit directions u of ‖P(x+hu) − P(x−hu)‖/2h, h = 0.01, pooled to the token grid "
+                             "(ZOO-Prune; needs a nonlinear projector: --target llava-*)", "encoder"),
     "frames": SignalDoc("[T, H, W, 3] uint8 frames as the encoder sees them (after resize and crop)", "decode"),
     "times": SignalDoc("[T] presentation time of every sampled frame, seconds", "decode"),
     "audio_saliency": SignalDoc("[A] audio saliency at 25 tokens/s", "audio"),
@@ -69,6 +72,7 @@ class Signals:
 
     attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D], keys [T, N+1, d], received [T, N],
     received_object [T, N], last_cls_attn [T, N], last_keys [T, N+1, C], patch_embed [T, N, E], query_embed [E],
+    sensitivity [T, N],
     frames uint8 [T, H, W, 3],
     times [T], audio_saliency [A], relevance [T], thumbnail [N', D].
     `sources` names where each signal came from (recorded in the file).
@@ -85,6 +89,7 @@ class Signals:
     last_keys: Tensor | None = None
     patch_embed: Tensor | None = None
     query_embed: Tensor | None = None
+    sensitivity: Tensor | None = None
     frames: Tensor | None = None
     audio_saliency: Tensor | None = None
     relevance: Tensor | None = None
@@ -114,7 +119,7 @@ class Signals:
             "pooled": (t, None), "cls_token": (t, None), "keys": (t, n + 1, None),
             "frames": (t, None, None, 3), "times": (t,), "relevance": (t,), "audio_saliency": (None,),
             "thumbnail": (None, None), "last_cls_attn": (t, n), "last_keys": (t, n + 1, None),
-            "patch_embed": (t, n, None), "query_embed": (None,),
+            "patch_embed": (t, n, None), "query_embed": (None,), "sensitivity": (t, n),
         }
         for name, dims in expect.items():
             value = getattr(self, name)
@@ -128,7 +133,7 @@ class Signals:
 
     #: the signals indexed by frame (leading dimension T); the others (audio, thumbnail) belong to the whole clip
     PER_FRAME = ("attn", "pooled", "cls_attn", "cls_token", "keys", "received", "received_object", "frames",
-                 "times", "relevance", "last_cls_attn", "last_keys", "patch_embed")
+                 "times", "relevance", "last_cls_attn", "last_keys", "patch_embed", "sensitivity")
 
     def window(self, a: int, b: int) -> Signals:
         """These signals for frames [a, b): per-frame ones sliced, whole-clip ones (audio, thumbnail) as they are."""

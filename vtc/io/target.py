@@ -45,6 +45,7 @@ from vtc.io.target_qwen import (
     temporal_positions,
 )
 from vtc.io.towers import Tower, object_block
+from vtc.ops.sensitivity import projector_sensitivity, unit_directions
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,14 @@ TARGETS: dict[str, TargetSpec] = {
 }
 
 
+#: ZOO-Prune's sensitivity: the authors' script settings (64 directions, h = 0.01) with a fixed seed
+SENSITIVITY_DIRECTIONS, SENSITIVITY_H, SENSITIVITY_SEED = 64, 0.01, 0
+
 #: the signals every target's tower can make (the others need an open_clip tower: a CLS token, a text space)
-TARGET_SIGNALS = frozenset({"attn", "pooled", "cls_attn", "cls_token", "keys", "received", "received_object"})
+TARGET_SIGNALS = frozenset({"attn", "pooled", "cls_attn", "cls_token", "keys", "received", "received_object",
+                            "sensitivity"})
+#: signals only the LLaVA targets make (a projector between the vision features and the LLM)
+LLAVA_ONLY_SIGNALS = frozenset({"sensitivity"})
 
 
 def target_spec(name: str) -> TargetSpec:
@@ -413,7 +420,22 @@ class LlavaTower(Tower):
             out["cls_token"] = tokens.float().mean(1)
         if "received_object" in want:
             out["received_object"] = pool_map(self._attention(obj, inputs[obj])[0], self.g, self.spec.pool)
+        if "sensitivity" in want:
+            out["sensitivity"] = pool_map(self._sensitivity(sel), self.g, self.spec.pool)
         return {k: v for k, v in out.items() if k == "patches" or k in want}
+
+    def _sensitivity(self, sel: Tensor) -> Tensor:
+        """ZOO-Prune's zeroth-order sensitivity of the projector at every selected vision feature [B, g·g, Dv] →
+        [B, g·g]: 64 unit directions from a generator seeded 0, h = 0.01, in float32 (a float32 copy of the
+        projector: half-precision rounding would swamp the ±h·u differences)."""
+        if getattr(self, "_proj32", None) is None:
+            import copy
+
+            self._proj32 = copy.deepcopy(self.visual.multi_modal_projector).float()
+            self._dirs = unit_directions(SENSITIVITY_DIRECTIONS, sel.shape[-1], SENSITIVITY_SEED)
+        x = sel.float()
+        return torch.stack([projector_sensitivity(self._proj32, f, self._dirs.to(x.device), SENSITIVITY_H)
+                            for f in x])
 
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
         raise UsageError("encoding only the changed patches (RLT's encode_changed_only) is not available with "
@@ -434,6 +456,8 @@ class LlavaTower(Tower):
             "received": f"{self.spec.name}: {received}",
             "received_object": f"{self.spec.name}: 'attention received' of vision block "
                                f"{object_block(self.num_layers) + 1} (1-based) of {self.num_layers}, {pool}",
+            "sensitivity": f"{self.spec.name}: projector sensitivity (ZOO-Prune), {SENSITIVITY_DIRECTIONS} unit "
+                           f"directions seeded {SENSITIVITY_SEED}, h = {SENSITIVITY_H}, float32, {pool}",
         }
 
 

@@ -17,7 +17,7 @@ from vtc.errors import UsageError
 from vtc.io.decode import Sampling
 from vtc.io.encoders import check_encoder as check_encoder_config
 from vtc.io.store import is_token_file
-from vtc.io.target import TARGET_SIGNALS, TARGETS
+from vtc.io.target import LLAVA_ONLY_SIGNALS, TARGET_SIGNALS, TARGETS
 from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
 from vtc.run.config import CompressConfig
@@ -67,6 +67,14 @@ class Plan:
                                  f"yet; use a post-encoder method (e.g. tome).")
             ratio = cfg.ratio if cfg.ratio is not None else spec.paper_ratio
             spec.in_encoder(ratio=ratio, layers=12, tokens=197, protected=1, **params)  # checks the parameters
+        if target is None and LLAVA_ONLY_SIGNALS & set(spec.signals):
+            raise UsageError(f"{spec.name} needs the LLM projector's sensitivity: use --target llava-onevision or "
+                             f"llava-video (an open_clip tower has no nonlinear projector; under a linear one every "
+                             f"token is equally sensitive).")
+        if target is not None and TARGETS.get(target, TARGETS["llava-onevision"]).family != "llava" and \
+                LLAVA_ONLY_SIGNALS & set(spec.signals):
+            raise UsageError(f"{spec.name} needs a LLaVA projector's sensitivity: use --target llava-onevision or "
+                             f"llava-video (--target {target} merges patches in its own merger).")
         if target is not None:
             missing = sorted(set(spec.signals) - TARGET_SIGNALS - provided_by("decode") - text)
             if missing:
