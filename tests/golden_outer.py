@@ -5,6 +5,7 @@ stored inputs through vtc's functions, compared with what the authors' code prod
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 
@@ -119,4 +120,46 @@ def check_zoo_prune(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.equal(red.apply(t["projected"]), t["tokens"]), "tokens"
 
 
-OUTER_CHECKS = {"zoo_prune": check_zoo_prune, "aim": check_aim, "recoverable": check_recoverable}
+_FVL_POOL = {"spatial_1d_max_pool": "1d_max", "spatial_1d_avg_pool": "1d_avg", "spatial_2d_max_pool": "2d_max",
+             "spatial_2d_avg_pool": "2d_avg"}
+
+
+def check_free_video_llm(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """Frame relevance and patch embeddings from the stored CLIP outputs, then (authors' layout, uniform middle
+    frames) the frame lists, ROI boxes, patch–text cosines, every row's sources and op, and the tokens; the unused
+    top-change helper as a unit."""
+    from vtc.methods.free_video_llm import free_video_rows, top_change_frames
+
+    p = json.loads(meta["params"])
+    x = t["features"]
+    tt, n, _ = x.shape
+    side = math.isqrt(n)
+    rel = torch.nn.functional.cosine_similarity(t["text_embed"], t["frame_embed"], dim=-1)
+    assert torch.allclose(rel, t["frame_text_cos"], atol=1e-6), "frame relevance"
+    patch_embed = t["clip_hidden"][:, 1:] @ t["w.visual_projection"].T  # no post-LayerNorm, as the authors
+    knobs = dict(slow_frames=p["num_slowpath"], slow_pool=_FVL_POOL[p["slow_agg"]], roi=p["roi_ratio"],
+                 middle_frames=p["middle_frames"], middle_pool=_FVL_POOL[p["middle_agg"]],
+                 fast_frames=p["fast_frames"], fast_size=p["fast_output_size"][0])
+    src, op, frame, facts = free_video_rows(x, (side, side), rel, patch_embed, t["text_embed"][0], **knobs,
+                                            middle_select="uniform", layout="authors")
+    for name in ("slow_frames", "middle_frames", "fast_frames", "roi_slow", "roi_middle"):
+        if name in t:
+            assert torch.equal(facts[name], t[name]), name
+    for name in ("patch_text_cos_slow", "patch_text_cos_middle"):
+        if name in t:
+            assert torch.allclose(facts[name], t[name], atol=1e-6), name
+    ref = t["row_src"]
+    width = max(src.shape[1], ref.shape[1])
+    pad = torch.nn.functional.pad
+    assert torch.equal(pad(src, (0, width - src.shape[1]), value=-1), pad(ref, (0, width - ref.shape[1]), value=-1))
+    assert torch.equal(op, t["row_op_max"].bool()) and torch.equal(frame, t["row_frame"]), "row ops / frames"
+    num = min(max(p["middle_frames"], 2), tt)
+    assert torch.equal(top_change_frames(x, num), t["top_change_frames"]), "top-change helper"
+    spec = get_method("free_video_llm")
+    sig = Signals(relevance=rel, query_embed=t["text_embed"][0], patch_embed=patch_embed)
+    red = spec.run(x, grid=(side, side), ratio=None, signals=sig, params=spec.resolve(knobs, "reference"))
+    assert torch.allclose(red.apply(x), t["tokens"], atol=1e-6, rtol=0), "tokens"
+
+
+OUTER_CHECKS = {"aim": check_aim, "recoverable": check_recoverable, "zoo_prune": check_zoo_prune,
+                "free_video_llm": check_free_video_llm}

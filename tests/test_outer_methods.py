@@ -75,6 +75,7 @@ def test_siglip_patch_embed_is_the_pool_head_on_one_patch(encoders: dict[str, En
     ("aim", {}),
     ("recoverable", {"query": "a white square"}),
     ("recoverable", {}),
+    ("free_video_llm", {"query": "a white square", "params": {"fast_size": 2}}),
 ])
 def test_end_to_end(kind: str, method: str, kw: dict, clip_path: Path, model_args, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / f"{method}.safetensors"
@@ -87,6 +88,33 @@ def test_end_to_end(kind: str, method: str, kw: dict, clip_path: Path, model_arg
 def test_text_guided_methods_need_a_query_only_where_required(clip_path: Path, model_args, tmp_path: Path) -> None:  # noqa: ANN001
     with pytest.raises(UsageError, match="query-aware"):
         vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="aim", query="x", **model_args("clip"))
+    with pytest.raises(UsageError, match="--query"):
+        vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="free_video_llm", **model_args("clip"))
+
+
+@pytest.mark.parametrize("grid", [(27, 27), (9, 14), (1, 5)])
+def test_free_video_llm_odd_grids(grid: tuple[int, int]) -> None:
+    """SigLIP's 27×27 (and non-square grids): horizontal pairs stay within a row (the last column alone), the box
+    lies on the real h × ⌈w/2⌉ grid; every slow row is the max of two horizontal neighbours or a lone last column."""
+    from vtc.methods import get_method
+    from vtc.signals import Signals
+
+    h, w = grid
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, h * w, 8, generator=gen)
+    sig = Signals(relevance=torch.randn(6, generator=gen), query_embed=torch.randn(5, generator=gen),
+                  patch_embed=torch.randn(6, h * w, 5, generator=gen))
+    spec = get_method("free_video_llm")
+    red = spec.run(x, grid=grid, ratio=None, signals=sig, params=spec.resolve({"fast_size": 4}))
+    boxes = torch.tensor(red.info["roi_slow"])
+    pw = (w + 1) // 2
+    assert (boxes[:, 1] <= pw).all() and (boxes[:, 3] <= h).all() and (boxes[:, 0] >= 0).all()
+    assert (boxes[:, 1] - boxes[:, 0] == round(pw * 0.8 ** 0.5)).all()
+    tokens = red.apply(x)
+    f = red.info["slow_frames"][0]
+    left, right, top, bottom = boxes[0].tolist()
+    first = x[f].reshape(h, w, 8)[top, 2 * left : 2 * left + 2].amax(0)
+    assert torch.equal(tokens[0], first)
 
 
 @pytest.fixture(scope="module")

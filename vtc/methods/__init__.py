@@ -10,6 +10,7 @@ from vtc.methods import (  # noqa: F401
     fastervlm,
     fastvid,
     framefusion,
+    free_video_llm,
     gprune,
     hiprune,
     holitom,
