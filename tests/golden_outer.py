@@ -161,5 +161,41 @@ def check_free_video_llm(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.allclose(red.apply(x), t["tokens"], atol=1e-6, rtol=0), "tokens"
 
 
+def check_vscan(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """Head means of the stored CLS rows (LLaVA cases), then per frame the local picks (window order), the global
+    picks (top-k order) and the kept set on the stored scores; then the merged tokens, assignment and counts
+    through the registry (`reference` = the LLaVA rule, `qwen` = the Qwen rule)."""
+    from vtc.methods.vscan import vscan_frame
+
+    p = json.loads(meta["params"])
+    llava = meta["variant"] == "llava"
+    x = t["projected"] if "projected" in t else t["features"]
+    tt, n, _ = x.shape
+    if "w.mm_projector.0.weight" in t:
+        with torch.no_grad():
+            assert torch.allclose(_mlp(t, "mm_projector")(t["features"]), x, atol=1e-5), "projector"
+    if llava:
+        for name in ("shallow", "deep"):
+            assert torch.allclose(t[f"cls_attn_{name}"].mean(1), t[f"score_{name}"], atol=1e-8), name
+        shallow, deep, k, grid = t["score_shallow"], t["score_deep"], p["visual_token_num"], (24, 24)
+        knobs, variant = {"local_rule": "windows", "window_size": p["window_size"]}, "reference"
+    else:
+        shallow, deep, k, grid = t["score_local"], t["score_global"], p["num_keep_tokens"], tuple(p["grid_hw"])
+        knobs, variant = {"local_rule": "greedy", "window_size": p["window_size"]}, "qwen"
+        assert k == int(p["image_token_ratio"] * n)
+    for f in range(tt):
+        local, glob, kept, _ = vscan_frame(x[f], shallow[f], deep[f], k, grid, **knobs)
+        assert torch.equal(local, t["local_index"][f]), f"local picks, frame {f}"
+        assert torch.equal(glob, t["global_index"][f]), f"global picks, frame {f}"
+        assert torch.equal(torch.nonzero(t["keep"][f]).flatten(), kept), f"kept, frame {f}"
+    spec = get_method("vscan")
+    red = spec.run(x, grid=grid, ratio=None, signals=Signals(shallow_attn=shallow, readout_attn=deep),
+                   params=spec.resolve({"k_per_frame": k}, variant))
+    assert torch.equal(red.rep, t["kept_index"]), "kept index"
+    assert torch.equal(red.source().long(), t["assign"]), "assignment"
+    assert torch.equal(red.sizes().long(), t["merge_count"]) or torch.equal(red.sizes().long() - 1, t["merge_count"])
+    assert torch.allclose(red.apply(x), t["tokens"], atol=1e-5, rtol=0), "tokens"
+
+
 OUTER_CHECKS = {"aim": check_aim, "recoverable": check_recoverable, "zoo_prune": check_zoo_prune,
-                "free_video_llm": check_free_video_llm}
+                "free_video_llm": check_free_video_llm, "vscan": check_vscan}

@@ -33,6 +33,8 @@ def make_signals(t: int, n: int, d: int, gen: torch.Generator, h: int = 1, w: in
         query_embed=torch.nn.functional.normalize(torch.randn(6, generator=gen), dim=0),
         relevance=torch.randn(t, generator=gen),
         sensitivity=torch.rand(t, n, generator=gen),
+        shallow_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
+        readout_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
     )
 
 

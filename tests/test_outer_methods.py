@@ -76,6 +76,7 @@ def test_siglip_patch_embed_is_the_pool_head_on_one_patch(encoders: dict[str, En
     ("recoverable", {"query": "a white square"}),
     ("recoverable", {}),
     ("free_video_llm", {"query": "a white square", "params": {"fast_size": 2}}),
+    ("vscan", {"ratio": 0.25}),
 ])
 def test_end_to_end(kind: str, method: str, kw: dict, clip_path: Path, model_args, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / f"{method}.safetensors"
@@ -163,3 +164,34 @@ def test_clip_only_signals_refused_with_a_target(llava: Path, clip_path: Path, t
     with pytest.raises(UsageError, match="does not provide"):
         vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="recoverable", target="llava-onevision",
                      target_model=str(llava))
+
+
+def test_vscan_signals_are_the_blocks_attention(encoders: dict[str, Encoder]) -> None:
+    """CLIP: `shallow_attn` is block L/4's head-mean CLS row as torch's own MultiheadAttention returns it (hooked on
+    that block), `readout_attn` equals `cls_attn`; SigLIP: both equal `received`-style maps of the named blocks."""
+    from vtc.io.towers import shallow_block
+
+    enc = encoders["clip"]
+    pixels = torch.randn(2, 3, *enc.image_size)
+    out = enc.encode_pixels(pixels, {"shallow_attn", "readout_attn", "cls_attn"})
+    blk = enc.model.visual.transformer.resblocks[shallow_block(enc.num_layers)]
+    seen = {}
+    hook = blk.ln_1.register_forward_hook(lambda m, a, o: seen.setdefault("h", o))
+    with torch.no_grad():
+        enc.model.visual(pixels)
+    hook.remove()
+    h = seen["h"] if enc.model.visual.transformer.batch_first else seen["h"].transpose(0, 1)
+    with torch.no_grad():
+        _, w = blk.attn(h, h, h, need_weights=True, average_attn_weights=True)
+    assert torch.allclose(out["shallow_attn"], w[:, 0, 1:], atol=1e-6)
+    assert torch.equal(out["readout_attn"], out["cls_attn"])
+    sig = encoders["siglip"]
+    res = sig.encode_pixels(torch.randn(1, 3, *sig.image_size), {"shallow_attn", "readout_attn", "received"})
+    assert torch.equal(res["readout_attn"], res["received"]) and res["shallow_attn"].shape == res["received"].shape
+
+
+def test_vscan_with_a_target(llava: Path, clip_path: Path, tmp_path: Path) -> None:
+    vtc.compress(clip_path, output=tmp_path / "v.safetensors", method="vscan", ratio=0.25, frames=4,
+                 target="llava-onevision", target_model=str(llava))
+    f = vtc.load(tmp_path / "v.safetensors")
+    assert f.tokens.shape[0] == 4 * 4 and "VScan" in f.meta["signals"]["shallow_attn"]

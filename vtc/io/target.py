@@ -44,7 +44,7 @@ from vtc.io.target_qwen import (
     second_per_grid,
     temporal_positions,
 )
-from vtc.io.towers import Tower, object_block
+from vtc.io.towers import Tower, object_block, shallow_block
 from vtc.ops.sensitivity import projector_sensitivity, unit_directions
 
 
@@ -98,9 +98,9 @@ SENSITIVITY_DIRECTIONS, SENSITIVITY_H, SENSITIVITY_SEED = 64, 0.01, 0
 
 #: the signals every target's tower can make (the others need an open_clip tower: a CLS token, a text space)
 TARGET_SIGNALS = frozenset({"attn", "pooled", "cls_attn", "cls_token", "keys", "received", "received_object",
-                            "sensitivity"})
-#: signals only the LLaVA targets make (a projector between the vision features and the LLM)
-LLAVA_ONLY_SIGNALS = frozenset({"sensitivity"})
+                            "sensitivity", "shallow_attn", "readout_attn"})
+#: signals only the LLaVA targets make (a projector after the vision features; the blocks' own attention)
+LLAVA_ONLY_SIGNALS = frozenset({"sensitivity", "shallow_attn", "readout_attn"})
 
 
 def target_spec(name: str) -> TargetSpec:
@@ -401,13 +401,17 @@ class LlavaTower(Tower):
 
     def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
         obj = object_block(self.num_layers)
-        sel, tokens, inputs = self.features(pixels, frozenset({obj}) if "received_object" in want else frozenset())
+        shallow = shallow_block(self.num_layers)
+        also = ({obj} if "received_object" in want else set()) | ({shallow} if "shallow_attn" in want else set())
+        sel, tokens, inputs = self.features(pixels, frozenset(also))
         out: dict[str, Tensor] = {"patches": tokens}
         last = max(self._selected()) - 1
-        if {"attn", "cls_attn", "keys", "received"} & want:
+        if {"attn", "cls_attn", "keys", "received", "readout_attn"} & want:
             received, keys = self._attention(last, inputs[last])
             out["cls_attn"] = pool_map(received, self.g, self.spec.pool)
-            out["attn"] = out["received"] = out["cls_attn"]
+            out["attn"] = out["received"] = out["readout_attn"] = out["cls_attn"]
+        if "shallow_attn" in want:
+            out["shallow_attn"] = pool_map(self._attention(shallow, inputs[shallow])[0], self.g, self.spec.pool)
             k = pool_map(keys, self.g, self.spec.pool)
             out["keys"] = torch.cat([k.new_zeros(k.shape[0], 1, k.shape[-1]), k], 1)
         if self.has_head and {"attn", "pooled"} & want:
@@ -456,6 +460,10 @@ class LlavaTower(Tower):
             "received": f"{self.spec.name}: {received}",
             "received_object": f"{self.spec.name}: 'attention received' of vision block "
                                f"{object_block(self.num_layers) + 1} (1-based) of {self.num_layers}, {pool}",
+            "shallow_attn": f"{self.spec.name}: 'attention received' of vision block "
+                            f"{shallow_block(self.num_layers) + 1} (1-based) of {self.num_layers}, {pool} (VScan's "
+                            f"Qwen rule: no CLS)",
+            "readout_attn": f"{self.spec.name}: {received} (VScan's Qwen rule: no CLS)",
             "sensitivity": f"{self.spec.name}: projector sensitivity (ZOO-Prune), {SENSITIVITY_DIRECTIONS} unit "
                            f"directions seeded {SENSITIVITY_SEED}, h = {SENSITIVITY_H}, float32, {pool}",
         }

@@ -26,6 +26,12 @@ def object_block(num_layers: int) -> int:
     return max(1, int(0.375 * num_layers + 0.5)) - 1
 
 
+def shallow_block(num_layers: int) -> int:
+    """0-based index of the 'shallow' block: 1-based ⌊L/4⌋ (6 of 24: VScan's LLaVA layer 5; 8 of 32: the first
+    full-attention block of Qwen2.5-VL's tower, their Qwen layer 7)."""
+    return max(1, num_layers // 4) - 1
+
+
 def received(probs: Tensor) -> Tensor:
     """Attention received: probs [B, heads, L, L] → mean over heads, then over all queries → [B, L]."""
     return probs.mean(1).mean(1)
@@ -136,14 +142,20 @@ class ClipTower(Tower):
         x = v._embeds(pixels)  # [B, 1+N, W]
         last = self.num_layers - 1
         obj = object_block(self.num_layers)
+        shallow = shallow_block(self.num_layers)
         stop = max(last if {"attn", "pooled"} & want or LAST_BLOCK_SIGNALS & want else layer_index,
-                   obj if "received_object" in want else 0)
+                   obj if "received_object" in want else 0, shallow if "shallow_attn" in want else 0)
         out: dict[str, Tensor] = {}
         for i, blk in enumerate(v.transformer.resblocks[: stop + 1]):
-            sel = i == layer_index and bool({"cls_attn", "keys", "received"} & want)
+            sel = i == layer_index and bool({"cls_attn", "keys", "received", "readout_attn"} & want)
             at_obj = i == obj and "received_object" in want
-            if sel or at_obj or (i == last and "attn" in want):
+            at_shallow = i == shallow and "shallow_attn" in want
+            if sel or at_obj or at_shallow or (i == last and "attn" in want):
                 probs, keys = _mha_probs_and_keys(blk.attn, blk.ln_1(x))
+                if at_shallow:
+                    out["shallow_attn"] = probs.mean(1)[:, 0, 1:]
+                if sel and "readout_attn" in want:
+                    out["readout_attn"] = probs.mean(1)[:, 0, 1:]
                 if at_obj:
                     out["received_object"] = received(probs)[:, 1:]
                 if sel and "received" in want:
@@ -203,6 +215,9 @@ class ClipTower(Tower):
                         f"dropped)",
             "received_object": f"clip: attention received in block {object_block(self.num_layers) + 1} (1-based) of "
                                f"{self.num_layers}",
+            "shallow_attn": f"clip: head-mean CLS→patch attention of block {shallow_block(self.num_layers) + 1} "
+                            f"(1-based) of {self.num_layers}",
+            "readout_attn": f"clip: head-mean CLS→patch attention of block {layer}",
             "last_cls_attn": "clip: CLS query · keys of the last block, one head over the full width, softmax",
             "last_keys": "clip: keys of the last block over the full width (with bias), row 0 = CLS",
             "patch_embed": "clip: last block's patch tokens through the visual projection (no ln_post)",
@@ -230,7 +245,9 @@ class SiglipTower(Tower):
         out: dict[str, Tensor] = {}
         obj = object_block(self.num_layers)
         last = self.num_layers - 1
-        stop = max(layer_index, obj if "received_object" in want else 0, last if LAST_BLOCK_SIGNALS & want else 0)
+        shallow = shallow_block(self.num_layers)
+        stop = max(layer_index, obj if "received_object" in want else 0, last if LAST_BLOCK_SIGNALS & want else 0,
+                   shallow if "shallow_attn" in want else 0)
         for i, blk in enumerate(tr.blocks[: stop + 1]):
             if i == last and "last_keys" in want:  # all heads' keys side by side, after the k norm; no CLS row
                 h = blk.norm1(x)
@@ -238,9 +255,10 @@ class SiglipTower(Tower):
                 k = blk.attn.k_norm(blk.attn.qkv(h).reshape(b, n, 3, blk.attn.num_heads, -1)[:, :, 1].transpose(1, 2))
                 k = k.transpose(1, 2).reshape(b, n, c).float()
                 out["last_keys"] = torch.cat([k.new_zeros(b, 1, c), k], 1)
-            sel = i == layer_index and bool({"keys", "received"} & want)
+            sel = i == layer_index and bool({"keys", "received", "readout_attn"} & want)
             at_obj = i == obj and "received_object" in want
-            if sel or at_obj:
+            at_shallow = i == shallow and "shallow_attn" in want
+            if sel or at_obj or at_shallow:
                 h = blk.norm1(x)
                 b, n, c = h.shape
                 qkv = blk.attn.qkv(h).reshape(b, n, 3, blk.attn.num_heads, c // blk.attn.num_heads)
@@ -249,12 +267,16 @@ class SiglipTower(Tower):
                 if sel and "keys" in want:
                     keys = k.mean(1)  # [B, N, d]
                     out["keys"] = torch.cat([keys.new_zeros(b, 1, keys.shape[-1]), keys], 1)  # row 0: no CLS
-                if {"received", "received_object"} & want:
+                if {"received", "received_object", "shallow_attn", "readout_attn"} & want:
                     r = received(torch.softmax((q * blk.attn.scale) @ k.transpose(-1, -2), dim=-1))
                     if at_obj:
                         out["received_object"] = r
                     if sel and "received" in want:
                         out["received"] = r
+                    if sel and "readout_attn" in want:
+                        out["readout_attn"] = r
+                    if at_shallow:
+                        out["shallow_attn"] = r
             x = blk(x)
             if i == layer_index:
                 out["patches"] = x
@@ -321,6 +343,9 @@ class SiglipTower(Tower):
             "received": f"siglip: attention received in block {layer} (mean over heads and all queries; no CLS)",
             "received_object": f"siglip: attention received in block {object_block(self.num_layers) + 1} (1-based) "
                                f"of {self.num_layers}",
+            "shallow_attn": f"siglip: attention received in block {shallow_block(self.num_layers) + 1} (1-based) of "
+                            f"{self.num_layers} (no CLS: VScan's Qwen rule)",
+            "readout_attn": f"siglip: attention received in block {layer} (no CLS: VScan's Qwen rule)",
             "last_cls_attn": "siglip: attention-pool probe→patch attention on the last block (no CLS: substitute)",
             "last_keys": "siglip: keys of the last block, all heads side by side after the k norm; row 0 zero",
             "patch_embed": "siglip: the attention-pool head applied to each last-block patch alone (no projection "

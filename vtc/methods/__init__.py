@@ -25,6 +25,7 @@ from vtc.methods import (  # noqa: F401
     ts_llava,
     vid_tldr,
     visionzip,
+    vscan,
     zoo_prune,
 )
 from vtc.methods.registry import MethodSpec, Param, all_methods, get_method, register

@@ -67,14 +67,14 @@ class Plan:
                                  f"yet; use a post-encoder method (e.g. tome).")
             ratio = cfg.ratio if cfg.ratio is not None else spec.paper_ratio
             spec.in_encoder(ratio=ratio, layers=12, tokens=197, protected=1, **params)  # checks the parameters
-        if target is None and LLAVA_ONLY_SIGNALS & set(spec.signals):
+        if target is None and "sensitivity" in spec.signals:
             raise UsageError(f"{spec.name} needs the LLM projector's sensitivity: use --target llava-onevision or "
                              f"llava-video (an open_clip tower has no nonlinear projector; under a linear one every "
                              f"token is equally sensitive).")
-        if target is not None and TARGETS.get(target, TARGETS["llava-onevision"]).family != "llava" and \
-                LLAVA_ONLY_SIGNALS & set(spec.signals):
-            raise UsageError(f"{spec.name} needs a LLaVA projector's sensitivity: use --target llava-onevision or "
-                             f"llava-video (--target {target} merges patches in its own merger).")
+        llava_only = sorted(LLAVA_ONLY_SIGNALS & set(spec.signals))
+        if target is not None and TARGETS.get(target, TARGETS["llava-onevision"]).family != "llava" and llava_only:
+            raise UsageError(f"{spec.name} needs {', '.join(llava_only)}, which --target {target} does not provide "
+                             f"(it merges patches in its own merger); use --target llava-onevision or llava-video.")
         if target is not None:
             missing = sorted(set(spec.signals) - TARGET_SIGNALS - provided_by("decode") - text)
             if missing:
