@@ -197,5 +197,47 @@ def check_vscan(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.allclose(red.apply(x), t["tokens"], atol=1e-5, rtol=0), "tokens"
 
 
+def check_grt(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """The gate (moved patches, motion scores) and the gated patch embeddings from the stored pixels and weights;
+    key frames, the divergences through the stored lm_head (the authors' reversed KL), merged frames; the packed
+    tokens of the whole method with that head; and the registry's `reference` variant (head: vtc's identity
+    substitute) on the same knobs."""
+    from vtc.methods.grt import grt_select, key_frames, semantic_merge
+    from vtc.stages.gate import gated_embeddings, patch_gate, patches, siglip_pixels
+
+    p = json.loads(meta["params"])
+    x = t["features"]
+    tt, n, _ = x.shape
+    pv = siglip_pixels(t["frames"])
+    assert torch.allclose(pv, t["pixel_values"], atol=1e-6), "pixel normalisation"
+    pix = patches(pv, p["patch_size"])
+    keep, score = patch_gate(pix, p["gate_diff_threshold"], p["gate_metric"], "sum")
+    assert torch.equal(keep, t["gate_keep"].bool()), "gate keep"
+    assert torch.allclose(score, t["gate_score"], atol=1e-6), "gate score"
+    emb = gated_embeddings(pix, t["w.patch_embedding.weight"], t["w.patch_embedding.bias"], keep)
+    assert torch.allclose(emb + t["w.position_embedding.weight"], t["embeddings"], atol=1e-6), "gated embeddings"
+    key = key_frames(keep, p["scene_cut_factor"])
+    assert torch.equal(key, t["key_frames"].bool()), "key frames"
+    removed, dists = semantic_merge(x.mean(1), key, p["merge_jsd_threshold"], "reversed", t["w.lm_head.weight"])
+    assert torch.allclose(torch.tensor(dists), t["jsd"], atol=1e-5, rtol=1e-5), "divergences"
+    assert torch.equal(torch.nonzero(~removed).flatten(), t["kept_frames"]), "kept frames"
+    red = grt_select(x, t["frames"], tuple(p["grid"]), p["scene_merge_keep_ratio"],
+                     gate_threshold=p["gate_diff_threshold"], gate_metric=p["gate_metric"], gate_scale="sum",
+                     scene_cut=p["scene_cut_factor"], jsd_threshold=p["merge_jsd_threshold"], divergence="reversed",
+                     require_match=p["scene_merge_require_semantic_match"],
+                     min_tokens=p["scene_merge_min_tokens_per_frame"], head=t["w.lm_head.weight"])
+    assert torch.equal(red.rep.reshape(tt, -1) % n, t["kept_index"]), "kept index"
+    assert torch.equal(red.apply(x), t["tokens"]), "tokens"
+    spec = get_method("grt")  # through the registry: the gate knobs under the authors' names
+    params = {"gate_diff_threshold": p["gate_diff_threshold"], "gate_metric": p["gate_metric"],
+              "scene_cut_factor": p["scene_cut_factor"], "merge_jsd_threshold": p["merge_jsd_threshold"],
+              "scene_merge_require_semantic_match": p["scene_merge_require_semantic_match"],
+              "scene_merge_min_tokens_per_frame": p["scene_merge_min_tokens_per_frame"]}
+    via = spec.run(x, grid=tuple(p["grid"]), ratio=p["scene_merge_keep_ratio"], signals=Signals(frames=t["frames"]),
+                   params=spec.resolve(params, "reference"))
+    assert via.info["key_frames"] == torch.nonzero(key).flatten().tolist()
+    assert via.num_outputs == t["tokens"].shape[0]
+
+
 OUTER_CHECKS = {"aim": check_aim, "recoverable": check_recoverable, "zoo_prune": check_zoo_prune,
-                "free_video_llm": check_free_video_llm, "vscan": check_vscan}
+                "free_video_llm": check_free_video_llm, "vscan": check_vscan, "grt": check_grt}

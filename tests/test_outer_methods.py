@@ -77,6 +77,7 @@ def test_siglip_patch_embed_is_the_pool_head_on_one_patch(encoders: dict[str, En
     ("recoverable", {}),
     ("free_video_llm", {"query": "a white square", "params": {"fast_size": 2}}),
     ("vscan", {"ratio": 0.25}),
+    ("grt", {"params": {"min_tokens": 4}}),
 ])
 def test_end_to_end(kind: str, method: str, kw: dict, clip_path: Path, model_args, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / f"{method}.safetensors"
@@ -195,3 +196,11 @@ def test_vscan_with_a_target(llava: Path, clip_path: Path, tmp_path: Path) -> No
                  target="llava-onevision", target_model=str(llava))
     f = vtc.load(tmp_path / "v.safetensors")
     assert f.tokens.shape[0] == 4 * 4 and "VScan" in f.meta["signals"]["shallow_attn"]
+
+
+def test_grt_with_a_target(llava: Path, clip_path: Path, tmp_path: Path) -> None:
+    """The gate runs on the frames the target sees, in cells of its (pooled) token grid."""
+    vtc.compress(clip_path, output=tmp_path / "g.safetensors", method="grt", ratio=0.25, frames=6,
+                 params={"min_tokens": 2}, target="llava-onevision", target_model=str(llava))
+    f = vtc.load(tmp_path / "g.safetensors")
+    assert f.tokens.shape[0] == 6 * 4 and f.meta["info"]["key_frames"][0] == 0

@@ -12,6 +12,7 @@ from vtc.methods import (  # noqa: F401
     framefusion,
     free_video_llm,
     gprune,
+    grt,
     hiprune,
     holitom,
     llava_scissor,
