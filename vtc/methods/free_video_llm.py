@@ -252,7 +252,8 @@ def rows_reduction(x: Tensor, src: Tensor, op: Tensor, frame: Tensor, facts: dic
     maxed = torch.nonzero(op).flatten()
     if maxed.numel():
         flat = x.reshape(t * n, d)
-        extra = torch.stack([flat[src[i][src[i] >= 0]].amax(0) for i in maxed.tolist()])
+        ms = src[maxed]  # [M, S]
+        extra = flat[ms.clamp_min(0)].masked_fill((ms < 0)[..., None], -torch.inf).amax(1)
         dst = torch.cat([dst, maxed])
         s = torch.cat([s, t * n + torch.arange(maxed.numel())])
         w = torch.cat([w, torch.ones(maxed.numel(), dtype=torch.float64)])

@@ -62,9 +62,9 @@ def window_greedy(score: Tensor, local: int, grid: tuple[int, int], window: int 
     limit = math.ceil(local / (nh * nw)) if local else 0
     rows = torch.clamp(torch.arange(h) // window, max=nh - 1)
     cols = torch.clamp(torch.arange(w) // window, max=nw - 1)
-    win = (rows[:, None] * nw + cols[None, :]).reshape(-1)
-    held = torch.zeros(nh * nw, dtype=torch.long)
-    picks = []
+    win = (rows[:, None] * nw + cols[None, :]).reshape(-1).tolist()
+    held = [0] * (nh * nw)
+    picks: list[int] = []
     for i in torch.argsort(score, descending=True, stable=True).tolist():
         if len(picks) >= local:
             break
@@ -126,16 +126,19 @@ def vscan(
     k = min(n, k_per_frame if k_per_frame is not None else max(1, trunc(ratio * n)))
     shallow = signals.require("shallow_attn", "vscan").float()
     deep = signals.require("readout_attn", "vscan").float()
-    groups: list[tuple[Tensor, Tensor, int]] = []
+    dst, src, wts, reps, off = [], [], [], [], 0
     for f in range(t):
         _, _, kept, assign = vscan_frame(x[f], shallow[f], deep[f], k, grid, local_rule=local_rule,
                                          window_size=window_size)
         if not merge:
             assign = torch.where(torch.isin(torch.arange(n), kept), assign, -1)
         w, _ = mean_groups(assign, kept.numel())
-        for slot, rep in enumerate(kept.tolist()):
-            members = torch.nonzero(assign == slot).flatten()
-            groups.append((members + f * n, w[members], rep + f * n))
-    red = Reduction.from_groups(groups, t * n)
+        members = torch.nonzero(assign >= 0).flatten()
+        dst.append(assign[members] + off)
+        src.append(members + f * n)
+        wts.append(w[members])
+        reps.append(kept + f * n)
+        off += kept.numel()
+    red = Reduction.build(torch.cat(dst), torch.cat(src), torch.cat(wts), torch.cat(reps), t * n)
     red.info.update(per_frame=k)
     return red

@@ -32,12 +32,15 @@ def mean_matching_round(values: Tensor, weights: Tensor, r: int) -> tuple[Tensor
     unm, src = edge[:, r:], edge[:, :r]
     dst = torch.gather(node_idx, 1, src)
 
-    def merge(v: Tensor) -> Tensor:
+    nb = n // 2
+    count = torch.ones(b, nb).scatter_add_(1, dst, torch.ones(b, r))  # each B token and the A tokens it takes
+
+    def merge(v: Tensor) -> Tensor:  # scatter_reduce(mean, include_self) as a sum and a count (much faster on CPU)
         a, bb = v[:, ::2], v[:, 1::2]
         c = v.shape[-1]
         kept = torch.gather(a, 1, unm[..., None].expand(b, unm.shape[1], c))
         moved = torch.gather(a, 1, src[..., None].expand(b, r, c))
-        bb = bb.scatter_reduce(1, dst[..., None].expand(b, r, c), moved, reduce="mean", include_self=True)
+        bb = bb.scatter_add(1, dst[..., None].expand(b, r, c), moved) / count.to(v.dtype)[..., None]
         return torch.cat([kept, bb], 1)
 
     return merge(values), merge(weights)

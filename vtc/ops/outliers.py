@@ -17,10 +17,20 @@ def local_outlier_factor(values: Tensor, n_neighbors: int = 20) -> Tensor:
     x = values.double().reshape(-1)
     n = x.numel()
     k = max(1, min(n_neighbors, n - 1))
-    dist = (x[:, None] - x[None, :]).abs()
-    dist.fill_diagonal_(float("inf"))
-    order = torch.argsort(dist, dim=1, stable=True)[:, :k]  # [n, k] nearest others, ties by index
-    nd = torch.gather(dist, 1, order)
+    if n <= 2 * k + 1:  # small: every other sample is a candidate
+        cand = torch.arange(n).expand(n, n)
+    else:  # in 1-D the k nearest lie among the k sorted neighbours on either side: a window of 2k + 1
+        perm = torch.sort(x, stable=True).indices
+        rank = torch.empty(n, dtype=torch.long)
+        rank[perm] = torch.arange(n)
+        start = (rank - k).clamp(0, n - 2 * k - 1)
+        cand = perm[start[:, None] + torch.arange(2 * k + 1)]
+    cand = torch.sort(cand, dim=1).values  # candidates by index, so that stable sorting breaks ties by index
+    dist = (x[:, None] - x[cand]).abs()
+    dist[cand == torch.arange(n)[:, None]] = float("inf")  # a sample is not its own neighbour
+    pick = torch.argsort(dist, dim=1, stable=True)[:, :k]
+    order = torch.gather(cand, 1, pick)  # [n, k] nearest others, ties by index
+    nd = torch.gather(dist, 1, pick)
     kdist = nd[:, -1]
     reach = torch.maximum(kdist[order], nd)
     lrd = 1.0 / (reach.mean(1) + 1e-10)

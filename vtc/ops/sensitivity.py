@@ -62,13 +62,14 @@ def weighted_diverse_order(x: Tensor, w: Tensor, k: int) -> Tensor:
     xn = l2_normalize(x.float())
     w = w.float()
     order = [int(torch.argmax(w))]
-    min_dist = 1 - xn @ xn[order[0]]
+    sim = xn @ xn.T if k > 8 else None  # one product for all steps when there are many (N² memory: per frame)
+    min_dist = 1 - (sim[order[0]] if sim is not None else xn @ xn[order[0]])
     picked = torch.zeros(n, dtype=torch.bool)
     picked[order[0]] = True
+    low = torch.tensor(-torch.inf)
     while len(order) < k:
-        score = torch.where(picked, torch.tensor(-torch.inf), min_dist * w)
-        j = int(torch.argmax(score))
+        j = int(torch.argmax(torch.where(picked, low, min_dist * w)))
         order.append(j)
         picked[j] = True
-        min_dist = torch.minimum(min_dist, 1 - xn @ xn[j])
+        min_dist = torch.minimum(min_dist, 1 - (sim[j] if sim is not None else xn @ xn[j]))
     return torch.tensor(order, dtype=torch.long)
