@@ -204,3 +204,43 @@ def test_grt_with_a_target(llava: Path, clip_path: Path, tmp_path: Path) -> None
                  params={"min_tokens": 2}, target="llava-onevision", target_model=str(llava))
     f = vtc.load(tmp_path / "g.safetensors")
     assert f.tokens.shape[0] == 6 * 4 and f.meta["info"]["key_frames"][0] == 0
+
+
+def test_grt_gated_tower_uses_the_gated_embeddings(encoders: dict[str, Encoder]) -> None:
+    """`forward_gated` runs the tower on exactly the stage's gated embeddings (checked against the authors' outputs
+    in the golden cases): conv1's output replaced by `gated_embeddings` of the unfolded pixels."""
+    from vtc.stages.gate import gated_embeddings, patches
+
+    enc = encoders["clip"]
+    conv = enc.model.visual.conv1
+    pixels = torch.randn(3, 3, *enc.image_size)
+    keep = torch.rand(3, enc.num_patches) > 0.5
+    keep[0] = True
+    out, emb = enc.encode_gated(pixels, frozenset(), keep, [None, None, None])
+    pix = patches(pixels, conv.kernel_size[0])
+    want = gated_embeddings(pix, conv.weight, conv.bias, keep)
+    assert torch.allclose(emb, want, atol=1e-5)
+    h, w = enc.grid
+    hook = conv.register_forward_hook(lambda m, a, o: want.transpose(1, 2).reshape(3, -1, h, w))
+    try:
+        ref = enc.encode_pixels(pixels)
+    finally:
+        hook.remove()
+    assert torch.allclose(out["patches"], ref["patches"], atol=1e-5)
+    assert not torch.allclose(out["patches"], enc.encode_pixels(pixels)["patches"], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_grt_reference_gates_inside_the_tower(kind: str, clip_path: Path, model_args, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "g.safetensors"
+    vtc.compress(clip_path, output=out, method="grt:reference", frames=6, batch_size=4,
+                 params={"scene_merge_min_tokens_per_frame": 4}, **model_args(kind))
+    gate = vtc.load(out).meta["embedding_gate"]
+    assert gate["patches_total"] == 6 * vtc.load(out).grid[0] * vtc.load(out).grid[1]
+    assert 0 < gate["patches_moved"] <= gate["patches_total"] and gate["threshold"] == 0.3
+
+
+def test_grt_gate_refused_with_a_target(llava: Path, clip_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="reuse_embeddings=false"):
+        vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="grt:reference", target="llava-onevision",
+                     target_model=str(llava))

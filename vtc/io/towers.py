@@ -90,6 +90,36 @@ class Tower(ABC):
         [B, K, N], `size` [B, K] (see `vtc.stages.in_encoder`)."""
         raise ModelError(f"{type(self).__name__} cannot merge tokens inside the encoder.")
 
+    def patch_embedding(self) -> Any:
+        """The module whose output [B, D, h, w] is the patch embedding (before positions)."""
+        raise ModelError(f"{type(self).__name__} cannot gate its patch embeddings.")
+
+    def forward_gated(self, pixels: Tensor, want: frozenset[str], layer_index: int, keep: Tensor,
+                      previous: list[Tensor | None]) -> tuple[dict[str, Tensor], Tensor]:
+        """`forward` with GRT's gated patch embeddings: frame b's embedding is frame b−1's (or `previous[b]` [N, D]
+        when given: the last frame of the same video in an earlier batch) except at its `keep` [B, N] patches, which
+        are computed.  → (outputs, the gated embeddings [B, N, D], for the next batch)."""
+        held: dict[str, Tensor] = {}
+
+        def hook(module: Any, args: Any, out: Tensor) -> Tensor:
+            b, d, h, w = out.shape
+            cur = out.flatten(2).transpose(1, 2)  # [B, N, D]
+            rows = []
+            for i in range(b):
+                prev = previous[i] if previous[i] is not None else (rows[-1] if rows else None)
+                m = keep[i].to(out.device)[:, None]
+                rows.append(cur[i] if prev is None else torch.where(m, cur[i], prev.to(out.device, out.dtype)))
+            gated = torch.stack(rows)
+            held["embeddings"] = gated
+            return gated.transpose(1, 2).reshape(b, d, h, w)
+
+        handle = self.patch_embedding().register_forward_hook(hook)
+        try:
+            out = self.forward(pixels, want, layer_index)
+        finally:
+            handle.remove()
+        return out, held["embeddings"]
+
 
 def _mha_probs_and_keys(attn: torch.nn.MultiheadAttention, h: Tensor) -> tuple[Tensor, Tensor]:
     """Attention probabilities [B, heads, L, L] and head-mean keys [B, L, head_dim] of an nn.MultiheadAttention.
@@ -136,6 +166,9 @@ class ClipTower(Tower):
 
     def _block(self, blk: Any, x: Tensor) -> Tensor:
         return blk(x) if self.visual.transformer.batch_first else blk(x.transpose(0, 1)).transpose(0, 1)
+
+    def patch_embedding(self) -> Any:
+        return self.visual.conv1
 
     def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
         v = self.visual
@@ -234,6 +267,9 @@ class SiglipTower(Tower):
         if getattr(tr, "num_prefix_tokens", 0):
             raise ModelError("timm towers with prefix tokens are not supported yet.")
         super().__init__(visual, tuple(int(g) for g in tr.patch_embed.grid_size), len(tr.blocks), int(tr.embed_dim))
+
+    def patch_embedding(self) -> Any:
+        return self.visual.trunk.patch_embed.proj
 
     def _embed(self, pixels: Tensor) -> Tensor:
         tr = self.visual.trunk

@@ -15,9 +15,10 @@ DenseVideoUnderstand @ 251ba39 (`lmms_eval/models/llava_ov_dense_video.py`: `Gat
 
 H, the LLM's vocabulary head in the authors' code, is not read by vtc (a --target brings the vision path only):
 vtc uses the frame-mean token's own channels as the logits (H = identity) — a named substitute; the threshold
-then has a different scale. The gate's patch-embedding reuse (static patches keep the previous frame's patch
-embedding inside the encoder) saves encoder work only and changes the features slightly; vtc's towers do not apply
-it (`vtc.stages.gate.gated_embeddings` is the rule, checked against the authors' outputs).
+then has a different scale. The gate's other half, `reuse_embeddings` (the authors' gated tokenizer: inside the
+tower a static patch keeps the previous frame's patch embedding, the ViT still runs on every token), saves only the
+patch projection and changes the features; it is off by default and on in `reference` (open_clip towers; the rule
+is `vtc.stages.gate.gated_embeddings`, checked against the authors' outputs).
 
 Deviations kept by `reference`: the authors' divergence is ½(KL(m‖p) + KL(m‖q)) — `F.kl_div`'s arguments reversed
 (`divergence=reversed`; vtc's default is the Jensen–Shannon divergence ½(KL(p‖m) + KL(q‖m))); their L2 threshold
@@ -36,7 +37,7 @@ from torch import Tensor
 from vtc.methods.registry import Param, register
 from vtc.reduction import Reduction
 from vtc.signals import Signals
-from vtc.stages.gate import patch_gate, patches, siglip_pixels
+from vtc.stages.gate import EmbeddingGate, patch_gate, patches, siglip_pixels
 
 
 def key_frames(keep: Tensor, scene_cut: float) -> Tensor:
@@ -100,15 +101,20 @@ def pack_scores(x: Tensor, motion: Tensor, key: Tensor, removed: Tensor) -> Tens
         Param("require_match", "pack only when some key frames matched", "scene_merge_require_semantic_match",
               choices=(True, False)),
         Param("min_tokens", "at least this many tokens per frame", "scene_merge_min_tokens_per_frame", lo=1),
+        Param("reuse_embeddings", "inside the tower, static patches keep the previous frame's patch embedding (the "
+              "authors' gated tokenizer; open_clip towers only)", "use_gated_tok", choices=(True, False)),
     ],
+    pre_encoder=lambda **p: EmbeddingGate(p["gate_threshold"], p["gate_metric"], p["gate_scale"])
+    if p["reuse_embeddings"] else None,
     paper_ratio=0.5,
     signals=("frames",),
-    variants={"reference": {"gate_scale": "sum", "gate_threshold": 0.3, "divergence": "reversed"}},
+    variants={"reference": {"gate_scale": "sum", "gate_threshold": 0.3, "divergence": "reversed",
+                          "reuse_embeddings": True}},
 )
 def grt(
     x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, gate_threshold: float = 0.05,
     gate_metric: str = "l2", gate_scale: str = "rms", scene_cut: float = 0.8, jsd_threshold: float = 0.4,
-    divergence: str = "jsd", require_match: bool = False, min_tokens: int = 16,
+    divergence: str = "jsd", require_match: bool = False, min_tokens: int = 16, reuse_embeddings: bool = False,
 ) -> Reduction:
     """GRT.  x: [T, N, D]; signals.frames uint8 [T, H, W, 3] (as the encoder saw them).  k tokens per frame."""
     return grt_select(x, signals.require("frames", "grt"), grid, ratio, gate_threshold=gate_threshold,

@@ -80,6 +80,8 @@ class Video:
     report: DecodeReport = field(default_factory=DecodeReport)
     outputs: dict[str, list[Tensor]] = field(default_factory=dict)
     reuse: FrameReuse | None = None
+    #: GRT's patch-embedding gate state: the previous view and embeddings, and the counts for the metadata
+    gate: dict[str, Any] | None = None
     queued: int = 0  # frames sent to the encoder
     encoded: int = 0  # frames encoded
     decoded: bool = False
@@ -302,6 +304,8 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
     }
     if video.reuse is not None:
         meta["pre_encoder"] = video.reuse.describe()
+    if video.gate is not None:
+        meta["embedding_gate"] = {k: v for k, v in video.gate.items() if k not in ("view", "embed")}
     if cfg.query:
         meta["query"] = cfg.query
     return meta

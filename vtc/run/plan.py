@@ -22,6 +22,7 @@ from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
 from vtc.run.config import CompressConfig
 from vtc.signals import Provider, provided_by
+from vtc.stages.gate import EmbeddingGate
 from vtc.stages.pre_encoder import PreEncoderRule
 
 
@@ -38,6 +39,8 @@ class Plan:
     signals: frozenset[str]
     #: a rule the engine applies before the encoder (RLT's frame skipping), or None
     pre_encoder: PreEncoderRule | None
+    #: GRT's patch-embedding gate the engine applies inside the tower, or None
+    embed_gate: EmbeddingGate | None = None
 
     @classmethod
     def make(cls, cfg: CompressConfig, *, check_encoder: bool = True) -> Plan:
@@ -60,6 +63,11 @@ class Plan:
         if check_encoder:
             check_encoder_config(cfg.encoder)
         rule = spec.pre_encoder(**params) if spec.pre_encoder is not None else None
+        gate = rule if isinstance(rule, EmbeddingGate) else None
+        rule = None if gate is not None else rule
+        if gate is not None and cfg.encoder.target is not None:
+            raise UsageError(f"{spec.name}'s patch-embedding gate (reuse_embeddings) is not available with --target "
+                             f"{cfg.encoder.target}; pass -p reuse_embeddings=false.")
         target = cfg.encoder.target
         if spec.in_encoder is not None:
             if target is not None:
@@ -87,7 +95,7 @@ class Plan:
                                      == "qwen"):
                 raise UsageError(f"{spec.name}'s pre-encoder step (frame reuse / encode_changed_only) is not "
                                  f"available with --target {target}; pass -p skip_static_frames=false.")
-        return cls(cfg, spec, variant, params, sampling, frozenset(signals), rule)
+        return cls(cfg, spec, variant, params, sampling, frozenset(signals), rule, gate)
 
     @property
     def method_label(self) -> str:

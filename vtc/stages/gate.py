@@ -7,6 +7,8 @@ the patch convolution's own order), so the embedding of a patch is `weight.view(
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -77,3 +79,24 @@ def gated_embeddings(pix: Tensor, weight: Tensor, bias: Tensor | None, keep: Ten
         out.append(cur)
         prev = cur
     return torch.stack(out) if out else pix.new_zeros(0, pix.shape[1], w.shape[0])
+
+
+@dataclass(frozen=True)
+class EmbeddingGate:
+    """GRT's request to the pipeline: inside the tower, a patch that did not move since the previous frame (the pixel
+    gate on the frames the encoder sees, in cells of its grid) keeps the previous frame's patch embedding; the ViT
+    still runs on every token."""
+
+    threshold: float
+    metric: str = "l2"
+    scale: str = "rms"
+    description: str = "grt (patch embeddings reused where the pixel gate says static)"
+
+    def moved(self, view: Tensor, previous: Tensor | None, grid: tuple[int, int]) -> Tensor:
+        """Moved-patch mask [h·w] of one frame's view uint8 [H, W, 3] against the previous one (first: all)."""
+        n = grid[0] * grid[1]
+        if previous is None:
+            return torch.ones(n, dtype=torch.bool)
+        cell = max(1, min(view.shape[0] // grid[0], view.shape[1] // grid[1]))
+        both = siglip_pixels(torch.stack([previous, view]))[:, :, : grid[0] * cell, : grid[1] * cell]
+        return patch_gate(patches(both, cell), self.threshold, self.metric, self.scale)[0][1]
