@@ -44,6 +44,7 @@ def check_recoverable(meta: dict, t: dict[str, torch.Tensor]) -> None:
     """The two scores vtc computes (one-head full-width CLS attention, scaled text cosine) from the stored q, keys,
     CLIP hidden states and projection; per frame the picks, centres and counts; then the tokens (`reference`)."""
     from vtc.methods.recoverable import cls_attention_full, recoverable_frame, text_scores
+    from vtc.ops.outliers import outlier_fraction
 
     p = json.loads(meta["params"])
     attn = t["cls_attn"]  # top-k gaps reach 1.1e-7: decide on the stored scores, as the README says
@@ -52,13 +53,20 @@ def check_recoverable(meta: dict, t: dict[str, torch.Tensor]) -> None:
     sim = text_scores(patch_embed, t["text_embed"][0])
     assert torch.allclose(sim, t["text_score"], atol=1e-7, rtol=1e-5), "text score"
     knobs = {"knn": p["knn_k"], "text_weight": p["text_score_scale"], "lof_pick": p["lof_k_vision"],
-             "lof_rest": p["lof_k_rest"]}
-    assert p["lof_k_text"] == p["lof_k_vision"]
+             "lof_text": p["lof_k_text"], "lof_rest": p["lof_k_rest"]}
+    per_frame = json.loads(meta["stability"])["per_frame"]
     for f in range(t["features"].shape[0]):
         d = recoverable_frame(attn[f], t["text_score"][f], t["keys"][f], centres="width", key_index="list", **knobs)
         for name in ("index_vision", "index_text"):  # top-k sets (the authors' order is topk's)
             assert torch.equal(d[name].sort().values, t[f"f{f}.{name}"].sort().values), (f, name)
         assert torch.equal(d["index_all"], t[f"f{f}.index_all"]) and torch.equal(d["centers"], t[f"f{f}.centers"])
+        filled = t["text_score"][f].clone()  # the LOF shares themselves (scikit-learn's rule, restated in torch)
+        filled[d["index_vision"]] = filled.min()
+        shares = (outlier_fraction(attn[f], p["lof_k_vision"]), outlier_fraction(filled, p["lof_k_text"]),
+                  outlier_fraction(attn[f][d["rest"]], p["lof_k_rest"]))
+        ref = per_frame[f]
+        assert torch.allclose(torch.tensor(shares, dtype=torch.float64),
+                              torch.tensor([ref["rv"], ref["rt"], ref["rr"]], dtype=torch.float64), atol=1e-12), f
     spec = get_method("recoverable")
     sig = Signals(last_cls_attn=attn, last_keys=t["keys"], patch_embed=patch_embed, query_embed=t["text_embed"][0])
     red = spec.run(t["features"], grid=tuple(p["grid"]), ratio=None, signals=sig,

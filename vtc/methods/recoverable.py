@@ -51,7 +51,7 @@ def cls_attention_full(q_cls: Tensor, keys: Tensor) -> Tensor:
 
 def recoverable_frame(attn: Tensor, sim: Tensor | None, keys: Tensor, *, centres: str = "rest",
                       key_index: str = "own", knn: int = 32, text_weight: float = 50.0, lof_pick: int = 20,
-                      lof_rest: int = 10) -> dict[str, Tensor]:
+                      lof_text: int = 20, lof_rest: int = 10) -> dict[str, Tensor]:
     """One frame's decisions.  attn: [N], sim: [N] or None, keys: [N+1, C] (row 0 = CLS).
 
     Returns `index_vision`, `index_text`, `index_all` (sorted, duplicates kept as the authors'), `centers`
@@ -64,7 +64,7 @@ def recoverable_frame(attn: Tensor, sim: Tensor | None, keys: Tensor, *, centres
     if sim is not None:
         s = sim.clone()
         s[index_vision] = sim.min()
-        k_t = int((n - k_v) * outlier_fraction(s, lof_pick))
+        k_t = int((n - k_v) * outlier_fraction(s, lof_text))
         index_text = torch.topk(s, k_t).indices
     else:
         index_text = index_vision.new_zeros(0)
@@ -101,7 +101,8 @@ def recoverable_frame(attn: Tensor, sim: Tensor | None, keys: Tensor, *, centres
               "the authors' slip)", choices=("own", "list")),
         Param("knn", "candidates merged into each centre", "knn_k", lo=1),
         Param("text_weight", "weight of the text score in the centre–candidate score", "text_score_scale", lo=0),
-        Param("lof_pick", "LOF neighbours sizing the vision and text picks", "lof_k_vision", lo=1),
+        Param("lof_pick", "LOF neighbours sizing the vision picks", "lof_k_vision", lo=1),
+        Param("lof_text", "LOF neighbours sizing the text picks", "lof_k_text", lo=1),
         Param("lof_rest", "LOF neighbours sizing the centres", "lof_k_rest", lo=1),
         Param("keep_one", "a frame where nothing stands out keeps its most-attended token (false: it is emptied, as "
               "in the authors' code)", choices=(True, False)),
@@ -113,8 +114,8 @@ def recoverable_frame(attn: Tensor, sim: Tensor | None, keys: Tensor, *, centres
 )
 def recoverable(
     x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, centres: str = "rest",
-    key_index: str = "own", knn: int = 32, text_weight: float = 50.0, lof_pick: int = 20, lof_rest: int = 10,
-    keep_one: bool = True,
+    key_index: str = "own", knn: int = 32, text_weight: float = 50.0, lof_pick: int = 20, lof_text: int = 20,
+    lof_rest: int = 10, keep_one: bool = True,
 ) -> Reduction:
     """Recoverable Compression.  x: [T, N, C]; per frame: picks (raster), centres (descending attention), one extra.
     The count follows the LOF outlier shares: --ratio is not used."""
@@ -130,7 +131,7 @@ def recoverable(
         off = f * n
         d = recoverable_frame(attn[f], None if sim is None else sim[f], keys[f], centres=centres,
                               key_index=key_index, knn=knn, text_weight=text_weight, lof_pick=lof_pick,
-                              lof_rest=lof_rest)
+                              lof_text=lof_text, lof_rest=lof_rest)
         one = torch.ones(1, dtype=torch.float64)
         picks = d["index_all"]
         if keep_one and picks.numel() == 0 and d["centers"].numel() == 0:
