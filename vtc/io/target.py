@@ -410,10 +410,10 @@ class LlavaTower(Tower):
             received, keys = self._attention(last, inputs[last])
             out["cls_attn"] = pool_map(received, self.g, self.spec.pool)
             out["attn"] = out["received"] = out["readout_attn"] = out["cls_attn"]
-        if "shallow_attn" in want:
-            out["shallow_attn"] = pool_map(self._attention(shallow, inputs[shallow])[0], self.g, self.spec.pool)
             k = pool_map(keys, self.g, self.spec.pool)
             out["keys"] = torch.cat([k.new_zeros(k.shape[0], 1, k.shape[-1]), k], 1)
+        if "shallow_attn" in want:
+            out["shallow_attn"] = pool_map(self._attention(shallow, inputs[shallow])[0], self.g, self.spec.pool)
         if self.has_head and {"attn", "pooled"} & want:
             pooled, probe_attn = self._head(sel)
             out["attn"] = pool_map(probe_attn, self.g, self.spec.pool)
