@@ -341,6 +341,8 @@ def methods(
             out.print(f"  variant [bold]{s.name}:{v}[/]: {knobs}", style="dim", highlight=False)
         if s.signals:
             out.print(f"  needs: {', '.join(s.signals)}", style="dim", highlight=False)
+        if s.optional_signals:
+            out.print(f"  uses when present: {', '.join(s.optional_signals)}", style="dim", highlight=False)
         if s.in_encoder is not None:
             out.print("  runs inside the encoder (between its blocks; not on --target or precomputed features)",
                       style="dim", highlight=False)
@@ -350,6 +352,11 @@ def methods(
             if p.lo is not None or p.hi is not None:
                 allowed = f" in {p.describe_range()}"
             out.print(f"  [green]{p.name}[/]={p.default!r}{author}: {p.help}{allowed}", highlight=False)
+    from vtc.signals import SIGNALS
+
+    out.print("[bold]signals[/] (what each is; on towers without a CLS token, the substitute used):", highlight=False)
+    for name, doc in SIGNALS.items():
+        out.print(f"  [green]{name}[/] ({doc.provider}): {doc.meaning}", style="dim", highlight=False)
 
 
 @app.command()
