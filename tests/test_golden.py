@@ -20,6 +20,7 @@ from vtc.ops import topk_indices
 from vtc.signals import Signals
 
 from .conftest import GOLDEN
+from .golden_outer import OUTER_CHECKS
 
 all_methods()
 #: vtc's own cases (rules restated from an engine's documentation, e.g. EVS on Qwen2.5-VL tokens; see the generator
@@ -328,6 +329,7 @@ def check_vid_tldr(meta: dict, t: dict[str, torch.Tensor]) -> None:
 
 SPECIAL = {"vid_tldr": check_vid_tldr, "tome_vit": check_tome_vit, "sttm": check_sttm, "rlt": check_rlt,
            "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune, "hiprune": check_hiprune}
+SPECIAL.update(OUTER_CHECKS)  # the wave-3 outer methods: tests/golden_outer.py
 
 
 @pytest.mark.skipif(not CASES, reason=f"no golden cases under {GOLDEN}")

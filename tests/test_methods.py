@@ -27,6 +27,14 @@ def make_signals(t: int, n: int, d: int, gen: torch.Generator, h: int = 1, w: in
         keys=torch.randn(t, n + 1, 8, generator=gen),
         received=torch.softmax(torch.randn(t, n, generator=gen), -1) * n / (n + 1),
         received_object=torch.softmax(torch.randn(t, n, generator=gen), -1) * n / (n + 1),
+        last_cls_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
+        last_keys=torch.randn(t, n + 1, d, generator=gen),
+        patch_embed=torch.randn(t, n, 6, generator=gen),
+        query_embed=torch.nn.functional.normalize(torch.randn(6, generator=gen), dim=0),
+        relevance=torch.randn(t, generator=gen),
+        sensitivity=torch.rand(t, n, generator=gen),
+        shallow_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
+        readout_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
     )
 
 

@@ -466,6 +466,8 @@ def methods(
             out.print(f"  needs: {', '.join(s.signals)}", style="dim", highlight=False)
         live = "frame by frame (exactly as offline)" if s.scope == "frame" else "per chunk"
         out.print(f"  scope: {s.scope} (--live: {live})", style="dim", highlight=False)
+        if s.optional_signals:
+            out.print(f"  uses when present: {', '.join(s.optional_signals)}", style="dim", highlight=False)
         if s.in_encoder is not None:
             out.print("  runs inside the encoder (between its blocks; not on --target or precomputed features)",
                       style="dim", highlight=False)
@@ -478,6 +480,14 @@ def methods(
                 allowed = f" in {p.describe_range()}"
             out.print(f"    [green]{p.name}[/]={safe(repr(p.default))}{author}: {safe(p.help)}{allowed}",
                       highlight=False)
+    if name is None:  # the whole list ends with the signal table
+        from vtc.signals import SIGNALS
+
+        out.print()
+        out.print("[bold]signals[/] (what each is; on towers without a CLS token, the substitute used):",
+                  highlight=False)
+        for sname, doc in SIGNALS.items():
+            out.print(f"  [green]{sname}[/] ({doc.provider}): {safe(doc.meaning)}", style="dim", highlight=False)
 
 
 @app.command()

@@ -439,6 +439,15 @@ class Encoder(FrameGrid):
         return {k: v.float().cpu() for k, v in out.items()}
 
     @torch.inference_mode()
+    def encode_gated(self, pixels: Tensor, want: frozenset[str], keep: Tensor, previous: list[Tensor | None]
+                     ) -> tuple[dict[str, Tensor], Tensor]:
+        """`encode_pixels` with GRT's gated patch embeddings (see `Tower.forward_gated`).  → (float32 CPU outputs,
+        the gated patch embeddings [B, N, D] on the device)."""
+        out, emb = self.tower.forward_gated(pixels.to(self.device, self.dtype), frozenset(want), self.layer_index,
+                                            keep, previous)
+        return {k: v.float().cpu() for k, v in out.items()}, emb
+
+    @torch.inference_mode()
     def encode_patches(self, pixels: Tensor, keep: Tensor) -> Tensor:
         """Patch tokens of only the `keep` [N] patches of one frame [1, 3, h, w]: the other patches are left out
         of the sequence (each kept one keeps its position embedding). Out of distribution for CLIP/SigLIP, which

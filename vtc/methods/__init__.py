@@ -1,6 +1,7 @@
 """Every method, registered by name.  Importing this package fills the registry."""
 
 from vtc.methods import (  # noqa: F401
+    aim,
     baselines,
     budgeted,
     divprune,
@@ -9,12 +10,15 @@ from vtc.methods import (  # noqa: F401
     fastervlm,
     fastvid,
     framefusion,
+    free_video_llm,
     gprune,
+    grt,
     hiprune,
     holitom,
     llava_scissor,
     omnizip,
     prunevid,
+    recoverable,
     rlt,
     sttm,
     tome,
@@ -22,6 +26,8 @@ from vtc.methods import (  # noqa: F401
     ts_llava,
     vid_tldr,
     visionzip,
+    vscan,
+    zoo_prune,
 )
 from vtc.methods.registry import MethodSpec, Param, all_methods, get_method, register
 

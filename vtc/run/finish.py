@@ -97,6 +97,8 @@ class Video:
     report: DecodeReport = field(default_factory=DecodeReport)
     outputs: dict[str, list[Tensor]] = field(default_factory=dict)
     reuse: FrameReuse | None = None
+    #: GRT's patch-embedding gate state: the previous view and embeddings, and the counts for the metadata
+    gate: dict[str, Any] | None = None
     queued: int = 0  # frames sent to the encoder
     encoded: int = 0  # frames encoded
     decoded: bool = False
@@ -187,6 +189,9 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
     if query_embedding is not None:  # per-frame relevance to the query, in the joint embedding space
         sig["relevance"] = torch.nn.functional.normalize(sig["pooled"].float(), dim=-1) @ query_embedding
         sources["relevance"] = f"query {plan.cfg.query!r}: cosine of frame and text embeddings"
+        if "query_embed" in plan.signals:
+            sig["query_embed"] = query_embedding.float()
+            sources["query_embed"] = f"query {plan.cfg.query!r}: text embedding"
     if "audio_saliency" in plan.signals:
         sal = audio_saliency(video.job.input, start=video.info.start_time) if video.info.has_audio else None
         sources["audio_saliency"] = SALIENCY_NAME if sal is not None else "none (no audio track)"
@@ -323,6 +328,8 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
         meta["pre_encoder"] = video.reuse.describe()
     if video.live is not None:
         meta["live"] = video.live
+    if video.gate is not None:
+        meta["embedding_gate"] = {k: v for k, v in video.gate.items() if k not in ("view", "embed")}
     if cfg.query:
         meta["query"] = cfg.query
     return meta

@@ -171,6 +171,9 @@ class Engine:
         if self.plan.pre_encoder is not None:
             assert views is not None
             res = self._encode_reusing(pending, pixels, views)
+        elif self.plan.embed_gate is not None:
+            assert views is not None
+            res = self._encode_gated(pending, pixels, views)
         elif self.merger is not None:
             res = self.encoder.encode_merging(pixels, self.merger)
         else:
@@ -245,6 +248,30 @@ class Engine:
             for k, val in cur.items():
                 out.setdefault(k, []).append(val)
         return {k: torch.stack(val) for k, val in out.items()}
+
+    def _encode_gated(self, pending: list[tuple[Video, np.ndarray, float]], pixels: Tensor,
+                      views: Tensor) -> dict[str, Tensor]:
+        """GRT's gate: each frame's static patches keep the previous frame's patch embedding inside the tower (per
+        video, across batches); the gate's counts go to the file's metadata."""
+        gate = self.plan.embed_gate
+        assert gate is not None
+        keep: list[Tensor] = []
+        previous: list[Tensor | None] = []
+        for i, (v, _, _) in enumerate(pending):
+            if v.gate is None:
+                v.gate = {"rule": gate.description, "threshold": gate.threshold, "metric": gate.metric,
+                          "scale": gate.scale, "patches_moved": 0, "patches_total": 0}
+            st = v.gate
+            keep.append(gate.moved(views[i], st.get("view"), self.encoder.grid))
+            first_in_run = i == 0 or pending[i - 1][0] is not v
+            previous.append(st.get("embed") if first_in_run else None)
+            st["view"] = views[i]
+            st["patches_moved"] += int(keep[-1].sum())
+            st["patches_total"] += int(keep[-1].numel())
+        res, emb = self.encoder.encode_gated(pixels, self.plan.encoder_signals, torch.stack(keep), previous)
+        for i, (v, _, _) in enumerate(pending):  # in order: each video keeps its last frame's embeddings
+            v.gate["embed"] = emb[i]
+        return res
 
     def _encode_safe(self, pending: list[tuple[Video, np.ndarray, float]]) -> None:
         """Encode; if the batch fails, fail the videos in it (and only them), keep the run going."""

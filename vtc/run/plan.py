@@ -19,8 +19,9 @@ from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
 from vtc.run.config import CompressConfig
 from vtc.signals import Provider, provided_by
+from vtc.stages.gate import EmbeddingGate
 from vtc.stages.pre_encoder import PreEncoderRule
-from vtc.targets import TARGETS
+from vtc.targets import LLAVA_ONLY_SIGNALS, TARGET_SIGNALS, TARGETS
 from vtc.targets.encoders import check_encoder as check_encoder_config
 
 
@@ -37,6 +38,8 @@ class Plan:
     signals: frozenset[str]
     #: a rule the engine applies before the encoder (RLT's frame skipping), or None
     pre_encoder: PreEncoderRule | None
+    #: GRT's patch-embedding gate the engine applies inside the tower, or None
+    embed_gate: EmbeddingGate | None = None
 
     @classmethod
     def make(cls, cfg: CompressConfig, *, check_encoder: bool = True) -> Plan:
@@ -46,16 +49,24 @@ class Plan:
         params = spec.resolve(cfg.params, variant)
         sampling = Sampling(frames=cfg.frames, fps=cfg.fps, every=cfg.every).validate()
         signals = set(spec.wanted_signals)
+        text = {"relevance", "query_embed"}
+        if not cfg.query and text & set(spec.signals):
+            raise UsageError(f"{spec.name} is guided by a question: pass --query TEXT.")
         if cfg.query:
-            if "relevance" not in signals:
+            if not text & signals:
                 raise UsageError(f"--query needs a query-aware method; '{spec.name}' is not. Use --method budgeted "
                                  f"-p budget=query (or --preset query-attention).")
             signals.add("pooled")  # the frame embeddings the query is compared with
         else:
-            signals.discard("relevance")
+            signals -= text
         if check_encoder:
             check_encoder_config(cfg.encoder)
         rule = spec.pre_encoder(**params) if spec.pre_encoder is not None else None
+        gate = rule if isinstance(rule, EmbeddingGate) else None
+        rule = None if gate is not None else rule
+        if gate is not None and cfg.encoder.target is not None:
+            raise UsageError(f"{spec.name}'s patch-embedding gate (reuse_embeddings) is not available with --target "
+                             f"{cfg.encoder.target}; pass -p reuse_embeddings=false.")
         target = cfg.encoder.target
         if spec.in_encoder is not None:
             if target is not None:
@@ -63,7 +74,19 @@ class Plan:
                                  f"yet; use a post-encoder method (e.g. tome).")
             ratio = cfg.ratio if cfg.ratio is not None else spec.paper_ratio
             spec.in_encoder(ratio=ratio, layers=12, tokens=197, protected=1, **params)  # checks the parameters
+        if target is None and "sensitivity" in spec.signals:
+            raise UsageError(f"{spec.name} needs the LLM projector's sensitivity: use --target llava-onevision or "
+                             f"llava-video (an open_clip tower has no nonlinear projector; under a linear one every "
+                             f"token is equally sensitive).")
+        llava_only = sorted(LLAVA_ONLY_SIGNALS & set(spec.signals))
+        if target is not None and TARGETS.get(target, TARGETS["llava-onevision"]).family != "llava" and llava_only:
+            raise UsageError(f"{spec.name} needs {', '.join(llava_only)}, which --target {target} does not provide "
+                             f"(it merges patches in its own merger); use --target llava-onevision or llava-video.")
         if target is not None:
+            missing = sorted(set(spec.signals) - TARGET_SIGNALS - provided_by("decode") - text)
+            if missing:
+                raise UsageError(f"{spec.name} needs {', '.join(missing)}, which --target {target} does not provide; "
+                                 f"use an open_clip --model.")
             if cfg.query:
                 raise UsageError("--query is not available with --target yet (a target has no text tower in the frame "
                                  "embedding space); drop --query or use an open_clip --model.")
@@ -71,7 +94,7 @@ class Plan:
                                      == "qwen"):
                 raise UsageError(f"{spec.name}'s pre-encoder step (frame reuse / encode_changed_only) is not "
                                  f"available with --target {target}; pass -p skip_static_frames=false.")
-        return cls(cfg, spec, variant, params, sampling, frozenset(signals), rule)
+        return cls(cfg, spec, variant, params, sampling, frozenset(signals), rule, gate)
 
     @property
     def method_label(self) -> str:

@@ -59,6 +59,13 @@ TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (
 )}
 
 
+#: the signals every target's tower can make (the others need an open_clip tower: a CLS token, a text space)
+TARGET_SIGNALS = frozenset({"attn", "pooled", "cls_attn", "cls_token", "keys", "received", "received_object",
+                            "sensitivity", "shallow_attn", "readout_attn"})
+#: signals only the LLaVA targets make (a projector after the vision features; the blocks' own attention)
+LLAVA_ONLY_SIGNALS = frozenset({"sensitivity", "shallow_attn", "readout_attn"})
+
+
 def target_spec(name: str) -> TargetSpec:
     if name not in TARGETS:
         raise UsageError(f"unknown --target '{name}'; supported: {', '.join(TARGETS)} (vtc targets lists them).")

@@ -35,7 +35,8 @@ from torch import Tensor
 from vtc.errors import FormatError, ModelError, UsageError
 from vtc.io.geometry import FrameGeometry
 from vtc.io.store import TokenFile
-from vtc.io.towers import Tower, object_block
+from vtc.io.towers import Tower, object_block, shallow_block
+from vtc.ops.sensitivity import projector_sensitivity, unit_directions
 from vtc.targets.base import Checkpoint, TargetEncoder, TargetSpec
 
 #: LlavaOnevisionVideoProcessor's defaults (used when the checkpoint ships no processor config)
@@ -120,6 +121,10 @@ def llava_geometry(ckpt: Checkpoint) -> FrameGeometry:
     mean = tuple(float(v) for v in pp.get("image_mean", _PROCESSOR_MEAN))
     std = tuple(float(v) for v in pp.get("image_std", _PROCESSOR_STD))
     return FrameGeometry((h, w), "squash", mean, std, 0.0, "tensor")  # type: ignore[arg-type]
+
+
+#: ZOO-Prune's sensitivity: the authors' script settings (64 directions, h = 0.01) with a fixed seed
+SENSITIVITY_DIRECTIONS, SENSITIVITY_H, SENSITIVITY_SEED = 64, 0.01, 0
 
 
 class LlavaTower(Tower):
@@ -230,12 +235,14 @@ class LlavaTower(Tower):
 
     def forward(self, pixels: Tensor, want: frozenset[str], layer_index: int) -> dict[str, Tensor]:
         obj = object_block(self.num_layers)
-        sel, tokens, inputs = self.features(pixels, frozenset({obj}) if "received_object" in want else frozenset())
+        shallow = shallow_block(self.num_layers)
+        also = ({obj} if "received_object" in want else set()) | ({shallow} if "shallow_attn" in want else set())
+        sel, tokens, inputs = self.features(pixels, frozenset(also))
         out: dict[str, Tensor] = {"patches": tokens}
         last = max(self._selected()) - 1
-        if {"attn", "cls_attn", "keys", "received"} & want:
+        if {"attn", "cls_attn", "keys", "received", "readout_attn"} & want:
             received, keys, first = self._attention(last, inputs[last])
-            out["received"] = pool_map(received[:, self.prefix:], self.g, self.layout)
+            out["received"] = out["readout_attn"] = pool_map(received[:, self.prefix:], self.g, self.layout)
             # a CLIP tower's CLS → patch attention where there is a CLS; 'attention received' otherwise
             out["cls_attn"] = pool_map(first[:, self.prefix:], self.g, self.layout) if self.prefix else out["received"]
             out["attn"] = out["cls_attn"]
@@ -253,7 +260,25 @@ class LlavaTower(Tower):
         if "received_object" in want:
             out["received_object"] = pool_map(self._attention(obj, inputs[obj])[0][:, self.prefix:], self.g,
                                               self.layout)
+        if "shallow_attn" in want:
+            out["shallow_attn"] = pool_map(self._attention(shallow, inputs[shallow])[0][:, self.prefix:], self.g,
+                                           self.layout)
+        if "sensitivity" in want:
+            out["sensitivity"] = pool_map(self._sensitivity(sel), self.g, self.layout)
         return {k: v for k, v in out.items() if k == "patches" or k in want}
+
+    def _sensitivity(self, sel: Tensor) -> Tensor:
+        """ZOO-Prune's zeroth-order sensitivity of the projector at every selected vision feature [B, g·g, Dv] →
+        [B, g·g]: 64 unit directions from a generator seeded 0, h = 0.01, in float32 (a float32 copy of the
+        projector: half-precision rounding would swamp the ±h·u differences)."""
+        if getattr(self, "_proj32", None) is None:
+            import copy
+
+            self._proj32 = copy.deepcopy(self.visual.multi_modal_projector).float()
+            self._dirs = unit_directions(SENSITIVITY_DIRECTIONS, sel.shape[-1], SENSITIVITY_SEED)
+        x = sel.float()
+        return torch.stack([projector_sensitivity(self._proj32, f, self._dirs.to(x.device), SENSITIVITY_H)
+                            for f in x])
 
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
         raise UsageError("encoding only the changed patches (RLT's encode_changed_only) is not available with "
@@ -279,6 +304,12 @@ class LlavaTower(Tower):
             "received": f"{self.name}: {received}",
             "received_object": f"{self.name}: 'attention received' of vision block "
                                f"{object_block(self.num_layers) + 1} (1-based) of {self.num_layers}, {pool}",
+            "shallow_attn": f"{self.name}: 'attention received' of vision block "
+                            f"{shallow_block(self.num_layers) + 1} (1-based) of {self.num_layers}, {pool} (VScan's "
+                            f"Qwen rule: no CLS)",
+            "readout_attn": f"{self.name}: {received} (VScan's Qwen rule: no CLS)",
+            "sensitivity": f"{self.name}: projector sensitivity (ZOO-Prune), {SENSITIVITY_DIRECTIONS} unit "
+                           f"directions seeded {SENSITIVITY_SEED}, h = {SENSITIVITY_H}, float32, {pool}",
         }
 
 
