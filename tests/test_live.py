@@ -255,3 +255,44 @@ def test_memory_stays_flat_over_a_long_stream(model_args, tmp_path: Path) -> Non
 def test_load_of_a_directory_without_index(tmp_path: Path) -> None:
     with pytest.raises((InputError, OSError)):
         vtc.load(tmp_path)
+
+
+@needs_media
+def test_live_chunks_in_a_targets_space_are_what_its_processor_makes(tmp_path: Path) -> None:
+    """--target qwen2.5-vl: each chunk is a video item of its own — grid, second_per_grid_ts and the logits through
+    vtc.hf equal the model's own processor and forward on that chunk's frames (VideoMetadata counted from the
+    chunk's first decoded frame)."""
+    import av
+    import numpy as np
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers.video_utils import VideoMetadata
+
+    import vtc.hf
+    from vtc.testing import tiny_qwen2_5_vl
+
+    ckpt = tiny_qwen2_5_vl(tmp_path / "qwen25")
+    port = free_port()
+    src = serve(BIKES, port, speed=4)
+    out = tmp_path / "live"
+    vtc.compress_live(f"tcp://127.0.0.1:{port}", out, fps=2, chunk=2, method="none", target="qwen2.5-vl",
+                      target_model=str(ckpt), dtype_out="float32")
+    src.wait()
+    with pytest.raises(UsageError, match="separate video"):
+        vtc.load(out)
+    with av.open(str(BIKES)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]  # 25 fps, first frame at 0
+    proc = AutoProcessor.from_pretrained(ckpt)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt).eval()
+    text = "ab<|vision_start|><|video_pad|><|vision_end|>cd"
+    f = vtc.load(out / "chunk_000001.safetensors")  # [2, 4) s: decoded frames 50..99
+    first = 50
+    idx = [round(float(t) * 25) - first for t in f["sampled_frame_times"]]
+    meta = VideoMetadata(total_num_frames=50, fps=25.0, frames_indices=idx)
+    ref = proc(text=[text], videos=[np.stack([frames[first + i] for i in idx])], video_metadata=[meta],
+               do_sample_frames=False, return_tensors="pt")
+    space = f.meta["space"]
+    assert space["video_grid_thw"] == ref["video_grid_thw"][0].tolist()
+    assert torch.equal(torch.tensor([space["second_per_grid_t"]], dtype=torch.float32), ref["second_per_grid_ts"])
+    inputs = vtc.hf.video_inputs(f, model, proc.tokenizer(text).input_ids, after_video="model")
+    with torch.no_grad():
+        assert (model(**inputs).logits - model(**ref).logits).abs().max() <= 1e-4

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vtc.errors import FormatError, InputError
+from vtc.errors import FormatError, InputError, UsageError
 from vtc.io.store import TokenFile, file_mode, load
 
 INDEX_NAME = "index.json"
@@ -112,6 +112,10 @@ def join(files: list[TokenFile]) -> TokenFile:
                               f"{grid} × {d}; chunks of one run share them.")
         if f.meta.get("space", {}).get("kind", "encoder") != first.meta.get("space", {}).get("kind", "encoder"):
             raise FormatError(f"{f.path}: another token space than {first.path}.")
+    if first.meta.get("space", {}).get("kind") == "target":
+        raise UsageError(f"{first.path.parent}: the chunks of a live run in a target's space are separate video "
+                         f"items (positions, timestamps and grids count from each chunk's start); read them one at "
+                         f"a time (vtc.load(DIR, last=1), or a chunk file) and give each to the model as a video.")
     total_sources = sum(int(f["source"].numel()) for f in files)
     out: dict[str, list[Tensor]] = {}
     t_off = k_off = s_off = x_off = 0

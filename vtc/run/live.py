@@ -89,8 +89,6 @@ def check_live_plan(plan: Plan, source: str, options: LiveOptions) -> None:
     if "audio_saliency" in plan.signals:
         raise UsageError(f"{plan.spec.name} budgets tokens from the audio track, which --live does not read; choose "
                          f"another method (e.g. budgeted -p budget=uniform).")
-    if plan.cfg.encoder.target is not None:
-        raise UsageError("--live with --target is not available yet; use an open_clip --model.")
 
 
 def _rss_mb() -> float | None:
@@ -142,12 +140,14 @@ class LiveRun:
                 "gaps": [], "chunks": []}
 
     # ------------------------------------------------------------------ one chunk
-    def _info(self, t0: float, t1: float, frames: int) -> VideoInfo:
+    def _info(self, start: float, duration: float, frames: int) -> VideoInfo:
+        """A chunk as a video of its own: the stream's facts, its `frames` decoded frames from time `start` (what a
+        target's processor is told: frame indices count from the chunk's first decoded frame)."""
         s = self.stream
         return VideoInfo(path=self.source, size_bytes=0, container=str(s.get("container", "")),
                          codec=str(s.get("codec", "")), width=int(s.get("width", 0)), height=int(s.get("height", 0)),
-                         rotation=0, fps=float(s.get("fps", 0.0)), duration=t1 - t0, num_frames=frames,
-                         start_time=t0, has_audio=False, audio_rate=0)
+                         rotation=0, fps=float(s.get("fps", 0.0)), duration=duration, num_frames=frames,
+                         start_time=start, has_audio=False, audio_rate=0)
 
     def run(self, stop: threading.Event | None = None) -> LiveSummary:
         """Read the source until it ends, stalls for good, or `stop` is set; write chunks as they complete."""
@@ -203,6 +203,9 @@ class LiveRun:
                                              summary)
                     state = _Chunk()
                     k += 1
+                if state.first_t is None:
+                    state.first_t = g_t
+                state.decoded += 1
                 if frame.image is not None:
                     self._add(state, number, frame, g_t, base + k * length, length)
                 if stop.is_set():
@@ -229,7 +232,7 @@ class LiveRun:
         if state.video is None:
             planned = int(round(length * (self.plan.sampling.fps or self.stream.get("fps", 25.0))))
             job = Job(number, Path(self.source), self.outdir / chunk_name(number))
-            state.video = self.engine.open_video(job, self._info(t0, t0 + length, 0), DecodeReport(), planned)
+            state.video = self.engine.open_video(job, self._info(t0, length, 0), DecodeReport(), planned)
             if self.plan.pre_encoder is not None:  # the frame-reuse rule continues from the previous chunk
                 state.video.reuse = FrameReuse(self.plan.pre_encoder, self._last_view, self._last_out)
         state.pending.append(frame.image)
@@ -249,7 +252,8 @@ class LiveRun:
         """Encode the chunk's last frames, compress and store it, make it durable, then name it in the index."""
         video = state.video
         assert video is not None
-        video.info = self._info(t0, t1, state.frames)
+        assert state.first_t is not None
+        video.info = self._info(state.first_t, t1 - t0, state.decoded)
         video.report.sampled_frames = state.frames
         video.report.last_time = state.times[-1]
         video.live = {"chunk": number, "t0": t0, "t1": t1, "source": self.source}
@@ -320,4 +324,6 @@ class _Chunk:
     pending_times: list[float] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
-    frames: int = 0
+    frames: int = 0  # sampled frames
+    decoded: int = 0  # decoded frames (sampled or not) in the chunk's time span
+    first_t: float | None = None  # stream time of the first of them
