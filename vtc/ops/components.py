@@ -172,14 +172,16 @@ def hook_labels(n: int, src: Tensor, dst: Tensor) -> Tensor:
         labels = new
 
 
-def _cells(low: Tensor, block: int, max_pivots: int = 2048) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+def _cells(low: Tensor, block: int) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """A coarse cover of the unit rows [M, D] (as bfloat16 `low`) by pivot cells, for pruning block pairs.
 
     Pivots are drawn (seeded, at random) from the rows no pivot covers yet (cos ≥ 0.8), a batch at a time; every row
     joins its most similar pivot. → (row order [M] grouping cells, cell of each ordered row [M], pivot rows [P], radius
-    [P]: an upper bound on the angle between the pivot and any member), or None when rows do not cluster (no cover
-    after a few batches: nothing could be pruned)."""
+    [P]: an upper bound on the angle between the pivot and any member), or None when rows do not cluster tightly
+    enough for cells of 64 rows on average to cover them (then little could be pruned, and small cells would only
+    make the pass slower)."""
     m = low.shape[0]
+    max_pivots = max(64, m // 64)
     best = torch.full((m,), -2.0)
     owner = torch.zeros(m, dtype=torch.long)
     pivots: list[Tensor] = []
@@ -199,6 +201,8 @@ def _cells(low: Tensor, block: int, max_pivots: int = 2048) -> tuple[Tensor, Ten
         uncovered = torch.nonzero(best < 0.8).flatten()
         if len(pivots) >= 2 and uncovered.numel() > 0.9 * m:
             return None
+    if uncovered.numel() > 0.05 * m:
+        return None
     piv = torch.cat(pivots)
     # angle of a member to its pivot: true cos ≥ bf16 cos − bound
     angle = torch.arccos((best - BF16_COS_BOUND).clamp(-1, 1)) + 1e-4
