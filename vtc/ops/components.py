@@ -306,7 +306,7 @@ class SimilarityGraph:
     # |bf16 cos − cos| for unit vectors (see BF16_COS_BOUND), plus 2⁻⁹ for the threshold's own rounding
     BOUND = BF16_COS_BOUND
 
-    def __init__(self, xn: Tensor, floor: float = -1.0, cap: int = 12_000_000, block: int = 1024) -> None:
+    def __init__(self, xn: Tensor, floor: float = -1.0, cap: int = 8_000_000, block: int = 1024) -> None:
         self.xn, self.block, self.cap, self.lowest = xn, block, cap, floor
         m = xn.shape[0]
         self.cells = _cells(xn.to(torch.bfloat16), block) if m > 4 * block else None
