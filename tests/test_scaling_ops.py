@@ -88,6 +88,8 @@ def test_similarity_graph_components_equal_the_dense_graph(kind: str, floor: flo
         c_dense = cn @ cn.T
         assert torch.equal(c_labels, edge_labels(c_dense > tau)), tau
         assert torch.equal(c_degree, (c_dense > tau).sum(1)), tau
+        fresh = SimilarityGraph(x, floor, cap=cap, block=64)  # labels only, before any pair is scored in float32
+        assert torch.equal(fresh.centroid_components(single, cn, tau, degrees=False)[0], c_labels), tau
 
 
 @pytest.mark.parametrize("kind", ["clustered", "drift", "noise"])

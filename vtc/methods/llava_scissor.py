@@ -81,6 +81,12 @@ class _Scissor:
         a single token takes its pairs from there, only the others are multiplied — memory O(pairs), not O(M²)."""
         if centroids.shape[0] <= _DENSE or self.mode != "exact":
             return component_ids(cosine_matrix(centroids) > tau, self.mode, self.epsilon, self.seed)
+        labels, degree = self._graph_components(s_ids, centroids, tau)
+        return order_ids(labels[None], degree[None])[0]
+
+    def _graph_components(
+        self, s_ids: Tensor, centroids: Tensor, tau: float, degrees: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         if self.graph is None:
             self.graph = SimilarityGraph(l2_normalize(self.flat))
         valid = torch.nonzero(s_ids >= 0).flatten()
@@ -88,13 +94,16 @@ class _Scissor:
         token = torch.full((centroids.shape[0],), -1, dtype=torch.long)
         token[s_ids[valid]] = valid
         single = torch.where(size == 1, token, -1)
-        labels, degree = self.graph.centroid_components(single, l2_normalize(centroids), tau)
-        return order_ids(labels[None], degree[None])[0]
+        return self.graph.centroid_components(single, l2_normalize(centroids), tau, degrees)
 
     def count(self, tau: float) -> int:
         s_ids, centroids = self.centroids(tau)
-        t_ids = self.temporal(s_ids, centroids, tau)
-        return int(t_ids.max()) + 1 if t_ids.numel() else 0
+        if centroids.shape[0] <= _DENSE or self.mode != "exact":
+            t_ids = self.temporal(s_ids, centroids, tau)
+            return int(t_ids.max()) + 1 if t_ids.numel() else 0
+        # how many components only: no degrees (they only order the components), fewer pairs scored in float32
+        labels, _ = self._graph_components(s_ids, centroids, tau, degrees=False)
+        return int(labels.unique().numel())
 
     def search(self, budget: float) -> float:
         """The largest τ on the grid −1 + i·2⁻⁷ whose K is within budget (K grows with τ): galloping down from the

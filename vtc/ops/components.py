@@ -368,12 +368,16 @@ class SimilarityGraph:
     def above(self, tau: float) -> Tensor:
         """Mask over the stored pairs: cos > τ (τ ≥ floor)."""
         near = torch.nonzero((self.rough - tau).abs() <= self.BOUND).flatten()
-        todo = near[torch.isnan(self.exact[near])]
-        for part in todo.split(65536):
-            self.exact[part] = (self.xn[self.src[part].long()] * self.xn[self.dst[part].long()]).sum(1)
+        self._rescore(near)
         keep = self.rough > tau
         keep[near] = self.exact[near] > tau
         return keep
+
+    def _rescore(self, idx: Tensor) -> None:
+        """Float32 cosines of the stored pairs idx that have none yet."""
+        todo = idx[torch.isnan(self.exact[idx])]
+        for part in todo.split(65536):
+            self.exact[part] = (self.xn[self.src[part].long()] * self.xn[self.dst[part].long()]).sum(1)
 
     def components(self, tau: float) -> tuple[Tensor, Tensor]:
         """(labels [M] — smallest member index, degree [M] — neighbours with cos > τ, itself included)."""
@@ -385,9 +389,13 @@ class SimilarityGraph:
             return hook_labels(m, src, dst), degree
         return threshold_components(self.xn, tau, self.block)
 
-    def centroid_components(self, single: Tensor, cn: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    def centroid_components(
+        self, single: Tensor, cn: Tensor, tau: float, degrees: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """Components of unit centroids cn [C, D] at τ, where centroid c is row single[c] of x when single[c] ≥ 0
-        (bit-identical to it) and a mean of several rows otherwise → (labels [C], degree [C]) as `components`."""
+        (bit-identical to it) and a mean of several rows otherwise → (labels [C], degree [C]) as `components`.
+        degrees=False (labels only, degree None): a stored pair near τ is scored in float32 only when it would join
+        two components the other pairs leave apart."""
         c = cn.shape[0]
         if not self.ready(tau):
             return threshold_components(cn, tau, self.block)
@@ -397,10 +405,16 @@ class SimilarityGraph:
         where = torch.full((self.xn.shape[0],), -1, dtype=torch.long)
         is_single = single >= 0
         where[single[is_single]] = torch.nonzero(is_single).flatten()
-        keep = self.above(tau)
-        a, b = where[self.src[keep].long()], where[self.dst[keep].long()]
+        a, b = where[self.src.long()], where[self.dst.long()]
         both = (a >= 0) & (b >= 0)
-        _count(union, degree, a[both], b[both])
+        if degrees:
+            keep = self.above(tau) & both
+            _count(union, degree, a[keep], b[keep])
+        else:
+            known = ~torch.isnan(self.exact)
+            sure = both & torch.where(known, self.exact > tau, self.rough > tau + self.BOUND)
+            maybe = torch.nonzero(both & ~known & ((self.rough - tau).abs() <= self.BOUND)).flatten()
+            union.add(a[sure], b[sure])
         # pairs with a centroid of several rows: multiplied here, each pair once
         multi = torch.nonzero(~is_single).flatten()
         if multi.numel():
@@ -415,6 +429,13 @@ class SimilarityGraph:
                 rough[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
                 i, j = torch.nonzero(rough > tau - self.BOUND, as_tuple=True)
                 _count(union, degree, *_exactly_above(cn, rows[i], cols[j], rough[i, j].float(), tau))
+        if not degrees:
+            labels = union.result()
+            maybe = maybe[labels[a[maybe]] != labels[b[maybe]]]  # only pairs that could still join two components
+            self._rescore(maybe)
+            maybe = maybe[self.exact[maybe] > tau]
+            union.add(a[maybe], b[maybe])
+            return union.result(), None
         return union.result(), degree
 
 
