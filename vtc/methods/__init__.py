@@ -16,6 +16,7 @@ from vtc.methods import (  # noqa: F401
     omnizip,
     prunevid,
     rlt,
+    saint,
     sttm,
     tome,
     tome_vit,
