@@ -412,9 +412,41 @@ def check_saint(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.equal(torch.where(source.sum(1) > 0, source.argmax(1), -1), t["assign"]), "assignment"
 
 
+def check_sta(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """Each stage's step on its stored block output and keys (kept positions, merged x) with the authors' units,
+    then the authors' video ViT rebuilt from the stored weights, run through vtc's block loop: kept indices, tokens,
+    pooled output, logits."""
+    from vtc.methods.sta import STAMerger, sta_merge, sta_stages
+
+    p, cfg = json.loads(meta["params"]), json.loads(meta["model_config"])
+    depth = cfg["depth"]
+    assert sorted(sta_stages(depth)) == p["merge_blocks"]
+    for j in range(len(p["units"])):
+        if f"s{j}.x_in" not in t:
+            continue
+        x_out, kept = sta_merge(t[f"s{j}.x_in"], t[f"s{j}.metric"], p["units"][j], p["r"], j == 1)
+        assert torch.equal(kept, t[f"s{j}.kept_pos"]), f"kept positions, stage {j}"
+        assert torch.equal(x_out, t[f"s{j}.x_out"]), f"merged tokens, stage {j}"
+    w = {k[2:]: v for k, v in t.items() if k.startswith("w.")}
+    d, tub, ps = cfg["embed_dim"], cfg["tubelet_size"], cfg["patch_size"]
+    x = F.conv3d(t["video"], w["patch_embed.proj.weight"], w["patch_embed.proj.bias"], stride=(tub, ps, ps))
+    x = x.flatten(2).transpose(1, 2) + w["pos_embed"]
+    merger = STAMerger(p["r"], depth, 0, units=p["units"])
+    from vtc.stages.in_encoder import run_blocks
+
+    with torch.no_grad():
+        ops = [videomae_block_ops(w, f"blocks.{i}.", cfg["num_heads"], d) for i in range(depth)]
+        tokens = run_blocks(ops, x, merger)
+        pooled = F.layer_norm(tokens.mean(1), (d,), w["fc_norm.weight"], w["fc_norm.bias"], eps=1e-6)
+        logits = F.linear(pooled, w["head.weight"], w["head.bias"])
+    assert torch.equal(merger.source.argmax(-1), t["kept_index"]), "kept indices"
+    assert torch.allclose(tokens, t["tokens"], atol=1e-5) and torch.allclose(pooled, t["pooled"], atol=1e-5)
+    assert torch.allclose(logits, t["logits"], atol=1e-5)
+
+
 SPECIAL = {"vid_tldr": check_vid_tldr, "tome_vit": check_tome_vit, "sttm": check_sttm, "rlt": check_rlt,
            "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune, "hiprune": check_hiprune,
-           "saint": check_saint}
+           "saint": check_saint, "sta": check_sta}
 
 
 @pytest.mark.skipif(not CASES, reason=f"no golden cases under {GOLDEN}")

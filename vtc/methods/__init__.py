@@ -17,6 +17,7 @@ from vtc.methods import (  # noqa: F401
     prunevid,
     rlt,
     saint,
+    sta,
     sttm,
     tome,
     tome_vit,
