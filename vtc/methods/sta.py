@@ -85,9 +85,12 @@ class STAMerger(BlockMerger):
 
     prop_attn = False
 
-    def __init__(self, r: int, depth: int, protected: int, units: list[int] | None = None) -> None:
+    def __init__(self, r: int, depth: int, protected: int, units: list[int] | None = None,
+                 floor: int | None = None) -> None:
         super().__init__()
         self.r, self.depth, self.protected, self.units = r, depth, protected, units
+        #: the fewest patches per frame r can leave (reported when the budget asked for fewer)
+        self.floor = floor
         self.stages = sta_stages(depth)
         self.records: dict[int, Tensor] = {}
 
@@ -96,7 +99,10 @@ class STAMerger(BlockMerger):
         self.records = {}
 
     def describe(self) -> dict[str, object]:
-        return {"r": self.r, "stage_blocks": sorted(self.stages), "units": self.units or "frames"}
+        out: dict[str, object] = {"r": self.r, "stage_blocks": sorted(self.stages), "units": self.units or "frames"}
+        if self.floor is not None:
+            out["budget_floor"] = self.floor
+        return out
 
     def after_block(self, layer: int, x: Tensor, view: BlockView) -> Tensor:
         if layer not in self.stages or self.r <= 0:
@@ -122,12 +128,15 @@ def sta_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int
     n = tokens - protected
     stages = len(sta_stages(layers))
     most = (n - 1) // stages
+    floor = None
     if r is None:
         goal = max(1, round(ratio * n))
         r = min(math.ceil((n - goal) / stages), most) if n > goal else 0
+        if n - stages * r > goal:  # every stage removes the same r and each frame keeps a token
+            floor = n - stages * r
     elif r < 0 or r > most:
         raise UsageError(f"parameter 'r' of 'sta' must be in 0..{most} for {n} patches and {stages} stages, not {r}.")
-    return STAMerger(r, layers, protected)
+    return STAMerger(r, layers, protected, floor=floor)
 
 
 @register(
