@@ -444,9 +444,34 @@ def check_sta(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.allclose(logits, t["logits"], atol=1e-5)
 
 
+def check_ppt(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """The timm ViT rebuilt from the stored weights with vtc's PPT hook: per pp block the branch of each frame, r,
+    the pooled sub-batch's ToMe decisions and the pruned sub-batch's kept order; then tokens, logits, sizes,
+    sources and assignment."""
+    from vtc.methods.ppt import PPTMerger
+
+    p = json.loads(meta["params"])
+    blocks = p["pp_loc_list"]
+    merger = PPTMerger(blocks, p["r_schedule"][: len(blocks)], p["threshold"], p["class_token"], p["prop_attn"])
+    tokens, logits = timm_run(timm_vit(meta, t), t["images"], merger)
+    for i in blocks:
+        rec = merger.records[i]
+        assert torch.equal(rec["pooling"], t[f"l{i}.pooling"].bool()), f"branches, block {i}"
+        assert int(rec["r"]) == int(t[f"l{i}.r"]), f"r, block {i}"
+        assert torch.allclose(rec["scores"], t[f"l{i}.scores"], rtol=1e-5, atol=1e-7), f"scores, block {i}"
+        for name in ("pool_unm_idx", "pool_src_idx", "pool_dst_idx", "prune_keep"):
+            if f"l{i}.{name}" in t:
+                assert torch.equal(rec[name], t[f"l{i}.{name}"].reshape(rec[name].shape)), (i, name)
+    assert torch.allclose(tokens, t["tokens"], atol=2e-5) and torch.allclose(logits, t["logits"], atol=2e-5)
+    assert torch.equal(merger.size, t["size"]), "sizes"
+    assert torch.equal(merger.source, t["source"]), "sources"
+    assert torch.equal(merger.source.argmax(1), t["assign"]), "assignment"
+
+
 SPECIAL = {"vid_tldr": check_vid_tldr, "tome_vit": check_tome_vit, "sttm": check_sttm, "rlt": check_rlt,
            "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune, "hiprune": check_hiprune,
-           "saint": check_saint, "sta": check_sta}
+           "saint": check_saint, "sta": check_sta,
+           "ppt": check_ppt}
 
 
 @pytest.mark.skipif(not CASES, reason=f"no golden cases under {GOLDEN}")

@@ -14,6 +14,7 @@ from vtc.methods import (  # noqa: F401
     holitom,
     llava_scissor,
     omnizip,
+    ppt,
     prunevid,
     rlt,
     saint,
