@@ -73,7 +73,7 @@ class PPTMerger(BlockMerger):
         size = self.size if self.prop_attn and self.size is not None else torch.ones_like(x[..., :1])
         assert view.probs is not None and self.source is not None
         scores = significance(view.probs, view.v, self.class_token)
-        s_op = scores[:, p:].var(dim=-1)
+        s_op = scores[:, p:].var(dim=-1) if x.shape[1] - p > 1 else scores.new_zeros(x.shape[0])
         pool = s_op < self.threshold
         rec: dict[str, Tensor] = {"scores": scores, "S_op": s_op, "pooling": pool, "r": torch.tensor(r)}
         self.records[layer] = rec
