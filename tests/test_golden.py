@@ -468,10 +468,53 @@ def check_ppt(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.equal(merger.source.argmax(1), t["assign"]), "assignment"
 
 
+def check_flowcut(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """CLIP cases: the Hugging Face CLIP weights on vtc's ClipTower, all frames in one call with the authors' batch
+    count (`reference`); the CLS-less case: a timm ViT without CLS, each frame alone.  Per block the scores, the
+    adaptive counts and the kept positions; then kept indices, assignment and tokens."""
+    from vtc.methods.flowcut import FlowCutMerger
+
+    p = json.loads(meta["params"])
+    if meta.get("variant") == "qwen_vit":
+        model = timm_vit(meta, t)
+        merger = FlowCutMerger(p["target"], p["num_layers"], False, "frame")
+        with torch.no_grad():
+            from vtc.io.towers import timm_blocks_merging
+
+            x = model.norm_pre(model._pos_embed(model.patch_embed(t["images"])))
+            tokens = timm_blocks_merging(model.blocks, x, merger)
+        runs = [{f"f{f}.l{i}.{k}": v for i, rec in run.items() for k, v in rec.items()}
+                for f, run in enumerate(merger.runs)]
+        source = merger.source
+    else:
+        tower = clip_tower_from_hf(meta, t)
+        merger = FlowCutMerger(p["target_num"], p["select_layer"] + 1, True, "batch")
+        with torch.no_grad():
+            out = tower.forward_merging(t["images"], merger, p["select_layer"])
+        tokens = out["patches"]
+        runs = [{f"l{i}.{k}": v for i, rec in merger.runs[0].items() for k, v in rec.items()}]
+        source = merger.source[:, 1:, 1:]
+    for run in runs:
+        for key, v in run.items():
+            name = key.rsplit(".", 1)[1]
+            if name == "raw" or key not in t and name not in ("prune_num", "keep_local"):
+                continue
+            if name in ("score", "cum_pre"):
+                assert torch.allclose(v, t[key].reshape(v.shape), rtol=1e-5, atol=1e-9), key
+            elif name == "prune_num":
+                assert v == int(t[key]), key
+            elif name == "keep_local":
+                assert torch.equal(v, t[key].reshape(v.shape)), key
+    assert torch.equal(source.argmax(-1), t["kept_index"]), "kept indices"
+    if "assign" in t:
+        assert torch.equal(torch.where(source.sum(1) > 0, source.argmax(1), -1), t["assign"]), "assignment"
+    assert torch.allclose(tokens, t["tokens"], atol=1e-4), "tokens"
+
+
 SPECIAL = {"vid_tldr": check_vid_tldr, "tome_vit": check_tome_vit, "sttm": check_sttm, "rlt": check_rlt,
            "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune, "hiprune": check_hiprune,
            "saint": check_saint, "sta": check_sta,
-           "ppt": check_ppt}
+           "ppt": check_ppt, "flowcut": check_flowcut}
 
 
 @pytest.mark.skipif(not CASES, reason=f"no golden cases under {GOLDEN}")

@@ -8,6 +8,7 @@ from vtc.methods import (  # noqa: F401
     evs,
     fastervlm,
     fastvid,
+    flowcut,
     framefusion,
     gprune,
     hiprune,
