@@ -511,10 +511,35 @@ def check_flowcut(meta: dict, t: dict[str, torch.Tensor]) -> None:
     assert torch.allclose(tokens, t["tokens"], atol=1e-4), "tokens"
 
 
+def check_gtp_vit(meta: dict, t: dict[str, torch.Tensor]) -> None:
+    """The timm ViT rebuilt from the stored weights with vtc's GTP-ViT hook (graph, token scales, sparsity edit of
+    the attention): the graph fed to block 0, each block's kept and propagated positions in rank order, tokens,
+    logits, token scales and fractional sources."""
+    from vtc.methods.gtp_vit import GTPMerger
+
+    p = json.loads(meta["params"])
+    model = timm_vit(meta, t, "model_config")
+    prot = int(p["class_token"])
+    merger = GTPMerger([p["num_prop"]] * model.patch_embed.num_patches, prot, selection=p["selection"],
+                       propagation=p["propagation"], graph_type=p["graph_type"], num_neighbours=p["num_neighbours"],
+                       sparsity=p["sparsity"], alpha=p["alpha"], token_scale=p["token_scale"])
+    tokens, logits = timm_run(model, t["images"], merger)
+    if "graph" in t:
+        assert merger.first_graph is not None and torch.allclose(merger.first_graph, t["graph"], atol=1e-7), "graph"
+    for i, (kept, prop) in merger.records.items():
+        assert torch.equal(kept, t[f"l{i}.index_kept"]) and torch.equal(prop, t[f"l{i}.index_prop"]), f"block {i}"
+    assert len(merger.records) == sum(k.endswith(".index_kept") for k in t), "blocks that propagated"
+    assert torch.allclose(tokens, t["tokens"], atol=2e-5) and torch.allclose(logits, t["logits"], atol=2e-5)
+    assert torch.allclose(merger.source, t["source"], atol=1e-6), "sources"
+    if p["token_scale"]:
+        assert torch.allclose(merger.size[..., 0], t[f"l{len(merger.records) - 1}.token_scales_out"], atol=1e-6)
+
+
 SPECIAL = {"vid_tldr": check_vid_tldr, "tome_vit": check_tome_vit, "sttm": check_sttm, "rlt": check_rlt,
            "evs": check_evs, "omnizip": check_omnizip, "gprune": check_gprune, "hiprune": check_hiprune,
            "saint": check_saint, "sta": check_sta,
-           "ppt": check_ppt, "flowcut": check_flowcut}
+           "ppt": check_ppt, "flowcut": check_flowcut,
+           "gtp_vit": check_gtp_vit}
 
 
 @pytest.mark.skipif(not CASES, reason=f"no golden cases under {GOLDEN}")

@@ -11,6 +11,7 @@ from vtc.methods import (  # noqa: F401
     flowcut,
     framefusion,
     gprune,
+    gtp_vit,
     hiprune,
     holitom,
     llava_scissor,
