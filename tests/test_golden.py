@@ -488,12 +488,16 @@ def check_flowcut(meta: dict, t: dict[str, torch.Tensor]) -> None:
         source = merger.source
     else:
         tower = clip_tower_from_hf(meta, t)
-        merger = FlowCutMerger(p["target_num"], p["select_layer"] + 1, True, "batch")
+        merger = FlowCutMerger(p["target_num"], p["select_layer"] + 1, True, "batch", "explicit")
         with torch.no_grad():
             out = tower.forward_merging(t["images"], merger, p["select_layer"])
         tokens = out["patches"]
         runs = [{f"l{i}.{k}": v for i, rec in merger.runs[0].items() for k, v in rec.items()}]
         source = merger.source[:, 1:, 1:]
+        fused = FlowCutMerger(p["target_num"], p["select_layer"] + 1, True, "batch", "fused")
+        with torch.no_grad():  # vtc's default arithmetic (fused kernel, CLS row on the side): the same decisions
+            out_fused = tower.forward_merging(t["images"], fused, p["select_layer"])
+        assert torch.equal(fused.source, merger.source) and torch.allclose(out_fused["patches"], tokens, atol=1e-4)
     for run in runs:
         for key, v in run.items():
             name = key.rsplit(".", 1)[1]

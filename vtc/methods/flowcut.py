@@ -18,7 +18,9 @@ the last block run.
 The authors count over the frames of a call and take the largest count (`count="batch"`, the `reference`
 variant): frames encoded together are pruned alike. vtc counts per frame by default (each frame alone, as the
 authors' code does for one image): counts then differ between frames inside the encoder, and each frame still ends
-with the target. `--ratio` sets the target.
+with the target. By default the blocks keep the fused attention kernel and the CLS row is computed on the side
+(the same decisions; float32 rounding differs slightly); the `reference` variant also computes the whole softmax
+map, as the authors' eager CLIP attention. `--ratio` sets the target.
 """
 
 from __future__ import annotations
@@ -66,11 +68,13 @@ class FlowCutMerger(BlockMerger):
 
     prop_attn = False
 
-    def __init__(self, target: int, depth: int, class_token: bool, count: str = "frame") -> None:
+    def __init__(self, target: int, depth: int, class_token: bool, count: str = "frame",
+                 attention: str = "fused") -> None:
         super().__init__()
         self.target, self.depth, self.class_token, self.count = target, depth, class_token, count
         self.per_frame = count == "frame"
-        self.wants_probs = class_token
+        #: "explicit": the whole softmax map, as the authors' eager attention (bit-closer, slower)
+        self.wants_probs = attention == "explicit" and class_token
         self.cum: Tensor | None = None
         #: per run (one per frame with count="frame"): block → what it computed
         self.runs: list[dict[int, dict[str, object]]] = []
@@ -88,9 +92,9 @@ class FlowCutMerger(BlockMerger):
         if x.shape[1] - p <= self.target:
             return x
         if self.class_token:
-            assert view.probs is not None
-            probs, v = view.probs.float(), view.v.float()
-            cls_attn = probs[:, :, 0, 1:].mean(dim=1)
+            v = view.v.float()
+            row = view.probs[:, :, 0] if view.probs is not None else view.row_probs(0)
+            cls_attn = row.float()[..., 1:].mean(dim=1)
             semantic = (v[:, :, :1] @ v.transpose(-1, -2)).softmax(dim=-1).mean(1)[:, 0]
             score = flow_score(cls_attn, semantic[:, 1:], v.mean(1)[:, 1:])
             rpl = self.depth - 2 - layer
@@ -120,13 +124,13 @@ class FlowCutMerger(BlockMerger):
         return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def flowcut_merger(*, ratio: float, layers: int, tokens: int, protected: int, count: str = "frame"
-                   ) -> FlowCutMerger:
+def flowcut_merger(*, ratio: float, layers: int, tokens: int, protected: int, count: str = "frame",
+                   attention: str = "fused") -> FlowCutMerger:
     """The block hook the tower runs: `layers` blocks up to the read-out, `tokens` incl. `protected` (CLS)."""
     if count not in ("frame", "batch"):
         raise UsageError(f"parameter 'count' of 'flowcut' must be frame or batch, not {count!r}.")
     n = tokens - protected
-    return FlowCutMerger(max(1, min(n, round(ratio * n))), layers, protected > 0, count)
+    return FlowCutMerger(max(1, min(n, round(ratio * n))), layers, protected > 0, count, attention)
 
 
 @register(
@@ -136,12 +140,15 @@ def flowcut_merger(*, ratio: float, layers: int, tokens: int, protected: int, co
     paper="Tong et al., FlowCut: Rethinking Redundancy via Information Flow for Efficient Vision-Language Models, "
     "NeurIPS 2025",
     params=[Param("count", "frame: each frame's own adaptive count; batch: the largest count of the frames encoded "
-                  "together (the authors')", choices=("frame", "batch"))],
+                  "together (the authors')", choices=("frame", "batch")),
+            Param("attention", "fused: the fused kernel, CLS row computed on the side (fast); explicit: the whole "
+                  "softmax map, as the authors' eager attention", choices=("fused", "explicit"))],
     paper_ratio=128 / 576,
-    variants={"reference": {"count": "batch"}},
+    variants={"reference": {"count": "batch", "attention": "explicit"}},
     in_encoder=flowcut_merger,
 )
-def flowcut(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, count: str = "frame") -> Reduction:
+def flowcut(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, count: str = "frame",
+            attention: str = "fused") -> Reduction:
     """Runs inside the encoder (`vtc compress`)."""
     raise UsageError("flowcut prunes tokens inside the encoder: use it with vtc compress; on features that are "
                      "already encoded use a post-encoder method (e.g. fastervlm).")

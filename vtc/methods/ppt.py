@@ -28,15 +28,16 @@ from vtc.signals import Signals
 from vtc.stages.in_encoder import BlockMerger, BlockView, bipartite_soft_matching, merge_wavg
 
 
-def significance(probs: Tensor, v: Tensor, class_token: bool) -> Tensor:
-    """ATS's significance.  probs: [B, H, L, L] (with the size bias), v: [B, H, L, hd] → [B, L]: 2.0 for CLS, then
-    the patches' CLS attention × value norm, normalised to sum 1 (CLS-less: attention received)."""
+def significance(attn: Tensor, v: Tensor, class_token: bool) -> Tensor:
+    """ATS's significance.  attn: [B, H, L] the CLS row of the probabilities (with the size bias), or [B, L] the
+    attention received (CLS-less); v: [B, H, L, hd] → [B, L]: 2.0 for CLS, then the patches' CLS attention × value
+    norm, normalised to sum 1 (CLS-less: attention received × value norm, over every token)."""
     b, h, n, hd = v.shape
     v_norm = torch.linalg.norm(v.transpose(1, 2).reshape(b, n, h * hd), ord=2, dim=2)
     if not class_token:
-        sig = probs.mean(2).mean(1) * v_norm
+        sig = attn * v_norm
         return sig / sig.sum(dim=1, keepdim=True)
-    sig = (probs[:, :, 0].sum(dim=1) * v_norm)[:, 1:]
+    sig = (attn.sum(dim=1) * v_norm)[:, 1:]
     sig = sig / sig.sum(dim=1, keepdim=True)
     return torch.cat([torch.full_like(sig[:, :1], 2.0), sig], 1)
 
@@ -44,11 +45,10 @@ def significance(probs: Tensor, v: Tensor, class_token: bool) -> Tensor:
 class PPTMerger(BlockMerger):
     """PPT's pp blocks as a block hook.  `blocks`: the pp blocks; `schedule[j]`: r of the j-th pp block."""
 
-    wants_probs = True
-
     def __init__(self, blocks: list[int], schedule: list[int], threshold: float, class_token: bool,
                  prop_attn: bool = True, floor: int | None = None) -> None:
         super().__init__()
+        self.wants_probs = not class_token  # CLS-less: attention received needs the whole map
         self.blocks, self.schedule, self.threshold = list(blocks), list(schedule), threshold
         self.class_token, self.prop_attn, self.floor = class_token, prop_attn, floor
         self.records: dict[int, dict[str, Tensor]] = {}
@@ -71,8 +71,13 @@ class PPTMerger(BlockMerger):
         p = int(self.class_token)
         r = min(self.schedule[j] if j < len(self.schedule) else 0, (x.shape[1] - p) // 2)
         size = self.size if self.prop_attn and self.size is not None else torch.ones_like(x[..., :1])
-        assert view.probs is not None and self.source is not None
-        scores = significance(view.probs, view.v, self.class_token)
+        assert self.source is not None
+        if self.class_token:
+            attn = view.row_probs(0, self.key_bias())
+        else:
+            assert view.probs is not None
+            attn = view.probs.mean(2).mean(1)
+        scores = significance(attn, view.v, self.class_token)
         s_op = scores[:, p:].var(dim=-1) if x.shape[1] - p > 1 else scores.new_zeros(x.shape[0])
         pool = s_op < self.threshold
         rec: dict[str, Tensor] = {"scores": scores, "S_op": s_op, "pooling": pool, "r": torch.tensor(r)}

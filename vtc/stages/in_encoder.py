@@ -131,6 +131,14 @@ class BlockView:
         """Head-mean keys [B, L, hd] (ToMe's matching metric)."""
         return self.k.mean(1)
 
+    def row_probs(self, row: int = 0, bias: Tensor | None = None) -> Tensor:
+        """One query's per-head probabilities [B, H, L] (e.g. CLS's), with an optional key bias [B, L]: what a
+        hook needs from the attention without the whole map, so the block keeps the fused kernel."""
+        logits = (self.q[:, :, row : row + 1] * self.scale) @ self.k.transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias[:, None, None, :].to(logits.dtype)
+        return logits.softmax(-1)[:, :, 0]
+
 
 class BlockMerger:
     """What the block loop calls inside the blocks (see the module docstring).  The default hooks do nothing."""
