@@ -76,8 +76,11 @@ class FlowCutMerger(BlockMerger):
         #: "explicit": the whole softmax map, as the authors' eager attention (bit-closer, slower)
         self.wants_probs = attention == "explicit" and class_token
         self.cum: Tensor | None = None
-        #: per run (one per frame with count="frame"): block → what it computed
+        #: this call's runs (one per frame with count="frame"): block → what it computed
         self.runs: list[dict[int, dict[str, object]]] = []
+
+    def begin(self, batch: int) -> None:
+        self.runs = []
 
     def start(self, x: Tensor, grid: tuple[int, int] | None = None) -> None:
         super().start(x, grid)

@@ -159,6 +159,10 @@ class BlockMerger:
         self.source: Tensor | None = None
         self.grid: tuple[int, int] | None = None
 
+    def begin(self, batch: int) -> None:
+        """A call of the block loop on `batch` frames begins (before `start`, which a per-frame merger gets once per
+        frame): reset what is kept per call."""
+
     def start(self, x: Tensor, grid: tuple[int, int] | None = None) -> None:
         """Reset for a new batch of images x [B, L, D] (patch grid `grid` when known): no sizes yet, source =
         identity over the initial tokens."""
@@ -232,6 +236,7 @@ def run_blocks(blocks: Sequence[BlockOps], x: Tensor, merger: BlockMerger, grid:
     """Run `blocks` on tokens x [B, L, D] with `merger` inside them (see the module docstring).  → x [B, K, D];
     the merger holds `source` [B, K, N0] and `size`.  A `per_frame` merger runs each frame alone and must end with
     the same count in every frame."""
+    merger.begin(x.shape[0])
     if merger.per_frame and x.shape[0] > 1:
         outs, sources, sizes = [], [], []
         for f in range(x.shape[0]):
