@@ -117,7 +117,7 @@ class GTPMerger(BlockMerger):
         if grid is None:
             side = int(n**0.5)
             if side * side != n:
-                raise ValueError(f"gtp_vit: {n} patches without a grid (the authors assume a square one)")
+                raise UsageError(f"gtp_vit: {n} patches and no grid given (a square one is assumed without it)")
             grid = (side, side)
         self.graph = None
         if self.graph_type != "None":

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vtc.errors import UsageError
 from vtc.reduction import Reduction
 
 
@@ -244,7 +245,7 @@ def run_blocks(blocks: Sequence[BlockOps], x: Tensor, merger: BlockMerger, grid:
             sources.append(merger.source)
             sizes.append(merger.size if merger.size is not None else torch.ones_like(outs[-1][..., :1]))
         if len({o.shape[1] for o in outs}) != 1:
-            raise ValueError(f"{type(merger).__name__}: frames ended with different token counts")
+            raise UsageError(f"{type(merger).__name__}: frames ended with different token counts")
         merger.source, merger.size = torch.cat(sources), torch.cat(sizes)
         return torch.cat(outs)
     return _run_blocks(blocks, x, merger, grid)
