@@ -139,7 +139,8 @@ def flowcut_merger(*, ratio: float, layers: int, tokens: int, protected: int, co
 @register(
     "flowcut",
     summary="FlowCut inside the ViT: prune patches by their accumulated share of the information flow (CLS "
-    "attention and value similarity × value norm), entropy-adaptive counts",
+    "attention and value similarity × value norm), entropy-adaptive counts per frame; SigLIP (no CLS): the "
+    "authors' mean-query rule",
     paper="Tong et al., FlowCut: Rethinking Redundancy via Information Flow for Efficient Vision-Language Models, "
     "NeurIPS 2025",
     params=[Param("count", "frame: each frame's own adaptive count; batch: the largest count of the frames encoded "

@@ -217,7 +217,8 @@ def gtp_vit_merger(*, ratio: float, layers: int, tokens: int, protected: int, nu
 @register(
     "gtp_vit",
     summary="GTP-ViT inside the ViT: propagate the least important patches into their graph neighbours "
-    "(spatial + semantic graph) and remove them, block by block",
+    "(spatial + semantic graph) and remove them, block by block; SigLIP (no CLS): the authors' class-token-free "
+    "branch",
     paper="Xu et al., GTP-ViT: Efficient Vision Transformers via Graph-based Token Propagation, WACV 2024",
     params=[
         Param("num_prop", "patches propagated per block: an int or a per-block list (default: from --ratio)",

@@ -130,7 +130,8 @@ def ppt_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int
 @register(
     "ppt",
     summary="PPT inside the ViT: per image and block, prune (by CLS attention × value norm) or pool (ToMe "
-    "merging) r tokens, chosen by the spread of the attention",
+    "merging) r tokens, chosen by the spread of the attention; SigLIP (no CLS): attention received instead of "
+    "CLS attention (vtc's substitute)",
     paper="Wu et al., PPT: Token Pruning and Pooling for Efficient Vision Transformers, 2023",
     params=[
         Param("r", "tokens removed per pp block: an int or a per-pp-block list (default: from --ratio)", "r_tokens"),

@@ -146,7 +146,8 @@ def saint_merger(*, ratio: float, layers: int, tokens: int, protected: int, mode
 @register(
     "saint",
     summary="SAINT inside the ViT: drop tokens made redundant by key similarity (LLaVA: iterative graph drop in "
-    "one block; ViT: threshold-driven drop in the first blocks)",
+    "one block; ViT: threshold-driven drop in the first blocks); SigLIP (no CLS): no protected token, as the "
+    "authors' class_token=False path",
     paper="Jeddi et al., Similarity-Aware Token Pruning: Your VLM but Faster, 2025",
     params=[
         Param("mode", "iterative: the authors' LLaVA rule in one block, --ratio sets the kept patches; drop: the ViT "

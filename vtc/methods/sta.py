@@ -142,7 +142,8 @@ def sta_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int
 @register(
     "sta",
     summary="STA inside the ViT: after three blocks, drop r tokens per frame, scored by the semantic mass the "
-    "previous frame sends them (accumulated along the frames) and their activation",
+    "previous frame sends them (accumulated along the frames) and their activation; one frame per unit (the "
+    "authors group 2-4 tubelet slices in later stages)",
     paper="Ding et al., Prune Spatio-temporal Tokens by Semantic-aware Temporal Accumulation, ICCV 2023",
     params=[Param("r", "tokens dropped per frame at each of the three stages (default: from --ratio)", "r", lo=0)],
     paper_ratio=0.5,
