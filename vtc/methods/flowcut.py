@@ -88,7 +88,10 @@ class FlowCutMerger(BlockMerger):
         self.runs.append({})
 
     def describe(self) -> dict[str, object]:
-        return {"target": self.target, "count": self.count, "read_out_block": self.depth - 1}
+        out: dict[str, object] = {"target": self.target, "count": self.count, "read_out_block": self.depth - 1}
+        if self.class_token and self.depth < 2:  # no block before the read-out block: nothing is pruned
+            out["budget_floor"] = "all patches (the read-out block is block 0)"
+        return out
 
     def step(self, layer: int, x: Tensor, view: BlockView) -> Tensor:
         p = int(self.class_token)
