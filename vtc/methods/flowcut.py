@@ -69,8 +69,9 @@ class FlowCutMerger(BlockMerger):
     prop_attn = False
 
     def __init__(self, target: int, depth: int, class_token: bool, count: str = "frame",
-                 attention: str = "fused") -> None:
+                 attention: str = "fused", patches: int | None = None) -> None:
         super().__init__()
+        self.patches = patches
         self.target, self.depth, self.class_token, self.count = target, depth, class_token, count
         self.per_frame = count == "frame"
         #: "explicit": the whole softmax map, as the authors' eager attention (bit-closer, slower)
@@ -89,8 +90,8 @@ class FlowCutMerger(BlockMerger):
 
     def describe(self) -> dict[str, object]:
         out: dict[str, object] = {"target": self.target, "count": self.count, "read_out_block": self.depth - 1}
-        if self.class_token and self.depth < 2:  # no block before the read-out block: nothing is pruned
-            out["budget_floor"] = "all patches (the read-out block is block 0)"
+        if self.class_token and self.depth < 2 and self.patches:  # no block before the read-out: nothing pruned
+            out["budget_floor"] = self.patches
         return out
 
     def step(self, layer: int, x: Tensor, view: BlockView) -> Tensor:
@@ -136,7 +137,7 @@ def flowcut_merger(*, ratio: float, layers: int, tokens: int, protected: int, co
     if count not in ("frame", "batch"):
         raise UsageError(f"parameter 'count' of 'flowcut' must be frame or batch, not {count!r}.")
     n = tokens - protected
-    return FlowCutMerger(max(1, min(n, round(ratio * n))), layers, protected > 0, count, attention)
+    return FlowCutMerger(max(1, min(n, round(ratio * n))), layers, protected > 0, count, attention, n)
 
 
 @register(
