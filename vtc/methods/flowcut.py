@@ -18,7 +18,8 @@ the last block run.
 The authors count over the frames of a call and take the largest count (`count="batch"`, the `reference`
 variant): frames encoded together are pruned alike. vtc counts per frame by default (each frame alone, as the
 authors' code does for one image): counts then differ between frames inside the encoder, and each frame still ends
-with the target. By default the blocks keep the fused attention kernel and the CLS row is computed on the side
+with the target; the frames then run through the blocks one at a time, which costs speed (the batch count keeps
+the batch). By default the blocks keep the fused attention kernel and the CLS row is computed on the side
 (the same decisions; float32 rounding differs slightly); the `reference` variant also computes the whole softmax
 map, as the authors' eager CLIP attention. `--ratio` sets the target.
 """
