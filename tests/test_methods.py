@@ -169,10 +169,12 @@ def test_in_encoder_invariants(name: str, t: int, h: int, w: int, ratio: float, 
     prefix = int(class_token)
     merger = spec.in_encoder(ratio=ratio, layers=3, tokens=h * w + prefix, protected=prefix, **spec.defaults())
     with torch.no_grad():
-        x = timm_blocks_merging(vit.blocks, vit._pos_embed(vit.patch_embed(torch.randn(t, 3, 4 * h, 4 * w))), merger)
+        x = timm_blocks_merging(vit.blocks, vit._pos_embed(vit.patch_embed(torch.randn(t, 3, 4 * h, 4 * w))), merger,
+                                (h, w))
     n = h * w
     k = x.shape[1] - prefix
     floor = tokens_after([n] * 3, n + prefix, prefix, 3) - prefix  # the most 3 blocks can merge
+    floor = max(floor, int(merger.describe().get("budget_floor", 0)))  # a method's own floor, reported in the file
     assert 1 <= k <= max(floor, math.ceil(ratio * n) + 1)
     src = merger.source[:, prefix:, prefix:]
     if name == "tome_vit":  # 0/1: each patch in exactly one token, sizes count patches

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vtc.errors import ModelError
-from vtc.stages.in_encoder import BlockMerger
+from vtc.stages.in_encoder import BlockMerger, BlockOps, run_blocks
 
 
 def object_block(num_layers: int) -> int:
@@ -35,21 +35,6 @@ def shallow_block(num_layers: int) -> int:
 def received(probs: Tensor) -> Tensor:
     """Attention received: probs [B, heads, L, L] → mean over heads, then over all queries → [B, L]."""
     return probs.mean(1).mean(1)
-
-
-def _merged_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, size: Tensor | None, want_probs: bool
-                      ) -> tuple[Tensor, Tensor | None]:
-    """q, k, v [B, heads, L, hd] → (attention output [B, heads, L, hd], head-mean probabilities [B, L, L] without
-    the size bias, when `want_probs`).  With `size` [B, L, 1], log(size) is added to the logits of every key
-    (ToMe's proportional attention)."""
-    bias = None if size is None else size.log()[:, None, None, :, 0].to(q.dtype)
-    if not want_probs:  # the fused kernel: as fast as the tower's own attention
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), None
-    logits = (q * scale) @ k.transpose(-2, -1)
-    probs_plain = logits.softmax(-1).mean(1)
-    if bias is not None:
-        logits = logits + bias
-    return logits.softmax(-1) @ v, probs_plain
 
 
 def _finish_merged(x: Tensor, merger: BlockMerger, prefix: int) -> dict[str, Tensor]:
@@ -154,6 +139,21 @@ def _full_width_cls(attn: torch.nn.MultiheadAttention, h: Tensor) -> dict[str, T
     return {"last_keys": k, "last_cls_attn": logits.softmax(-1)[:, 1:]}
 
 
+def clip_block_ops(blk: Any) -> BlockOps:
+    """An open_clip `ResidualAttentionBlock` (batch first) as the block loop's pieces."""
+    mha = blk.attn
+
+    def qkv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h = blk.ln_1(x)
+        b, n, w = h.shape
+        out = F.linear(h, mha.in_proj_weight, mha.in_proj_bias).reshape(b, n, 3, mha.num_heads, w // mha.num_heads)
+        q, k, v = out.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    return BlockOps(qkv, (mha.embed_dim // mha.num_heads) ** -0.5, lambda o: blk.ls_1(mha.out_proj(o)),
+                    lambda x: blk.ls_2(blk.mlp(blk.ln_2(x))))
+
+
 class ClipTower(Tower):
     """open_clip `VisionTransformer`: CLS at row 0, `transformer.resblocks`, `_pool` + `proj` for the embedding."""
 
@@ -215,20 +215,8 @@ class ClipTower(Tower):
 
     def forward_merging(self, pixels: Tensor, merger: BlockMerger, layer_index: int) -> dict[str, Tensor]:
         x = self.visual._embeds(pixels)  # [B, 1+N, W], CLS first
-        merger.start(x)
-        for i, blk in enumerate(self.visual.transformer.resblocks[: layer_index + 1]):
-            mha = blk.attn
-            h = blk.ln_1(x)
-            b, n, w = h.shape
-            heads = mha.num_heads
-            qkv = F.linear(h, mha.in_proj_weight, mha.in_proj_bias).reshape(b, n, 3, heads, w // heads)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            out, probs = _merged_attention(q, k, v, (w // heads) ** -0.5, merger.size if merger.prop_attn else None,
-                                           merger.wants_attn)
-            x = x + blk.ls_1(mha.out_proj(out.transpose(1, 2).reshape(b, n, w)))
-            x = merger.step(i, x, k.mean(1), probs)
-            x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-        return _finish_merged(x, merger, 1)
+        ops = [clip_block_ops(blk) for blk in self.visual.transformer.resblocks[: layer_index + 1]]
+        return _finish_merged(run_blocks(ops, x, merger, self.grid), merger, 1)
 
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
         idx = torch.nonzero(keep.to(pixels.device)).flatten()
@@ -358,7 +346,7 @@ class SiglipTower(Tower):
         return y, probs.mean(1)[:, 0]
 
     def forward_merging(self, pixels: Tensor, merger: BlockMerger, layer_index: int) -> dict[str, Tensor]:
-        x = timm_blocks_merging(self.visual.trunk.blocks[: layer_index + 1], self._embed(pixels), merger)
+        x = timm_blocks_merging(self.visual.trunk.blocks[: layer_index + 1], self._embed(pixels), merger, self.grid)
         return _finish_merged(x, merger, 0)
 
     def forward_subset(self, pixels: Tensor, keep: Tensor, layer_index: int) -> Tensor:
@@ -389,24 +377,25 @@ class SiglipTower(Tower):
         }
 
 
-def timm_blocks_merging(blocks: Any, x: Tensor, merger: BlockMerger) -> Tensor:
-    """Run timm ViT `blocks` on tokens x [B, L, D] with `merger` between attention and MLP (ToMe's block), keeping
-    the model's own q/k norms, attention norm and LayerScale (the authors' patch drops them).  → x [B, K, D]."""
-    merger.start(x)
-    for i, blk in enumerate(blocks):
-        at = blk.attn
+def timm_block_ops(blk: Any) -> BlockOps:
+    """A timm ViT `Block` as the block loop's pieces, keeping the model's own q/k norms, attention norm and
+    LayerScale (ToMe's authors' patch drops them)."""
+    at = blk.attn
+
+    def qkv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         h = blk.norm1(x)
         b, n, c = h.shape
-        qkv = at.qkv(h).reshape(b, n, 3, at.num_heads, c // at.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = at.q_norm(q), at.k_norm(k)
-        out, probs = _merged_attention(q, k, v, at.scale, merger.size if merger.prop_attn else None,
-                                       merger.wants_attn)
-        out = at.proj_drop(at.proj(at.norm(out.transpose(1, 2).reshape(b, n, c))))
-        x = x + blk.drop_path1(blk.ls1(out))
-        x = merger.step(i, x, k.mean(1), probs)
-        x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-    return x
+        q, k, v = at.qkv(h).reshape(b, n, 3, at.num_heads, c // at.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return at.q_norm(q), at.k_norm(k), v
+
+    return BlockOps(qkv, at.scale, lambda o: blk.drop_path1(blk.ls1(at.proj_drop(at.proj(at.norm(o))))),
+                    lambda x: blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x)))))
+
+
+def timm_blocks_merging(blocks: Any, x: Tensor, merger: BlockMerger, grid: tuple[int, int] | None = None) -> Tensor:
+    """Run timm ViT `blocks` on tokens x [B, L, D] with `merger` inside them (`vtc.stages.in_encoder.run_blocks`).
+    → x [B, K, D]."""
+    return run_blocks([timm_block_ops(blk) for blk in blocks], x, merger, grid)
 
 
 def make_tower(visual: Any, name: str) -> Tower:

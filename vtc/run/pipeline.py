@@ -152,9 +152,13 @@ class Engine:
 
     # ------------------------------------------------------------------ encode side (caller's thread)
     def _encode(self, pending: list[tuple[Video, np.ndarray, float]]) -> None:
-        """Encode a batch of frames (possibly of several videos), in runs that make pictures of one size."""
+        """Encode a batch of frames (possibly of several videos), in runs that make pictures of one size.  With a
+        method inside the encoder, runs never mix videos: its steps that see every frame of a run (STA's frame
+        chain, a count over the frames) must not see another video's."""
         geo = self.encoder.geometry
-        sizes = [geo.output_size(*f.shape[:2], v.planned_frames) for v, f, _ in pending]
+        sizes: list[Any] = [geo.output_size(*f.shape[:2], v.planned_frames) for v, f, _ in pending]
+        if self.merger is not None:
+            sizes = [(size, id(v)) for size, (v, _, _) in zip(sizes, pending, strict=True)]
         i = 0
         while i < len(pending):
             j = i
