@@ -17,16 +17,16 @@ from vtc._version import __version__
 from vtc.errors import VtcError
 
 if TYPE_CHECKING:
-    from vtc.api import CompressResult, FeatureResult, compress, compress_features
+    from vtc.api import CompressResult, FeatureResult, FidelitySummary, compress, compress_features, fidelity
     from vtc.io.store import TokenFile, load
 
 #: public name → the module that defines it
 _LAZY = {"CompressResult": "vtc.api", "FeatureResult": "vtc.api", "compress": "vtc.api",
          "compress_features": "vtc.api", "compress_batch": "vtc.api", "TokenFile": "vtc.io.store",
-         "load": "vtc.io.store"}
+         "load": "vtc.io.store", "fidelity": "vtc.api", "FidelitySummary": "vtc.api"}
 
-__all__ = ["CompressResult", "FeatureResult", "TokenFile", "VtcError", "__version__", "compress", "compress_batch",
-           "compress_features", "load"]
+__all__ = ["CompressResult", "FeatureResult", "FidelitySummary", "TokenFile", "VtcError", "__version__", "compress",
+           "compress_batch", "compress_features", "fidelity", "load"]
 
 
 def __getattr__(name: str) -> Any:

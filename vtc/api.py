@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from vtc.methods.registry import parse_method
 from vtc.reduction import Reduction
 from vtc.run.batch import BatchSummary, LocalExecutor, run_batch
 from vtc.run.config import make_config
+from vtc.run.fidelity import FidelitySummary, run_fidelity
 from vtc.run.finish import Job
 from vtc.run.pipeline import Engine
 from vtc.run.plan import Plan, check_output
@@ -28,8 +29,8 @@ from vtc.signals import Signals
 from vtc.stages.window import run_windowed_parts
 from vtc.targets.encoders import AnyEncoder, open_encoder
 
-__all__ = ["CompressResult", "FeatureResult", "compress", "compress_batch", "compress_features", "load",
-           "default_output"]
+__all__ = ["CompressResult", "FeatureResult", "FidelitySummary", "compress", "compress_batch", "compress_features",
+           "default_output", "fidelity", "load"]
 
 
 @dataclass
@@ -207,3 +208,36 @@ def compress_batch(
         raise UsageError(f"--engine must be local or ray, not '{engine}'.")
     return run_batch(inputs, outdir, cfg, shard=shard, retry_failed=retry_failed, fail_fast=fail_fast,
                      executor=executor, on_event=on_event)
+
+
+def fidelity(
+    videos: Sequence[str | os.PathLike[str]],
+    outdir: str | os.PathLike[str],
+    *,
+    target: str | None = None,
+    target_model: str | None = None,
+    methods: str | Sequence[str] = ("fastvid", "dycoke", "divprune"),
+    ratios: str | Sequence[float] = (0.1, 0.25, 0.5),
+    prompts: str | os.PathLike[str] | Sequence[str] | None = None,
+    answer_tokens: int = 8,
+    seed: int = 0,
+    controls: bool = True,
+    params: dict[str, dict[str, Any]] | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> FidelitySummary:
+    """How far each method × ratio moves the target LLM's answers from the uncompressed run, per video, label-free.
+
+    Each video is decoded and encoded once; the uncompressed run's greedy answer (`answer_tokens` tokens per
+    prompt) and its next-token distributions are cached under OUTDIR/reference; every method × ratio and its
+    controls (seeded `random` selection and `pool`ing at the run's achieved ratio) are scored by one teacher-forced
+    forward per prompt: KL(reference ‖ compressed) on the first answer token and over the answer, top-1
+    agreement, flip rate, first divergent token, achieved ratio, compress and prefill time. Results are appended
+    to OUTDIR/fidelity.jsonl as they complete (a second call resumes); fidelity.json and fidelity.csv hold the
+    records, the table over videos and the Pareto front in words. `methods` and `ratios` take lists or
+    comma-separated text; `prompts` a list or a text file (one a line; default: generic video questions);
+    `params` method parameters per method name; `options` the sampling and encoder options of `compress`.
+    """
+    return run_fidelity(videos, outdir, target=target, target_model=target_model, methods=methods, ratios=ratios,
+                        prompts=prompts, answer_tokens=answer_tokens, seed=seed, controls=controls, params=params,
+                        on_event=on_event, **options)

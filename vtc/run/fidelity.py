@@ -67,14 +67,15 @@ METRICS = ("kl_first", "kl_answer", "agreement", "flip_rate", "first_divergence"
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
-def compare(ref_logprobs: Tensor, answer: Tensor, logprobs: Tensor) -> dict[str, Any]:
-    """One prompt's metrics.  ref_logprobs, logprobs: [n, V] log-probabilities of the reference and the compressed
-    run at the n answer positions (teacher-forced on `answer` [n], the reference's greedy answer).
+def compare(ref_logits: Tensor, answer: Tensor, logits: Tensor) -> dict[str, Any]:
+    """One prompt's metrics.  ref_logits, logits: [n, V] the model's logits (as it gave them) for the reference and
+    the compressed run at the n answer positions (teacher-forced on `answer` [n], the reference's greedy answer);
+    the distributions are their softmax, computed in float64.
 
     kl [n]: KL(reference ‖ compressed) per position (nats); agree [n]: the compressed argmax is the reference
     token; first_divergence: the first position where it is not (n when none: the greedy answers are equal)."""
-    p = ref_logprobs.double()
-    q = logprobs.double()
+    p = torch.log_softmax(ref_logits.double(), -1)
+    q = torch.log_softmax(logits.double(), -1)
     kl = (p.exp() * (p - q)).sum(-1).clamp_min(0.0)
     agree = q.argmax(-1) == answer.long()
     miss = torch.nonzero(~agree).flatten()
@@ -101,19 +102,20 @@ def summarise(per_prompt: list[dict[str, Any]]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------- the judge
 @dataclass
 class Reference:
-    """The uncompressed run of one video: per prompt, the greedy answer [n_j] and log-probabilities [n_j, V]."""
+    """The uncompressed run of one video: per prompt, the greedy answer [n_j] and the logits [n_j, V] (float32, as the
+    model gave them) at the positions that predict it."""
 
     answers: list[Tensor]
-    logprobs: list[Tensor]
+    logits: list[Tensor]
     prefill_s: float = 0.0
 
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
         tensors = {}
-        for j, (a, lp) in enumerate(zip(self.answers, self.logprobs, strict=True)):
+        for j, (a, lg) in enumerate(zip(self.answers, self.logits, strict=True)):
             tensors[f"answer_{j}"] = a.long().contiguous()
-            tensors[f"logprobs_{j}"] = lp.float().contiguous()
+            tensors[f"logits_{j}"] = lg.float().contiguous()
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata={"prompts": str(len(self.answers)), "prefill_s": str(self.prefill_s)})
         os.replace(tmp, path)
@@ -126,7 +128,7 @@ class Reference:
             meta = f.metadata()
             k = int(meta["prompts"])
             return cls([f.get_tensor(f"answer_{j}") for j in range(k)],
-                       [f.get_tensor(f"logprobs_{j}") for j in range(k)], float(meta["prefill_s"]))
+                       [f.get_tensor(f"logits_{j}") for j in range(k)], float(meta["prefill_s"]))
 
 
 class Judge:
@@ -137,11 +139,16 @@ class Judge:
         from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
         transformers.logging.set_verbosity_error()
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # no loading bar in the sweep's output
         try:
             self.model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype).to(device).eval()
         except Exception as e:
             raise ModelError(f"{folder}: transformers cannot load the model for fidelity "
                              f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}).") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         try:
             self.processor: Any = AutoProcessor.from_pretrained(str(folder))
             self.tokenizer: Any = getattr(self.processor, "tokenizer", self.processor)
@@ -222,15 +229,15 @@ class Judge:
         out[:, self.placeholders] = -1e9
         return out, dt
 
-    def answer_logprobs(self, tf: TokenFile, prompt: list[int], answer: Tensor) -> tuple[Tensor, float]:
-        """Teacher-forced: log-probabilities [n, V] at the n positions that predict `answer` [n], one forward."""
+    def answer_logits(self, tf: TokenFile, prompt: list[int], answer: Tensor) -> tuple[Tensor, float]:
+        """Teacher-forced: the logits [n, V] at the n positions that predict `answer` [n], one forward."""
         n = int(answer.numel())
         out, dt = self.logits(tf, prompt + answer[: n - 1].tolist())
-        return torch.log_softmax(out[out.shape[0] - n:], -1), dt
+        return out[out.shape[0] - n:], dt
 
     def reference(self, tf: TokenFile, prompts: list[list[int]], n: int) -> Reference:
         """Greedy-decode up to n tokens per prompt (stopping after an end-of-sequence token), then the
-        teacher-forced log-probabilities of that answer; the answer is cut where the teacher-forced argmax
+        teacher-forced logits of that answer; the answer is cut where the teacher-forced argmax
         disagrees with the greedy token (a numerical near-tie), so the reference agrees with itself."""
         answers, lps, total = [], [], 0.0
         for ids in prompts:
@@ -242,7 +249,7 @@ class Judge:
                 if nxt in self.eos:
                     break
             a = torch.tensor(ans, dtype=torch.long)
-            lp, dt = self.answer_logprobs(tf, ids, a)
+            lp, dt = self.answer_logits(tf, ids, a)
             total += dt
             same = lp.argmax(-1) == a
             keep = int(torch.nonzero(~same).flatten()[0]) + 1 if not bool(same.all()) else a.numel()
@@ -362,8 +369,10 @@ def parse_ratios(text: str | Sequence[float]) -> list[float]:
     return sorted(set(out))
 
 
-def _key(video: str, method: str, ratio: float | None, setup: str) -> str:
-    return json.dumps([video, method, None if ratio is None else round(float(ratio), 6), setup])
+def _key(video: str, kind: str, method: str, ratio: float | None, setup: str) -> str:
+    """A result's identity: the video's content, what kind of run (method, control, reference), the method and
+    ratio, and the setup (a control `pool` at 0.25 is not the method `pool` at 0.25)."""
+    return json.dumps([video, kind, method, None if ratio is None else round(float(ratio), 6), setup])
 
 
 def _setup_hash(options: dict[str, Any], ckpt_config: dict[str, Any], prompts: list[str], n: int,
@@ -471,17 +480,17 @@ def run_fidelity(
         vid = hashes[str(path)]
         todo: list[Run] = []
         for r in runs:
-            rec = done.get(_key(vid, r.method, r.ratio, setup))
+            rec = done.get(_key(vid, r.kind, r.method, r.ratio, setup))
             if rec is None:
                 todo.append(r)
             else:
                 todo.extend(c for c in control_runs(rec["ratio_achieved"])
-                            if _key(vid, c.method, c.ratio, setup) not in done)
+                            if _key(vid, c.kind, c.method, c.ratio, setup) not in done)
         ref = out / "reference" / f"{vid[:24]}-{setup}.safetensors"
         return todo, ref.exists()
 
     total = len(paths) * len(runs)
-    already = sum(1 for p in paths for r in runs if _key(hashes[str(p)], r.method, r.ratio, setup) in done)
+    already = sum(1 for p in paths for r in runs if _key(hashes[str(p)], r.kind, r.method, r.ratio, setup) in done)
     emit("start", {"videos": len(paths), "runs": len(runs), "total": total, "done": already,
                    "controls": list(CONTROLS) if controls else []})
     summary = FidelitySummary([], [], [], out, len(paths), notes=notes)
@@ -528,13 +537,14 @@ def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run]
             raise outcome.error or VtcError(f"{video.job.input}: {run.method} failed")
         tf = load(path)
         per, prefill = [], 0.0
-        for ids, ans, rlp in zip(prompt_ids, ref.answers, ref.logprobs, strict=True):
-            lp, dt = judge.answer_logprobs(tf, ids, ans)
+        for ids, ans, rlp in zip(prompt_ids, ref.answers, ref.logits, strict=True):
+            lp, dt = judge.answer_logits(tf, ids, ans)
             prefill += dt
             per.append(compare(rlp, ans, lp))
         path.unlink(missing_ok=True)
-        return {"key": _key(vid, run.method, run.ratio, setup), "setup": setup, "video": str(video.job.input),
-               "video_sha256": vid, "method": run.method, "ratio": run.ratio, "kind": run.kind,
+        return {"key": _key(vid, run.kind, run.method, run.ratio, setup), "setup": setup,
+               "video": str(video.job.input), "video_sha256": vid, "method": run.method, "ratio": run.ratio,
+               "kind": run.kind,
                "ratio_achieved": round(outcome.ratio_achieved, 6), "tokens": outcome.num_tokens,
                "source_tokens": outcome.num_source_tokens, "compress_s": outcome.timings.get("compress", 0.0),
                "prefill_s": prefill / len(per), **summarise(per),
@@ -566,7 +576,7 @@ def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run]
             ref.save(ref_path)
             emit("reference", {"video": str(path)})
         ref_file.unlink(missing_ok=True)
-        key = _key(vid, REFERENCE, None, setup)
+        key = _key(vid, "reference", REFERENCE, None, setup)
         if key not in done:
             record({"key": key, "setup": setup, "video": str(path), "video_sha256": vid, "method": REFERENCE,
                     "ratio": None, "kind": "reference", "ratio_achieved": 1.0, "tokens": outcome.num_tokens,
@@ -576,7 +586,7 @@ def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run]
         queue = list(todo)
         while queue:
             run = queue.pop(0)
-            if _key(vid, run.method, run.ratio, setup) in done:
+            if _key(vid, run.kind, run.method, run.ratio, setup) in done:
                 continue
             rec = measure(video, run, ref, prompt_ids, vid)
             record(rec)
@@ -585,7 +595,7 @@ def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run]
                          "kl_answer": rec["kl_answer"]})
             if run.kind == "method" and with_controls:
                 queue.extend(c for c in control_runs(rec["ratio_achieved"])
-                             if _key(vid, c.method, c.ratio, setup) not in done)
+                             if _key(vid, c.kind, c.method, c.ratio, setup) not in done)
         return Outcome(video.job, True, None)
 
     own_keys = {r.key for r in own}
@@ -603,7 +613,7 @@ def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run]
     try:
         shared_pass(paths)
         for r in own:  # one engine pass per run that needs its own, on the videos that still miss it
-            need = [p for p in paths if _key(hashes[str(p)], r.method, r.ratio, setup) not in done]
+            need = [p for p in paths if _key(hashes[str(p)], r.kind, r.method, r.ratio, setup) not in done]
             if need:
                 _drive(SweepEngine(r.plan, encoder, lambda v, r=r: sweep_video(v, [r], False), decode_workers=1),
                        need, summary)
@@ -673,7 +683,7 @@ def pareto_words(rows: list[dict[str, Any]], ratios: list[float], videos: int) -
     front, best_kl = [], math.inf
     for r in sorted(rows, key=lambda r: (r["ratio_achieved"], r["kl_answer"])):
         if r["kl_answer"] < best_kl:
-            front.append(f"{r['method']}@{r['ratio']}")
+            front.append(r["method"] if r["ratio"] is None else f"{r['method']}@{r['ratio']:g}")
             best_kl = r["kl_answer"]
     if front:
         lines.append("Pareto front (fewer tokens kept vs lower KL): " + ", ".join(front))
