@@ -240,3 +240,19 @@ def test_cli_table_json_csv_and_refusal(tmp_path: Path, clip_path: Path, llava: 
     assert r.exit_code == 2 and "not in (0, 1]" in r.output
     with pytest.raises(UsageError, match="prompt set is empty"):
         fid.read_prompts([" "])
+
+
+def test_a_pre_encoder_method_gets_its_own_pass(tmp_path: Path, clip_path: Path, llava: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    count = Counter(monkeypatch)
+    notes: list[str] = []
+    s = sweep(tmp_path / "out", [clip_path], llava, methods="uniform,rlt", ratios="0.5", controls=True,
+              on_event=lambda kind, data: notes.append(data["message"]) if kind == "note" else None)
+    assert any("rlt" in n and "its own encoder pass" in n for n in notes)
+    assert {r["method"] for r in method_records(s)} == {"uniform", "rlt"}
+    # the shared pass, RLT's own pass (static frames skipped), and a shared pass again for RLT's controls
+    assert s.encoder_passes == {str(clip_path): 3}
+    assert count.frames <= 3 * 4
+    rlt = next(r for r in method_records(s) if r["method"] == "rlt")
+    assert {("random", rlt["ratio_achieved"]), ("pool", rlt["ratio_achieved"])} <= {
+        (r["method"], r["ratio"]) for r in s.records if r["kind"] == "control"}

@@ -14,6 +14,8 @@ from torch import Tensor
 
 from vtc._version import __version__
 from vtc.errors import UsageError
+from vtc.fidelity_plot import write_html as write_fidelity_html
+from vtc.fidelity_plot import write_png as write_fidelity_png
 from vtc.io.decode import probe
 from vtc.io.store import load, out_dtype, token_tensors, write
 from vtc.methods.registry import parse_method
@@ -224,6 +226,7 @@ def fidelity(
     controls: bool = True,
     params: dict[str, dict[str, Any]] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    picture: bool = True,
     **options: Any,
 ) -> FidelitySummary:
     """How far each method × ratio moves the target LLM's answers from the uncompressed run, per video, label-free.
@@ -237,7 +240,17 @@ def fidelity(
     records, the table over videos and the Pareto front in words. `methods` and `ratios` take lists or
     comma-separated text; `prompts` a list or a text file (one a line; default: generic video questions);
     `params` method parameters per method name; `options` the sampling and encoder options of `compress`.
+    With `picture`, OUTDIR/fidelity.html (self-contained) and fidelity.png draw kept fraction vs KL and vs
+    agreement per method, with the controls.
     """
-    return run_fidelity(videos, outdir, target=target, target_model=target_model, methods=methods, ratios=ratios,
-                        prompts=prompts, answer_tokens=answer_tokens, seed=seed, controls=controls, params=params,
-                        on_event=on_event, **options)
+    summary = run_fidelity(videos, outdir, target=target, target_model=target_model, methods=methods, ratios=ratios,
+                           prompts=prompts, answer_tokens=answer_tokens, seed=seed, controls=controls,
+                           params=params, on_event=on_event, **options)
+    if picture:
+        data = summary.as_dict()
+        write_fidelity_html(data, summary.outdir / "fidelity.html")
+        try:
+            write_fidelity_png(data, summary.outdir / "fidelity.png")
+        except UsageError as e:  # no Pillow: the page still has the picture
+            summary.notes.append(str(e))
+    return summary

@@ -527,7 +527,7 @@ def fidelity(
         out.print(safe(line), highlight=False)
     out.print(f"{summary.computed} runs computed, {summary.reused} reused; encoder passes "
               f"{sum(summary.encoder_passes.values())}, LLM forwards {summary.llm_forwards}; "
-              f"{safe(summary.outdir / 'fidelity.json')}, fidelity.csv", highlight=False)
+              f"{safe(summary.outdir / 'fidelity.json')}, .csv, .html, .png", highlight=False)
 
 
 @app.command()
