@@ -214,6 +214,11 @@ def test_a_sweep_resumes(tmp_path: Path, clip_path: Path, llava: Path, monkeypat
     assert count.forwards == redone * len(PROMPTS)
     assert {r["key"]: r.get("kl_answer") for r in resumed.records} == {r["key"]: r.get("kl_answer")
                                                                     for r in first.records}
+    # other parameters of one method: only that method's runs are computed again
+    pooled = sweep(out, [clip_path], llava, **kw, params={"pool": {"mode": "average"}})
+    assert pooled.computed == 2 and pooled.reused == 2
+    assert {r["params"].get("mode") for r in pooled.records if r["kind"] == "method" and r["method"] == "pool"} == {
+        "average"}
     # another prompt set is another setup: nothing is reused
     other = sweep(out, [clip_path], llava, **{**kw, "prompts": ["Why?"]})
     assert other.computed == 4
@@ -233,6 +238,10 @@ def test_cli_table_json_csv_and_refusal(tmp_path: Path, clip_path: Path, llava: 
     ref = next(x for x in data["records"] if x["kind"] == "reference")
     assert ref["prompts"] == ["What is it?", "Where?"]
     assert (out / "fidelity.csv").read_text().splitlines()[0].startswith("video,method,ratio,kind")
+    page = (out / "fidelity.html").read_text()
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 2 and "http" not in page.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert (out / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = runner.invoke(app, ["fidelity", str(clip_path), "--methods", "none"])
     assert r.exit_code == 2 and "give --target and --target-model" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["fidelity", str(clip_path), "--target", "llava-onevision", "--target-model", str(llava),

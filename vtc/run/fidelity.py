@@ -301,6 +301,11 @@ class Run:
     def key(self) -> tuple[str, float | None]:
         return (self.method, None if self.ratio is None else round(float(self.ratio), 6))
 
+    @property
+    def ident(self) -> str:
+        """The method as a result's key names it: label and resolved parameters (other parameters, other runs)."""
+        return f"{self.method} {json.dumps(self.plan.params, sort_keys=True, default=str)}"
+
 
 @dataclass
 class FidelitySummary:
@@ -429,8 +434,9 @@ def run_fidelity(
               "target": target, "target_model": target_model}
     params = params or {}
 
-    def plan(method: str, ratio: float | None, extra: dict[str, Any] | None = None) -> Plan:
-        p = {**params.get(method.partition(":")[0], {}), **(extra or {})}
+    def plan(method: str, ratio: float | None, control: dict[str, Any] | None = None) -> Plan:
+        """A run's plan: the user's parameters for a method, a control's own (never the user's)."""
+        p = control if control is not None else params.get(method.partition(":")[0], {})
         return Plan.make(make_config(None, method=method, ratio=ratio, params=p, **common))
 
     # every plan is validated before a model is loaded
@@ -473,24 +479,24 @@ def run_fidelity(
             return []
         r = round(achieved, 6)
         return [Run("random", r, plan("random", r, {"seed": seed}), "control"),
-                Run("pool", r, plan("pool", r), "control")]
+                Run("pool", r, plan("pool", r, {}), "control")]
 
     def missing(path: Path) -> tuple[list[Run], bool]:
         """The runs of a video still to compute (controls of done runs included), and whether its reference is."""
         vid = hashes[str(path)]
         todo: list[Run] = []
         for r in runs:
-            rec = done.get(_key(vid, r.kind, r.method, r.ratio, setup))
+            rec = done.get(_key(vid, r.kind, r.ident, r.ratio, setup))
             if rec is None:
                 todo.append(r)
             else:
                 todo.extend(c for c in control_runs(rec["ratio_achieved"])
-                            if _key(vid, c.kind, c.method, c.ratio, setup) not in done)
+                            if _key(vid, c.kind, c.ident, c.ratio, setup) not in done)
         ref = out / "reference" / f"{vid[:24]}-{setup}.safetensors"
         return todo, ref.exists()
 
     total = len(paths) * len(runs)
-    already = sum(1 for p in paths for r in runs if _key(hashes[str(p)], r.kind, r.method, r.ratio, setup) in done)
+    already = sum(1 for p in paths for r in runs if _key(hashes[str(p)], r.kind, r.ident, r.ratio, setup) in done)
     emit("start", {"videos": len(paths), "runs": len(runs), "total": total, "done": already,
                    "controls": list(CONTROLS) if controls else []})
     summary = FidelitySummary([], [], [], out, len(paths), notes=notes)
@@ -499,11 +505,21 @@ def run_fidelity(
     if todo_videos:
         _sweep(todo_videos, runs, shared, own, reference_plan, common, questions, answer_tokens, setup, hashes, done,
                results_path, out, missing, control_runs, summary, emit)
-    # the records of this setup, in a stable order
+    # the records of this call's videos, runs and their controls, in a stable order
     wanted = {hashes[str(p)]: str(p) for p in paths}
-    recs = [r for r in done.values() if r["video_sha256"] in wanted]
-    for r in recs:
-        r["video"] = wanted[r["video_sha256"]]
+    recs = []
+    for vid, name in wanted.items():
+        mine = [done.get(_key(vid, "reference", REFERENCE, None, setup))]
+        for r in runs:
+            rec = done.get(_key(vid, r.kind, r.ident, r.ratio, setup))
+            mine.append(rec)
+            if rec is not None:
+                mine += [done.get(_key(vid, c.kind, c.ident, c.ratio, setup)) for c in control_runs(
+                    rec["ratio_achieved"])]
+        for rec in mine:
+            if rec is not None and rec not in recs:
+                rec["video"] = name
+                recs.append(rec)
     recs.sort(key=lambda r: (r["video"], r["kind"] != "reference", r["kind"], r["method"], r["ratio"] or 0))
     summary.records = recs
     summary.table = table(recs)
@@ -542,9 +558,9 @@ def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run]
             prefill += dt
             per.append(compare(rlp, ans, lp))
         path.unlink(missing_ok=True)
-        return {"key": _key(vid, run.kind, run.method, run.ratio, setup), "setup": setup,
+        return {"key": _key(vid, run.kind, run.ident, run.ratio, setup), "setup": setup,
                "video": str(video.job.input), "video_sha256": vid, "method": run.method, "ratio": run.ratio,
-               "kind": run.kind,
+               "kind": run.kind, "params": run.plan.params,
                "ratio_achieved": round(outcome.ratio_achieved, 6), "tokens": outcome.num_tokens,
                "source_tokens": outcome.num_source_tokens, "compress_s": outcome.timings.get("compress", 0.0),
                "prefill_s": prefill / len(per), **summarise(per),
@@ -586,7 +602,7 @@ def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run]
         queue = list(todo)
         while queue:
             run = queue.pop(0)
-            if _key(vid, run.kind, run.method, run.ratio, setup) in done:
+            if _key(vid, run.kind, run.ident, run.ratio, setup) in done:
                 continue
             rec = measure(video, run, ref, prompt_ids, vid)
             record(rec)
@@ -595,7 +611,7 @@ def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run]
                          "kl_answer": rec["kl_answer"]})
             if run.kind == "method" and with_controls:
                 queue.extend(c for c in control_runs(rec["ratio_achieved"])
-                             if _key(vid, c.kind, c.method, c.ratio, setup) not in done)
+                             if _key(vid, c.kind, c.ident, c.ratio, setup) not in done)
         return Outcome(video.job, True, None)
 
     own_keys = {r.key for r in own}
@@ -613,7 +629,7 @@ def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run]
     try:
         shared_pass(paths)
         for r in own:  # one engine pass per run that needs its own, on the videos that still miss it
-            need = [p for p in paths if _key(hashes[str(p)], r.kind, r.method, r.ratio, setup) not in done]
+            need = [p for p in paths if _key(hashes[str(p)], r.kind, r.ident, r.ratio, setup) not in done]
             if need:
                 _drive(SweepEngine(r.plan, encoder, lambda v, r=r: sweep_video(v, [r], False), decode_workers=1),
                        need, summary)
