@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import vtc.hf
 from vtc.errors import ModelError, UsageError, VtcError
 from vtc.io.decode import content_hash
 from vtc.io.store import TokenFile, load
@@ -46,7 +45,7 @@ from vtc.run.finish import Job, Outcome, Video, finish
 from vtc.run.pipeline import Engine, as_failure
 from vtc.run.plan import Plan
 from vtc.targets import check_target
-from vtc.targets.base import transformers_imports, video_token_id
+from vtc.targets.base import TargetSpec, transformers_imports, video_token_id
 from vtc.targets.encoders import open_encoder
 
 #: generic questions about any video (the default prompt set)
@@ -134,7 +133,8 @@ class Reference:
 class Judge:
     """The target LLM (the whole transformers model) and its tokenizer; one forward per file × prompt."""
 
-    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, spec: TargetSpec, folder: Path, device: torch.device, dtype: torch.dtype) -> None:
+        self.spec = spec
         transformers, _ = transformers_imports()
         from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
@@ -213,7 +213,10 @@ class Judge:
     def logits(self, tf: TokenFile, ids: list[int]) -> tuple[Tensor, float]:
         """The model's logits [L', V] (float32, on the CPU; placeholder tokens at -1e9) over the whole expanded
         sequence, and the forward's seconds."""
-        inputs = vtc.hf.video_inputs(tf, self.model, ids, tokenizer=self.tokenizer)
+        # what `vtc.hf.video_inputs` does (the run layer calls the target family's consumer itself)
+        inputs = self.spec.hf_inputs(tf, self.model, torch.tensor(ids), ids.index(self.video_token),
+                                     positions="contiguous", after_video="reference", rows=None,
+                                     tokenizer=self.tokenizer)
         dev = self.model.device
         inputs = {k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in inputs.items()}
         if self.model.device.type == "cuda":
@@ -539,8 +542,8 @@ def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run]
     from vtc.io.encode import pick_device, pick_dtype
 
     device = pick_device(enc_cfg.device)
-    _, ckpt = check_target(enc_cfg)
-    judge = Judge(ckpt.path, device, pick_dtype(device, enc_cfg.dtype))
+    spec, ckpt = check_target(enc_cfg)
+    judge = Judge(spec, ckpt.path, device, pick_dtype(device, enc_cfg.dtype))
     tmp = Path(tempfile.mkdtemp(prefix="vtc-fidelity-", dir=out))
     counter = {"n": 0}
 
