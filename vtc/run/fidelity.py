@@ -210,15 +210,42 @@ class Judge:
                 + enc(after, add_special_tokens=False).input_ids)
 
     # -------------------------------------------------------------- forwards
-    def logits(self, tf: TokenFile, ids: list[int]) -> tuple[Tensor, float]:
-        """The model's logits [L', V] (float32, on the CPU; placeholder tokens at -1e9) over the whole expanded
-        sequence, and the forward's seconds."""
-        # what `vtc.hf.video_inputs` does (the run layer calls the target family's consumer itself)
+    def inputs(self, tf: TokenFile, ids: list[int]) -> dict[str, Any]:
+        """What `vtc.hf.video_inputs` gives (the run layer calls the target family's consumer itself)."""
         inputs = self.spec.hf_inputs(tf, self.model, torch.tensor(ids), ids.index(self.video_token),
                                      positions="contiguous", after_video="reference", rows=None,
                                      tokenizer=self.tokenizer)
         dev = self.model.device
-        inputs = {k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in inputs.items()}
+        return {k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in inputs.items()}
+
+    def greedy(self, tf: TokenFile, ids: list[int], n: int) -> list[int]:
+        """Up to n greedy tokens (placeholders suppressed, stopping after an end-of-sequence token): the model's
+        own `generate` with its KV cache; one full forward per token where `generate` does not take the inputs."""
+        inputs = self.inputs(tf, ids)
+        try:
+            with torch.no_grad():
+                out = self.model.generate(**inputs, max_new_tokens=n, do_sample=False, num_beams=1,
+                                          suppress_tokens=self.placeholders, eos_token_id=sorted(self.eos) or None,
+                                          pad_token_id=next(iter(sorted(self.eos)), 0), temperature=None,
+                                          top_p=None, top_k=None)
+            self.forwards += 1
+            new = out[0, inputs["input_ids"].shape[-1]:] if "input_ids" in inputs else out[0]
+            ans = [int(t) for t in new.tolist()]
+            cut = next((i + 1 for i, t in enumerate(ans) if t in self.eos), len(ans))
+            return ans[:cut]
+        except Exception:  # noqa: BLE001 — a family whose inputs generate does not take: decode by forwards
+            ans = []
+            for _ in range(n):
+                logits, _ = self.logits(tf, ids + ans)
+                ans.append(int(logits[-1].argmax()))
+                if ans[-1] in self.eos:
+                    break
+            return ans
+
+    def logits(self, tf: TokenFile, ids: list[int]) -> tuple[Tensor, float]:
+        """The model's logits [L', V] (float32, on the CPU; placeholder tokens at -1e9) over the whole expanded
+        sequence, and the forward's seconds."""
+        inputs = self.inputs(tf, ids)
         if self.model.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -239,19 +266,13 @@ class Judge:
         return out[out.shape[0] - n:], dt
 
     def reference(self, tf: TokenFile, prompts: list[list[int]], n: int) -> Reference:
-        """Greedy-decode up to n tokens per prompt (stopping after an end-of-sequence token), then the
-        teacher-forced logits of that answer; the answer is cut where the teacher-forced argmax
-        disagrees with the greedy token (a numerical near-tie), so the reference agrees with itself."""
+        """Greedy-decode up to n tokens per prompt (`greedy`), then the teacher-forced logits of that answer; where
+        the teacher-forced argmax disagrees with the decoded token (a numerical near-tie between the cached and the
+        full forward) the answer takes the teacher-forced token and stops there, so the reference agrees with
+        itself."""
         answers, lps, total = [], [], 0.0
         for ids in prompts:
-            ans: list[int] = []
-            for _ in range(n):
-                out, _ = self.logits(tf, ids + ans)
-                nxt = int(out[-1].argmax())
-                ans.append(nxt)
-                if nxt in self.eos:
-                    break
-            a = torch.tensor(ans, dtype=torch.long)
+            a = torch.tensor(self.greedy(tf, ids, n), dtype=torch.long)
             lp, dt = self.answer_logits(tf, ids, a)
             total += dt
             same = lp.argmax(-1) == a
