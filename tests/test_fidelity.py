@@ -30,6 +30,7 @@ from vtc.testing import (  # noqa: E402
     TINY_QWEN_VISION_START,
     tiny_llava_onevision,
     tiny_qwen2_5_vl,
+    tiny_qwen3_vl,
     tiny_tokenizer,
 )
 
@@ -58,11 +59,19 @@ def method_records(s: fid.FidelitySummary) -> list[dict]:
     return [r for r in s.records if r["kind"] == "method"]
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen"])
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_qwen3_vl(tmp_path_factory.mktemp("fid-qwen3") / "qwen3")
+
+
+TARGET = {"llava": "llava-onevision", "qwen": "qwen2.5-vl", "qwen3": "qwen3-vl"}
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen", "qwen3"])
 def test_none_is_the_reference(tmp_path: Path, clip_path: Path, family: str, request: pytest.FixtureRequest
                                ) -> None:
     ckpt = request.getfixturevalue(family)
-    target = "llava-onevision" if family == "llava" else "qwen2.5-vl"
+    target = TARGET[family]
     s = sweep(tmp_path / "out", [clip_path], ckpt, target, methods="none")
     (rec,) = method_records(s)
     assert rec["method"] == "none" and rec["ratio_achieved"] == 1.0
