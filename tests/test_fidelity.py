@@ -118,6 +118,7 @@ def test_metrics_equal_a_hand_computation(tmp_path: Path, clip_path: Path, famil
 
     (ref_file,) = (tmp_path / "out" / "reference").glob("*.safetensors")
     cached = fid.Reference.read(ref_file)
+    agreed = scored = 0
     for j, question in enumerate(PROMPTS):
         ids = hand_ids(family, question)
         answer: list[int] = []
@@ -136,6 +137,7 @@ def test_metrics_equal_a_hand_computation(tmp_path: Path, clip_path: Path, famil
         # (a few float64 ulps of log V ≈ 6 per term)
         assert torch.allclose(torch.tensor(got["kl"], dtype=torch.float64), kl, rtol=1e-9, atol=1e-12)
         agree = (q.argmax(-1) == torch.tensor(answer)).tolist()
+        agreed, scored = agreed + sum(agree), scored + n
         first = agree.index(False) if False in agree else n
         assert got["first_divergence"] == first
         # free-running greedy decoding of the compressed video diverges exactly there
@@ -148,6 +150,8 @@ def test_metrics_equal_a_hand_computation(tmp_path: Path, clip_path: Path, famil
     assert rec["kl_first"] == pytest.approx(sum(p["kl"][0] for p in per) / 2, rel=1e-12)
     assert rec["kl_answer"] == pytest.approx(sum(sum(p["kl"]) / p["n"] for p in per) / 2, rel=1e-12)
     assert rec["flip_rate"] == sum(p["first_divergence"] < p["n"] for p in per) / 2
+    assert rec["agreement"] == agreed / scored
+    assert rec["first_divergence"] == sum(p["first_divergence"] for p in per) / 2
 
 
 def test_random_control_is_seeded() -> None:
