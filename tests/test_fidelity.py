@@ -283,3 +283,16 @@ def test_a_pre_encoder_method_gets_its_own_pass(tmp_path: Path, clip_path: Path,
     rlt = next(r for r in method_records(s) if r["method"] == "rlt")
     assert {("random", rlt["ratio_achieved"]), ("pool", rlt["ratio_achieved"])} <= {
         (r["method"], r["ratio"]) for r in s.records if r["kind"] == "control"}
+
+
+def test_a_failing_video_does_not_stop_the_others(tmp_path: Path, clip_path: Path, llava: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    s = sweep(tmp_path / "out", [bad, clip_path], llava)
+    assert list(s.failed) == [str(bad)]
+    assert [r["video"] for r in method_records(s)] == [str(clip_path)]
+    assert "on these 1 video:" in s.pareto[0]
+    r = runner.invoke(app, ["fidelity", str(bad), str(clip_path), "--target", "llava-onevision", "--target-model",
+                            str(llava), "--methods", "uniform", "--ratios", "0.5", "--frames", "4",
+                            "--answer-tokens", "2", "--no-controls", "-o", str(tmp_path / "out2")])
+    assert r.exit_code == 1 and "failed" in r.output and "Traceback" not in r.output

@@ -468,11 +468,8 @@ def fidelity(
     loyalty to the uncompressed model, not accuracy). Each video is decoded and encoded once; the reference is
     cached; an interrupted sweep resumes from OUTPUT/fidelity.jsonl.
     """
-    from rich.table import Table
-
     from vtc.api import fidelity as api_fidelity
     from vtc.run.config import parse_param
-    from vtc.run.fidelity import iter_rows
 
     try:
         params: dict[str, dict[str, Any]] = {}
@@ -512,11 +509,21 @@ def fidelity(
                                    fps=fps, every=every, device=device, dtype=dtype)
     except VtcError as e:
         raise _fail(e) from None
+    for video, err in summary.failed.items():
+        console.print(f"[red]failed[/] {safe(video)}: {safe(err)}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(summary.as_dict())
-        return
-    if quiet:
-        return
+    elif not quiet:
+        _fidelity_table(summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _fidelity_table(summary: Any) -> None:
+    from rich.table import Table
+
+    from vtc.run.fidelity import iter_rows
+
     rows = list(iter_rows(summary))
     tab = Table(*rows[0], title=f"fidelity vs the uncompressed run ({summary.videos} video"
                 f"{'s' if summary.videos != 1 else ''}; means over videos)")

@@ -346,12 +346,15 @@ class FidelitySummary:
     frames_encoded: int = 0
     llm_forwards: int = 0
     notes: list[str] = field(default_factory=list)
+    #: videos that failed (decoding, encoding, a method or the model), with the error
+    failed: dict[str, str] = field(default_factory=dict)
     wall: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"videos": self.videos, "computed": self.computed, "reused": self.reused,
                 "encoder_passes": self.encoder_passes, "frames_encoded": self.frames_encoded,
-                "llm_forwards": self.llm_forwards, "notes": self.notes, "wall_s": round(self.wall, 3),
+                "llm_forwards": self.llm_forwards, "notes": self.notes, "failed": self.failed,
+                "wall_s": round(self.wall, 3),
                 "table": self.table, "pareto": self.pareto, "records": self.records,
                 "outdir": str(self.outdir)}
 
@@ -547,7 +550,7 @@ def run_fidelity(
     recs.sort(key=lambda r: (r["video"], r["kind"] != "reference", r["kind"], r["method"], r["ratio"] or 0))
     summary.records = recs
     summary.table = table(recs)
-    summary.pareto = pareto_words(summary.table, ratio_list, len(paths))
+    summary.pareto = pareto_words(summary.table, ratio_list)
     summary.wall = time.perf_counter() - t_start
     write_outputs(summary)
     return summary
@@ -672,8 +675,10 @@ def _drive(engine: SweepEngine, paths: list[Path], summary: FidelitySummary) -> 
     frames_before = engine.frames_encoded
     jobs = [Job(i, p, p) for i, p in enumerate(paths)]
     for outcome in engine.run(jobs):
-        if not outcome.ok:
-            raise outcome.error or as_failure(outcome.job, RuntimeError("failed"))
+        if not outcome.ok:  # this video's failure is recorded; the others go on (its done runs stay done)
+            err = outcome.error or as_failure(outcome.job, RuntimeError("failed"))
+            summary.failed[str(outcome.job.input)] = str(err)
+            continue
         summary.encoder_passes[str(outcome.job.input)] = summary.encoder_passes.get(str(outcome.job.input), 0) + 1
     summary.frames_encoded += engine.frames_encoded - frames_before
 
@@ -701,7 +706,7 @@ def table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def pareto_words(rows: list[dict[str, Any]], ratios: list[float], videos: int) -> list[str]:
+def pareto_words(rows: list[dict[str, Any]], ratios: list[float]) -> list[str]:
     """The best method under each kept-fraction budget, in words, and the Pareto front (kept fraction vs KL)."""
     lines = []
     for budget in ratios:
@@ -717,8 +722,8 @@ def pareto_words(rows: list[dict[str, Any]], ratios: list[float], videos: int) -
             beats = (f"; controls at its kept fraction: {', '.join(ctl)}"
                      + (f" — {' and '.join(worse)} did better" if worse else ""))
         lines.append(f"at ≤ {100 * budget:g} % kept, {best['method']} (ratio {best['ratio']}, "
-                     f"{100 * best['ratio_achieved']:.1f} % kept) is best on these {videos} video"
-                     f"{'s' if videos != 1 else ''}: KL {best['kl_answer']:.4f}, agreement "
+                     f"{100 * best['ratio_achieved']:.1f} % kept) is best on these {best['videos']} video"
+                     f"{'s' if best['videos'] != 1 else ''}: KL {best['kl_answer']:.4f}, agreement "
                      f"{100 * best['agreement']:.1f} %{beats}")
     front, best_kl = [], math.inf
     for r in sorted(rows, key=lambda r: (r["ratio_achieved"], r["kl_answer"])):
