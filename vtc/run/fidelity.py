@@ -242,15 +242,16 @@ class Judge:
                     break
             return ans
 
-    def logits(self, tf: TokenFile, ids: list[int]) -> tuple[Tensor, float]:
-        """The model's logits [L', V] (float32, on the CPU; placeholder tokens at -1e9) over the whole expanded
-        sequence, and the forward's seconds."""
+    def logits(self, tf: TokenFile, ids: list[int], keep: int = 1) -> tuple[Tensor, float]:
+        """The model's logits [keep, V] (float32, on the CPU; placeholder tokens at -1e9) at the last `keep`
+        positions of the expanded sequence (`logits_to_keep`: a real vocabulary over a whole video would take
+        gigabytes), and the forward's seconds."""
         inputs = self.inputs(tf, ids)
         if self.model.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = self.model(**inputs).logits[0]
+            out = self.model(**inputs, logits_to_keep=keep).logits[0, -keep:]
         if self.model.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -262,8 +263,7 @@ class Judge:
     def answer_logits(self, tf: TokenFile, prompt: list[int], answer: Tensor) -> tuple[Tensor, float]:
         """Teacher-forced: the logits [n, V] at the n positions that predict `answer` [n], one forward."""
         n = int(answer.numel())
-        out, dt = self.logits(tf, prompt + answer[: n - 1].tolist())
-        return out[out.shape[0] - n:], dt
+        return self.logits(tf, prompt + answer[: n - 1].tolist(), keep=n)
 
     def reference(self, tf: TokenFile, prompts: list[list[int]], n: int) -> Reference:
         """Greedy-decode up to n tokens per prompt (`greedy`), then the teacher-forced logits of that answer; where
