@@ -39,6 +39,7 @@ from torch import Tensor
 
 from vtc.errors import ModelError, UsageError, VtcError
 from vtc.io.decode import content_hash
+from vtc.io.encode import pick_device, pick_dtype
 from vtc.io.store import TokenFile, load
 from vtc.run.config import make_config
 from vtc.run.finish import Job, Outcome, Video, finish
@@ -530,8 +531,8 @@ def run_fidelity(
     todo_videos = [p for p in paths if missing(p)[0] or not missing(p)[1]]
     summary.reused = total - sum(len([r for r in missing(p)[0] if r.kind == "method"]) for p in paths)
     if todo_videos:
-        _sweep(todo_videos, runs, shared, own, reference_plan, common, questions, answer_tokens, setup, hashes, done,
-               results_path, out, missing, control_runs, summary, emit)
+        _sweep(todo_videos, shared, own, reference_plan, questions, answer_tokens, setup, hashes, done, results_path,
+               out, missing, control_runs, summary, emit)
     # the records of this call's videos, runs and their controls, in a stable order
     wanted = {hashes[str(p)]: str(p) for p in paths}
     recs = []
@@ -556,15 +557,13 @@ def run_fidelity(
     return summary
 
 
-def _sweep(paths: list[Path], runs: list[Run], shared: list[Run], own: list[Run], reference_plan: Plan,
-           common: dict[str, Any], questions: list[str], n: int, setup: str, hashes: dict[str, str],
+def _sweep(paths: list[Path], shared: list[Run], own: list[Run], reference_plan: Plan, questions: list[str], n: int,
+           setup: str, hashes: dict[str, str],
            done: dict[str, dict[str, Any]], results_path: Path, out: Path,
            missing: Callable[[Path], tuple[list[Run], bool]], control_runs: Callable[[float], list[Run]],
            summary: FidelitySummary, emit: Callable[[str, dict[str, Any]], None]) -> None:
     encoder = open_encoder(reference_plan.cfg.encoder, text=False)
     enc_cfg = reference_plan.cfg.encoder
-    from vtc.io.encode import pick_device, pick_dtype
-
     device = pick_device(enc_cfg.device)
     spec, ckpt = check_target(enc_cfg)
     judge = Judge(spec, ckpt.path, device, pick_dtype(device, enc_cfg.dtype))
