@@ -18,7 +18,7 @@ LAYERS = {
     "vtc.targets": 1.5,
     "vtc.run": 2,
     "vtc.api": 3, "vtc.cli": 3, "vtc.show": 3, "vtc.report": 3, "vtc.testing": 3, "vtc.__main__": 3, "vtc.hf": 3,
-    "vtc.export": 3,
+    "vtc.export": 3, "vtc.fidelity_plot": 3,
     "vtc": 4,  # the package's public face re-exports the API
 }
 FORBIDDEN_IN_CORE = ("av", "open_clip", "transformers", "timm", "safetensors")

@@ -18,16 +18,25 @@ from vtc._version import __version__
 from vtc.errors import VtcError
 
 if TYPE_CHECKING:
-    from vtc.api import CompressResult, FeatureResult, compress, compress_features, compress_live, load
+    from vtc.api import (
+        CompressResult,
+        FeatureResult,
+        FidelitySummary,
+        compress,
+        compress_features,
+        compress_live,
+        fidelity,
+        load,
+    )
     from vtc.io.store import TokenFile
 
 #: public name → the module that defines it
 _LAZY = {"CompressResult": "vtc.api", "FeatureResult": "vtc.api", "compress": "vtc.api",
          "compress_features": "vtc.api", "compress_batch": "vtc.api", "compress_live": "vtc.api",
-         "TokenFile": "vtc.io.store", "load": "vtc.api"}
+         "TokenFile": "vtc.io.store", "load": "vtc.api", "fidelity": "vtc.api", "FidelitySummary": "vtc.api"}
 
-__all__ = ["CompressResult", "FeatureResult", "TokenFile", "VtcError", "__version__", "compress", "compress_batch",
-           "compress_features", "compress_live", "load"]
+__all__ = ["CompressResult", "FeatureResult", "FidelitySummary", "TokenFile", "VtcError", "__version__", "compress",
+           "compress_batch", "compress_features", "compress_live", "fidelity", "load"]
 
 
 def __getattr__(name: str) -> Any:

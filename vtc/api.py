@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ from torch import Tensor
 
 from vtc._version import __version__
 from vtc.errors import UsageError
+from vtc.fidelity_plot import write_html as write_fidelity_html
+from vtc.fidelity_plot import write_png as write_fidelity_png
 from vtc.io.chunks import is_live_dir, join, load_chunks
 from vtc.io.decode import check_input, planned_frames, probe
 from vtc.io.store import TokenFile, clean_stale, out_dtype, token_tensors, write
@@ -23,6 +25,7 @@ from vtc.methods.registry import parse_method
 from vtc.reduction import Reduction
 from vtc.run.batch import BatchSummary, LocalExecutor, run_batch
 from vtc.run.config import make_config
+from vtc.run.fidelity import FidelitySummary, run_fidelity
 from vtc.run.finish import Job
 from vtc.run.live import LiveOptions, LiveRun, LiveSummary, check_live_plan
 from vtc.run.pipeline import Engine, first_nonfinite
@@ -32,8 +35,8 @@ from vtc.signals import Signals
 from vtc.stages.window import run_windowed_parts
 from vtc.targets.encoders import AnyEncoder, open_encoder
 
-__all__ = ["CompressResult", "FeatureResult", "LiveSummary", "compress", "compress_batch", "compress_features",
-           "compress_live", "load", "default_output"]
+__all__ = ["CompressResult", "FeatureResult", "FidelitySummary", "LiveSummary", "compress", "compress_batch",
+           "compress_features", "compress_live", "default_output", "fidelity", "load"]
 
 
 @dataclass
@@ -284,3 +287,47 @@ def load(path: str | os.PathLike[str], *, last: int | None = None) -> TokenFile:
     if last is not None:
         raise UsageError(f"{path}: last= applies to a live output directory, not a token file.")
     return load_file(path)
+
+
+def fidelity(
+    videos: Sequence[str | os.PathLike[str]],
+    outdir: str | os.PathLike[str],
+    *,
+    target: str | None = None,
+    target_model: str | None = None,
+    methods: str | Sequence[str] = ("fastvid", "dycoke", "divprune"),
+    ratios: str | Sequence[float] = (0.1, 0.25, 0.5),
+    prompts: str | os.PathLike[str] | Sequence[str] | None = None,
+    answer_tokens: int = 8,
+    seed: int = 0,
+    controls: bool = True,
+    params: dict[str, dict[str, Any]] | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    picture: bool = True,
+    **options: Any,
+) -> FidelitySummary:
+    """How far each method × ratio moves the target LLM's answers from the uncompressed run, per video, label-free.
+
+    Each video is decoded and encoded once; the uncompressed run's greedy answer (`answer_tokens` tokens per
+    prompt) and its next-token distributions are cached under OUTDIR/reference; every method × ratio and its
+    controls (seeded `random` selection and `pool`ing at the run's achieved ratio) are scored by one teacher-forced
+    forward per prompt: KL(reference ‖ compressed) on the first answer token and over the answer, top-1
+    agreement, flip rate, first divergent token, achieved ratio, compress and prefill time. Results are appended
+    to OUTDIR/fidelity.jsonl as they complete (a second call resumes); fidelity.json and fidelity.csv hold the
+    records, the table over videos and the Pareto front in words. `methods` and `ratios` take lists or
+    comma-separated text; `prompts` a list or a text file (one a line; default: generic video questions);
+    `params` method parameters per method name; `options` the sampling and encoder options of `compress`.
+    With `picture`, OUTDIR/fidelity.html (self-contained) and fidelity.png draw kept fraction vs KL and vs
+    agreement per method, with the controls.
+    """
+    summary = run_fidelity(videos, outdir, target=target, target_model=target_model, methods=methods, ratios=ratios,
+                           prompts=prompts, answer_tokens=answer_tokens, seed=seed, controls=controls,
+                           params=params, on_event=on_event, **options)
+    if picture:
+        data = summary.as_dict()
+        write_fidelity_html(data, summary.outdir / "fidelity.html")
+        try:
+            write_fidelity_png(data, summary.outdir / "fidelity.png")
+        except UsageError as e:  # no Pillow: the page still has the picture
+            summary.notes.append(str(e))
+    return summary

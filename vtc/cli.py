@@ -620,6 +620,109 @@ def _metadata_error(file: Path, e: Exception) -> FormatError:
 
 
 @app.command()
+def fidelity(
+    videos: Annotated[list[Path], typer.Argument(help="Video files to measure on.", show_default=False)],
+    target: Annotated[str | None, typer.Option("--target", help="The video LLM whose answers are measured (vtc "
+                                               "targets lists them).")] = None,
+    target_model: Annotated[str | None, typer.Option("--target-model", help="Its transformers checkpoint (the "
+                                                     "whole model is loaded).")] = None,
+    methods: Annotated[str, typer.Option("--methods", help="Methods to compare, comma-separated (name or "
+                                         "name:variant); 'none' is the uncompressed run itself.")
+                       ] = "fastvid,dycoke,divprune",
+    ratios: Annotated[str, typer.Option("--ratios", help="Fractions of tokens kept, comma-separated.")
+                      ] = "0.1,0.25,0.5",
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Text file of questions, one a line "
+                                                 "[default: five generic video questions].")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for fidelity.jsonl (resume), "
+                                         ".json, .csv and the cached reference.")] = Path("vtc-fidelity"),
+    answer_tokens: Annotated[int, typer.Option("--answer-tokens", help="N: tokens of the reference's greedy "
+                                               "answer scored per prompt.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random-selection control.")] = 0,
+    no_controls: Annotated[bool, typer.Option("--no-controls", help="Skip the random and pool controls.")] = False,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter METHOD.key=value "
+                                                    "(repeatable), e.g. -p dycoke.prune_share=0.5")] = None,
+    frames: Annotated[int | None, typer.Option("--frames", "-t", help="Sample T frames uniformly.")] = None,
+    fps: Annotated[float | None, typer.Option("--fps", help="Sample F frames per second instead.")] = None,
+    every: Annotated[int | None, typer.Option("--every", help="Sample every n-th frame instead.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: auto]")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="Model precision: auto, fp32, fp16, bf16")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of the table.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+) -> None:
+    """Measure how far each method × ratio moves the target LLM's answers from the uncompressed run (label-free:
+    loyalty to the uncompressed model, not accuracy). Each video is decoded and encoded once; the reference is
+    cached; an interrupted sweep resumes from OUTPUT/fidelity.jsonl.
+    """
+    from vtc.api import fidelity as api_fidelity
+    from vtc.run.config import parse_param
+
+    try:
+        params: dict[str, dict[str, Any]] = {}
+        for p in param or []:
+            key, value = parse_param(p)
+            name, dot, pkey = key.partition(".")
+            if not dot or not name or not pkey:
+                raise UsageError(f"-p takes METHOD.key=value for fidelity (e.g. dycoke.prune_share=0.5), not '{p}'.")
+            params.setdefault(name, {})[pkey] = value
+        fancy = not quiet and not as_json and console.is_terminal
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn(), console=console, disable=not fancy)
+        task = bar.add_task("runs", total=None)
+        state = {"done": 0, "total": 0}
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "start":
+                state["done"], state["total"] = data["done"], data["total"]
+                bar.update(task, total=data["total"], completed=data["done"])
+                if not quiet and not as_json and not fancy:
+                    console.print(f"{data['videos']} videos × {data['runs']} method runs = {data['total']}; "
+                                  f"{data['done']} already done", highlight=False)
+            elif kind == "note" and not quiet:
+                console.print(f"note: {safe(data['message'])}", highlight=False, soft_wrap=True)
+            elif kind == "run" and data["kind"] == "method":
+                state["done"] += 1
+                bar.update(task, completed=state["done"], description=f"{safe(data['method'])} {data['ratio']}")
+                if not quiet and not as_json and not fancy:
+                    console.print(f"\\[{state['done']}/{state['total']}] {safe(Path(data['video']).name)} "
+                                  f"{safe(data['method'])} {data['ratio']}: KL {data['kl_answer']:.4g}",
+                                  highlight=False)
+
+        with bar:
+            summary = api_fidelity(videos, output, target=target, target_model=target_model, methods=methods,
+                                   ratios=ratios, prompts=prompts, answer_tokens=answer_tokens, seed=seed,
+                                   controls=not no_controls, params=params, on_event=on_event, frames=frames,
+                                   fps=fps, every=every, device=device, dtype=dtype)
+    except VtcError as e:
+        raise _fail(e) from None
+    for video, err in summary.failed.items():
+        console.print(f"[red]failed[/] {safe(video)}: {safe(err)}", highlight=False, soft_wrap=True)
+    if as_json:
+        print_json(summary.as_dict())
+    elif not quiet:
+        _fidelity_table(summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _fidelity_table(summary: Any) -> None:
+    from rich.table import Table
+
+    from vtc.run.fidelity import iter_rows
+
+    rows = list(iter_rows(summary))
+    tab = Table(*rows[0], title=f"fidelity vs the uncompressed run ({summary.videos} video"
+                f"{'s' if summary.videos != 1 else ''}; means over videos)")
+    for r in rows[1:]:
+        tab.add_row(*r)
+    out.print(tab, width=None if out.is_terminal else 160)  # a pipe or a log gets the whole table
+    for line in summary.pareto:
+        out.print(safe(line), highlight=False)
+    out.print(f"{summary.computed} runs computed, {summary.reused} reused; encoder passes "
+              f"{sum(summary.encoder_passes.values())}, LLM forwards {summary.llm_forwards}; "
+              f"{safe(summary.outdir / 'fidelity.json')}, .csv, .html, .png", highlight=False)
+
+
+@app.command()
 def doctor() -> None:
     """Print versions (PyAV/FFmpeg, open_clip, torch, CUDA) and the device and dtype vtc would use."""
     import av

@@ -159,12 +159,15 @@ class Video:
 BUFFERED = frozenset({"keys"})
 
 
-def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None) -> Outcome:
-    """Compress and store one fully encoded video (its features freed afterwards).  → its Outcome."""
+def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None, *,
+           close: bool = True) -> Outcome:
+    """Compress and store one fully encoded video (its features freed afterwards unless `close` is False: then
+    the same encoded video can be finished again with another plan, as `vtc fidelity` does).  → its Outcome."""
     try:
         return _finish(plan, encoder, video, query_embedding)
     finally:
-        video.close()
+        if close:
+            video.close()
 
 
 def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None) -> Outcome:
