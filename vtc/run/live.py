@@ -207,7 +207,7 @@ class LiveRun:
                     state.first_t = g_t
                 state.decoded += 1
                 if frame.image is not None:
-                    self._add(state, number, frame, g_t, base + k * length, length)
+                    self._add(state, number, frame, g_t, base + k * length, length, idle=q.empty())
                 if stop.is_set():
                     summary.stopped = "stopped"
                     break
@@ -226,8 +226,11 @@ class LiveRun:
             summary.stopped = "stopped by an error"
         return summary
 
-    def _add(self, state: _Chunk, number: int, frame: LiveFrame, t: float, t0: float, length: float) -> None:
-        """Queue a sampled frame for the encoder; encode a batch when one is full."""
+    def _add(self, state: _Chunk, number: int, frame: LiveFrame, t: float, t0: float, length: float, *,
+             idle: bool) -> None:
+        """Queue a sampled frame for the encoder; encode a batch when one is full, or what is pending (whole frame
+        pairs for Qwen) when no other frame is waiting: the encoder keeps up with the stream, so a chunk's close
+        has little left to encode."""
         assert frame.image is not None
         if state.video is None:
             planned = int(round(length * (self.plan.sampling.fps or self.stream.get("fps", 25.0))))
@@ -242,10 +245,11 @@ class LiveRun:
         state.frames += 1
         state.video.report.frame_times.append(t)
         state.video.report.decoded_frames += 1
-        bs = self.engine.batch
-        if len(state.pending) >= bs:
-            self.engine.encode_frames(state.video, state.pending[:bs], state.pending_times[:bs])
-            del state.pending[:bs], state.pending_times[:bs]
+        bs, tp = self.engine.batch, self.engine.tp
+        if len(state.pending) >= bs or (idle and len(state.pending) % tp == 0):
+            n = min(bs, len(state.pending))
+            self.engine.encode_frames(state.video, state.pending[:n], state.pending_times[:n])
+            del state.pending[:n], state.pending_times[:n]
 
     def _close(self, index: dict[str, Any], state: _Chunk, number: int, t0: float, t1: float,
                summary: LiveSummary) -> int:
