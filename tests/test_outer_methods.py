@@ -130,10 +130,10 @@ def test_zoo_prune_sensitivity_is_the_projectors(llava: Path, clip_path: Path, t
     """--target llava-onevision: the sensitivity signal equals a central difference through the checkpoint's own
     projector module (transformers), pooled as the tokens are; ZOO-Prune keeps int(ratio·N) tokens per frame."""
     from transformers import LlavaOnevisionForConditionalGeneration
-    from vtc.targets.encoders import open_encoder
 
     from vtc.ops.sensitivity import unit_directions
     from vtc.run.config import make_config
+    from vtc.targets.encoders import open_encoder
 
     enc = open_encoder(make_config(target="llava-onevision", target_model=str(llava)).encoder)
     pixels = torch.randn(2, 3, *enc.image_size)

@@ -197,8 +197,10 @@ def test_export_for_vllm_and_sglang(tmp_path: Path, clip_path: Path, encoder) ->
     video = v["multi_modal_data"]["video"]
     assert video["video_embeds"].shape == (k, d) and video["video_grid_thw"].tolist() == [space["video_grid_thw"]]
     assert video["second_per_grid_ts"].shape == (1,)
-    assert v["retention_mask"].dtype == torch.bool and int(v["retention_mask"].sum()) == k
-    assert v["mrope_positions"].shape == (k, 3) and v["mrope_positions"].dtype == torch.int64
+    mask = video["video_retention_mask"]
+    assert mask.dtype == torch.bool and int(mask.sum()) == k and torch.equal(mask, f["retention_mask"].reshape(-1))
+    assert set(v) == {"engine", "multi_modal_data", "needs_plugin", "prompt_placeholder", "num_placeholder_tokens",
+                      "complete", "source"}
     assert v["prompt_placeholder"] == "<|vision_start|><|video_pad|><|vision_end|>"
     r = cli("export", res.output, "--to", "sglang", "-o", tmp_path / "s.pt")
     assert r.exit_code == 0, r.output
@@ -206,6 +208,7 @@ def test_export_for_vllm_and_sglang(tmp_path: Path, clip_path: Path, encoder) ->
     item = s["video_data"][0]
     assert item["format"] == "precomputed_embedding" and item["feature"].shape == (k, d)
     assert item["video_grid_thw"].tolist() == [space["video_grid_thw"]] and s["num_placeholder_tokens"] == k
+    assert s["mrope_positions"].shape == (k, 3) and s["mrope_positions"].dtype == torch.int64
     r = cli("export", res.output, "--to", "tensorrt", "-o", tmp_path / "x.pt")
     assert r.exit_code == 2 and "vllm" in r.output
 
