@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,12 +26,18 @@ import torch
 pytest.importorskip("transformers")
 tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
 
-from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 import vtc  # noqa: E402
 import vtc.hf  # noqa: E402
 from vtc.export import export  # noqa: E402
-from vtc.testing import TINY_QWEN_VISION_END, TINY_QWEN_VISION_START, tiny_qwen2_5_vl  # noqa: E402
+from vtc.testing import (  # noqa: E402
+    TINY_QWEN_VISION_END,
+    TINY_QWEN_VISION_START,
+    tiny_llava_onevision,
+    tiny_qwen2_5_vl,
+    tiny_qwen3_vl,
+)
 
 VLLM_PYTHON = os.environ.get("VTC_VLLM_PYTHON", "/work/vllm-venv/bin/python")
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,10 +66,15 @@ def _entry_point(where: Path) -> Path:
     return where
 
 
-def _run_engine(tmp: Path, model: Path, requests: list[dict], vocab: int) -> list[dict]:
+MM_ARGS = {"enable_mm_embeds": True, "limit_mm_per_prompt": {"video": 1, "image": 0}, "skip_mm_profiling": True}
+
+
+def _run_engine(tmp: Path, model: Path, requests: list[dict], vocab: int, engine_args: dict = MM_ARGS
+                ) -> list[dict]:
     job = tmp / "job.json"
     out = tmp / "engine_out.pt"
-    job.write_text(json.dumps({"model": str(model), "out": str(out), "requests": requests, "vocab_size": vocab}))
+    job.write_text(json.dumps({"model": str(model), "out": str(out), "requests": requests, "vocab_size": vocab,
+                               "engine_args": engine_args}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
     env.update(PYTHONPATH=f"{_entry_point(tmp / 'ep')}{os.pathsep}{ROOT}", VLLM_CPU_KVCACHE_SPACE="1",
                VLLM_TARGET_DEVICE="cpu", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
@@ -73,26 +85,36 @@ def _run_engine(tmp: Path, model: Path, requests: list[dict], vocab: int) -> lis
     return torch.load(out)
 
 
-def _reference(file: Path, model: Qwen2_5_VLForConditionalGeneration, ids: list[int]) -> torch.Tensor:
+def _reference(file: Path, model: Any, ids: list[int], tokenizer: Any) -> tuple[torch.Tensor, int]:
+    """transformers' own first-token log-probabilities on `vtc.hf.video_inputs`, and the sequence's length."""
+    inputs = vtc.hf.video_inputs(file, model, ids, tokenizer=tokenizer)
     with torch.no_grad():
-        logits = model(**vtc.hf.video_inputs(file, model, ids)).logits[0, -1].float()
-    return logits.log_softmax(-1)
+        logits = model(**inputs).logits[0, -1].float()
+    seq = inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
+    return logits.log_softmax(-1), int(seq.shape[1])
 
 
-def test_vllm_serves_qwen2_5_vl_files(tmp_path: Path, clip_path: Path) -> None:
-    ckpt = tiny_qwen2_5_vl(tmp_path / "q25", head_dim=32)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+FAMILIES = {"qwen2.5-vl": (tiny_qwen2_5_vl, "qwen2.5-vl"), "qwen3-vl": (tiny_qwen3_vl, "qwen3-vl")}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_vllm_serves_pruned_files(tmp_path: Path, clip_path: Path, family: str) -> None:
+    make, target = FAMILIES[family]
+    ckpt = make(tmp_path / "ckpt", head_dim=32)
+    model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.float32).eval()
+    tokenizer = AutoProcessor.from_pretrained(ckpt).tokenizer
     vocab = int(model.config.text_config.vocab_size)
     ids = [5, 6, TINY_QWEN_VISION_START, model.config.video_token_id, TINY_QWEN_VISION_END, 7, 8, 9]
-    cases = {"none": ("none", None, {}), "evs": ("evs", 0.5, {}), "fastvid": ("fastvid", 0.25, {})}
-    requests, refs, ks = [], [], []
-    for name, (method, ratio, params) in cases.items():
+    cases = {"none": ("none", None), "evs": ("evs", 0.5), "fastvid": ("fastvid", 0.25)}
+    requests, refs, lengths, ks = [], [], [], []
+    for name, (method, ratio) in cases.items():
         res = vtc.compress(clip_path, output=tmp_path / f"{name}.safetensors", method=method, ratio=ratio,
-                           params=params, frames=FRAMES, target="qwen2.5-vl", target_model=str(ckpt),
-                           dtype_out="float32")
+                           frames=FRAMES, target=target, target_model=str(ckpt), dtype_out="float32")
         out = export(res.output, "vllm", tmp_path / f"{name}.vllm.pt")
         requests.append({"prompt_token_ids": ids, "export": str(out)})
-        refs.append(_reference(res.output, model, ids))
+        ref, length = _reference(res.output, model, ids, tokenizer)
+        refs.append(ref)
+        lengths.append(length)
         ks.append(int(vtc.load(res.output).tokens.shape[0]))
     # the control: the pruned file's kept set moved by one place on the grid (same K, same embeddings)
     wrong = torch.load(tmp_path / "evs.vllm.pt")
@@ -103,12 +125,39 @@ def test_vllm_serves_qwen2_5_vl_files(tmp_path: Path, clip_path: Path) -> None:
 
     got = _run_engine(tmp_path, ckpt, requests, vocab)
 
-    full = ks[0]
-    assert ks[1] < full and ks[2] < ks[1]
-    for (name, _), k, ref, g in zip(cases.items(), ks, refs, got, strict=False):
-        assert g["prompt_len"] == len(ids) - 1 + k, name
+    assert ks[2] < ks[1] < ks[0]
+    for (name, _), k, ref, length, g in zip(cases.items(), ks, refs, lengths, got, strict=False):
+        assert g["prompt_len"] == length == lengths[0] - (ks[0] - k), name  # text + K
         diff = (g["logprobs"] - ref).abs().max().item()
+        print(f"vllm {family} {name}: K={k} prompt_len={g['prompt_len']} max|Δ logprob|={diff:.2e}")
         assert diff < TOL, (name, diff)
     control = (got[3]["logprobs"] - refs[1]).abs().max().item()
-    assert got[3]["prompt_len"] == len(ids) - 1 + ks[1]
+    print(f"vllm {family} wrong mask: max|Δ logprob|={control:.2e}")
+    assert got[3]["prompt_len"] == lengths[1]
     assert control > 100 * TOL, control
+
+
+def test_vllm_serves_llava_onevision_through_prompt_embeds(tmp_path: Path, clip_path: Path) -> None:
+    """vLLM rejects LLaVA `video_embeds`; `prompt_embeds` built by `vtc.hf.video_inputs` (contiguous positions, as
+    vLLM numbers a prompt) serve any K."""
+    ckpt = tiny_llava_onevision(tmp_path / "ckpt", text_hidden=128)
+    model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.float32).eval()
+    vocab = int(model.config.text_config.vocab_size)
+    ids = [5, 6, model.config.video_token_id, 7, 8, 9]
+    requests, refs, lengths = [], [], []
+    for name, (method, ratio) in {"none": ("none", None), "fastvid": ("fastvid", 0.25)}.items():
+        res = vtc.compress(clip_path, output=tmp_path / f"{name}.safetensors", method=method, ratio=ratio,
+                           frames=4, target="llava-onevision", target_model=str(ckpt), dtype_out="float32")
+        inputs = vtc.hf.video_inputs(res.output, model, ids)
+        with torch.no_grad():
+            refs.append(model(**inputs).logits[0, -1].float().log_softmax(-1))
+        torch.save(inputs["inputs_embeds"][0].detach().clone(), tmp_path / f"{name}.embeds.pt")
+        requests.append({"prompt_embeds": str(tmp_path / f"{name}.embeds.pt")})
+        lengths.append(int(inputs["inputs_embeds"].shape[1]))
+    got = _run_engine(tmp_path, ckpt, requests, vocab, {"enable_prompt_embeds": True})
+    assert lengths[1] < lengths[0]
+    for ref, length, g in zip(refs, lengths, got, strict=True):
+        assert g["prompt_len"] in (None, length)
+        diff = (g["logprobs"] - ref).abs().max().item()
+        print(f"vllm llava-onevision: L={length} max|Δ logprob|={diff:.2e}")
+        assert diff < TOL, diff

@@ -2,7 +2,8 @@
 
     python tests/vllm_engine.py JOB.json
 
-JOB: {"model": DIR, "out": FILE, "requests": [{"prompt_token_ids": [...], "export": FILE.pt}, ...]}.  Writes to
+JOB: {"model": DIR, "out": FILE, "vocab_size": V, "requests": [{"prompt_token_ids": [...], "export": FILE.pt} or
+{"prompt_embeds": FILE.pt}, ...]}.  Writes to
 `out` (torch.save) one entry per request: the prompt length the engine used and the first generated token's
 log-probabilities over the whole vocabulary (vLLM's raw logprobs, float32).  vtc's plugin comes in through the
 `vllm.general_plugins` entry point (installed, or a dist-info on PYTHONPATH); the engine's worker is spawned, hence
@@ -22,11 +23,13 @@ def main(job_path: str) -> None:
     job = json.loads(open(job_path).read())
     vocab = int(job["vocab_size"])
     llm = LLM(model=job["model"], dtype="float32", max_model_len=1024, max_num_seqs=2, enforce_eager=True,
-              enable_mm_embeds=True, max_logprobs=vocab, seed=0, limit_mm_per_prompt={"video": 1, "image": 0},
-              skip_mm_profiling=True)
+              max_logprobs=vocab, seed=0, **job.get("engine_args", {}))
     params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=vocab)
     prompts = []
     for req in job["requests"]:
+        if "prompt_embeds" in req:
+            prompts.append({"prompt_embeds": torch.load(req["prompt_embeds"])})
+            continue
         data = torch.load(req["export"])
         prompts.append({"prompt_token_ids": req["prompt_token_ids"], "multi_modal_data": data["multi_modal_data"]})
     results = []
@@ -35,7 +38,8 @@ def main(job_path: str) -> None:
         lp = torch.full((vocab,), float("-inf"))
         for tok, item in first.items():
             lp[tok] = item.logprob
-        results.append({"prompt_len": len(out.prompt_token_ids), "logprobs": lp})
+        ids = out.prompt_token_ids
+        results.append({"prompt_len": None if ids is None else len(ids), "logprobs": lp})
     torch.save(results, job["out"])
 
 
