@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 pytest.importorskip("transformers")
 tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
@@ -154,6 +155,11 @@ def test_vllm_serves_llava_onevision_through_prompt_embeds(tmp_path: Path, clip_
         torch.save(inputs["inputs_embeds"][0].detach().clone(), tmp_path / f"{name}.embeds.pt")
         requests.append({"prompt_embeds": str(tmp_path / f"{name}.embeds.pt")})
         lengths.append(int(inputs["inputs_embeds"].shape[1]))
+    # released llava-hf checkpoints name the tower `vision_tower.vision_model.*`, which vLLM 0.32 loads; transformers
+    # 5's save_pretrained writes `vision_tower.*`: give the engine the released layout (the tower is not run)
+    weights = load_file(ckpt / "model.safetensors")
+    save_file({k.replace("vision_tower.", "vision_tower.vision_model.", 1): v for k, v in weights.items()},
+              ckpt / "model.safetensors", metadata={"format": "pt"})
     got = _run_engine(tmp_path, ckpt, requests, vocab, {"enable_prompt_embeds": True})
     assert lengths[1] < lengths[0]
     for ref, length, g in zip(refs, lengths, got, strict=True):
