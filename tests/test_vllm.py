@@ -1,10 +1,10 @@
 """A real vLLM CPU engine serves vtc files through vtc's plugin (`vtc.serving`), agreeing with transformers.
 
-The engine runs in its own virtualenv (`VTC_VLLM_PYTHON`, default /work/vllm-venv/bin/python; made by
-scripts/make_vllm_venv.sh) as a subprocess (tests/vllm_engine.py); the test is skipped when that python or its vLLM
-is absent.  The plugin comes in through the `vllm.general_plugins` entry point: a dist-info on the engine's
-PYTHONPATH declares vtc's (as `pip install 'vtc[vllm]'` does), so the stock architecture name and `LLM(model=DIR)`
-on the unchanged checkpoint serve it.
+The engine runs in its own virtualenv (`VTC_VLLM_PYTHON=/work/vllm-venv/bin/python`, made by
+scripts/make_vllm_venv.sh) as a subprocess (tests/vllm_engine.py); the test is skipped when that variable is unset
+or its python has no vLLM.  The plugin comes in through the `vllm.general_plugins` entry point: a dist-info on
+the engine's PYTHONPATH declares vtc's (as `pip install 'vtc[vllm]'` does), so the stock architecture name and
+`LLM(model=DIR)` on the unchanged checkpoint serve it.
 
 Reference: transformers' own forward of the same checkpoint on `vtc.hf.video_inputs` (kept tokens at their
 original M-RoPE positions, text after the full grid).  Both run in float32; the first generated token's log-
@@ -40,21 +40,22 @@ from vtc.testing import (  # noqa: E402
     tiny_qwen3_vl,
 )
 
-VLLM_PYTHON = os.environ.get("VTC_VLLM_PYTHON", "/work/vllm-venv/bin/python")
+VLLM_PYTHON = os.environ.get("VTC_VLLM_PYTHON", "")
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 6
 TOL = 1e-5
 
 
 def _has_vllm() -> bool:
-    if not Path(VLLM_PYTHON).exists():
+    if not VLLM_PYTHON or not Path(VLLM_PYTHON).exists():
         return False
     r = subprocess.run([VLLM_PYTHON, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') "
                         "is None)"], capture_output=True)
     return r.returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not _has_vllm(), reason=f"no vLLM at VTC_VLLM_PYTHON={VLLM_PYTHON}")
+pytestmark = pytest.mark.skipif(not _has_vllm(), reason="set VTC_VLLM_PYTHON to a python with vLLM "
+                                "(scripts/make_vllm_venv.sh); about 90 s per family")
 
 
 def _entry_point(where: Path) -> Path:
