@@ -98,7 +98,13 @@ def main() -> None:
            "batch": args.batch, "out": str(tmp / "rows.json"),
            "prompt_token_ids": [5, 6, TINY_QWEN_VISION_START, TINY_QWEN_VIDEO_TOKEN, TINY_QWEN_VISION_END, 7, 8, 9]}
     (tmp / "job.json").write_text(json.dumps(job))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    # vtc's plugin through its entry point, as `pip install 'vtc[vllm]'` declares it (a dist-info on PYTHONPATH)
+    info = tmp / "ep" / "vtc_serving_bench-0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vtc-serving-bench\nVersion: 0\n")
+    (info / "entry_points.txt").write_text("[vllm.general_plugins]\nvtc = vtc.serving.vllm_plugin:register\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp / 'ep'}{os.pathsep}{ROOT}",
+               VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
     subprocess.run([python, __file__, "--engine", str(tmp / "job.json")], env=env, check=True)
     rows = json.loads((tmp / "rows.json").read_text())
     print(f"| input | prompt tokens | TTFT (ms) | requests/s (batch {args.batch}, 16 tokens) |\n|---|---|---|---|")
