@@ -9,7 +9,8 @@
   vLLM plugin (`vtc.serving`, `pip install 'vtc[vllm]'`) does: K pads, the kept tokens at their original M-RoPE
   positions, text after the full grid (`needs_plugin` in the export says which).
 - SGLang (`format: "precomputed_embedding"`): `{"format", "feature": [K, D], "video_grid_thw", "second_per_grid_ts"}`
-  with input_ids pre-expanded to `num_placeholder_tokens` video pads.
+  with input_ids pre-expanded to `num_placeholder_tokens` video pads; uncompressed files only (SGLang advances
+  positions by the full grid; a compressed file is refused with a message pointing at vLLM and vtc's plugin).
 
 Qwen3-VL files (`--target qwen3-vl`): the embeddings carry the DeepStack planes concatenated along the hidden axis,
 [K, D·(1 + L)] ("the embeds should contain both the base embedding and deepstack features", as both engines split
@@ -69,12 +70,20 @@ def for_vllm(tf: TokenFile) -> dict[str, Any]:
 
 def for_sglang(tf: TokenFile) -> dict[str, Any]:
     """SGLang's precomputed-embedding item for Qwen2.5-VL / Qwen3-VL (input_ids pre-expanded to
-    `num_placeholder_tokens`)."""
+    `num_placeholder_tokens`).  Uncompressed files only: SGLang sizes the placeholder and advances M-RoPE positions
+    by the full grid, so a compressed file is refused (UsageError) rather than written for an engine that would
+    misplace or reject it."""
     q = _engine_input(tf)
+    if not q["complete"]:
+        full = int(q["retention_mask"].numel())
+        raise UsageError(f"{tf.path} keeps {q['num']} of {full} tokens; SGLang sizes the video and its positions by "
+                         f"the full grid, so it cannot serve a compressed file. Serve it with vLLM and vtc's plugin "
+                         f"(vtc export --to vllm; pip install 'vtc[vllm]'), or export an uncompressed file "
+                         f"(--method none) to SGLang.")
     return {"engine": "sglang",
             "video_data": [{"format": "precomputed_embedding", "feature": q["embeds"],
                             "video_grid_thw": q["grid_thw"], **q["time"]}],
-            "retention_mask": q["retention_mask"], "mrope_positions": q["mrope_positions"], **_contract(q)}
+            **_contract(q)}
 
 
 def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
