@@ -55,7 +55,7 @@ def _has_vllm() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not _has_vllm(), reason="set VTC_VLLM_PYTHON to a python with vLLM "
-                                "(scripts/make_vllm_venv.sh); about 90 s per family")
+                                "(scripts/make_vllm_venv.sh); about 3 min")
 
 
 def _entry_point(where: Path) -> Path:
