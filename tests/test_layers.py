@@ -18,7 +18,7 @@ LAYERS = {
     "vtc.targets": 1.5,
     "vtc.run": 2,
     "vtc.api": 3, "vtc.cli": 3, "vtc.show": 3, "vtc.report": 3, "vtc.testing": 3, "vtc.__main__": 3, "vtc.hf": 3,
-    "vtc.export": 3, "vtc.fidelity_plot": 3,
+    "vtc.export": 3, "vtc.fidelity_plot": 3, "vtc.serving": 3,
     "vtc": 4,  # the package's public face re-exports the API
 }
 FORBIDDEN_IN_CORE = ("av", "open_clip", "transformers", "timm", "safetensors")
@@ -71,6 +71,16 @@ def test_core_is_pure_tensors() -> None:
     for name, path in MODULES.items():
         if layer(name) == 0:
             bad += [f"{name} → {d}" for d in imports(path) if d.split(".")[0] in FORBIDDEN_IN_CORE]
+    assert not bad, bad
+
+
+def test_serving_imports_only_what_the_engine_has() -> None:
+    """vtc's vLLM plugin runs inside the engine's environment: vLLM, torch, numpy and the standard library."""
+    bad = []
+    for name, path in MODULES.items():
+        if name.startswith("vtc.serving"):
+            bad += [f"{name} → {d}" for d in imports(path) if d.split(".")[0] not in
+                    ("vllm", "torch", "numpy", "__future__", "collections", "typing")]
     assert not bad, bad
 
 

@@ -138,4 +138,6 @@ def test_engine_export(tmp_path: Path, clip_path: Path, family) -> None:  # noqa
     planes = f.meta["space"].get("deepstack_planes", 0)
     assert video["video_embeds"].shape == (f.tokens.shape[0], f.tokens.shape[1] * (1 + planes))
     assert video["video_grid_thw"].tolist() == [f.meta["space"]["video_grid_thw"]]
-    assert int(data["retention_mask"].sum()) == f.tokens.shape[0] and not data["complete"]
+    mask = video["video_retention_mask"]
+    assert mask.dtype == torch.bool and mask.numel() == torch.tensor(f.meta["space"]["video_grid_thw"]).prod() // 4
+    assert int(mask.sum()) == f.tokens.shape[0] and not data["complete"] and data["needs_plugin"]

@@ -197,15 +197,22 @@ def test_export_for_vllm_and_sglang(tmp_path: Path, clip_path: Path, encoder) ->
     video = v["multi_modal_data"]["video"]
     assert video["video_embeds"].shape == (k, d) and video["video_grid_thw"].tolist() == [space["video_grid_thw"]]
     assert video["second_per_grid_ts"].shape == (1,)
-    assert v["retention_mask"].dtype == torch.bool and int(v["retention_mask"].sum()) == k
-    assert v["mrope_positions"].shape == (k, 3) and v["mrope_positions"].dtype == torch.int64
+    mask = video["video_retention_mask"]
+    assert mask.dtype == torch.bool and int(mask.sum()) == k and torch.equal(mask, f["retention_mask"].reshape(-1))
+    assert set(v) == {"engine", "multi_modal_data", "needs_plugin", "prompt_placeholder", "num_placeholder_tokens",
+                      "complete", "source"}
     assert v["prompt_placeholder"] == "<|vision_start|><|video_pad|><|vision_end|>"
+    r = cli("export", res.output, "--to", "sglang", "-o", tmp_path / "s.pt")  # SGLang cannot take a pruned item
+    assert r.exit_code == 2 and "vtc export --to vllm" in r.output and not (tmp_path / "s.pt").exists()
+    res = vtc.compress(clip_path, output=tmp_path / "n.safetensors", method="none", frames=FRAMES,
+                       target="qwen2.5-vl", target_model=str(encoder.config.target_model), encoder=encoder)
+    n = int(vtc.load(res.output).tokens.shape[0])
     r = cli("export", res.output, "--to", "sglang", "-o", tmp_path / "s.pt")
     assert r.exit_code == 0, r.output
     s = torch.load(tmp_path / "s.pt")
     item = s["video_data"][0]
-    assert item["format"] == "precomputed_embedding" and item["feature"].shape == (k, d)
-    assert item["video_grid_thw"].tolist() == [space["video_grid_thw"]] and s["num_placeholder_tokens"] == k
+    assert item["format"] == "precomputed_embedding" and item["feature"].shape == (n, d) and s["complete"]
+    assert item["video_grid_thw"].tolist() == [space["video_grid_thw"]] and s["num_placeholder_tokens"] == n
     r = cli("export", res.output, "--to", "tensorrt", "-o", tmp_path / "x.pt")
     assert r.exit_code == 2 and "vllm" in r.output
 

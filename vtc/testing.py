@@ -307,23 +307,27 @@ TINY_QWEN_VISION_END = 293
 
 def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_pixels: int = 112 * 140,
                     tokens_per_second: int = 2, shard_size: str | None = None,
-                    cap_pixels_per_frame: bool = False, max_video_tokens: int = 128000) -> Path:
+                    cap_pixels_per_frame: bool = False, max_video_tokens: int = 128000, head_dim: int = 12) -> Path:
     """Save a tiny random-weight Qwen2.5-VL checkpoint (transformers `save_pretrained`) with a video processor
     config: vision transformer (patch 14, 2×2 merge, frame pairs, window attention with one full-attention block),
     Qwen2 language model with M-RoPE; the full processor (`Qwen2_5_VLProcessor` with `tiny_tokenizer`) is saved
-    along, so `AutoProcessor.from_pretrained` gives the model's own.  → the directory."""
+    along, so `AutoProcessor.from_pretrained` gives the model's own.  `head_dim`: the language model's head size
+    (4 heads; 32 or more for vLLM's CPU attention, which takes 32, 64, 80, …).  → the directory."""
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     torch.manual_seed(seed)
-    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=48, patch_size=14,
+    width = 4 * head_dim
+    section = [2, 2, 2] if head_dim == 12 else [head_dim // 8, 3 * head_dim // 16, head_dim // 2 - head_dim // 8
+                                                - 3 * head_dim // 16]
+    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=width, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[2],
                   tokens_per_second=tokens_per_second, in_channels=3)
-    text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    text = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, vocab_size=300, max_position_embeddings=4096,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2]},
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
                 bos_token_id=1, eos_token_id=2)
     cfg = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=290,
                            video_token_id=TINY_QWEN_VIDEO_TOKEN, vision_start_token_id=TINY_QWEN_VISION_START,
@@ -340,13 +344,13 @@ def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_
 
 def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pixels: int = 64 * 96 * 8,
                   deepstack: tuple[int, ...] = (0, 1), cap_pixels_per_frame: bool = False,
-                  max_video_tokens: int = 768, model_type: str = "qwen3_vl") -> Path:
+                  max_video_tokens: int = 768, model_type: str = "qwen3_vl", head_dim: int = 12) -> Path:
     """Save a tiny random-weight Qwen3-VL-style checkpoint (transformers `save_pretrained`) with its full processor
     (`Qwen3VLProcessor`, `tiny_tokenizer`): vision transformer (patch 16, 2×2 merge, frame pairs, learned position
     grid, DeepStack mergers after blocks `deepstack`), a language model with interleaved M-RoPE. Its processor
     bounds the pixels of all frames together (min_pixels, max_pixels). `model_type`: qwen3_vl, qwen3_vl_moe (MoE
     language model, same vision tower), qwen3_5 or qwen3_5_moe (no DeepStack; gated delta-net + attention
-    layers).  → the directory."""
+    layers).  `head_dim`: the language model's head size (32 or more for vLLM's CPU attention).  → the directory."""
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
@@ -357,9 +361,13 @@ def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pi
                                   patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
                                   num_position_embeddings=64, in_channels=3)
     text: dict[str, Any] = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                                num_key_value_heads=2, head_dim=12, vocab_size=300, max_position_embeddings=4096,
+                                num_key_value_heads=2, head_dim=head_dim, vocab_size=300,
+                                max_position_embeddings=4096,
                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                 "mrope_section": [2, 2, 2], "mrope_interleaved": True},
+                                                 "mrope_section": [2, 2, 2] if head_dim == 12 else
+                                                 [head_dim // 8, 3 * head_dim // 16,
+                                                  head_dim // 2 - head_dim // 8 - 3 * head_dim // 16],
+                                                 "mrope_interleaved": True},
                                 bos_token_id=1, eos_token_id=2)
     if model_type.startswith("qwen3_vl"):
         vision["deepstack_visual_indexes"] = list(deepstack)
