@@ -870,3 +870,49 @@ def test_an_unwritable_folder_is_one_line_for_every_output(tmp_path: Path, monke
                  ["compress-features", q, "-o", locked / "o.safetensors"]):
         assert "not writable" in one_line(cli(*args), 2), args
     assert not list(locked.iterdir())
+
+
+# ------------------------------------------------------------------ crafted target checkpoints
+@pytest.fixture(scope="module")
+def tiny_targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from vtc.testing import tiny_llava_onevision, tiny_qwen2_5_vl
+
+    d = tmp_path_factory.mktemp("targets")
+    return {"llava-onevision": tiny_llava_onevision(d / "llava"), "qwen2.5-vl": tiny_qwen2_5_vl(d / "qwen")}
+
+
+def crafted(src: Path, dst: Path, file: str, edit) -> Path:  # noqa: ANN001
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / file).read_text())
+    edit(cfg)
+    (dst / file).write_text(json.dumps(cfg))
+    return dst
+
+
+def video_processor(cfg: dict) -> dict:
+    return cfg.get("video_processor", cfg)
+
+
+CRAFTED = [
+    ("llava-onevision", "config.json", lambda c: c["vision_config"].update(hidden_size=10**7), "hidden_size"),
+    ("llava-onevision", "config.json", lambda c: c["vision_config"].update(patch_size=-14), "patch_size"),
+    ("llava-onevision", "config.json", lambda c: c["vision_config"].update(hidden_size=8192, num_attention_heads=8),
+     "GiB"),  # within the bounds, but far beyond the checkpoint's weights: refused from the meta-device build
+    ("qwen2.5-vl", "config.json", lambda c: c["vision_config"].update(depth=10**6), "depth"),
+    ("qwen2.5-vl", "processor_config.json", lambda c: video_processor(c).update(max_pixels=10**12), "max_pixels"),
+    ("qwen2.5-vl", "processor_config.json",
+     lambda c: video_processor(c).update(min_pixels=0, max_pixels=0, size={"shortest_edge": 0, "longest_edge": 0}),
+     "min_pixels"),
+]
+
+
+@pytest.mark.parametrize("target,file,edit,named", CRAFTED)
+def test_crafted_target_configs_are_one_line_before_any_allocation(tmp_path: Path, clip_path: Path, tiny_targets,  # noqa: ANN001
+                                                                   target: str, file: str, edit, named: str) -> None:
+    ckpt = crafted(tiny_targets[target], tmp_path / "ckpt", file, edit)
+    out = tmp_path / "o.safetensors"
+    r = cli("compress", clip_path, "-o", out, "--target", target, "--target-model", ckpt, "--frames", 4)
+    assert r.exit_code == 3 and "Traceback" not in r.output, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and named in errors[0], r.output  # one line (after the "loading model" progress line)
+    assert not out.exists()

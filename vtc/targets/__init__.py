@@ -15,7 +15,14 @@ from vtc.errors import ModelError, UsageError
 from vtc.io.encode import EncoderConfig, pick_device, pick_dtype
 from vtc.io.geometry import FrameGeometry
 from vtc.io.store import TokenFile
-from vtc.targets.base import Checkpoint, TargetEncoder, TargetSpec, read_checkpoint, read_config
+from vtc.targets.base import (
+    Checkpoint,
+    TargetEncoder,
+    TargetSpec,
+    check_config_sizes,
+    read_checkpoint,
+    read_config,
+)
 from vtc.targets.llava_next_video import LlavaNextVideoSpec
 from vtc.targets.llava_onevision import LlavaLayout, LlavaOnevisionSpec
 from vtc.targets.qwen2_5_vl import Qwen2_5VLSpec
@@ -88,6 +95,7 @@ def check_target(config: EncoderConfig) -> tuple[TargetSpec, Checkpoint]:
         raise UsageError("--checkpoint is for open_clip towers; with --target, the weights come from --target-model.")
     pick_dtype(pick_device(config.device), config.dtype)
     folder, cfg = read_config(config.target_model, spec.example)
+    check_config_sizes(folder, cfg)
     model_type = cfg.get("model_type")
     if model_type not in spec.model_types:
         fits = [s.name for s in TARGETS.values() if model_type in s.model_types]

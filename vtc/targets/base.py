@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,34 @@ def _fetch_shards(ref: str, folder: Path, files: set[str]) -> None:
             hf_hub_download(ref, f)
 
 
+#: sane bounds of a vision config's sizes (the largest released towers: InternViT-6B 3200 wide, 48 blocks; Qwen2.5-VL
+#: out_hidden 8192, image sizes ≤ 1 k): a crafted config past them is refused before anything is allocated
+SIZE_BOUNDS = {"hidden_size": 1 << 16, "intermediate_size": 1 << 18, "out_hidden_size": 1 << 16,
+               "embed_dim": 1 << 16, "num_hidden_layers": 1024, "depth": 1024, "num_attention_heads": 1024,
+               "num_heads": 1024, "patch_size": 1024, "image_size": 16384, "spatial_merge_size": 64,
+               "temporal_patch_size": 64, "num_channels": 64, "window_size": 16384, "num_position_embeddings": 1 << 20}
+#: a config whose modules would need this many times the checkpoint's vision bytes (plus 256 MiB) is refused
+SIZE_SLACK = 4
+
+
+def check_config_sizes(folder: Path, config: dict[str, Any]) -> None:
+    """Every size the vision config states is a whole number in [1, bound] (`SIZE_BOUNDS`); else a ModelError that
+    names it — before a module is built (a crafted hidden_size would ask for terabytes, a negative one crash)."""
+    for where in ("vision_config", "text_config"):
+        sub = config.get(where)
+        if sub is None:
+            continue
+        if not isinstance(sub, dict):
+            raise ModelError(f"{folder}/config.json: '{where}' must be a JSON object.")
+        for key, bound in SIZE_BOUNDS.items():
+            if key not in sub or (where == "text_config" and key not in ("hidden_size",)):
+                continue
+            v = sub[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= bound:
+                raise ModelError(f"{folder}/config.json: {where}.{key} = {str(v)[:40]} is not a size vtc accepts "
+                                 f"(a whole number in [1, {bound}]); the checkpoint's config is damaged or crafted.")
+
+
 def read_config(ref: str, example: str) -> tuple[Path, dict[str, Any]]:
     """The checkpoint's folder and config.json (a JSON object)."""
     folder = resolve_checkpoint(ref)
@@ -277,6 +306,36 @@ class TargetEncoder(FrameGrid):
         image_newline = getattr(self.holder, "image_newline", None)
         self.newline = None if image_newline is None else image_newline.detach().float().cpu()
 
+    def _check_build_size(self, config: Any) -> None:
+        """Build the modules on the meta device (no memory) and compare what they would take with the checkpoint's
+        vision tensors (from the safetensors headers): a config that asks for far more (crafted sizes) is refused
+        before anything is allocated."""
+        from safetensors import safe_open
+
+        try:
+            with torch.device("meta"):
+                probe = self.spec.modules(config)
+        except Exception as e:
+            raise ModelError(f"{self.ckpt.path}: its config does not make a vision model "
+                             f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}).") from None
+        need = sum(t.numel() * t.element_size() for m in probe.values() for t in (*m.parameters(), *m.buffers()))
+        have = 0
+        by_file: dict[Path, list[str]] = {}
+        for key, shard in self.ckpt.vision_keys.items():
+            by_file.setdefault(shard, []).append(key)
+        for shard, keys in by_file.items():
+            try:
+                with safe_open(str(shard), framework="pt") as f:
+                    for key in keys:
+                        sl = f.get_slice(key)
+                        have += math.prod(sl.get_shape()) * 4
+            except Exception as e:
+                raise ModelError(f"{shard}: cannot read its safetensors header ({e}).") from None
+        if need > SIZE_SLACK * have + (256 << 20):
+            raise ModelError(f"{self.ckpt.path}: its config describes vision modules of {need / 2**30:.1f} GiB but "
+                             f"the checkpoint holds {have / 2**30:.2f} GiB of vision weights (float32); the config "
+                             f"is damaged or crafted.")
+
     def _load(self) -> tuple[Any, str]:
         """Build the vision modules, then assign only their checkpoint tensors (read one by one from the shards);
         hash what was read."""
@@ -291,6 +350,7 @@ class TargetEncoder(FrameGrid):
             except Exception as e:
                 raise ModelError(f"{self.ckpt.path}: transformers cannot read its config "
                                  f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}).") from None
+            self._check_build_size(config)
             with no_init_weights():
                 modules = self.spec.modules(config)
         state: dict[str, dict[str, Tensor]] = {p: {} for p in self.spec.parts}

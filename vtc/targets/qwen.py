@@ -46,6 +46,10 @@ _PROCESSOR_DEFAULTS = {
 }
 
 
+#: the largest frame (pixels) a Qwen processor config may ask for: 16 k × 16 k
+MAX_PIXELS_BOUND = 1 << 28
+
+
 def qwen_geometry(config: dict[str, Any], pp: dict[str, Any], where: str, generation: int = 2) -> FrameGeometry:
     """The frame geometry of a Qwen2.5-VL or Qwen3-VL checkpoint's video processor (`video_preprocessor_config.json`,
     else the image processor's `preprocessor_config.json`, as `AutoVideoProcessor` falls back), with the
@@ -57,9 +61,21 @@ def qwen_geometry(config: dict[str, Any], pp: dict[str, Any], where: str, genera
         raise ModelError(f"{where}: its video processor settings (resize/rescale/normalize) are not the ones vtc "
                          f"reproduces.")
     size = pp.get("size") or {}
+    if not isinstance(size, dict):
+        raise ModelError(f"{where}: its video processor's size must be an object, not {str(size)[:40]!r}.")
     pixels = (None, None) if whole_clip else (pp.get("min_pixels"), pp.get("max_pixels"))
+    bounds = (("min_pixels", pixels[0]), ("max_pixels", pixels[1]), ("size.shortest_edge", size.get("shortest_edge")),
+              ("size.longest_edge", size.get("longest_edge")))
+    for name, value in bounds:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 1 <= value <= MAX_PIXELS_BOUND):
+            raise ModelError(f"{where}: its video processor's {name} = {str(value)[:40]} is not a pixel count vtc "
+                             f"accepts (1 to {MAX_PIXELS_BOUND}: a 16k × 16k frame); the config is damaged or "
+                             f"crafted.")
     lo = int(pixels[0] or size.get("shortest_edge") or min_px)
     hi = int(pixels[1] or size.get("longest_edge") or max_px)
+    if lo > hi:
+        raise ModelError(f"{where}: its video processor's pixel bounds are reversed (min {lo} > max {hi}).")
     patch = int(pp.get("patch_size") or vision.get("patch_size", patch_px))
     merge = int(pp.get("merge_size") or vision.get("spatial_merge_size", 2))
     if patch != int(vision.get("patch_size", patch_px)) or merge != int(vision.get("spatial_merge_size", 2)):
