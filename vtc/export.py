@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from vtc.errors import UsageError
+from vtc.io.storage import location
 from vtc.io.store import TokenFile, atomic_write, load
 
 ENGINES = ("vllm", "sglang")
@@ -95,7 +96,7 @@ def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str]
     """Write `path`'s tokens for engine `to` (vllm or sglang) to `output` (a torch.save file), atomically."""
     if to not in ENGINES:
         raise UsageError(f"--to must be one of {', '.join(ENGINES)}, not '{to}'.")
-    out = Path(output)
+    out = location(output)
     if out.is_dir():
         raise UsageError(f"the output {out} is a directory; give a file name such as clip.{to}.pt.")
     data = (for_vllm if to == "vllm" else for_sglang)(load(path))

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from vtc.errors import FormatError, UsageError, VtcError
 from vtc.io.peek import FORMAT_NAME, FORMAT_VERSION, check_contents, check_header, header_shapes, read_header
+from vtc.io.storage import RemotePath, atomic_upload, is_url, local_copy, location
 from vtc.reduction import Reduction
 from vtc.stages.window import WindowedReduction
 
@@ -111,9 +112,12 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: Path, write_to: Any) -> Path:
+def atomic_write(path: Path | RemotePath, write_to: Any) -> Path | RemotePath:
     """Call `write_to(temporary path)` for a temporary file beside `path`, give it the usual permissions (mkstemp's
-    are 0600), then rename it over `path`: readers never see a half-written file."""
+    are 0600), then rename it over `path`: readers never see a half-written file.  On object storage the
+    temporary file is local and is uploaded in one atomic step (`vtc.io.storage.atomic_upload`)."""
+    if isinstance(path, RemotePath):
+        return atomic_upload(path, write_to)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -192,7 +196,7 @@ def save_streaming(tensors: dict[str, Tensor | Streamed], path: str | os.PathLik
 def write(path: str | os.PathLike[str], tensors: dict[str, Tensor | Streamed], metadata: dict[str, Any]) -> Path:
     """Write a token file atomically (`atomic_write`), with 0644-style permissions under umask 022."""
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
-    return atomic_write(Path(path), lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)))
+    return atomic_write(location(path), lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)))
 
 
 @dataclass
@@ -261,7 +265,14 @@ def _read(path: Path, error: type[VtcError], hint: str) -> tuple[dict[str, str],
 
 
 def load(path: str | os.PathLike[str]) -> TokenFile:
-    """Read and validate a vtc token file.  Raises FormatError with what is wrong."""
+    """Read and validate a vtc token file (a local path or a URL).  Raises FormatError with what is wrong."""
+    if is_url(path):  # fetched whole into a temporary file (safetensors reads a local file)
+        remote = location(path)
+        assert isinstance(remote, RemotePath)
+        with local_copy(remote) as local:
+            tf = load(local)
+        tf.path = remote  # type: ignore[assignment]
+        return tf
     path = Path(path)
     header = read_header(path)  # a missing file is an input error (exit 2); a bounded check before the tensors
     meta = check_header(path, header)  # format, version, required tensors, metadata decoding
@@ -294,6 +305,8 @@ def load_features(path: str | os.PathLike[str]) -> tuple[Tensor, dict[str, Tenso
 
 def is_token_file(path: str | os.PathLike[str]) -> bool:
     """Whether `path` is a vtc token file, judged from its safetensors header alone (bounded read)."""
+    if is_url(path):
+        return is_remote_token_file(location(path))  # type: ignore[arg-type]
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
@@ -301,5 +314,17 @@ def is_token_file(path: str | os.PathLike[str]) -> bool:
                 return False
             header = json.loads(f.read(size))
     except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT_NAME
+
+
+def is_remote_token_file(target: RemotePath) -> bool:
+    """`is_token_file` for an object: two ranged reads (the length, then the header)."""
+    try:
+        size = int.from_bytes(target.read_range(0, 8), "little")
+        if not 2 <= size <= 100_000_000:
+            return False
+        header = json.loads(target.read_range(8, 8 + size))
+    except (VtcError, ValueError):
         return False
     return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT_NAME

@@ -23,17 +23,20 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from vtc._version import __version__
 from vtc.errors import UsageError
 from vtc.io.encoders import AnyEncoder, open_encoder
+from vtc.io.storage import RemotePath, is_url, location
 from vtc.io.store import is_token_file
 from vtc.run.config import CompressConfig
 from vtc.run.finish import Job, Outcome
 from vtc.run.pipeline import Engine
 from vtc.run.plan import Plan, check_outputs
+from vtc.run.remote import ObjectManifest, discover_remote
+from vtc.run.shards import ShardWriter, plan_shards
 
 Notify = Callable[[str, dict[str, Any]], None]
 
@@ -47,17 +50,21 @@ MANIFEST_PREFIX = "vtc-manifest"
 class Item:
     """An input and where its output goes."""
 
-    input: Path
-    rel: Path  # path relative to its root, mirrored under OUTDIR
+    input: Path | RemotePath  # a local path or an object-storage URL
+    rel: Path | PurePosixPath  # path relative to its root, mirrored under OUTDIR
 
-    def output(self, outdir: Path) -> Path:
+    def output(self, outdir: Path | RemotePath) -> Path | RemotePath:
         return outdir / self.rel.with_suffix(".safetensors")
 
 
 def discover(inputs: list[str]) -> list[Item]:
     """Expand files, directories (recursive) and glob patterns into a sorted, de-duplicated list of videos."""
-    items: dict[Path, Item] = {}
+    items: dict[Path | RemotePath, Item] = {}
     for raw in inputs:
+        if is_url(raw):  # object storage: an object, a prefix (recursive) or a glob
+            for obj, rel in discover_remote(raw, VIDEO_EXTENSIONS):
+                items.setdefault(obj, Item(obj, rel))
+            continue
         p = Path(raw)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
@@ -102,7 +109,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def read_manifest(outdir: Path) -> dict[str, dict[str, Any]]:
+def read_manifest(outdir: Path | RemotePath) -> dict[str, dict[str, Any]]:
     """Latest record per input across every manifest file in `outdir` (tolerates a torn last line)."""
     latest: dict[str, dict[str, Any]] = {}
     for f in sorted(outdir.glob(f"{MANIFEST_PREFIX}*.jsonl")):
@@ -206,23 +213,25 @@ def _record(out: Outcome, cfg_hash: str) -> dict[str, Any]:
         "timings": {k: round(v, 4) for k, v in out.timings.items()},
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
     }
+    if out.node:
+        rec["node"] = out.node
     if out.ok:
         rec.update(frames=out.frames, tokens=out.num_tokens, ratio_achieved=round(out.ratio_achieved, 6),
                    truncated=out.truncated)
     return rec
 
 
-def clean_stale(output: Path) -> None:
-    """Remove temporary files a killed run left for this output."""
-    if output.parent.is_dir():
+def clean_stale(output: Path | RemotePath) -> None:
+    """Remove temporary files a killed run left for this output (object storage has none: uploads are atomic)."""
+    if isinstance(output, Path) and output.parent.is_dir():
         for tmp in output.parent.glob(f".{output.name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
 
 def plan_items(
-    inputs: list[str], out_root: Path, cfg: CompressConfig, *, shard: tuple[int, int] | None = None,
+    inputs: list[str], out_root: Path | RemotePath, cfg: CompressConfig, *, shard: tuple[int, int] | None = None,
     retry_failed: bool = False,
-) -> tuple[list[Item], BatchSummary, Path]:
+) -> tuple[list[Item], BatchSummary, Path | RemotePath]:
     """Discover, shard and filter inputs by the manifest (resume / retry-failed).  → (to do, summary, manifest)."""
     cfg_hash = cfg.config_hash()
     items = discover(inputs)
@@ -238,7 +247,7 @@ def plan_items(
     summary = BatchSummary(total=len(items), manifest=str(out_root / name))
     todo: list[Item] = []
     for it in items:
-        rec = previous.get(str(it.input)) or previous.get(str(Path(it.input).resolve()))
+        rec = previous.get(str(it.input)) or previous.get(str(it.input.resolve()))
         # done: recorded ok with this configuration, and the output is still a vtc token file (not deleted or
         # damaged since)
         done = (rec is not None and rec.get("status") == "ok" and rec.get("config_hash") == cfg_hash
@@ -286,7 +295,7 @@ class LocalExecutor:
 
 def run_batch(
     inputs: list[str],
-    outdir: str | os.PathLike[str],
+    outdir: str | os.PathLike[str] | RemotePath,
     cfg: CompressConfig,
     *,
     shard: tuple[int, int] | None = None,
@@ -294,20 +303,28 @@ def run_batch(
     fail_fast: bool = False,
     executor: Executor | None = None,
     on_event: Notify | None = None,
+    out_format: str = "files",
+    shard_size: int = 1000,
 ) -> BatchSummary:
     """Process many videos; see the module docstring.  Returns totals; the manifest has the details.
 
     The plan is made first: a bad option fails here, before any input is decoded or a model loaded.
+    `out_format="webdataset"` packs the outputs into tar shards of `shard_size` videos (`vtc.run.shards`).
     """
     t0 = time.perf_counter()
     plan = Plan.make(cfg)
-    out_root = Path(outdir)
+    out_root = location(outdir)
+    if out_format == "webdataset":
+        return run_shard_batch(inputs, out_root, plan, shard_size, shard=shard, retry_failed=retry_failed,
+                               fail_fast=fail_fast, executor=executor, on_event=on_event, t0=t0)
+    if out_format != "files":
+        raise UsageError(f"--format must be files or webdataset, not '{out_format}'.")
     cfg_hash = cfg.config_hash()
     todo, summary, manifest_path = plan_items(inputs, out_root, cfg, shard=shard, retry_failed=retry_failed)
     notify = on_event or (lambda kind, data: None)
     notify("start", {"total": summary.total, "todo": len(todo), "skipped": summary.skipped})
     executor = executor or LocalExecutor()
-    manifest = Manifest(manifest_path)
+    manifest = ObjectManifest(manifest_path) if isinstance(manifest_path, RemotePath) else Manifest(manifest_path)
     try:
         if todo:
             jobs = [Job(i, it.input, it.output(out_root)) for i, it in enumerate(todo)]
@@ -320,6 +337,49 @@ def run_batch(
                                 "frames": out.frames, "error": None if out.ok else str(out.error)})
             summary.load, summary.encoder_busy = executor.load, executor.encoder_busy
     finally:
+        manifest.close()
+    summary.wall = time.perf_counter() - t0
+    summary.warning = manifest.error
+    return summary
+
+
+def run_shard_batch(
+    inputs: list[str], out_root: Path | RemotePath, plan: Plan, shard_size: int, *,
+    shard: tuple[int, int] | None, retry_failed: bool, fail_fast: bool, executor: Executor | None,
+    on_event: Notify | None, t0: float,
+) -> BatchSummary:
+    """`run_batch` with `--format webdataset`: shards planned and resumed whole (see `vtc.run.shards`);
+    `shard=(i, n)` takes every n-th tar shard."""
+    cfg_hash = plan.cfg.config_hash()
+    items = discover(inputs)
+    if not items:
+        raise UsageError(f"no videos found in {', '.join(inputs)} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))}).")
+    previous = read_manifest(out_root) if out_root.is_dir() else {}
+    shards, todo = plan_shards(items, shard_size, previous, cfg_hash, out_root, retry_failed=retry_failed)
+    if shard is not None:
+        shards, todo = shards[shard[0] :: shard[1]], [s for s in todo if s.index % shard[1] == shard[0]]
+    name = f"{MANIFEST_PREFIX}.jsonl" if shard is None else f"{MANIFEST_PREFIX}.shard-{shard[0]}-of-{shard[1]}.jsonl"
+    summary = BatchSummary(total=sum(len(s.samples) for s in shards), manifest=str(out_root / name))
+    summary.skipped = summary.total - sum(len(s.samples) for s in todo)
+    notify = on_event or (lambda kind, data: None)
+    notify("start", {"total": summary.total, "todo": summary.total - summary.skipped, "skipped": summary.skipped})
+    executor = executor or LocalExecutor()
+    writer = ShardWriter(todo, out_root, cfg_hash, local_staging=isinstance(executor, LocalExecutor))
+    manifest_path = out_root / name
+    manifest = ObjectManifest(manifest_path) if isinstance(manifest_path, RemotePath) else Manifest(manifest_path)
+    try:
+        if todo:
+            for out in executor.execute(plan, writer.jobs(todo), fail_fast=fail_fast, notify=notify):
+                done = writer.add(out)
+                summary.add(out)
+                notify("file", {"ok": out.ok, "input": str(out.job.input), "tokens": out.num_tokens,
+                                "frames": out.frames, "error": None if out.ok else str(out.error)})
+                if done is not None:
+                    for rec in done[1]:
+                        manifest.write(rec)
+            summary.load, summary.encoder_busy = executor.load, executor.encoder_busy
+    finally:
+        writer.close()
         manifest.close()
     summary.wall = time.perf_counter() - t0
     summary.warning = manifest.error

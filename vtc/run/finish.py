@@ -20,6 +20,7 @@ from vtc.errors import VtcError
 from vtc.io.audio import SALIENCY_NAME, audio_saliency
 from vtc.io.decode import DecodeReport, VideoInfo, content_hash
 from vtc.io.encoders import AnyEncoder
+from vtc.io.storage import RemotePath, etag, is_url, location
 from vtc.io.store import Streamed, TokenMap, out_dtype, token_tensors, write
 from vtc.reduction import Reduction
 from vtc.run.plan import Plan
@@ -35,8 +36,8 @@ class Job:
     """One video to process."""
 
     index: int
-    input: Path
-    output: Path
+    input: Path | RemotePath  # a local path or an object-storage URL
+    output: Path | RemotePath
 
 
 @dataclass
@@ -52,6 +53,8 @@ class Outcome:
     frames: int = 0
     truncated: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    #: the machine (Ray node) that processed it, when a cluster did
+    node: str = ""
 
 
 @dataclass
@@ -257,6 +260,7 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
     assert info is not None
     enc = encoder.describe()
     path = video.job.input
+    remote = is_url(path)  # object storage: identified by its ETag, not re-read whole for a sha256
     meta: dict[str, Any] = {
         "vtc_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -281,9 +285,9 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
         "encoder": enc,
         "sampling": plan.sampling.describe(),
         "video": {
-            "path": str(Path(path).resolve()),
+            "path": str(path) if remote else str(Path(path).resolve()),
             "size_bytes": info.size_bytes,
-            "sha256": content_hash(path),
+            "sha256": None if remote else content_hash(path),
             "duration": info.duration,
             "fps": info.fps,
             "width": info.width,
@@ -297,6 +301,8 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
         "decode": {"decoded_frames": report.decoded_frames, "last_time": report.last_time, "error": report.error},
         "info": red.info,
     }
+    if remote:
+        meta["video"]["etag"] = etag(location(path))
     if video.reuse is not None:
         meta["pre_encoder"] = video.reuse.describe()
     if cfg.query:

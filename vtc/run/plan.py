@@ -16,11 +16,13 @@ from typing import Any
 from vtc.errors import UsageError
 from vtc.io.decode import Sampling
 from vtc.io.encoders import check_encoder as check_encoder_config
+from vtc.io.storage import RemotePath
 from vtc.io.store import is_token_file
 from vtc.io.target import TARGETS
 from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
 from vtc.run.config import CompressConfig
+from vtc.run.remote import check_remote_outputs
 from vtc.signals import Provider, provided_by
 from vtc.stages.pre_encoder import PreEncoderRule
 
@@ -98,9 +100,13 @@ class Plan:
         return self.spec.extra_images is not None
 
 
-def check_output(input: Path, output: Path) -> None:
+def check_output(input: Path | RemotePath, output: Path | RemotePath) -> None:
     """An output may be written: it is not the input, not a folder, its folder is not a file, and it does not
     replace anything but an earlier vtc token file.  Else a UsageError, before any work."""
+    if isinstance(output, RemotePath) or isinstance(input, RemotePath):
+        check_remote_outputs([(input, output)])
+        if isinstance(output, RemotePath):
+            return
     if output.resolve() == input.resolve():
         raise UsageError(f"the output {output} is the input itself; choose another -o.")
     if output.is_dir():
@@ -114,8 +120,11 @@ def check_output(input: Path, output: Path) -> None:
         raise UsageError(f"cannot write {output}: the folder {parent} is not writable.")
 
 
-def check_outputs(pairs: list[tuple[Path, Path]]) -> None:
+def check_outputs(pairs: list[tuple[Path | RemotePath, Path | RemotePath]]) -> None:
     """Many (input, output) pairs: each checked as by `check_output`, and no two inputs share an output."""
+    if any(isinstance(dst, RemotePath) for _, dst in pairs):  # one listing, not a request per output
+        check_remote_outputs(pairs)
+        return
     seen: dict[Path, Path] = {}
     for src, dst in pairs:
         key = dst.resolve()
