@@ -21,15 +21,15 @@ def free_port() -> int:
     return port
 
 
-def wait_port(port: int, timeout: float = 30.0) -> None:
+def wait_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
     t = time.monotonic() + timeout
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            socket.create_connection((host, port), 0.2).close()
             return
         except OSError:
             if time.monotonic() > t:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
+                raise TimeoutError(f"nothing listens on {host}:{port}") from None
             time.sleep(0.05)
 
 

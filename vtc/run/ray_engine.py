@@ -144,8 +144,10 @@ class RayExecutor:
         self.gpus_per_actor = gpus_per_actor
         #: CPUs an actor holds (default: none with a GPU, else 1) and a decode task takes; on small nodes
         #: fractions let both run side by side
-        self.cpus_per_actor = cpus_per_actor
-        self.cpus_per_decode = cpus_per_decode
+        env = os.environ
+        self.cpus_per_actor = cpus_per_actor if cpus_per_actor is not None else (
+            float(env["VTC_RAY_ACTOR_CPUS"]) if env.get("VTC_RAY_ACTOR_CPUS") else None)
+        self.cpus_per_decode = float(env.get("VTC_RAY_DECODE_CPUS") or cpus_per_decode)
         #: the address this driver binds to (e.g. 127.0.0.1 to keep a test's traffic on loopback)
         self.node_ip_address = node_ip_address or os.environ.get("VTC_RAY_NODE_IP") or None
         self.load = 0.0
@@ -175,7 +177,7 @@ class RayExecutor:
         actor_cpus = self.cpus_per_actor if self.cpus_per_actor is not None else (0 if gpus else 1)
         ds = ds.map(_EncodeActor, fn_constructor_kwargs={"cfg_json": cfg_json, "storage_options": storage},
                     compute=ray.data.ActorPoolStrategy(size=max(1, self.actors)), num_gpus=gpus,
-                    num_cpus=actor_cpus)
+                    num_cpus=actor_cpus, scheduling_strategy="SPREAD")  # one actor per node where it can
         index = {str(j.input): j.index for j in jobs}
         for row in ds.iter_rows():
             out = _outcome(row)
