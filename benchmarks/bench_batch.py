@@ -32,14 +32,18 @@ import vtc
 from vtc.run.batch import LocalExecutor, discover, run_batch
 from vtc.run.config import make_config
 from vtc.io.encode import Encoder, EncoderConfig
+import torch
 mode, src, out, frames, workers, device = sys.argv[1:7]
-cfg = make_config(method="fastvid", ratio=0.1, frames=int(frames), model="ViT-B-16", pretrained=None, device=device)
-enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, device=device), model=open_clip.create_model("ViT-B-16"),
-              name="ViT-B-16")
+model = open_clip.create_model("ViT-B-16")
+ckpt = str(Path(out).parent / f".vitb16-{Path(out).name}.pt")  # random weights, so no download is looked for
+torch.save(model.state_dict(), ckpt)
+cfg = make_config(method="fastvid", ratio=0.1, frames=int(frames), model="ViT-B-16", checkpoint=ckpt, device=device)
+enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, device=device), model=model, name="ViT-B-16")
 t0 = time.perf_counter()
 res = {}
 if mode in ("local", "s3"):
-    r = vtc.compress(src, output=out, encoder=enc, method="fastvid", ratio=0.1, frames=int(frames))
+    r = vtc.compress(src, output=out, encoder=enc, method="fastvid", ratio=0.1, frames=int(frames), model="ViT-B-16",
+                     checkpoint=ckpt)
     res = {"ok": 1, "failed": 0, "frames": int(frames), "encoder_busy": r.timings["encode"],
            "decode": r.timings["decode"], "store": r.timings["store"]}
 elif mode == "batch":
@@ -51,7 +55,7 @@ else:
     for it in discover([src]):
         try:
             r = vtc.compress(it.input, output=it.output(Path(out)), encoder=enc, method="fastvid", ratio=0.1,
-                             frames=int(frames))
+                             frames=int(frames), model="ViT-B-16", checkpoint=ckpt)
             ok += 1
             busy += r.timings["encode"]
             nframes += vtc.load(r.output).num_frames

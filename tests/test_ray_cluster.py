@@ -131,7 +131,7 @@ def test_two_node_cluster_on_s3(s3: S3Server, clip_path: Path, models, monkeypat
     set_options({})
     s3.bucket("ray-in")
     s3.bucket("ray-out")
-    for i in range(8):
+    for i in range(12):
         s3.put(f"s3://ray-in/v{i}.mp4", clip_path)
     cfg, ckpt = models["clip"]
     cluster = Cluster(child_env(s3))
@@ -139,23 +139,23 @@ def test_two_node_cluster_on_s3(s3: S3Server, clip_path: Path, models, monkeypat
         cmd = [sys.executable, "-m", "vtc.cli", "compress", "s3://ray-in/", "-o", "s3://ray-out/t", "--engine", "ray",
                "--ray-address", cluster.address, "--actors", "2", "--method", "pool", "--frames", "4",
                "--model", str(cfg), "--checkpoint", str(ckpt), "--json"]
-        env = dict(cluster.env, VTC_RAY_ACTOR_CPUS="0.5", VTC_RAY_DECODE_CPUS="0.5")
+        env = dict(cluster.env, VTC_RAY_ACTOR_CPUS="1", VTC_RAY_DECODE_CPUS="0")
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, done.stderr[-3000:]
         s = json.loads(done.stdout)
-        assert (s["ok"], s["failed"]) == (8, 0)
+        assert (s["ok"], s["failed"]) == (12, 0)
         recs = read_manifest(RemotePath("s3://ray-out/t"))
         nodes = {r.get("node") for k, r in recs.items() if k.startswith("s3://")}
         assert len(nodes) == 2 and all(nodes), nodes
         assert sorted(k for k in s3.keys("ray-out") if k.endswith(".safetensors")) == \
-            [f"t/v{i}.safetensors" for i in range(8)]
+            [f"t/v{i}.safetensors" for i in range(12)]
 
         # the worker node killed once the run is under way: the other node finishes the batch
-        for i in range(8, 16):
+        for i in range(12, 24):
             s3.put(f"s3://ray-in/v{i}.mp4", clip_path)
         run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         t = time.monotonic()
-        while len([k for k in s3.keys("ray-out") if k.endswith(".safetensors")]) < 10:
+        while len([k for k in s3.keys("ray-out") if k.endswith(".safetensors")]) < 14:
             assert run.poll() is None and time.monotonic() - t < 300, "the run ended before the kill"
             time.sleep(0.2)
         cluster.kill(cluster.worker)
@@ -163,7 +163,7 @@ def test_two_node_cluster_on_s3(s3: S3Server, clip_path: Path, models, monkeypat
         rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
         assert rerun.returncode == 0, (out, err[-2000:], rerun.stderr[-2000:])
         assert sorted(k for k in s3.keys("ray-out") if k.endswith(".safetensors")) == \
-            sorted(f"t/v{i}.safetensors" for i in range(16))
+            sorted(f"t/v{i}.safetensors" for i in range(24))
         recs = read_manifest(RemotePath("s3://ray-out/t"))
         assert {r["status"] for k, r in recs.items() if k.startswith("s3://")} == {"ok"}
         killed_run = json.loads(out) if run.returncode in (0, 1) and out.strip() else None

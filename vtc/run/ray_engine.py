@@ -176,7 +176,9 @@ class RayExecutor:
                     num_cpus=self.cpus_per_decode)
         actor_cpus = self.cpus_per_actor if self.cpus_per_actor is not None else (0 if gpus else 1)
         ds = ds.map(_EncodeActor, fn_constructor_kwargs={"cfg_json": cfg_json, "storage_options": storage},
-                    compute=ray.data.ActorPoolStrategy(size=max(1, self.actors)), num_gpus=gpus,
+                    # two rows in flight per actor: one encoding, one waiting (a row can be a whole decoded video)
+                    compute=ray.data.ActorPoolStrategy(size=max(1, self.actors), max_tasks_in_flight_per_actor=2),
+                    num_gpus=gpus,
                     num_cpus=actor_cpus, scheduling_strategy="SPREAD")  # one actor per node where it can
         index = {str(j.input): j.index for j in jobs}
         for row in ds.iter_rows():
