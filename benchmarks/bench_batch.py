@@ -35,7 +35,8 @@ from vtc.io.encode import Encoder, EncoderConfig
 import torch
 mode, src, out, frames, workers, device = sys.argv[1:7]
 model = open_clip.create_model("ViT-B-16")
-ckpt = str(Path(out).parent / f".vitb16-{Path(out).name}.pt")  # random weights, so no download is looked for
+import tempfile
+ckpt = tempfile.mkstemp(suffix=".pt")[1]  # random weights, so no download is looked for
 torch.save(model.state_dict(), ckpt)
 cfg = make_config(method="fastvid", ratio=0.1, frames=int(frames), model="ViT-B-16", checkpoint=ckpt, device=device)
 enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, device=device), model=model, name="ViT-B-16")
@@ -64,6 +65,7 @@ else:
     res = {"ok": ok, "failed": failed, "frames": nframes, "encoder_busy": busy}
 res["wall"] = time.perf_counter() - t0
 res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+Path(ckpt).unlink()
 print(json.dumps(res))
 """
 
@@ -118,13 +120,15 @@ def s3_overhead(a: argparse.Namespace) -> None:
     try:
         os.environ.update(server.env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{server.port}")  # no relay in between
         with tempfile.TemporaryDirectory() as tmp:
-            clip = synth_clip(Path(tmp) / "clip30.mp4", seconds=30.0, fps=30, size=(640, 360), audio=False)
+            clip = MEDIA / "big_buck_bunny_0_30.webm"  # a real 30-s clip; else a synthetic one
+            if not clip.is_file():
+                clip = synth_clip(Path(tmp) / "clip30.mp4", seconds=30.0, fps=30, size=(640, 360), audio=False)
             server.bucket("bench")
-            server.put("s3://bench/clip30.mp4", clip)
-            print(f"one 30-s clip (640×360, 30 fps, {clip.stat().st_size / 1e6:.1f} MB), frames={a.frames}, "
+            server.put(f"s3://bench/{clip.name}", clip)
+            print(f"one 30-s clip ({clip.name}, {clip.stat().st_size / 1e6:.1f} MB), frames={a.frames}, "
                   f"device={a.device}, runs={a.runs}")
             for mode, src, out in (("local", clip, Path(tmp) / "o.safetensors"),
-                                   ("s3", "s3://bench/clip30.mp4", "s3://bench/o.safetensors")):
+                                   ("s3", f"s3://bench/{clip.name}", "s3://bench/o.safetensors")):
                 rows = [run_child(CHILD, mode, src, out, a.frames, a.workers, a.device) for _ in range(a.runs)]
                 print(f"{mode:6s} wall {median(rows, 'wall'):6.2f} s  decode {median(rows, 'decode'):6.2f} s  "
                       f"encode {median(rows, 'encoder_busy'):6.2f} s  store {median(rows, 'store'):6.3f} s")
