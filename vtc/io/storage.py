@@ -117,6 +117,11 @@ def _filesystem(url: str) -> tuple[Any, str]:
     opts = dict(_options)
     if scheme in ("s3", "s3a"):
         opts.setdefault("use_listings_cache", False)  # other processes write here too (resume, Ray nodes)
+        # the endpoint as an explicit option: fsspec caches filesystems by their options, so a process whose
+        # AWS_ENDPOINT_URL changes gets a filesystem for the new endpoint
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
+            opts["endpoint_url"] = endpoint
     try:
         return url_to_fs(url, **opts)
     except ImportError as e:
