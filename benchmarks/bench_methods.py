@@ -34,7 +34,17 @@ def inputs(t: int, n: int, d: int, device: str) -> tuple[torch.Tensor, Signals]:
                   frames=frames, times=torch.arange(t, dtype=torch.float64),
                   audio_saliency=torch.rand(t * 25, generator=g),
                   pooled=x.mean(1).to(device), cls_attn=torch.softmax(torch.randn(t, n, generator=g), -1).to(device),
-                  cls_token=x.mean(1).to(device), keys=torch.randn(t, n + 1, 64, generator=g).to(device))
+                  cls_token=x.mean(1).to(device), keys=torch.randn(t, n + 1, 64, generator=g).to(device),
+                  received=torch.softmax(torch.randn(t, n, generator=g), -1).to(device),
+                  received_object=torch.softmax(torch.randn(t, n, generator=g), -1).to(device),
+                  shallow_attn=torch.softmax(torch.randn(t, n, generator=g) * 3, -1).to(device),
+                  readout_attn=torch.softmax(torch.randn(t, n, generator=g) * 3, -1).to(device),
+                  last_cls_attn=torch.softmax(torch.randn(t, n, generator=g) * 3, -1).to(device),
+                  last_keys=torch.randn(t, n + 1, d, generator=g).to(device),
+                  patch_embed=torch.randn(t, n, 768, generator=g).to(device),
+                  query_embed=torch.nn.functional.normalize(torch.randn(768, generator=g), dim=0).to(device),
+                  relevance=torch.randn(t, generator=g).to(device),
+                  sensitivity=torch.rand(t, n, generator=g).to(device))
     return x.to(device), sig
 
 

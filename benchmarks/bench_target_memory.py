@@ -44,7 +44,7 @@ import numpy as np, torch, transformers  # baseline: the libraries and model cod
 from transformers.models.llava_onevision import modeling_llava_onevision
 from transformers.models.siglip import modeling_siglip
 from transformers.models.qwen2 import modeling_qwen2
-import vtc.io.encoders, vtc.run.config
+import vtc.targets.encoders, vtc.run.config
 torch.set_num_threads(2)
 def rss_mb():
     with open("/proc/self/status") as f:
@@ -57,7 +57,7 @@ which, ckpt = sys.argv[1], sys.argv[2]
 base = rss_mb()
 t0 = time.perf_counter()
 if which == "vtc":
-    from vtc.io.encoders import open_encoder
+    from vtc.targets.encoders import open_encoder
     from vtc.run.config import make_config
     enc = open_encoder(make_config(target="llava-onevision", target_model=ckpt).encoder)
     params = sum(p.numel() * p.element_size() for p in enc.holder.parameters())

@@ -16,7 +16,7 @@ from vtc.testing import save_random_checkpoint, synth_clip, tiny_clip_config, ti
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GOLDEN = Path(os.environ.get("VTC_GOLDEN_DIR", SHARED / "golden"))
-MEDIA = SHARED / "media"
+MEDIA = Path(os.environ.get("VTC_MEDIA_DIR", SHARED / "media"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 # the checkpoint-digest cache goes to a throwaway folder, not the user's ~/.cache/vtc
@@ -96,3 +96,16 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     monkeypatch.setattr(av, "open", fake_open)
     monkeypatch.setattr(Encoder, "__init__", fake_init)
     return calls
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    """One line at the end of a run that skipped the faithfulness or media tests, saying why and how to run them
+    (a green run without ../shared otherwise looks like a full one)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing = [name for name, folder in (("golden cases", GOLDEN), ("media clips", MEDIA)) if not folder.is_dir()]
+    if not missing:
+        return
+    n = sum(1 for rep in skipped if any(word in str(rep.longrepr) for word in ("golden", "shared", "media")))
+    terminalreporter.write_line(
+        f"vtc: {' and '.join(missing)} not found ({GOLDEN}, {MEDIA}): {n} faithfulness/media test(s) skipped; set "
+        f"VTC_GOLDEN_DIR and VTC_MEDIA_DIR (see README, 'Tests').", yellow=True)

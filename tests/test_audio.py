@@ -73,7 +73,8 @@ def test_monotone_normaliser_is_monotone_and_meets_target() -> None:
     assert (r[order][1:] >= r[order][:-1] - 1e-12).all()
 
 
-@pytest.mark.skipif(not (MEDIA / "sintel_trailer_480p.mp4").exists(), reason="../shared/media is absent")
+@pytest.mark.skipif(not (MEDIA / "sintel_trailer_480p.mp4").exists(),
+                    reason="no media clips (../shared/media, or set VTC_MEDIA_DIR)")
 def test_real_soundtracks() -> None:
     """Sintel: near-silent start, loud music later; car_detection: a digitally silent AAC track."""
     sal = audio_saliency(MEDIA / "sintel_trailer_480p.mp4")

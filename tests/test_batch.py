@@ -134,9 +134,10 @@ def test_sigkill_leaves_no_partial_output(tmp_path: Path, clip_path: Path, model
 
 
 def test_resume_distrusts_damaged_outputs_and_odd_manifests(tree: Path, tmp_path: Path, model_args) -> None:  # noqa: ANN001
-    """A damaged output with an ok record is reported (then redone once removed), not skipped forever; records of
-    the wrong shape and torn lines are ignored; --retry-failed retries a failure whatever options it failed with;
-    a manifest that is a folder is one line."""
+    """A damaged output with an ok record fails its input alone (then is redone once removed), never skipped
+    forever nor overwritten blindly, and the other inputs run; records of the wrong shape and torn lines are ignored
+    with a warning; --retry-failed retries a failure whatever options it failed with; a manifest that is a folder is
+    one line."""
     out = tmp_path / "out"
     run(tree, out, model_args)
     (out / "a.safetensors").write_bytes(b"damaged")
@@ -144,7 +145,11 @@ def test_resume_distrusts_damaged_outputs_and_odd_manifests(tree: Path, tmp_path
         f.write('{"input": "x", "finished": 5}\n{"input": ["a"]}\n{"input": "' + str(tree / "sub" / "b.mp4") +
                 '", "status": 3}\n{"input": "torn')
     r = run(tree, out, model_args, "--json")  # never skipped as done, never overwritten blindly: the user decides
-    assert r.exit_code == 2 and "a.safetensors" in r.output and "not a vtc token file" in r.output, r.output
+    s = json.loads(r.output)
+    assert r.exit_code == 1 and s["failed"] == 2 and s["skipped"] == 2, r.output  # a.mp4 refused, broken.mp4 fails
+    assert any("a.safetensors" in f["error"] and "not a vtc token file" in f["error"] for f in s["failures"])
+    assert "4 malformed line(s)" in s["warning"]
+    assert (out / "a.safetensors").read_bytes() == b"damaged"
     (out / "a.safetensors").unlink()
     r = run(tree, out, model_args, "--json")
     s = json.loads(r.output)

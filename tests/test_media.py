@@ -14,7 +14,7 @@ from .conftest import MEDIA
 CLIPS = sorted(p for p in MEDIA.glob("*") if p.suffix in {".mp4", ".webm", ".mkv", ".avi"}) if MEDIA.is_dir() else []
 
 
-@pytest.mark.skipif(not CLIPS, reason="../shared/media is absent")
+@pytest.mark.skipif(not CLIPS, reason="no media clips (../shared/media, or set VTC_MEDIA_DIR)")
 @pytest.mark.parametrize("clip", CLIPS, ids=lambda p: p.name)
 def test_media_clip(tmp_path: Path, clip: Path, model_args) -> None:  # noqa: ANN001
     out = tmp_path / "o.safetensors"
@@ -40,7 +40,7 @@ def test_media_clip(tmp_path: Path, clip: Path, model_args) -> None:  # noqa: AN
     assert int(f["sizes"].sum()) == f["merge_src"].numel()
 
 
-@pytest.mark.skipif(not CLIPS, reason="../shared/media is absent")
+@pytest.mark.skipif(not CLIPS, reason="no media clips (../shared/media, or set VTC_MEDIA_DIR)")
 def test_sintel_fastvid_end_to_end(tmp_path: Path, model_args) -> None:  # noqa: ANN001
     out = tmp_path / "s.safetensors"
     res = vtc.compress(MEDIA / "sintel_trailer_480p.mp4", output=out, method="fastvid", ratio=0.1, frames=32,

@@ -27,6 +27,14 @@ def make_signals(t: int, n: int, d: int, gen: torch.Generator, h: int = 1, w: in
         keys=torch.randn(t, n + 1, 8, generator=gen),
         received=torch.softmax(torch.randn(t, n, generator=gen), -1) * n / (n + 1),
         received_object=torch.softmax(torch.randn(t, n, generator=gen), -1) * n / (n + 1),
+        last_cls_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
+        last_keys=torch.randn(t, n + 1, d, generator=gen),
+        patch_embed=torch.randn(t, n, 6, generator=gen),
+        query_embed=torch.nn.functional.normalize(torch.randn(6, generator=gen), dim=0),
+        relevance=torch.randn(t, generator=gen),
+        sensitivity=torch.rand(t, n, generator=gen),
+        shallow_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
+        readout_attn=torch.softmax(torch.randn(t, n, generator=gen), -1),
     )
 
 
@@ -161,10 +169,12 @@ def test_in_encoder_invariants(name: str, t: int, h: int, w: int, ratio: float, 
     prefix = int(class_token)
     merger = spec.in_encoder(ratio=ratio, layers=3, tokens=h * w + prefix, protected=prefix, **spec.defaults())
     with torch.no_grad():
-        x = timm_blocks_merging(vit.blocks, vit._pos_embed(vit.patch_embed(torch.randn(t, 3, 4 * h, 4 * w))), merger)
+        x = timm_blocks_merging(vit.blocks, vit._pos_embed(vit.patch_embed(torch.randn(t, 3, 4 * h, 4 * w))), merger,
+                                (h, w))
     n = h * w
     k = x.shape[1] - prefix
     floor = tokens_after([n] * 3, n + prefix, prefix, 3) - prefix  # the most 3 blocks can merge
+    floor = max(floor, int(merger.describe().get("budget_floor", 0)))  # a method's own floor, reported in the file
     assert 1 <= k <= max(floor, math.ceil(ratio * n) + 1)
     src = merger.source[:, prefix:, prefix:]
     if name == "tome_vit":  # 0/1: each patch in exactly one token, sizes count patches

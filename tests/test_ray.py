@@ -101,10 +101,10 @@ def test_a_video_too_long_to_ship_is_decoded_by_the_actor(tmp_path: Path, clip_p
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The decode task ships frames only when they fit a share of the budget; otherwise the row says `stream`,
     carries no frames, and the actor decodes the video itself: the same file either way."""
-    from vtc.io.encoders import encoder_geometry
     from vtc.run import ray_engine
     from vtc.run.config import CompressConfig
     from vtc.run.ray_engine import _decode_row, _EncodeActor
+    from vtc.targets.encoders import encoder_geometry
 
     cfg, ckpt = models["clip"]
     files = {}

@@ -9,7 +9,7 @@ import torch
 import vtc
 from vtc.methods import llava_scissor as scissor_mod
 from vtc.ops import diversity
-from vtc.ops.components import SimilarityGraph, component_ids, edge_labels
+from vtc.ops.components import SimilarityGraph, component_ids, edge_labels, threshold_components
 from vtc.ops.similarity import l2_normalize
 
 
@@ -34,38 +34,69 @@ def clustered(t: int, n: int, d: int, seed: int) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("kind", ["clustered", "noise"])
-def test_max_min_diversity_equals_the_textbook_greedy(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # small blocks and hot sets, so that every path (bounded first pick, hot-set refills) runs on a small input
+def family(kind: str, t: int, n: int, d: int, seed: int) -> torch.Tensor:
+    """[T, N, D] of one feature family: `clustered`; `drift` — a static background per patch plus a slowly decaying
+    drift (many near-duplicates at short range, few at long range); `noise` — i.i.d. tokens, no near neighbours."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "drift":
+        steps = torch.randn(t, n, d, generator=g).cumsum(0) / (torch.arange(t)[:, None, None] + 1).sqrt()
+        return torch.randn(1, n, d, generator=g) + 0.3 * steps
+    if kind == "noise":
+        return torch.randn(t, n, d, generator=g)
+    return clustered(t, n, d, seed)
+
+
+@pytest.mark.parametrize("kind", ["clustered", "drift", "noise"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_max_min_diversity_equals_the_textbook_greedy(kind: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # small blocks, column batches and hot sets, so that every path (the first pick's rounds of sampled columns and
+    # exact blocks, hot-set refills) runs on a small input
     monkeypatch.setattr(diversity, "_BLOCK", 64)
     monkeypatch.setattr(diversity, "_SAMPLE", 50)
     monkeypatch.setattr(diversity, "_HOT", 32)
     t, n, d = 12, 49, 32
-    noise = torch.randn(t, n, d, generator=torch.Generator().manual_seed(1))
-    x = clustered(t, n, d, 0) if kind == "clustered" else noise
-    flat = x.reshape(t * n, d)
+    flat = family(kind, t, n, d, seed).reshape(t * n, d)
     for k in (1, 7, 150):
         got = diversity.max_min_diversity(flat, k, neighbours=(n, 1)).tolist()
         assert got == textbook_max_min(flat, k)
 
 
-@pytest.mark.parametrize("floor,cap", [(-1.0, 10**9), (0.95, 10**9), (-1.0, 5000)])
-def test_similarity_graph_components_equal_the_dense_graph(floor: float, cap: int) -> None:
-    x = l2_normalize(clustered(20, 30, 16, 2).reshape(600, 16))
+@pytest.mark.parametrize("kind,floor,cap", [("clustered", -1.0, 10**9), ("clustered", 0.95, 10**9),
+                                            ("clustered", -1.0, 5000), ("drift", -1.0, 10**9), ("noise", -1.0, 5000)])
+def test_similarity_graph_components_equal_the_dense_graph(kind: str, floor: float, cap: int) -> None:
+    """Stored pairs (pivot-pruned passes, rebuilt lower as τ comes down), the streamed pass below the floor, and
+    centroid sets mixing single rows with means all give the components and degrees of the dense M×M graph."""
+    x = l2_normalize(family(kind, 20, 30, 16, 2).reshape(600, 16))
     dense = x @ x.T
-    g = SimilarityGraph(x, floor, cap=cap, block=128)
-    for tau in (0.2, 0.6, 0.9, 0.97):
+    g = SimilarityGraph(x, floor, cap=cap, block=64)  # 600 rows > 4 blocks: the pivot cells are tried
+    assert (g.cells is not None) == (kind == "drift")  # drift clusters tightly (pruned passes); noise never does
+    taus = (0.97, 0.9, 0.6, 0.2) if kind != "noise" else (0.9, 0.6, 0.4, 0.2)
+    gen = torch.Generator().manual_seed(5)
+    for tau in taus:  # coming down, as the τ search does
         labels, degree = g.components(tau)
         assert torch.equal(labels, edge_labels(dense > tau)), tau
         assert torch.equal(degree, (dense > tau).sum(1)), tau
         ids = component_ids(dense > tau)
         assert ids.max() + 1 == labels.unique().numel()
+        # centroids: most rows alone, some rows averaged in pairs
+        paired = torch.randperm(600, generator=gen)[:80].reshape(40, 2)
+        alone = torch.ones(600, dtype=torch.bool)
+        alone[paired.flatten()] = False
+        single = torch.cat([torch.nonzero(alone).flatten(), torch.full((40,), -1)])
+        cn = l2_normalize(torch.cat([x[alone], (x[paired[:, 0]] + x[paired[:, 1]]) / 2]))
+        c_labels, c_degree = g.centroid_components(single, cn, tau)
+        c_dense = cn @ cn.T
+        assert torch.equal(c_labels, edge_labels(c_dense > tau)), tau
+        assert torch.equal(c_degree, (c_dense > tau).sum(1)), tau
+        fresh = SimilarityGraph(x, floor, cap=cap, block=64)  # labels only, before any pair is scored in float32
+        assert torch.equal(fresh.centroid_components(single, cn, tau, degrees=False)[0], c_labels), tau
 
 
-def test_llava_scissor_sparse_temporal_graph_matches_the_dense_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The temporal step past _DENSE centroids (similar-pair list) and the galloping τ search give the same tokens
-    as the M×M path on the same input."""
-    x = clustered(16, 36, 24, 3)
+@pytest.mark.parametrize("kind", ["clustered", "drift", "noise"])
+def test_llava_scissor_sparse_temporal_graph_matches_the_dense_one(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporal step past _DENSE centroids (similar token pairs, single-token centroids read from them) and the
+    galloping τ search give the same tokens as the M×M path on the same input, on every feature family."""
+    x = family(kind, 16, 36, 24, 3)
     dense = vtc.compress_features(x, method="llava_scissor", ratio=0.2)
     monkeypatch.setattr(scissor_mod, "_DENSE", 8)
     sparse = vtc.compress_features(x, method="llava_scissor", ratio=0.2)
@@ -73,6 +104,16 @@ def test_llava_scissor_sparse_temporal_graph_matches_the_dense_one(monkeypatch: 
     assert torch.equal(dense.reduction.dst, sparse.reduction.dst)
     assert torch.equal(dense.reduction.src, sparse.reduction.src)
     torch.testing.assert_close(dense.tokens, sparse.tokens)
+
+
+@pytest.mark.parametrize("kind", ["clustered", "drift", "noise"])
+def test_threshold_components_equal_the_dense_graph(kind: str) -> None:
+    x = l2_normalize(family(kind, 20, 30, 16, 4).reshape(600, 16))
+    dense = x @ x.T
+    for tau in (0.1, 0.5, 0.95):
+        labels, degree = threshold_components(x, tau, block=64)
+        assert torch.equal(labels, edge_labels(dense > tau)), tau
+        assert torch.equal(degree, (dense > tau).sum(1)), tau
 
 
 def test_llava_scissor_search_is_bisection() -> None:

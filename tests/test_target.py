@@ -26,16 +26,16 @@ import vtc.hf  # noqa: E402
 from vtc.cli import app  # noqa: E402
 from vtc.errors import ModelError, UsageError  # noqa: E402
 from vtc.io.decode import Sampling, iter_frames  # noqa: E402
-from vtc.io.encoders import open_encoder  # noqa: E402
-from vtc.io.target import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
 from vtc.run.config import make_config  # noqa: E402
+from vtc.targets import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
+from vtc.targets.encoders import open_encoder  # noqa: E402
 from vtc.testing import tiny_llava_onevision  # noqa: E402
 
 runner = CliRunner()
 #: 98 px / patch 14 → a 7×7 vision grid: LLaVA-OneVision pools it to 4×4 (ceil), LLaVA-Video to 3×3 (floor)
 SIZE = 98
 FRAMES = 6
-LLAVA = [name for name, spec in TARGETS.items() if spec.family == "llava"]
+LLAVA = [name for name, spec in TARGETS.items() if "llava_onevision" in spec.model_types]
 
 
 def cli(*args: object):  # noqa: ANN201
@@ -113,9 +113,9 @@ def llava_video_reference(model: LlavaOnevisionForConditionalGeneration, pixels:
     return torch.cat([grid, newline], -1).flatten(1, 2).transpose(0, 1)
 
 
-def test_llava_video_logits_equal_the_reference_path(tmp_path: Path, clip_path: Path, ckpt: Path,
-                                                      model: LlavaOnevisionForConditionalGeneration) -> None:
-    f = compress_none(tmp_path, clip_path, ckpt, "llava-video")
+def test_llava_video_next_logits_equal_the_reference_path(tmp_path: Path, clip_path: Path, ckpt: Path,
+                                                           model: LlavaOnevisionForConditionalGeneration) -> None:
+    f = compress_none(tmp_path, clip_path, ckpt, "llava-video-next")
     out = f.path
     assert f.grid == (3, 3) and f.meta["newline"]["layout"] == "per_row"
     pixels = AutoVideoProcessor.from_pretrained(ckpt)(videos=[decoded(clip_path, ckpt)],
@@ -153,7 +153,7 @@ def test_compressed_files_feed_generate(tmp_path: Path, clip_path: Path, model, 
     assert f.meta["ratio_achieved"] == pytest.approx(k / (t * n), abs=1e-6)
     seq = vtc.hf.visual_sequence(f)
     assert int((~seq.is_newline).sum()) == k  # every kept token goes to the LLM, newlines are extra
-    if target == "llava-onevision":
+    if target != "llava-video-next":  # transformers' layout: one newline after the video
         assert int(seq.is_newline.sum()) == 1 and bool(seq.is_newline[-1])
     else:  # one newline after every (frame, row) that keeps a token
         pos = f.positions[f.positions[:, 1] >= 0]
@@ -248,15 +248,15 @@ def test_llava_video_samples_64_frames_by_default(ckpt: Path) -> None:
 
 def test_show_names_the_space(tmp_path: Path, clip_path: Path, encoders) -> None:  # noqa: ANN001
     res = vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="pool", frames=FRAMES,
-                       target="llava-video", target_model=str(encoders["llava-video"].config.target_model),
-                       encoder=encoders["llava-video"])
+                       target="llava-video-next", target_model=str(encoders["llava-video-next"].config.target_model),
+                       encoder=encoders["llava-video-next"])
     r = cli("show", res.output, "--json")
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
     assert info["space"]["kind"] == "target" and info["space"]["hidden_size"] == 48
     assert info["newline"]["layout"] == "per_row" and info["dim"] == 48
     r = cli("show", res.output)
-    assert "target llava-video" in r.output and "newline" in r.output
+    assert "target llava-video-next" in r.output and "newline" in r.output
 
 
 def test_encoder_space_files_are_refused_by_the_consumer(tmp_path: Path, clip_path: Path, model,  # noqa: ANN001

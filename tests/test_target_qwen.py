@@ -16,18 +16,20 @@ from typer.testing import CliRunner
 
 pytest.importorskip("transformers")
 
-from transformers import AutoVideoProcessor, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from transformers import AutoProcessor, AutoVideoProcessor, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
 import vtc  # noqa: E402
 import vtc.hf  # noqa: E402
 from vtc.cli import app  # noqa: E402
 from vtc.errors import UsageError  # noqa: E402
 from vtc.io.decode import Sampling, iter_frames  # noqa: E402
-from vtc.io.encoders import open_encoder  # noqa: E402
-from vtc.io.target import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
-from vtc.io.target_qwen import patchify  # noqa: E402
 from vtc.run.config import make_config  # noqa: E402
+from vtc.targets import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
+from vtc.targets.encoders import open_encoder  # noqa: E402
+from vtc.targets.qwen import patchify  # noqa: E402
 from vtc.testing import TINY_QWEN_VISION_END, TINY_QWEN_VISION_START, tiny_qwen2_5_vl  # noqa: E402
+
+from .test_target_processor import QWEN25_TEXT, reference_video  # noqa: E402
 
 runner = CliRunner()
 FRAMES = 7  # odd on purpose: the last frame pairs with itself, as the model's processor does
@@ -97,12 +99,19 @@ def test_logits_equal_the_models_own_forward(tmp_path: Path, clip_path: Path, ck
     vid = model.config.video_token_id
     full = torch.tensor([ids[:at] + [vid] * f.tokens.shape[0] + ids[at + 1:]])
     with torch.no_grad():
-        spg = torch.tensor([space["second_per_grid_t"]])
+        spg = processor_spg(clip_path, f, ckpt)  # the full processor's, never vtc's own value
         want = model(input_ids=full, pixel_values_videos=ref["pixel_values_videos"],
                      video_grid_thw=ref["video_grid_thw"], second_per_grid_ts=spg,
                      mm_token_type_ids=(full == vid).int() * 2).logits
         got = model(**vtc.hf.video_inputs(f, model, ids, after_video="model")).logits
     assert (got - want).abs().max() <= 1e-4
+
+
+def processor_spg(clip: Path, f: vtc.TokenFile, ckpt: Path | str) -> torch.Tensor:
+    """`second_per_grid_ts` [1] as the model's full processor sets it for the frames vtc sampled."""
+    video, meta = reference_video(clip, f["sampled_frame_times"].tolist())
+    return AutoProcessor.from_pretrained(ckpt)(text=[QWEN25_TEXT], videos=[video], video_metadata=[meta],
+                                               do_sample_frames=False, return_tensors="pt")["second_per_grid_ts"]
 
 
 def reference_positions(ids: list[int], at: int, thw: list[int], spg: float, tps: float) -> torch.Tensor:
@@ -133,15 +142,17 @@ def test_pruned_tokens_keep_their_original_positions(tmp_path: Path, clip_path: 
     # each kept token's position is the one the model's own get_rope_index gives its cell in the full sequence
     vid = model.config.video_token_id
     full = torch.tensor([ids[:at] + [vid] * n_full + ids[at + 1:]])
+    spg = processor_spg(clip_path, f, encoder.config.target_model)
     model_pos, _ = model.model.get_rope_index(full, mm_token_type_ids=(full == vid).int() * 2,
                                               video_grid_thw=torch.tensor([space["video_grid_thw"]]),
-                                              second_per_grid_ts=torch.tensor([space["second_per_grid_t"]]))
+                                              second_per_grid_ts=spg)
     rep = f.reduction().rep
     order = torch.argsort(torch.where(rep >= 0, rep, -1), stable=True)
     kept = rep[order]
     assert torch.equal(pos[:, at:at + k][:, kept >= 0], model_pos[:, 0, at + kept[kept >= 0]])
     # text after the video: from the full grid's max + 1 (Qwen's reference rule)
-    want = reference_positions(ids, at, space["video_grid_thw"], space["second_per_grid_t"], space["tokens_per_second"])
+    tps = model.config.vision_config.tokens_per_second
+    want = reference_positions(ids, at, space["video_grid_thw"], float(spg[0]), tps)
     assert torch.equal(pos[:, at + k:], want[:, at + n_full:])
     assert int(pos[0, at + k]) == int(want[:, at:at + n_full].max()) + 1
     with torch.no_grad():

@@ -21,8 +21,8 @@ import vtc.hf  # noqa: E402
 from vtc.cli import app  # noqa: E402
 from vtc.errors import UsageError  # noqa: E402
 from vtc.io.decode import Sampling, iter_frames, probe  # noqa: E402
-from vtc.io.target import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
-from vtc.io.target_qwen import patchify  # noqa: E402
+from vtc.targets import TARGETS, checkpoint_geometry, read_checkpoint  # noqa: E402
+from vtc.targets.qwen import patchify  # noqa: E402
 from vtc.testing import TINY_QWEN_VISION_END, TINY_QWEN_VISION_START, tiny_qwen3_vl  # noqa: E402
 
 runner = CliRunner()
@@ -194,6 +194,10 @@ def test_show_and_errors(tmp_path: Path, clip_path: Path, ckpt: Path) -> None:
     f = compress(tmp_path, clip_path, ckpt, "uniform", "--ratio", 0.5)
     r = runner.invoke(app, ["show", str(f.path), "--video", str(clip_path), "--html", str(tmp_path / "r.html")])
     assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["show", str(f.path)])  # Qwen3-VL: its timestamps, no M-RoPE time step
+    text = " ".join(r.output.split())
+    first = f.meta["space"]["frame_timestamps"][0]
+    assert r.exit_code == 0 and f"<{first:.1f} seconds>" in text and "None" not in text and "t step" not in text
     r = runner.invoke(app, ["compress", str(clip_path), "-o", str(tmp_path / "x.safetensors"), "--target",
                             "qwen2.5-vl", "--target-model", str(ckpt)])
     assert r.exit_code == 3 and "qwen3_vl" in r.output

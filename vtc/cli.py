@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from vtc._version import __version__
-from vtc.errors import UsageError, VtcError
+from vtc.errors import FormatError, UsageError, VtcError
 
 #: when the command line started (the summary accounts for the whole wall time, imports included)
 _T0 = time.perf_counter()
@@ -75,7 +75,7 @@ def main(
 @app.command()
 def compress(
     inputs: Annotated[list[str], typer.Argument(help="Video file(s), directories (recursive) or glob patterns.",
-                                                show_default=False)],
+                                                show_default=False, metavar="VIDEO")],
     output: Annotated[str | None, typer.Option("-o", "--output", help="Token file to write [default: beside the "
                                               "input, .safetensors]; for several inputs, the output directory "
                                               "(the input tree is mirrored under it). A URL (s3://…) writes to "
@@ -84,8 +84,8 @@ def compress(
                                                "lists them [default: fastvid]")] = None,
     ratio: Annotated[float | None, typer.Option("-r", "--ratio", help="Fraction of tokens to keep, in (0, 1] "
                                                 "[default: the method's paper setting]")] = None,
-    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter key=value "
-                                                    "(repeatable), e.g. -p tau=0.8")] = None,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", metavar="KEY=VALUE", help="Method parameter "
+                                                    "key=value (repeatable), e.g. -p tau=0.8")] = None,
     frames: Annotated[int | None, typer.Option("--frames", "-t", help="Sample T frames uniformly "
                                                "[default: 32; llava-video target: 64]")] = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Sample F frames per second instead.")] = None,
@@ -99,8 +99,9 @@ def compress(
     layer: Annotated[int | None, typer.Option("--layer", help="Block whose patch tokens are used; -2 = "
                                               "penultimate, as LLaVA [default: -2]")] = None,
     target: Annotated[str | None, typer.Option("--target", help="Write tokens in this video LLM's input space, made "
-                                               "by its own vision path: llava-onevision, llava-video, qwen2.5-vl "
-                                               "or qwen3-vl (needs --target-model; pip install 'vtc[hf]').")] = None,
+                                               "by its own vision path, e.g. llava-onevision, llava-video, "
+                                               "qwen2.5-vl, qwen3-vl (vtc targets lists them; needs --target-model; "
+                                               "pip install 'vtc[hf]').")] = None,
     target_model: Annotated[str | None, typer.Option("--target-model", help="The target's transformers "
                                                      "checkpoint: a local directory or a hub id (only its vision "
                                                      "weights are read).")] = None,
@@ -146,27 +147,51 @@ def compress(
                                             "webdataset (tar shards of <key>.safetensors + <key>.json).")] = "files",
     shard_size: Annotated[int, typer.Option("--shard-size", help="Batch, --format webdataset: videos per tar "
                                             "shard.")] = 1000,
+    live: Annotated[bool, typer.Option("--live", help="INPUT is a live stream (rtsp://, srt://, udp://, tcp://, "
+                                       "http(s):// HLS, '-' for stdin, or a device with --live-format): compress it "
+                                       "as it arrives into -o DIR, one token file per --chunk seconds.")] = False,
+    chunk: Annotated[float, typer.Option("--chunk", help="Live: seconds of stream per chunk file.")] = 10.0,
+    reconnect: Annotated[int, typer.Option("--reconnect", help="Live: reopen a source that drops or stalls up to "
+                                           "N times in a row (the gap is recorded).")] = 0,
+    stall_timeout: Annotated[float, typer.Option("--stall-timeout", help="Live: seconds without data before the "
+                                                 "source counts as stalled.")] = 10.0,
+    live_format: Annotated[str | None, typer.Option("--live-format", help="Live: FFmpeg input format (mpegts, "
+                                                    "v4l2, avfoundation, …) [default: probed; mpegts on stdin]")
+                           ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="One file: replace an existing file at -o even "
+                                            "if it is read-only or not a vtc token file.")] = False,
 ) -> None:
     """Compress videos into token files (decode → encode → compress → store).
 
     One file: writes FILE.safetensors beside it (or -o PATH). Several files, a directory or a glob: batch mode,
-    with -o OUTDIR, a manifest (vtc-manifest.jsonl), resume and failures recorded per input.
+    with -o OUTDIR, a manifest (vtc-manifest.jsonl), resume and failures recorded per input. With --live, a stream
+    compressed as it arrives into -o DIR (chunk files and index.json); Ctrl-C writes the current chunk and stops.
     """
     import glob
 
-    from vtc.api import compress as api_compress
-    from vtc.io.storage import is_url, parse_option, set_options
-    from vtc.run.config import parse_param
+    from vtc.io.storage import is_url, location, parse_option, set_options
 
+    if live:
+        _live(inputs, Path(output) if output is not None else None, dict(
+            method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
+            checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
+            target=target, target_model=target_model, batch_size=batch_size, dtype_out=dtype_out, query=query,
+            memory_budget=memory_budget), param, preset, quiet=quiet, chunk=chunk, reconnect=reconnect,
+            stall_timeout=stall_timeout, live_format=live_format)
+        return
     try:
         set_options(dict(parse_option(o) for o in (storage_option or [])))
-        # one existing file, or one path that is no glob pattern with matches (a missing file is reported as such)
+        # one existing file, or one path that is no glob pattern with matches (a missing file is reported as
+        # such); patterns match recursively ('clips/**/*.avi'); a URL: one object
         single = len(inputs) == 1 and out_format == "files" and (
             _single_remote(inputs[0]) if is_url(inputs[0]) else not Path(inputs[0]).is_dir() and (
-                Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?[") or not glob.glob(inputs[0])))
+                Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?[")
+                or not glob.glob(inputs[0], recursive=True)))
     except VtcError as e:
         raise _fail(e) from None
     if not single:
+        if output is not None and location(output).suffix == ".safetensors" and not location(output).is_dir():
+            raise _fail(UsageError(f"several inputs go to a directory, not to the file {output}; give -o OUTDIR."))
         _batch(inputs, output, dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
             checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
@@ -178,9 +203,16 @@ def compress(
             as_json=as_json, engine=engine, ray_address=ray_address, actors=actors, out_format=out_format,
             shard_size=shard_size)
         return
-    from vtc.io.storage import location
-
     input = location(inputs[0])
+    try:
+        from vtc.io.decode import check_input
+
+        check_input(input)  # before torch is imported: a typo costs a fraction of a second, not seconds and a GB
+    except VtcError as e:
+        raise _fail(e) from None
+    from vtc.api import compress as api_compress
+    from vtc.run.config import parse_param
+
     try:
         params = dict(parse_param(p) for p in (param or []))
         options: dict[str, Any] = dict(
@@ -193,24 +225,38 @@ def compress(
         if params:
             options["params"] = params
         show_bar = not quiet and console.is_terminal
+        name = safe(input.name)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, disable=not show_bar, transient=True) as bar:
-            task = bar.add_task(f"{safe(input.name)}: decoding", total=None)
-
-            def progress(kind: str, done: int, total: int | None) -> None:
-                bar.update(task, completed=done, description=f"{safe(input.name)}: {kind}")
-
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show_bar,
+                      transient=True) as bar:
+            tasks: dict[str, Any] = {}
+            said: set[str] = set()
             t_call = time.perf_counter()
-            res = api_compress(input, output=output, preset=preset, progress=progress, **options)
+
+            def progress(stage: str, done: int, total: int | None) -> None:
+                if show_bar:  # one bar per stage, with the planned total and an ETA where it is known
+                    if stage not in tasks:
+                        tasks[stage] = bar.add_task(f"{name}: {stage}", total=total)
+                    bar.update(tasks[stage], completed=done, total=total)
+                elif not quiet and stage not in said:  # not a terminal: one line as each stage starts
+                    said.add(stage)
+                    of = f" ({total} frames)" if total else ""
+                    console.print(f"{name}: {stage}{of} … {time.perf_counter() - _T0:.1f} s", highlight=False)
+
+            res = api_compress(input, output=output, preset=preset, progress=progress, overwrite=overwrite,
+                               **options)
     except VtcError as e:
         raise _fail(e) from None
     if not quiet:
         t = res.timings
         total = time.perf_counter() - _T0
         note = " [yellow](truncated input: kept what decoded)[/]" if res.truncated else ""
+        kept = f"{100 * res.ratio_achieved:.1f} %"
+        if res.ratio_note:  # the ratio asked for was not what the method kept: say so, and why
+            kept = f"[yellow]asked {100 * (res.ratio_asked or 0):.1f} %, got {kept} ({safe(res.ratio_note)})[/]"
         out.print(
             f"{safe(res.output)}: {res.num_tokens} of {res.num_source_tokens} tokens "
-            f"({100 * res.ratio_achieved:.1f}%) in {total:.2f}s — start-up {t_call - _T0:.2f}s, "
+            f"({kept}) in {total:.2f}s — start-up {t_call - _T0:.2f}s, "
             f"model {t.get('load', 0):.2f}s, decode {t.get('decode', 0):.2f}s, encode {t.get('encode', 0):.2f}s, "
             f"compress {t.get('compress', 0):.3f}s, store {t.get('store', 0):.3f}s{note}",
             highlight=False,
@@ -224,6 +270,67 @@ def _single_remote(url: str) -> bool:
     if url.endswith("/") or any(ch in url.split("://", 1)[1] for ch in "*?["):
         return False
     return not location(url).is_dir()
+
+
+def _live(inputs: list[str], output: Path | None, options: dict[str, Any], param: list[str] | None,
+          preset: str | None, *, quiet: bool, chunk: float, reconnect: int, stall_timeout: float,
+          live_format: str | None) -> None:
+    """`vtc compress SOURCE --live -o DIR`: a line per chunk, SIGINT/SIGTERM finish the current chunk."""
+    import signal
+    import threading
+
+    from vtc.api import compress_live
+    from vtc.run.config import parse_param
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():  # a second signal: stop now
+            raise KeyboardInterrupt
+        stop.set()
+        console.print(f"{signal.Signals(signum).name}: writing the current chunk, then stopping", highlight=False)
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if quiet:
+            return
+        if kind == "chunk":
+            lat = data["latency_s"]
+            console.print(f"{data['file']}: {data['t0']:.1f}–{data['t1']:.1f} s, {data['frames']} frames, "
+                          f"{data['source_tokens']} → {data['tokens']} tokens, latency p50 {lat['p50']:.2f} s "
+                          f"(max {lat['max']:.2f} s)", highlight=False)
+        elif kind == "behind":
+            console.print(f"[bold yellow]warning:[/] encoding {data['frames']} frames took {data['encode_s']:.1f} s "
+                          f"for {data['seconds']:.1f} s of stream: the encoder is slower than the stream and the "
+                          f"latency will grow. Lower --fps, use a smaller --model, or a GPU.", highlight=False)
+        elif kind == "gap":
+            console.print(f"[yellow]gap[/] at {data['t']:.1f} s: {data['seconds']:.1f} s ({safe(data['reason'])})",
+                          highlight=False)
+
+    try:
+        if len(inputs) != 1:
+            raise UsageError(f"--live takes one source, not {len(inputs)}.")
+        if output is None:
+            raise UsageError("--live needs -o DIR: the directory that receives the chunk files and index.json.")
+        params = dict(parse_param(p) for p in (param or []))
+        if params:
+            options["params"] = params
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            res = compress_live(inputs[0], output, chunk=chunk, reconnect=reconnect, stall_timeout=stall_timeout,
+                                live_format=live_format, preset=preset, stop=stop, on_event=on_event, **options)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    except VtcError as e:
+        raise _fail(e) from None
+    if not quiet:
+        p50, p95 = res.latency(0.5), res.latency(0.95)
+        lat = f", latency p50 {p50:.2f} s, p95 {p95:.2f} s" if p50 is not None and p95 is not None else ""
+        share = f" ({100 * res.tokens / res.source_tokens:.1f}%)" if res.source_tokens else ""
+        out.print(f"{safe(res.output)}: {res.chunks} chunks, {res.frames} frames, {res.tokens} of "
+                  f"{res.source_tokens} tokens{share}{lat}; {safe(res.stopped)}", highlight=False)
+    if res.error is not None:
+        raise _fail(res.error) from None
 
 
 def _batch(inputs: list[str], output: str | None, options: dict[str, Any], param: list[str] | None,
@@ -298,16 +405,17 @@ def _batch(inputs: list[str], output: str | None, options: dict[str, Any], param
 
 @app.command("compress-features")
 def compress_features_cmd(
-    features: Annotated[Path, typer.Argument(help="safetensors file with 'features' [T, N, D] (or [T, h, w, D]) "
-                                             "and optional signals under vtc's names (attn, pooled, keys, …).",
+    features: Annotated[Path, typer.Argument(metavar="FEATURES", help="safetensors file with 'features' [T, N, D] "
+                                             "(or [T, h, w, D]) and optional signals under vtc's names (attn, "
+                                             "pooled, keys, …).",
                                              show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Token file to write.")],
     method: Annotated[str, typer.Option("-m", "--method", help="Method, or method:variant (e.g. "
                                         "dycoke:reference); 'vtc methods' lists them.")] = "fastvid",
     ratio: Annotated[float | None, typer.Option("-r", "--ratio", help="Fraction of tokens to keep, in (0, 1] "
                                                 "[default: the method's paper setting]")] = None,
-    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter key=value "
-                                                    "(repeatable).")] = None,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", metavar="KEY=VALUE", help="Method parameter "
+                                                    "key=value (repeatable).")] = None,
     grid: Annotated[str | None, typer.Option("--grid", help="Patch grid h,w [default: the file's 'grid' "
                                              "metadata, else a square N].")] = None,
     dtype_out: Annotated[str, typer.Option("--dtype-out", help="Stored token dtype: float16, bfloat16, "
@@ -346,41 +454,118 @@ def compress_features_cmd(
 
 @app.command()
 def methods(
+    name: Annotated[str | None, typer.Argument(help="One method to describe (e.g. fastvid); all when omitted.",
+                                               show_default=False, metavar="[NAME]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List every compression method: its default ratio, variants, signals and parameters."""
+    """List every compression method (or describe one): its default ratio, variants, signals and parameters."""
     from vtc.methods import all_methods
 
     specs = all_methods()
+    if name is not None:
+        from vtc.methods.registry import parse_method
+
+        try:
+            spec, _ = parse_method(name)
+        except VtcError as e:
+            raise _fail(e) from None
+        specs = [spec]
     if as_json:
         print_json([
             {"name": s.name, "summary": s.summary, "signals": list(s.signals), "optional_signals":
              list(s.optional_signals), "paper": s.paper, "paper_ratio": s.paper_ratio, "variants": s.variants,
-             "runs": "inside the encoder" if s.in_encoder is not None else "after the encoder",
+             "runs": "inside the encoder" if s.in_encoder is not None else "after the encoder", "scope": s.scope,
              "params": [{"name": p.name, "default": p.default, "type": p.describe_type(), "help": p.help,
                          "author_name": p.author_name, "choices": list(p.choices) if p.choices else None,
                          "range": [p.lo, p.hi] if p.lo is not None or p.hi is not None else None}
                         for p in s.params]}
             for s in specs])
         return
-    for s in specs:
-        out.print(f"[bold cyan]{s.name}[/] — {s.summary}", highlight=False)
+    for i, s in enumerate(specs):
+        if i:
+            out.print()  # one blank line between methods: each reads as a block
+        out.print(f"[bold cyan]{s.name}[/] — {safe(s.summary)}", highlight=False)
+        if name is not None and s.paper:
+            out.print(f"  paper: {safe(s.paper)}", highlight=False)
         ratio = f"{s.paper_ratio:g}" if s.paper_ratio is not None else "none (its own knob sets the count)"
         out.print(f"  default ratio: {ratio}", style="dim", highlight=False)
         for v, settings in s.variants.items():
             knobs = ", ".join(f"{k}={val!r}" for k, val in settings.items())
-            out.print(f"  variant [bold]{s.name}:{v}[/]: {knobs}", style="dim", highlight=False)
+            out.print(f"  variant [bold]{s.name}:{v}[/]: {safe(knobs)}", style="dim", highlight=False)
         if s.signals:
             out.print(f"  needs: {', '.join(s.signals)}", style="dim", highlight=False)
+        live = "frame by frame (exactly as offline)" if s.scope == "frame" else "per chunk"
+        out.print(f"  scope: {s.scope} (--live: {live})", style="dim", highlight=False)
+        if s.optional_signals:
+            out.print(f"  uses when present: {', '.join(s.optional_signals)}", style="dim", highlight=False)
         if s.in_encoder is not None:
             out.print("  runs inside the encoder (between its blocks; not on --target or precomputed features)",
                       style="dim", highlight=False)
+        if s.params:
+            out.print("  parameters (-p NAME=VALUE):", style="dim", highlight=False)
         for p in s.params:
             author = f" (authors: {p.author_name})" if p.author_name and p.author_name != p.name else ""
             allowed = f" one of {', '.join(map(str, p.choices))}" if p.choices else ""
             if p.lo is not None or p.hi is not None:
                 allowed = f" in {p.describe_range()}"
-            out.print(f"  [green]{p.name}[/]={p.default!r}{author}: {p.help}{allowed}", highlight=False)
+            out.print(f"    [green]{p.name}[/]={safe(repr(p.default))}{author}: {safe(p.help)}{allowed}",
+                      highlight=False)
+    if name is None:  # the whole list ends with the signal table
+        from vtc.signals import SIGNALS
+
+        out.print()
+        out.print("[bold]signals[/] (what each is; on towers without a CLS token, the substitute used):",
+                  highlight=False)
+        for sname, doc in SIGNALS.items():
+            out.print(f"  [green]{sname}[/] ({doc.provider}): {safe(doc.meaning)}", style="dim", highlight=False)
+
+
+@app.command()
+def presets(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the named presets (--preset NAME): their description and settings."""
+    import tomllib
+
+    from vtc.run.config import list_presets
+
+    rows = []
+    for preset_name, path in list_presets().items():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        rows.append({"name": preset_name, "path": str(path), "description": data.pop("description", ""),
+                     "settings": data})
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        settings = ", ".join(f"{k}={v!r}" for k, v in row["settings"].items() if k != "params")
+        params = ", ".join(f"{k}={v!r}" for k, v in (row["settings"].get("params") or {}).items())
+        out.print(f"[bold cyan]{safe(row['name'])}[/] — {safe(row['description'])}", highlight=False)
+        out.print(f"  {safe(settings)}" + (f"; params: {safe(params)}" if params else ""), style="dim",
+                  highlight=False)
+    out.print("Use one with --preset NAME, or --preset FILE.toml; explicit options override it.", style="dim",
+              highlight=False)
+
+
+@app.command()
+def targets(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the target families (--target): the checkpoints' model types, default frames, engines."""
+    from vtc.targets import describe_targets
+
+    rows = describe_targets()
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        out.print(f"[bold cyan]{r['name']}[/] — {r['summary']}", highlight=False)
+        out.print(f"  model types: {', '.join(r['model_types'])}; default frames: {r['frames']}; e.g. "
+                  f"{r['example']}; vtc export: {', '.join(r['engines']) or 'none (vtc.hf only)'}", style="dim",
+                  highlight=False)
 
 
 @app.command()
@@ -392,15 +577,17 @@ def export(
                                               "FILE with .vllm.pt / .sglang.pt]")] = None,
     storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="Object storage option "
                                                              "key=value (repeatable).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at the output.")] = False,
 ) -> None:
-    """Write a token file in the shapes vLLM or SGLang take for precomputed video tokens (Qwen2.5-VL)."""
+    """Write a Qwen2.5-VL or Qwen3-VL target token file in the shapes vLLM or SGLang take for precomputed video
+    tokens."""
     from vtc.export import export as do_export
     from vtc.io.storage import location, parse_option, set_options
 
     try:
         set_options(dict(parse_option(o) for o in (storage_option or [])))
         out_path = location(output) if output else location(file).with_suffix(f".{to}.pt")
-        written = do_export(location(file), to, out_path)
+        written = do_export(location(file), to, out_path, overwrite=overwrite)
     except VtcError as e:
         raise _fail(e) from None
     out.print(f"wrote {safe(written)}", highlight=False)
@@ -417,27 +604,35 @@ def show(
     max_frames: Annotated[int, typer.Option("--max-frames", help="Frames drawn at most (uniformly chosen).")] = 256,
     storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="Object storage option "
                                                              "key=value (repeatable).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --html/--png even if "
+                                            "vtc did not write it.")] = False,
 ) -> None:
     """Summarise a token file: video, model, method, tokens before → after, tokens per frame.
 
     With --html/--png, draw which patches were kept (clear), dropped (dimmed) and merged (one colour per output
     token), with a timeline of tokens per frame and the temporal segments.
     """
-    from vtc.io.storage import parse_option, set_options
+    from vtc.io.decode import check_input
+    from vtc.io.storage import location, parse_option, set_options
     from vtc.show import summary, summary_table
 
     try:
         set_options(dict(parse_option(o) for o in (storage_option or [])))
+        if max_frames < 1:
+            raise UsageError(f"--max-frames must be ≥ 1, not {max_frames}.")
         info = summary(file)
         if html_out or png_out:
             from vtc.report import build, check_report_path, write_html, write_png
 
-            if video is not None and not video.exists():
-                raise UsageError(f"--video {video}: no such file.")
+            if video is not None:
+                check_input(video)  # a missing file, a folder or a FIFO (which would wait forever)
             for opt, target in (("--html", html_out), ("--png", png_out)):
                 if target is not None:
-                    check_report_path(opt, target)
-            rep = build(file, video, max_frames=max_frames)
+                    check_report_path(opt, target, token_file=location(file), overwrite=overwrite)
+            try:
+                rep = build(file, video, max_frames=max_frames)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # metadata of odd shapes
+                raise _metadata_error(file, e) from None
             if rep["warning"]:
                 console.print(f"[bold yellow]warning:[/] {safe(rep['warning'])}", highlight=False, soft_wrap=True)
             if html_out:
@@ -449,10 +644,121 @@ def show(
     if as_json:
         print_json(info)
     else:
-        summary_table(info, out)
+        try:
+            summary_table(info, out)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # metadata of odd shapes
+            raise _fail(_metadata_error(file, e)) from None
         for p in (html_out, png_out):
             if p:
                 out.print(f"wrote {safe(p)}", highlight=False)
+
+
+def _metadata_error(file: str | Path, e: Exception) -> FormatError:
+    """A token file whose metadata passed the reader's checks but not the report's use of it."""
+    return FormatError(f"{file}: its metadata is incomplete or inconsistent ({type(e).__name__}: {str(e)[:80]}).")
+
+
+@app.command()
+def fidelity(
+    videos: Annotated[list[Path], typer.Argument(help="Video files to measure on.", show_default=False)],
+    target: Annotated[str | None, typer.Option("--target", help="The video LLM whose answers are measured (vtc "
+                                               "targets lists them).")] = None,
+    target_model: Annotated[str | None, typer.Option("--target-model", help="Its transformers checkpoint (the "
+                                                     "whole model is loaded).")] = None,
+    methods: Annotated[str, typer.Option("--methods", help="Methods to compare, comma-separated (name or "
+                                         "name:variant); 'none' is the uncompressed run itself.")
+                       ] = "fastvid,dycoke,divprune",
+    ratios: Annotated[str, typer.Option("--ratios", help="Fractions of tokens kept, comma-separated.")
+                      ] = "0.1,0.25,0.5",
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Text file of questions, one a line "
+                                                 "[default: five generic video questions].")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for fidelity.jsonl (resume), "
+                                         ".json, .csv and the cached reference.")] = Path("vtc-fidelity"),
+    answer_tokens: Annotated[int, typer.Option("--answer-tokens", help="N: tokens of the reference's greedy "
+                                               "answer scored per prompt.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random-selection control.")] = 0,
+    no_controls: Annotated[bool, typer.Option("--no-controls", help="Skip the random and pool controls.")] = False,
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="Method parameter METHOD.key=value "
+                                                    "(repeatable), e.g. -p dycoke.prune_share=0.5")] = None,
+    frames: Annotated[int | None, typer.Option("--frames", "-t", help="Sample T frames uniformly.")] = None,
+    fps: Annotated[float | None, typer.Option("--fps", help="Sample F frames per second instead.")] = None,
+    every: Annotated[int | None, typer.Option("--every", help="Sample every n-th frame instead.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: auto]")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="Model precision: auto, fp32, fp16, bf16")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of the table.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+) -> None:
+    """Measure how far each method × ratio moves the target LLM's answers from the uncompressed run (label-free:
+    loyalty to the uncompressed model, not accuracy). Each video is decoded and encoded once; the reference is
+    cached; an interrupted sweep resumes from OUTPUT/fidelity.jsonl.
+    """
+    from vtc.api import fidelity as api_fidelity
+    from vtc.run.config import parse_param
+
+    try:
+        params: dict[str, dict[str, Any]] = {}
+        for p in param or []:
+            key, value = parse_param(p)
+            name, dot, pkey = key.partition(".")
+            if not dot or not name or not pkey:
+                raise UsageError(f"-p takes METHOD.key=value for fidelity (e.g. dycoke.prune_share=0.5), not '{p}'.")
+            params.setdefault(name, {})[pkey] = value
+        fancy = not quiet and not as_json and console.is_terminal
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn(), console=console, disable=not fancy)
+        task = bar.add_task("runs", total=None)
+        state = {"done": 0, "total": 0}
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "start":
+                state["done"], state["total"] = data["done"], data["total"]
+                bar.update(task, total=data["total"], completed=data["done"])
+                if not quiet and not as_json and not fancy:
+                    console.print(f"{data['videos']} videos × {data['runs']} method runs = {data['total']}; "
+                                  f"{data['done']} already done", highlight=False)
+            elif kind == "note" and not quiet:
+                console.print(f"note: {safe(data['message'])}", highlight=False, soft_wrap=True)
+            elif kind == "run" and data["kind"] == "method":
+                state["done"] += 1
+                bar.update(task, completed=state["done"], description=f"{safe(data['method'])} {data['ratio']}")
+                if not quiet and not as_json and not fancy:
+                    console.print(f"\\[{state['done']}/{state['total']}] {safe(Path(data['video']).name)} "
+                                  f"{safe(data['method'])} {data['ratio']}: KL {data['kl_answer']:.4g}",
+                                  highlight=False)
+
+        with bar:
+            summary = api_fidelity(videos, output, target=target, target_model=target_model, methods=methods,
+                                   ratios=ratios, prompts=prompts, answer_tokens=answer_tokens, seed=seed,
+                                   controls=not no_controls, params=params, on_event=on_event, frames=frames,
+                                   fps=fps, every=every, device=device, dtype=dtype)
+    except VtcError as e:
+        raise _fail(e) from None
+    for video, err in summary.failed.items():
+        console.print(f"[red]failed[/] {safe(video)}: {safe(err)}", highlight=False, soft_wrap=True)
+    if as_json:
+        print_json(summary.as_dict())
+    elif not quiet:
+        _fidelity_table(summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _fidelity_table(summary: Any) -> None:
+    from rich.table import Table
+
+    from vtc.run.fidelity import iter_rows
+
+    rows = list(iter_rows(summary))
+    tab = Table(*rows[0], title=f"fidelity vs the uncompressed run ({summary.videos} video"
+                f"{'s' if summary.videos != 1 else ''}; means over videos)")
+    for r in rows[1:]:
+        tab.add_row(*r)
+    out.print(tab, width=None if out.is_terminal else 160)  # a pipe or a log gets the whole table
+    for line in summary.pareto:
+        out.print(safe(line), highlight=False)
+    out.print(f"{summary.computed} runs computed, {summary.reused} reused; encoder passes "
+              f"{sum(summary.encoder_passes.values())}, LLM forwards {summary.llm_forwards}; "
+              f"{safe(summary.outdir / 'fidelity.json')}, .csv, .html, .png", highlight=False)
 
 
 @app.command()
@@ -470,6 +776,9 @@ def doctor() -> None:
     row("FFmpeg libavcodec", ".".join(map(str, av.library_versions.get("libavcodec", ()))))
     row("open_clip", _version_of("open_clip_torch") or "not installed")
     row("transformers (--target)", _version_of("transformers") or "not installed: pip install 'vtc[hf]'")
+    row("Pillow (show --html/--png)", _version_of("pillow") or "not installed: pip install 'vtc[show]'")
+    row("Ray (--engine ray)", _version_of("ray") or "not installed: pip install 'vtc[ray]'")
+    row("model weights cached", _cached_weights())
     import torch
 
     from vtc.io.encode import pick_device, pick_dtype
@@ -484,6 +793,18 @@ def doctor() -> None:
     row("threads", str(torch.get_num_threads()))
 
 
+def _cached_weights() -> str:
+    """What the Hugging Face hub cache holds (open_clip and transformers load from it), without importing them."""
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    hub = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub"))
+    models = sorted(p.name[len("models--"):].replace("--", "/") for p in hub.glob("models--*")) if hub.is_dir() else []
+    if not models:
+        return (f"none in {hub}: the first run downloads them (network needed), or pass --checkpoint; "
+                f"python -m vtc.testing random-checkpoint MODEL OUT.pt makes random weights for offline trials")
+    return f"{len(models)} in {hub}: " + ", ".join(models[:6]) + (" …" if len(models) > 6 else "")
+
+
 def _version_of(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -493,8 +814,18 @@ def _version_of(package: str) -> str | None:
         return None
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: one line saying what state the run leaves, then the usual exit 130."""
+    console.print("[bold yellow]interrupted:[/] stopped; no half-written file is left (outputs are written "
+                  "atomically), and a batch resumes where it stopped.", highlight=False)
+    raise KeyboardInterrupt
+
+
 def run() -> None:
     """Console-script entry point."""
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupted)
     app()
 
 

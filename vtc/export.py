@@ -15,8 +15,11 @@ them back), with the per-frame `timestamps` (seconds, one per temporal grid step
 SGLang's precomputed *video* path for Qwen3-VL is an open pull request (sgl-project/sglang#34632), so that export
 follows its image contract.
 
+Qwen2-VL files carry no `second_per_grid_ts` (its positions are not time-scaled); Qwen3.5 files are Qwen3-VL's
+without planes. Each family's engine input is built in its module (`TargetSpec.engine_video`).
+
 Both are `torch.save` dicts of tensors (vtc writes them atomically). Only Qwen files can be exported: neither engine
-takes precomputed LLaVA-OneVision video tokens (use `vtc.hf` with transformers for those).
+takes precomputed LLaVA video tokens (use `vtc.hf` with transformers for those).
 """
 
 from __future__ import annotations
@@ -29,41 +32,20 @@ import torch
 
 from vtc.errors import UsageError
 from vtc.io.storage import location
-from vtc.io.store import TokenFile, atomic_write, load
+from vtc.io.store import TokenFile, atomic_write, check_output, load
+from vtc.targets import spec_of_file
 
 ENGINES = ("vllm", "sglang")
 PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
-QWEN_TARGETS = ("qwen2.5-vl", "qwen3-vl")
 
 
-def _qwen(tf: TokenFile) -> dict[str, Any]:
+def _engine_input(tf: TokenFile) -> dict[str, Any]:
+    """The family's engine input (`TargetSpec.engine_video`): embeds, grid_thw, time, retention mask, positions."""
     space = tf.meta.get("space") if isinstance(tf.meta.get("space"), dict) else {}
     if space.get("kind") != "target":
         raise UsageError(f"{tf.path} holds encoder-space tokens; serving engines need a target's tokens "
                          f"(vtc compress --target qwen2.5-vl --target-model CHECKPOINT).")
-    if space.get("target") not in QWEN_TARGETS:
-        raise UsageError(f"{tf.path} is in {space.get('target')} space; vLLM and SGLang take no precomputed video "
-                         f"tokens for it. Use vtc.hf.video_inputs with transformers, or a --target qwen2.5-vl or "
-                         f"qwen3-vl file.")
-    order = tf.raster_order()  # the model's sequence order: frame, row, column
-    k = int(tf.tokens.shape[0])
-    out: dict[str, Any] = {
-        "embeds": tf.tokens[order].contiguous(),
-        "grid_thw": torch.tensor([space["video_grid_thw"]], dtype=torch.int64),
-        "retention_mask": tf["retention_mask"].bool(),
-        "num": k,
-        "complete": k == int(tf["retention_mask"].numel()),
-        "source": str(tf.path),
-    }
-    if space["target"] == "qwen3-vl":  # [K, D] + [K, L, D] → [K, D·(1 + L)]; time comes from per-frame timestamps
-        planes = tf["deepstack"][order]
-        out["embeds"] = torch.cat([out["embeds"], planes.reshape(k, -1)], 1).contiguous()
-        out["time"] = {"timestamps": [list(space["frame_timestamps"])]}
-        out["mrope_positions"] = tf.positions[order].long()  # (frame, row, col): each frame its own (1, h, w) group
-    else:
-        out["time"] = {"second_per_grid_ts": torch.tensor([space["second_per_grid_t"]], dtype=torch.float32)}
-        out["mrope_positions"] = tf["mrope_positions"][order].long()
-    return out
+    return spec_of_file(tf).engine_video(tf)
 
 
 def _contract(q: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +57,7 @@ def _contract(q: dict[str, Any]) -> dict[str, Any]:
 def for_vllm(tf: TokenFile) -> dict[str, Any]:
     """vLLM's offline embedding input for Qwen2.5-VL / Qwen3-VL, plus its pruning contract (see the module
     docstring)."""
-    q = _qwen(tf)
+    q = _engine_input(tf)
     return {"engine": "vllm",
             "multi_modal_data": {"video": {"video_embeds": q["embeds"], "video_grid_thw": q["grid_thw"],
                                            **q["time"]}},
@@ -85,19 +67,20 @@ def for_vllm(tf: TokenFile) -> dict[str, Any]:
 def for_sglang(tf: TokenFile) -> dict[str, Any]:
     """SGLang's precomputed-embedding item for Qwen2.5-VL / Qwen3-VL (input_ids pre-expanded to
     `num_placeholder_tokens`)."""
-    q = _qwen(tf)
+    q = _engine_input(tf)
     return {"engine": "sglang",
             "video_data": [{"format": "precomputed_embedding", "feature": q["embeds"],
                             "video_grid_thw": q["grid_thw"], **q["time"]}],
             **_contract(q)}
 
 
-def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str]) -> Path:
-    """Write `path`'s tokens for engine `to` (vllm or sglang) to `output` (a torch.save file), atomically."""
+def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write `path`'s tokens for engine `to` (vllm or sglang) to `output` (a torch.save file), atomically.  An
+    existing file at `output` is never replaced unless `overwrite` (the output checks of `vtc compress`)."""
     if to not in ENGINES:
         raise UsageError(f"--to must be one of {', '.join(ENGINES)}, not '{to}'.")
     out = location(output)
-    if out.is_dir():
-        raise UsageError(f"the output {out} is a directory; give a file name such as clip.{to}.pt.")
+    check_output(location(path), out, replaceable=lambda p: False, overwrite=overwrite,
+                 kind="a file vtc may replace")
     data = (for_vllm if to == "vllm" else for_sglang)(load(path))
     return atomic_write(out, lambda tmp: torch.save(data, tmp))

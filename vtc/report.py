@@ -3,7 +3,8 @@
 For every sampled frame: the frame as the encoder saw it (when the video is at hand) with kept patches clear,
 dropped ones dimmed, and merged tokens drawn as regions in one colour per output token — so a temporal merge
 shows the same colour across frames. Below: a timeline of tokens per frame with the temporal segments, and the
-audio saliency when the audio guided the budget. Without the video, the same maps are drawn without pixels.
+curve that steered the budget (query relevance, or audio saliency) in red. Without the video, the same maps are
+drawn without pixels.
 
 Needs Pillow (`pip install 'vtc[show]'`).
 """
@@ -22,15 +23,19 @@ from typing import Any
 
 import numpy as np
 
+from vtc._version import __version__
 from vtc.errors import MissingDependencyError, UsageError
 from vtc.io.decode import Sampling, content_hash, iter_frames
 from vtc.io.geometry import FrameGeometry
-from vtc.io.store import TokenFile, atomic_write, is_token_file, load
+from vtc.io.store import REPORT_MARK_HTML, TokenFile, atomic_write, check_output, is_token_file, is_vtc_report, load
 from vtc.run.batch import VIDEO_EXTENSIONS
 
+#: the generator mark of an HTML report (what lets a later run replace it: `is_vtc_report`)
+MARK_HTML = REPORT_MARK_HTML.decode() + f' {__version__}">'
 CELL_MAX = 32  # pixels per patch cell in the tiles (tiles are at most 16·32 = 512 px wide)
 MERGE_TINT = 0.2  # how much of a merged token's colour is blended into its cells
 DIM = 0.72  # how much darker a dropped cell is
+DROPPED_EDGE = (110, 110, 110)  # the frame drawn round a dropped cell (seen on black and on white pictures)
 TILE_TARGET = 192  # aim for tiles about this wide
 
 
@@ -122,6 +127,12 @@ def render_tile(maps: Maps, t: int, cell: int, base: np.ndarray | None, colours:
     tint_up = np.repeat(np.repeat(tint, cell, 0), cell, 1)
     img = img * (1 - MERGE_TINT * merged) + tint_up * MERGE_TINT * merged  # light: the picture stays visible
     out = img.clip(0, 255).astype(np.uint8)
+    if cell >= 6:  # dropped cells get a thin grey frame: dimming alone is invisible on a dark picture
+        grey = np.array(DROPPED_EDGE, np.uint8)
+        for r, c in zip(*np.nonzero(state == 0), strict=True):
+            y, x = r * cell, c * cell
+            out[y, x : x + cell] = out[y + cell - 1, x : x + cell] = grey
+            out[y : y + cell, x] = out[y : y + cell, x + cell - 1] = grey
     if cell >= 6:  # each merged token's region gets an edge in its colour where it meets another token
         edge = max(1, cell // 10)
         for r, c in zip(*np.nonzero(state == 2), strict=True):
@@ -148,9 +159,11 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _timeline_svg(per_frame: list[int], segments: list[list[int]] | None, saliency: list[float] | None,
-                  width: int = 900, height: int = 120) -> str:
-    """Tokens per frame as bars over the temporal segments (named S0, S1, ...), with labelled axes."""
+def _timeline_svg(per_frame: list[int], segments: list[list[int]] | None,
+                  curve: tuple[str, list[float]] | None, width: int = 900, height: int = 120) -> str:
+    """Tokens per frame as bars over the temporal segments (named S0, S1, ...), with labelled axes, and the curve
+    that steered the budget (query relevance or audio saliency) in red."""
+    curve_name, saliency = curve if curve else ("", None)
     t = max(len(per_frame), 1)
     left, bottom = 40, 34  # room for the y labels and the x axis
     plot_w = width - left
@@ -193,9 +206,11 @@ def _timeline_svg(per_frame: list[int], segments: list[list[int]] | None, salien
                  f'<text x="{left - 30}" y="{height / 2}" font-size="10" transform="rotate(-90 {left - 30} '
                  f'{height / 2})" text-anchor="middle">tokens</text>')
     for i in sorted({0, (t - 1) // 2, t - 1}):
-        parts.append(f'<text class="tick" x="{left + (i + 0.5) * bw:.1f}" y="{height + 13}" font-size="10" '
-                     f'text-anchor="middle">{i}</text>')
-    label = "frame index (tokens per frame" + ("; red: audio saliency" if saliency else "") + \
+        x = left + (i + 0.5) * bw
+        anchor = "end" if x + 4 * len(str(i)) > width else "middle"  # the last label stays inside the picture
+        parts.append(f'<text class="tick" x="{min(x, width - 1):.1f}" y="{height + 13}" font-size="10" '
+                     f'text-anchor="{anchor}">{i}</text>')
+    label = "frame index (tokens per frame" + (f"; red: {curve_name}" if saliency else "") + \
         ("; shaded bands: temporal segments" if drawn else "") + \
         (f"; {len(segments)} temporal segments, too many to shade" if segments and not drawn else "") + ")"
     parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height + 28}" font-size="11" text-anchor="middle">'
@@ -221,9 +236,25 @@ def describe_view(geo: FrameGeometry) -> str:
     }.get(geo.resize_mode, geo.resize_mode)
 
 
-def _saliency(f: TokenFile) -> list[float] | None:
-    sal = f.tensors.get("audio_saliency")
-    return None if sal is None else [float(v) for v in sal.float().tolist()]
+def _model_line(m: dict[str, Any]) -> str:
+    """Which model made the tokens: a target's vision path (its own layer choice), or the open_clip tower and the
+    block read."""
+    space = m.get("space") if isinstance(m.get("space"), dict) else {}
+    if space.get("kind") == "target":
+        return f"{space.get('target')} vision path of {space.get('checkpoint')}"
+    if not m.get("model"):
+        return "features from your own encoder (compress_features)"
+    return f"{m.get('model')} {m.get('pretrained') or ''} layer {m.get('layer')}".replace("  ", " ")
+
+
+def _saliency(f: TokenFile) -> tuple[str, list[float]] | None:
+    """The curve that steered the budget, drawn over the timeline: the query relevance per frame when the run had
+    a --query (it set the budget), else the audio saliency when the method used it.  → (name, values) or None."""
+    for name, label in (("relevance", "query relevance"), ("audio_saliency", "audio saliency")):
+        sal = f.tensors.get(name)
+        if sal is not None and sal.numel():
+            return label, [float(v) for v in sal.float().reshape(-1).tolist()]
+    return None
 
 
 def check_video(f: TokenFile, video: str | os.PathLike[str] | None) -> str | None:
@@ -232,7 +263,10 @@ def check_video(f: TokenFile, video: str | os.PathLike[str] | None) -> str | Non
         return None
 
     want = (f.meta.get("video") or {}).get("sha256")
-    if want and content_hash(video) != want:
+    if not want:
+        return (f"{f.path} records no source video (or no content hash of it): {video} is drawn as given, and may "
+                f"not be the video the tokens came from.")
+    if content_hash(video) != want:
         return (f"{video} is not the video this file was made from (content hash differs): the pictures below "
                 f"do not match the tokens.")
     return None
@@ -263,7 +297,7 @@ def build(file: str | os.PathLike[str], video: str | os.PathLike[str] | None = N
         "times": [float(x) for x in f["frame_times"].tolist()],
         "header": {
             "video": (m.get("video") or {}).get("path", "?"),
-            "model": f"{m.get('model')} {m.get('pretrained') or ''} layer {m.get('layer')}".strip(),
+            "model": _model_line(m),
             "method": m.get("method"),
             "params": m.get("params", {}),
             "tokens": f"{t * h * w} → {f.tokens.shape[0]} ({100 * float(m.get('ratio_achieved') or 0):.1f}% kept)",
@@ -274,18 +308,18 @@ def build(file: str | os.PathLike[str], video: str | os.PathLike[str] | None = N
     }
 
 
-def check_report_path(option: str, path: str | os.PathLike[str]) -> None:
-    """A report can be written at `path` (its folder exists and is writable, it is not a folder, and it does not
-    replace a token file or a video), else a UsageError before any drawing."""
+def check_report_path(option: str, path: str | os.PathLike[str], *, token_file: Path | None = None,
+                      overwrite: bool = False) -> None:
+    """A report can be written at `path` (the output checks of every vtc output: not the token file itself, not a
+    folder, a writable folder, and an existing file replaced only when it is a report vtc wrote, or with
+    `overwrite`), else a UsageError before any drawing."""
     p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{option} {p} is a directory; give a file name such as report.html.")
-    if not p.parent.is_dir():
+    if not p.is_dir() and not p.parent.is_dir():
         raise UsageError(f"{option} {p}: the folder {p.parent} does not exist.")
-    if not os.access(p.parent, os.W_OK):
-        raise UsageError(f"{option} {p}: the folder {p.parent} is not writable.")
-    if p.exists() and (is_token_file(p) or p.suffix.lower() in VIDEO_EXTENSIONS):
+    if p.is_file() and (is_token_file(p) or p.suffix.lower() in VIDEO_EXTENSIONS):
         raise UsageError(f"{option} {p} would overwrite a token file or a video; choose another name.")
+    check_output(token_file, p, replaceable=is_vtc_report, overwrite=overwrite, option=option,
+                 kind="a report vtc wrote")
 
 
 def write_html(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -303,7 +337,7 @@ def write_html(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     nopix = "" if report["pixels"] else '<p class="note">No video given: grid maps without pixels.</p>'
     params = html.escape(json.dumps(hd["params"], default=str))
     title = html.escape(str(hd["video"]))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vtc report — {title}</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8">{MARK_HTML}<title>vtc report — {title}</title>
 <style>
 body{{font-family:system-ui,sans-serif;margin:16px;color:#222;background:#fff}}
 h1{{font-size:18px;margin:0 0 8px}} table{{border-collapse:collapse;font-size:13px}}
@@ -370,7 +404,11 @@ def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int
     for k, tile in enumerate(tiles):
         r, c = divmod(k, cols)
         sheet.paste(Image.fromarray(tile), (pad + c * (tw + pad), head + pad + r * (th + pad)))
-    return atomic_write(Path(path), lambda tmp: sheet.save(tmp, format="PNG"))
+    from PIL.PngImagePlugin import PngInfo
+
+    mark = PngInfo()
+    mark.add_text("Software", f"vtc {__version__}")  # what lets a later run replace this sheet (is_vtc_report)
+    return atomic_write(Path(path), lambda tmp: sheet.save(tmp, format="PNG", pnginfo=mark))
 
 
 _TIMELINE_H = 28

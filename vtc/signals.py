@@ -40,10 +40,27 @@ SIGNALS: dict[str, SignalDoc] = {
                           "all queries (CLS included), CLS column dropped, not renormalised", "encoder"),
     "received_object": SignalDoc("[T, N] the same at the 'object' block, 1-based ⌊3L/8 + ½⌋ of an L-block tower "
                                  "(block 9 of CLIP-L's 24, HiPrune's object layer)", "encoder"),
+    "last_cls_attn": SignalDoc("[T, N] CLS query · keys of the last block as one head over the full width (scale "
+                               "C^-½), softmax, CLS column dropped (SigLIP: the attention-pool probe's attention as "
+                               "substitute)", "encoder"),
+    "last_keys": SignalDoc("[T, N+1, C] keys of the last block over the full width (k_proj with bias), row 0 = CLS "
+                           "(SigLIP: row 0 zero)", "encoder"),
+    "patch_embed": SignalDoc("[T, N, E] every patch of the last block in the image–text space (CLIP: visual "
+                             "projection of the patch tokens without the post-LayerNorm; SigLIP: the attention-pool "
+                             "head applied to each patch alone, as substitute)", "encoder"),
+    "sensitivity": SignalDoc("[T, N] zeroth-order sensitivity of the target's projector at each token: mean over 64 "
+                             "seeded unit directions u of ‖P(x+hu) − P(x−hu)‖/2h, h = 0.01, pooled to the token grid "
+                             "(ZOO-Prune; needs a nonlinear projector: --target llava-*)", "encoder"),
+    "shallow_attn": SignalDoc("[T, N] attention at the shallow block, 1-based ⌊L/4⌋ of an L-block tower (6 of "
+                              "CLIP-L's 24, VScan's): CLIP: head-mean CLS→patch row; SigLIP: attention received "
+                              "(the authors' CLS-less rule)", "encoder"),
+    "readout_attn": SignalDoc("[T, N] the same at the read-out (selected) block: CLIP: head-mean CLS→patch row "
+                              "(= cls_attn); SigLIP: attention received (= received)", "encoder"),
     "frames": SignalDoc("[T, H, W, 3] uint8 frames as the encoder sees them (after resize and crop)", "decode"),
     "times": SignalDoc("[T] presentation time of every sampled frame, seconds", "decode"),
     "audio_saliency": SignalDoc("[A] audio saliency at 25 tokens/s", "audio"),
     "relevance": SignalDoc("[T] per-frame query relevance", "query"),
+    "query_embed": SignalDoc("[E] the query's text embedding, L2-normalised (same space as `pooled`)", "query"),
     "thumbnail": SignalDoc("[N', D] patch tokens of an extra encoded picture (TS-LLaVA's thumbnail)",
                            "extra_images"),
 }
@@ -59,7 +76,9 @@ class Signals:
     """Optional per-frame signals.  Every field is a tensor or None (shapes in `SIGNALS`).
 
     attn [T, N], pooled [T, D'], cls_attn [T, N], cls_token [T, D], keys [T, N+1, d], received [T, N],
-    received_object [T, N], frames uint8 [T, H, W, 3],
+    received_object [T, N], last_cls_attn [T, N], last_keys [T, N+1, C], patch_embed [T, N, E], query_embed [E],
+    sensitivity [T, N], shallow_attn [T, N], readout_attn [T, N],
+    frames uint8 [T, H, W, 3],
     times [T], audio_saliency [A], relevance [T], thumbnail [N', D].
     `sources` names where each signal came from (recorded in the file).
     """
@@ -71,6 +90,13 @@ class Signals:
     keys: Tensor | None = None
     received: Tensor | None = None
     received_object: Tensor | None = None
+    last_cls_attn: Tensor | None = None
+    last_keys: Tensor | None = None
+    patch_embed: Tensor | None = None
+    query_embed: Tensor | None = None
+    sensitivity: Tensor | None = None
+    shallow_attn: Tensor | None = None
+    readout_attn: Tensor | None = None
     frames: Tensor | None = None
     audio_saliency: Tensor | None = None
     relevance: Tensor | None = None
@@ -88,7 +114,8 @@ class Signals:
         if value is None:
             raise UsageError(
                 f"method '{method}' needs the signal '{name}' ({SIGNALS[name].meaning}); "
-                f"vtc's pipeline provides it — with compress_features, pass {name}=..."
+                f"vtc compress provides it; with vtc.compress_features pass {name}=..., with vtc compress-features "
+                f"store a tensor '{name}' in the features file"
             )
         return value
 
@@ -99,7 +126,9 @@ class Signals:
             "attn": (t, n), "cls_attn": (t, n), "received": (t, n), "received_object": (t, n),
             "pooled": (t, None), "cls_token": (t, None), "keys": (t, n + 1, None),
             "frames": (t, None, None, 3), "times": (t,), "relevance": (t,), "audio_saliency": (None,),
-            "thumbnail": (None, None),
+            "thumbnail": (None, None), "last_cls_attn": (t, n), "last_keys": (t, n + 1, None),
+            "patch_embed": (t, n, None), "query_embed": (None,), "sensitivity": (t, n),
+            "shallow_attn": (t, n), "readout_attn": (t, n),
         }
         for name, dims in expect.items():
             value = getattr(self, name)
@@ -113,7 +142,8 @@ class Signals:
 
     #: the signals indexed by frame (leading dimension T); the others (audio, thumbnail) belong to the whole clip
     PER_FRAME = ("attn", "pooled", "cls_attn", "cls_token", "keys", "received", "received_object", "frames",
-                 "times", "relevance")
+                 "times", "relevance", "last_cls_attn", "last_keys", "patch_embed", "sensitivity",
+                 "shallow_attn", "readout_attn")
 
     def window(self, a: int, b: int) -> Signals:
         """These signals for frames [a, b): per-frame ones sliced, whole-clip ones (audio, thumbnail) as they are."""

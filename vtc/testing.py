@@ -10,6 +10,7 @@ import json
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -61,19 +62,24 @@ def tiny_siglip_config(path: Path) -> Path:
     return path
 
 
-def save_random_checkpoint(config: Path, out: Path, seed: int = 0) -> Path:
-    """Build the model of `config` with random weights (seeded) and save its state dict to `out`."""
+def save_random_checkpoint(config: Path | str, out: Path, seed: int = 0) -> Path:
+    """Build the model of `config` (an open_clip JSON config file, or the name of one of open_clip's architectures,
+    e.g. ViT-B-16) with random weights (seeded) and save its state dict to `out`: a checkpoint for offline trials
+    (`--model NAME --checkpoint OUT`)."""
     import logging
 
     import open_clip
     import torch
 
-    open_clip.add_model_config(config)
+    name = str(config)
+    if Path(config).is_file():
+        open_clip.add_model_config(Path(config))
+        name = Path(config).stem
     torch.manual_seed(seed)
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # "no pretrained weights loaded" is the point here
     try:
-        model = open_clip.create_model(config.stem, pretrained=None)
+        model = open_clip.create_model(name, pretrained=None)
     finally:
         root.setLevel(level)
     torch.save(model.state_dict(), out)
@@ -212,7 +218,8 @@ def tiny_llava_onevision(out: Path, *, seed: int = 0, head: bool = False, image_
     processor config, as a real one is laid out: SigLIP vision tower (patch 14 → 6×6 at 84 px; no attention-pool
     head unless `head`), 2-layer projector, image_newline, Qwen2 language model.  → the directory."""
     import torch
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_llava_onevision import LlavaOnevisionImageProcessor
     from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
 
     torch.manual_seed(seed)
@@ -227,8 +234,68 @@ def tiny_llava_onevision(out: Path, *, seed: int = 0, head: bool = False, image_
     model = LlavaOnevisionForConditionalGeneration(cfg).eval()
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(out, **kwargs)
-    LlavaOnevisionVideoProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
-                                 image_std=[0.5] * 3).save_pretrained(out)
+    video = LlavaOnevisionVideoProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                                         image_std=[0.5] * 3)
+    image = LlavaOnevisionImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                                         image_std=[0.5] * 3)
+    LlavaOnevisionProcessor(image_processor=image, tokenizer=tiny_tokenizer(LLAVA_SPECIALS), video_processor=video,
+                            num_image_tokens=(image_size // 14) ** 2, vision_feature_select_strategy="full"
+                            ).save_pretrained(out)
+    return out
+
+
+#: the special tokens of the tiny Qwen checkpoints' tokenizer (ids as in their configs)
+QWEN_SPECIALS = {"<|image_pad|>": 290, "<|video_pad|>": 291, "<|vision_start|>": 292, "<|vision_end|>": 293}
+#: the special tokens of the tiny LLaVA checkpoints' tokenizer
+LLAVA_SPECIALS = {"<image>": 290, "<video>": 291}
+
+
+def tiny_tokenizer(specials: dict[str, int] | None = None, vocab_size: int = 300) -> Any:
+    """A small real tokenizer (transformers `PreTrainedTokenizerFast` over a `tokenizers` WordLevel model): one id
+    per printable ASCII character (ids 3–97) and the family's special tokens (`QWEN_SPECIALS` by default) — what
+    the tiny checkpoints' processors need to expand a prompt as the real ones do."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = dict(QWEN_SPECIALS if specials is None else specials)
+    vocab = {"<unk>": 0, "<|endoftext|>": 1, "<|im_end|>": 2}
+    vocab.update({chr(c): 3 + i for i, c in enumerate(range(32, 127))})
+    vocab.update({f"<unused{i}>": i for i in range(len(vocab), vocab_size) if i not in specials.values()})
+    vocab.update(specials)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", additional_special_tokens=list(specials))
+
+
+def tiny_llava_next_video(out: Path, *, seed: int = 0, image_size: int = 56, text_hidden: int = 48) -> Path:
+    """Save a tiny random-weight LLaVA-NeXT-Video checkpoint with its full processor (`LlavaNextVideoProcessor`,
+    `tiny_tokenizer`): CLIP vision tower (patch 14, CLS; 4×4 patches at 56 px), 2×2 average pooler, projector,
+    Qwen2 language model; the video processor resizes the short side to `image_size` and centre-crops.
+    → the directory."""
+    import torch
+    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor
+    from transformers.models.llava_next.image_processing_llava_next import LlavaNextImageProcessor
+    from transformers.models.llava_next_video.video_processing_llava_next_video import LlavaNextVideoVideoProcessor
+
+    torch.manual_seed(seed)
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, image_size=image_size, patch_size=14, projection_dim=32)
+    text = dict(model_type="qwen2", hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
+                max_position_embeddings=4096)
+    cfg = LlavaNextVideoConfig(vision_config=vision, text_config=text, image_token_index=TINY_LLAVA_IMAGE_TOKEN,
+                               video_token_index=TINY_LLAVA_VIDEO_TOKEN, vision_feature_layer=-2,
+                               vision_feature_select_strategy="default", spatial_pool_mode="average",
+                               spatial_pool_stride=2, image_grid_pinpoints=[[image_size, image_size]])
+    LlavaNextVideoForConditionalGeneration(cfg).eval().save_pretrained(out)
+    size, crop = {"shortest_edge": image_size}, {"height": image_size, "width": image_size}
+    LlavaNextVideoProcessor(video_processor=LlavaNextVideoVideoProcessor(size=size, crop_size=crop),
+                            image_processor=LlavaNextImageProcessor(size=size, crop_size=crop),
+                            tokenizer=tiny_tokenizer(LLAVA_SPECIALS), patch_size=14,
+                            vision_feature_select_strategy="default", num_additional_image_tokens=1
+                            ).save_pretrained(out)
     return out
 
 
@@ -239,12 +306,15 @@ TINY_QWEN_VISION_END = 293
 
 
 def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_pixels: int = 112 * 140,
-                    tokens_per_second: int = 2, shard_size: str | None = None) -> Path:
+                    tokens_per_second: int = 2, shard_size: str | None = None,
+                    cap_pixels_per_frame: bool = False, max_video_tokens: int = 128000) -> Path:
     """Save a tiny random-weight Qwen2.5-VL checkpoint (transformers `save_pretrained`) with a video processor
     config: vision transformer (patch 14, 2×2 merge, frame pairs, window attention with one full-attention block),
-    Qwen2 language model with M-RoPE.  → the directory."""
+    Qwen2 language model with M-RoPE; the full processor (`Qwen2_5_VLProcessor` with `tiny_tokenizer`) is saved
+    along, so `AutoProcessor.from_pretrained` gives the model's own.  → the directory."""
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     torch.manual_seed(seed)
@@ -261,34 +331,106 @@ def tiny_qwen2_5_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(out, **kwargs)
-    Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-                          cap_pixels_per_frame=False).save_pretrained(out)
+    video = Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                                  cap_pixels_per_frame=cap_pixels_per_frame, max_video_tokens=max_video_tokens)
+    Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tiny_tokenizer(),
+                        video_processor=video).save_pretrained(out)
     return out
 
 
-def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pixels: int = 64 * 96 * 8) -> Path:
-    """Save a tiny random-weight Qwen3-VL checkpoint (transformers `save_pretrained`) with a video processor
-    config: vision transformer (patch 16, 2×2 merge, frame pairs, learned position grid, DeepStack mergers after
-    blocks 0 and 1), Qwen3 language model with interleaved M-RoPE. Its processor bounds the pixels of all frames
-    together (min_pixels, max_pixels).  → the directory."""
+def tiny_qwen3_vl(out: Path, *, seed: int = 0, min_pixels: int = 64 * 64, max_pixels: int = 64 * 96 * 8,
+                  deepstack: tuple[int, ...] = (0, 1), cap_pixels_per_frame: bool = False,
+                  max_video_tokens: int = 768, model_type: str = "qwen3_vl") -> Path:
+    """Save a tiny random-weight Qwen3-VL-style checkpoint (transformers `save_pretrained`) with its full processor
+    (`Qwen3VLProcessor`, `tiny_tokenizer`): vision transformer (patch 16, 2×2 merge, frame pairs, learned position
+    grid, DeepStack mergers after blocks `deepstack`), a language model with interleaved M-RoPE. Its processor
+    bounds the pixels of all frames together (min_pixels, max_pixels). `model_type`: qwen3_vl, qwen3_vl_moe (MoE
+    language model, same vision tower), qwen3_5 or qwen3_5_moe (no DeepStack; gated delta-net + attention
+    layers).  → the directory."""
     import torch
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import AutoConfig, AutoModelForImageTextToText, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     torch.manual_seed(seed)
-    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=48, patch_size=16,
-                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                  deepstack_visual_indexes=[0, 1], in_channels=3)
-    text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=12, vocab_size=300, max_position_embeddings=4096,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2],
-                                 "mrope_interleaved": True},
+    vision: dict[str, Any] = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=48,
+                                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                                  num_position_embeddings=64, in_channels=3)
+    text: dict[str, Any] = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                num_key_value_heads=2, head_dim=12, vocab_size=300, max_position_embeddings=4096,
+                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                 "mrope_section": [2, 2, 2], "mrope_interleaved": True},
+                                bos_token_id=1, eos_token_id=2)
+    if model_type.startswith("qwen3_vl"):
+        vision["deepstack_visual_indexes"] = list(deepstack)
+    if model_type.endswith("_moe"):
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    if model_type.startswith("qwen3_5"):
+        text.update(layer_types=["linear_attention", "full_attention", "full_attention"], linear_conv_kernel_dim=2,
+                    linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                    linear_num_value_heads=4, rope_parameters={**text["rope_parameters"], "partial_rotary_factor": 1.0})
+        if model_type.endswith("_moe"):
+            text.update(shared_expert_intermediate_size=32)
+    cfg = AutoConfig.for_model(model_type, vision_config=vision, text_config=text, image_token_id=290,
+                               video_token_id=TINY_QWEN_VIDEO_TOKEN, vision_start_token_id=TINY_QWEN_VISION_START,
+                               vision_end_token_id=TINY_QWEN_VISION_END)
+    model = AutoModelForImageTextToText.from_config(cfg).eval()
+    model.save_pretrained(out)
+    video = Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                                  cap_pixels_per_frame=cap_pixels_per_frame, max_video_tokens=max_video_tokens)
+    Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=16), tokenizer=tiny_tokenizer(),
+                     video_processor=video).save_pretrained(out)
+    return out
+
+
+def tiny_qwen2_vl(out: Path, *, seed: int = 0, min_pixels: int = 56 * 56, max_pixels: int = 112 * 140) -> Path:
+    """Save a tiny random-weight Qwen2-VL checkpoint with its full processor (`Qwen2VLProcessor`,
+    `tiny_tokenizer`): vision transformer (patch 14, 2×2 merge, frame pairs, full attention), Qwen2 language model
+    with M-RoPE (no time scaling).  → the directory."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    torch.manual_seed(seed)
+    vision = dict(depth=2, embed_dim=32, hidden_size=48, mlp_ratio=2, num_heads=4, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=300, max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2]},
                 bos_token_id=1, eos_token_id=2)
-    cfg = Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=290,
+    cfg = Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=290,
                         video_token_id=TINY_QWEN_VIDEO_TOKEN, vision_start_token_id=TINY_QWEN_VISION_START,
                         vision_end_token_id=TINY_QWEN_VISION_END)
-    model = Qwen3VLForConditionalGeneration(cfg).eval()
-    model.save_pretrained(out)
-    Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-                          cap_pixels_per_frame=False).save_pretrained(out)
+    Qwen2VLForConditionalGeneration(cfg).eval().save_pretrained(out)
+    video = Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                                  cap_pixels_per_frame=False)
+    Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tiny_tokenizer(),
+                     video_processor=video).save_pretrained(out)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m vtc.testing random-checkpoint MODEL OUT.pt [--seed N]`: random weights for a real architecture
+    (or a JSON config), to try vtc offline: `vtc compress clip.mp4 --model MODEL --checkpoint OUT.pt`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m vtc.testing", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    rc = sub.add_parser("random-checkpoint", help="save random weights for an open_clip architecture")
+    rc.add_argument("model", help="an open_clip model name (e.g. ViT-B-16) or a JSON config file")
+    rc.add_argument("out", type=Path, help="the .pt file to write")
+    rc.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    import open_clip
+
+    if not Path(args.model).is_file() and args.model not in open_clip.list_models():
+        parser.error(f"unknown model '{args.model}' (open_clip.list_models() lists them; or pass a JSON config)")
+    if args.out.exists():
+        parser.error(f"{args.out} exists; choose another name")
+    save_random_checkpoint(args.model, args.out, seed=args.seed)
+    print(f"wrote {args.out}: random weights for {args.model}; use --model {args.model} --checkpoint {args.out}")
+
+
+if __name__ == "__main__":
+    main()

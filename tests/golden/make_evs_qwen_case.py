@@ -43,7 +43,9 @@ def main() -> None:
     keep[torch.argsort(dis.reshape(-1), descending=True, stable=True)[:retained]] = 1
     meta = {
         "method": "evs",
-        "params": json.dumps({"q": Q, "video_size_thw": [t, h, w], "spatial_merge_size": 1, "tokens_per_frame": h * w}),
+        # as vLLM passes them for Qwen2.5-VL: the patch grid before the 2×2 spatial merge, and the merge size
+        "params": json.dumps({"q": Q, "video_size_thw": [t, 2 * h, 2 * w], "spatial_merge_size": 2,
+                              "tokens_per_frame": h * w}),
         "reference_repo": "vllm-project/vllm",
         "reference_path": "vllm/multimodal/evs.py::compute_retention_mask, restated from its documentation",
         "case": "Qwen2.5-VL-space tokens (tiny random-weight model) of a synthetic clip with a scene cut, q=0.7",

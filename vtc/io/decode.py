@@ -134,9 +134,12 @@ class _RemoteContainer:
         return False
 
 
-def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
-    if is_url(path):  # object storage: streamed with read-ahead, never downloaded whole
-        return _RemoteContainer(path)  # type: ignore[return-value]
+def check_input(path: str | os.PathLike[str]) -> Path:
+    """An input video exists, is a regular file and is readable (the cheap checks, made before any model is
+    loaded), else an InputError.  → the path.  A URL (object storage) is returned as it is: its reader
+    reports a missing or unreadable object."""
+    if is_url(path):
+        return path  # type: ignore[return-value]
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file. Check the path.")
@@ -144,6 +147,15 @@ def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
         raise InputError(f"{p}: is a directory, not a video file.")
     if not p.is_file():  # a FIFO, socket or device would block or never end
         raise InputError(f"{p}: is not a regular file (a pipe, socket or device); save the video to a file first.")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{p}: is not readable (permission denied).")
+    return p
+
+
+def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
+    if is_url(path):  # object storage: streamed with read-ahead, never downloaded whole
+        return _RemoteContainer(path)  # type: ignore[return-value]
+    p = check_input(path)
     try:
         return av.open(str(p), metadata_errors="ignore")
     except av.error.FFmpegError as e:  # not a media file, or the header is unreadable

@@ -40,7 +40,7 @@ class EncoderConfig:
     """Which encoder to build and how to run it (the CLI's --model/--pretrained/--checkpoint/--layer/...).
 
     With `target` (and `target_model`), tokens come from that video LLM's own vision path instead of an open_clip
-    tower (`vtc.io.target`); model/pretrained/checkpoint/layer then do not apply."""
+    tower (`vtc.targets`); model/pretrained/checkpoint/layer then do not apply."""
 
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
@@ -265,12 +265,27 @@ def _weights_cache_empty() -> bool:
 
 
 def _hub_offline() -> None:
+    """Use the local caches only, from now on in this process (huggingface_hub and transformers)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import huggingface_hub.constants as hc
 
         hc.HF_HUB_OFFLINE = True
     except ImportError:  # pragma: no cover
         pass
+
+
+def _hub_tokenizer(name: str) -> bool:
+    """Whether open_clip's tokenizer for model `name` comes from the Hugging Face hub (SigLIP's and others')."""
+    import open_clip
+
+    if name.startswith("hf-hub:"):
+        return True
+    try:
+        cfg = open_clip.get_model_config(name) or {}
+    except Exception:  # an unknown name: open_clip says so itself
+        return False
+    return bool((cfg.get("text_cfg") or {}).get("hf_tokenizer_name"))
 
 
 @contextlib.contextmanager
@@ -287,10 +302,15 @@ def _quiet_logs() -> Iterator[None]:
             logging.getLogger(n).setLevel(lvl)
 
 
+def _weights_name(name: str, pretrained: str | None) -> str:
+    """'ViT-B-16/openai'; an hf-hub id alone (the repository is the weights: a tag means nothing there)."""
+    return name if name.startswith("hf-hub:") or not pretrained else f"{name}/{pretrained}"
+
+
 def _fetch_error(e: Exception | None, name: str, pretrained: str | None, offline: bool = False) -> ModelError:
     if offline:
         return ModelError(
-            f"cannot fetch weights for {name}{'/' + pretrained if pretrained else ''}: the model hub is unreachable "
+            f"cannot fetch weights for {_weights_name(name, pretrained)}: the model hub is unreachable "
             f"(offline?) and they "
             f"are not in the local cache. Run once with network access (weights are cached under "
             f"~/.cache/huggingface), or pass --checkpoint PATH to a local weights file for this architecture."
@@ -298,7 +318,7 @@ def _fetch_error(e: Exception | None, name: str, pretrained: str | None, offline
     if isinstance(e, (RuntimeError, KeyError, ValueError)) and "download" not in str(e).lower():
         return ModelError(f"cannot create model '{name}': {str(e).splitlines()[0][:300] if str(e) else e!r}")
     return ModelError(
-        f"cannot fetch weights for {name}/{pretrained or ''} ({type(e).__name__}: "
+        f"cannot fetch weights for {_weights_name(name, pretrained)} ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:200] if str(e) else 'no network?'}). Run once with network access "
         f"(weights are cached under ~/.cache/huggingface), or pass --checkpoint PATH to a local weights file "
         f"for this architecture."
@@ -419,6 +439,15 @@ class Encoder(FrameGrid):
         return {k: v.float().cpu() for k, v in out.items()}
 
     @torch.inference_mode()
+    def encode_gated(self, pixels: Tensor, want: frozenset[str], keep: Tensor, previous: list[Tensor | None]
+                     ) -> tuple[dict[str, Tensor], Tensor]:
+        """`encode_pixels` with GRT's gated patch embeddings (see `Tower.forward_gated`).  → (float32 CPU outputs,
+        the gated patch embeddings [B, N, D] on the device)."""
+        out, emb = self.tower.forward_gated(pixels.to(self.device, self.dtype), frozenset(want), self.layer_index,
+                                            keep, previous)
+        return {k: v.float().cpu() for k, v in out.items()}, emb
+
+    @torch.inference_mode()
     def encode_patches(self, pixels: Tensor, keep: Tensor) -> Tensor:
         """Patch tokens of only the `keep` [N] patches of one frame [1, 3, h, w]: the other patches are left out
         of the sequence (each kept one keeps its position embedding). Out of distribution for CLIP/SigLIP, which
@@ -430,8 +459,11 @@ class Encoder(FrameGrid):
         """The text tower's embedding of `text`, L2-normalised: [D'] float32 CPU (same space as `pooled`)."""
         import open_clip
 
+        if _hub_tokenizer(self.name) and not _hub_reachable():
+            _hub_offline()  # decided once: the local cache or a one-line error in seconds, never minutes of retries
         try:
-            tokenizer = open_clip.get_tokenizer(self.name)
+            with _quiet_logs():
+                tokenizer = open_clip.get_tokenizer(self.name)
             tokens = tokenizer([text]).to(self.device)
         except ModuleNotFoundError as e:
             raise MissingDependencyError(
@@ -458,7 +490,7 @@ class Encoder(FrameGrid):
         return self.grid
 
     def file_extras(self, positions: Tensor, rep: Tensor, grid: tuple[int, int], num_frames: int,
-                    frame_times: list[float], fps: float, picture: tuple[int, int]) -> tuple[dict[str, Any],
+                    frame_times: list[float], info: Any, picture: tuple[int, int]) -> tuple[dict[str, Any],
                                                                                               dict[str, Tensor]]:
         """The `space` and `newline` metadata of a file (encoder space: no extra tensors)."""
         return {"space": self.space(), "newline": {"layout": "none"}}, {}

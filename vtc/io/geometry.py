@@ -94,6 +94,11 @@ class FrameGeometry:
     min_pixels: int = 0
     max_pixels: int = 0
     temporal: int = 0
+    #: the video processor's `cap_pixels_per_frame` (qwen-vl-utils' rule): without `temporal`, the per-frame bound
+    #: becomes max(min(max_pixels, cap // frames), 1.05·min_pixels) (cap = total video pixels × temporal patch);
+    #: with `temporal`, each frame's share is max(min(cap, max_pixels // frames), 1.05·min_pixels) (cap = pixels
+    #: of max_video_tokens patches); 0: no cap
+    cap: int = 0
 
     @classmethod
     def from_preprocess_cfg(cls, cfg: dict[str, Any], size: int | tuple[int, ...] | list[int]) -> FrameGeometry:
@@ -106,7 +111,7 @@ class FrameGeometry:
     def from_dict(cls, d: dict[str, Any]) -> FrameGeometry:
         return cls(tuple(d["image_size"]), d["resize_mode"], tuple(d["mean"]), tuple(d["std"]), float(d["fill"]),
                    str(d.get("resize_on", "decode")), int(d.get("factor", 0)), int(d.get("min_pixels", 0)),
-                   int(d.get("max_pixels", 0)), int(d.get("temporal", 0)))
+                   int(d.get("max_pixels", 0)), int(d.get("temporal", 0)), int(d.get("cap", 0)))
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -132,10 +137,15 @@ class FrameGeometry:
         """(h, w) of the picture made from a decoded frame of `height` × `width` (the `decode_size` output) of a
         video of `frames` sampled frames (which matters with `temporal`)."""
         if self.resize_mode == "smart" and self.temporal:
-            return smart_resize_video(frames, height, width, self.temporal, self.factor, self.min_pixels,
-                                      self.max_pixels)
+            hi = self.max_pixels
+            if self.cap and frames > 0:
+                hi = max(min(self.cap, self.max_pixels // frames), int(self.min_pixels * 1.05)) * frames
+            return smart_resize_video(frames, height, width, self.temporal, self.factor, self.min_pixels, hi)
         if self.resize_mode == "smart":
-            return smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
+            hi = self.max_pixels
+            if self.cap and frames > 0:
+                hi = max(min(hi, self.cap // frames), int(self.min_pixels * 1.05))
+            return smart_resize(height, width, self.factor, self.min_pixels, hi)
         return self.image_size
 
     def preprocess(self, frames: np.ndarray | Tensor, video_frames: int = 0) -> Tensor:
@@ -163,9 +173,20 @@ class FrameGeometry:
         (`resize` with antialias on uint8, then `rescale_and_normalize` with mean and std folded by 1/255)."""
         import torchvision.transforms.v2.functional as tvF
 
-        if self.resize_mode not in ("squash", "smart"):
-            raise ValueError("resize_on='tensor' supports the squash and smart resizes only")
-        size = self.output_size(int(x.shape[-2]), int(x.shape[-1]), video_frames)
+        if self.resize_mode not in ("squash", "smart", "shortest"):
+            raise ValueError("resize_on='tensor' supports the squash, smart and shortest resizes only")
+        if self.resize_mode == "shortest":  # the short side to the crop's side (int(s·long/short)), centre crop
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            th, tw = self.image_size
+            short, long = (w, h) if w <= h else (h, w)
+            size = (int(th * long / short), th) if w <= h else (th, int(th * long / short))
+            if (h, w) != size:
+                x = tvF.resize(x.contiguous(), list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+            top, left = int((size[0] - th) / 2.0), int((size[1] - tw) / 2.0)
+            x = x[..., top: top + th, left: left + tw]
+            size = (th, tw)
+        else:
+            size = self.output_size(int(x.shape[-2]), int(x.shape[-1]), video_frames)
         if tuple(x.shape[-2:]) != size:
             x = tvF.resize(x.contiguous(), list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
         rescale = 1 / 255

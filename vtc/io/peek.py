@@ -7,6 +7,7 @@ safetensors header and only the small tensors it needs (positions, frame times, 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from vtc.io.storage import RemotePath, is_url, local_copy, location
 FORMAT_NAME = "vtc-tokens"
 FORMAT_VERSION = "1"
 REQUIRED = ("tokens", "positions", "timestamps", "frame_times", "sizes", "source", "merge_src", "merge_dst", "merge_w")
+#: the tensors whose values (index ranges, finiteness) the readers check
+CHECKED = ("positions", "frame_times", "segments", "source", "merge_src", "merge_dst", "merge_w", "sizes")
 #: metadata keys whose values are JSON
 JSON_KEYS = ("params", "grid", "image_size", "signals", "sampling", "video", "encoder", "info", "decode", "features",
              "pre_encoder", "space", "newline")
@@ -50,8 +53,8 @@ def decode_meta(raw: dict[str, str]) -> dict[str, Any]:
 _META_TYPES: dict[str, tuple[type, ...]] = {
     "params": (dict,), "signals": (dict,), "sampling": (dict,), "video": (dict,), "encoder": (dict,), "info": (dict,),
     "decode": (dict,), "features": (dict,), "pre_encoder": (dict,), "space": (dict,), "newline": (dict,),
-    "ratio_requested": (int, float, type(None)), "ratio_achieved": (int, float), "truncated": (bool,),
-    "method": (str,), "variant": (str,), "order": (str,),
+    "live": (dict,), "ratio_requested": (int, float, type(None)), "ratio_achieved": (int, float),
+    "truncated": (bool,), "method": (str,), "variant": (str,), "order": (str,),
 }
 #: integer tensors and their allowed dtypes
 _INTS = ("I8", "I16", "I32", "I64", "U8", "U16", "U32")
@@ -72,6 +75,8 @@ def check_contents(where: Path | str, meta: dict[str, Any], shapes: dict[str, tu
     range of the arrays given (`shapes`: name → (safetensors dtype, shape) for every tensor; `arrays`: the ones
     read).  Every failure is a FormatError naming the field.  → (T, h, w)."""
     if isinstance(meta.get("space"), str):  # files of vtc ≤ 0.1 said space="features"
+        if meta["space"] not in ("features", "encoder"):
+            raise FormatError(f"{where}: metadata 'space' is not JSON ({meta['space'][:40]!r}).")
         meta["space"] = {"kind": meta["space"]}
     for key, kinds in _META_TYPES.items():
         if key in meta and (not isinstance(meta[key], kinds) or (isinstance(meta[key], bool) and bool not in kinds)):
@@ -118,6 +123,7 @@ def check_contents(where: Path | str, meta: dict[str, Any], shapes: dict[str, tu
         dtype, seg = shapes["segments"]
         if len(seg) != 2 or seg[1] != 2 or dtype not in _INTS:
             raise FormatError(f"{where}: 'segments' must be integer [S, 2], not {dtype} {list(seg)}.")
+    check_space(where, meta, shapes, t, h, w)
     ranges = {"positions": None, "source": (-1, k), "merge_dst": (0, k), "merge_src": (0, n_src),
               "segments": (0, t), "sizes": (0, None)}
     for name, arr in arrays.items():
@@ -136,6 +142,93 @@ def check_contents(where: Path | str, meta: dict[str, Any], shapes: dict[str, tu
             if v.min() < lo or (hi is not None and v.max() >= hi):
                 raise FormatError(f"{where}: '{name}' has indices outside [{lo}, {hi}).")
     return t, h, w
+
+
+#: the targets whose files carry Qwen's video fields (video_grid_thw, retention_mask, M-RoPE or DeepStack): every
+#: Qwen family in vtc.targets
+QWEN_SPACES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5")
+
+
+def _whole(value: Any, lo: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lo
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_space(where: Path | str, meta: dict[str, Any], shapes: dict[str, tuple[str, tuple[int, ...]]],
+                t: int, h: int, w: int) -> None:
+    """The token-space fields: `space.kind`, and for a target file every field its consumers (`vtc export`,
+    `vtc.hf`) read — the Qwen video grid, retention mask, M-RoPE positions, DeepStack planes, frame timestamps, the
+    newline tensor's width — by type and shape.  A FormatError names the field."""
+    space = meta.get("space")
+    if space is None:
+        return
+    kind = space.get("kind")
+    if kind not in ("encoder", "features", "target"):
+        raise FormatError(f"{where}: metadata 'space' has kind {str(kind)[:40]!r}; expected encoder, features or "
+                          f"target.")
+    k, d = shapes["tokens"][1]
+    if kind != "target":
+        return
+    if not isinstance(space.get("target"), str):
+        raise FormatError(f"{where}: a target file whose 'space' names no target.")
+    if "hidden_size" in space and space["hidden_size"] != d:
+        raise FormatError(f"{where}: space 'hidden_size' is {str(space['hidden_size'])[:20]} but the tokens have "
+                          f"D = {d}.")
+    newline = meta.get("newline") or {}
+    layout = newline.get("layout", "none")
+    if not isinstance(layout, str):
+        raise FormatError(f"{where}: newline layout must be a name, not {str(layout)[:40]!r}.")
+    if layout != "none" and "newline" not in shapes:
+        raise FormatError(f"{where}: newline layout '{layout}' but no 'newline' tensor.")
+    if "newline" in shapes and shapes["newline"][1] != (d,):
+        raise FormatError(f"{where}: 'newline' has shape {list(shapes['newline'][1])}, expected [{d}] (the tokens' "
+                          f"width).")
+    target = space["target"]
+    if target not in QWEN_SPACES:
+        return
+
+    def need(name: str, shape: tuple[int, ...] | None, ints: bool = False, dtypes: tuple[str, ...] = ()) -> None:
+        if name not in shapes:
+            raise FormatError(f"{where}: a {target} file without its '{name}' tensor.")
+        dtype, got = shapes[name]
+        if (shape is not None and got != shape) or (ints and dtype not in _INTS) or (dtypes and dtype not in dtypes):
+            want = list(shape) if shape is not None else "?"
+            raise FormatError(f"{where}: '{name}' is {dtype} {list(got)}, expected {want}"
+                              + (" integers" if ints else "") + ".")
+
+    m = space.get("spatial_merge_size")
+    if not _whole(m):
+        raise FormatError(f"{where}: space 'spatial_merge_size' must be a whole number ≥ 1, not {str(m)[:40]!r}.")
+    thw = space.get("video_grid_thw")
+    if thw != [t, h * m, w * m] or not all(_whole(v) for v in thw):
+        raise FormatError(f"{where}: space 'video_grid_thw' must be [{t}, {h * m}, {w * m}] ({t} frames of the "
+                          f"{h}×{w} token grid, merge {m}), not {str(thw)[:60]}.")
+    need("retention_mask", (t * h * w,), dtypes=("BOOL", "U8"))
+    if "frame_timestamps" not in space:  # Qwen2-VL / Qwen2.5-VL: M-RoPE positions in the file
+        need("mrope_positions", (k, 3), ints=True)
+        if (target == "qwen2.5-vl" or "second_per_grid_t" in space) and \
+                (not _finite(space.get("second_per_grid_t")) or space["second_per_grid_t"] < 0):
+            raise FormatError(f"{where}: space 'second_per_grid_t' must be a number ≥ 0, not "
+                              f"{str(space.get('second_per_grid_t'))[:40]!r}.")
+        if not _whole(space.get("max_position"), 0):
+            raise FormatError(f"{where}: space 'max_position' must be a whole number, not "
+                              f"{str(space.get('max_position'))[:40]!r}.")
+    else:  # Qwen3-VL / Qwen3.5: a timestamp per token frame, DeepStack planes where the checkpoint has them
+        planes = space.get("deepstack_planes")
+        if not _whole(planes, 0):
+            raise FormatError(f"{where}: space 'deepstack_planes' must be a whole number, not {str(planes)[:40]!r}.")
+        if planes:
+            need("deepstack", (k, planes, d))
+        stamps = space.get("frame_timestamps")
+        if not (isinstance(stamps, list) and len(stamps) == t and all(_finite(v) for v in stamps)):
+            raise FormatError(f"{where}: space 'frame_timestamps' must be {t} numbers (one per token frame), not "
+                              f"{str(stamps)[:60]}.")
+        for key in ("vision_start_token_id", "vision_end_token_id"):
+            if key in space and space[key] is not None and not _whole(space[key], 0):
+                raise FormatError(f"{where}: space '{key}' must be a token id, not {str(space[key])[:40]!r}.")
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -190,6 +283,44 @@ def header_shapes(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, tu
     return out
 
 
+_NP_DTYPES = {"I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "U8": np.uint8, "F16": np.float16,
+              "F32": np.float32, "F64": np.float64}
+#: the long per-source arrays, checked by their range only: read memory-mapped a block at a time, never whole
+_LONG = ("source", "merge_src", "merge_dst", "merge_w", "sizes")
+
+
+def value_summaries(path: Path, header: dict[str, Any], block: int = 1 << 22) -> dict[str, np.ndarray]:
+    """What `check_contents` needs of a written file's values, in bounded memory: the small arrays (positions,
+    frame times, segments) whole, and for each long array (an hour's merge map has tens of millions of entries)
+    its [min, max] (integers) or [0] / [nan] (whether all weights are finite), read memory-mapped by blocks."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+    data_bytes = path.stat().st_size - 8 - size
+    out: dict[str, np.ndarray] = {}
+    for name in CHECKED:
+        entry = header.get(name)
+        if not isinstance(entry, dict) or entry.get("dtype") not in _NP_DTYPES:
+            continue
+        dtype = np.dtype(_NP_DTYPES[entry["dtype"]])
+        a, b = (int(v) for v in entry["data_offsets"])
+        count = math.prod(int(v) for v in entry["shape"])
+        if not 0 <= a <= b <= data_bytes or b - a != count * dtype.itemsize:
+            raise FormatError(f"{path}: the data of '{name}' lies outside the file or does not match its shape.")
+        data = np.memmap(path, dtype=dtype, mode="r", offset=8 + size + a, shape=(count,)) if count else \
+            np.zeros(0, dtype)
+        if name not in _LONG:
+            out[name] = np.array(data).reshape(entry["shape"])
+        elif name == "merge_w":
+            finite = all(np.isfinite(data[i : i + block]).all() for i in range(0, count, block))
+            out[name] = np.array([0.0 if finite else np.nan])
+        elif count:
+            lo = min(int(data[i : i + block].min()) for i in range(0, count, block))
+            hi = max(int(data[i : i + block].max()) for i in range(0, count, block))
+            out[name] = np.array([lo, hi], np.int64)
+        del data
+    return out
+
+
 @dataclass
 class Peek:
     """What `vtc show` needs: metadata, the tokens' shape and dtype, positions [K, 3], frame_times [T], segments."""
@@ -211,8 +342,6 @@ class Peek:
 
 def peek(path: str | os.PathLike[str]) -> Peek:
     """Read and validate a token file's header and small tensors (no torch); a URL is fetched first."""
-    from safetensors import safe_open
-
     if is_url(path):
         remote = location(path)
         assert isinstance(remote, RemotePath)
@@ -225,11 +354,13 @@ def peek(path: str | os.PathLike[str]) -> Peek:
     header = read_header(p)
     meta = check_header(p, header)
     shapes = header_shapes(p, header)
-    try:
-        with safe_open(str(p), framework="np") as f:
-            arrays = {n: f.get_tensor(n) for n in ("positions", "frame_times", "segments") if n in header}
-    except Exception as e:  # safetensors raises its own error types
+    try:  # every index range, as `load` checks (the long arrays by blocks: bounded memory)
+        arrays = value_summaries(p, header)
+    except (OSError, ValueError, TypeError, KeyError) as e:
         raise FormatError(f"{p}: cannot read its tensors ({str(e)[:200]}).") from None
+    for name in ("positions", "frame_times"):
+        if name not in arrays:
+            raise FormatError(f"{p}: '{name}' has an unreadable dtype ({shapes[name][0]}).")
     check_contents(p, meta, shapes, arrays)
     tok = header["tokens"]
     return Peek(p, meta, tuple(int(s) for s in tok["shape"]), DTYPES.get(tok["dtype"], str(tok["dtype"]).lower()),

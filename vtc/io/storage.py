@@ -308,12 +308,16 @@ def _unstrip(scheme: str, fs: Any, path: str) -> str:
     return path if "://" in path else f"{scheme}://{path}"
 
 
-def atomic_upload(target: RemotePath, write_to: Callable[[str], Any]) -> RemotePath:
-    """Call `write_to(local temporary path)`, then upload that file to `target` in one atomic step."""
+def atomic_upload(target: RemotePath, write_to: Callable[[str], Any],
+                  check: Callable[[str], None] | None = None) -> RemotePath:
+    """Call `write_to(local temporary path)`, run `check(that path)` (a file its reader would refuse is never
+    uploaded), then upload that file to `target` in one atomic step."""
     fd, tmp = tempfile.mkstemp(prefix=".vtc-upload.", suffix=f".{target.name}"[-80:])
     os.close(fd)
     try:
         write_to(tmp)
+        if check is not None:
+            check(tmp)
         target.upload(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -23,6 +23,7 @@ the file is in ({"kind": "encoder"} or {"kind": "target", "target", "checkpoint"
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -38,7 +39,16 @@ from safetensors import safe_open
 from torch import Tensor
 
 from vtc.errors import FormatError, UsageError, VtcError
-from vtc.io.peek import FORMAT_NAME, FORMAT_VERSION, check_contents, check_header, header_shapes, read_header
+from vtc.io.peek import (
+    CHECKED,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    check_contents,
+    check_header,
+    header_shapes,
+    read_header,
+    value_summaries,
+)
 from vtc.io.storage import RemotePath, atomic_upload, is_url, local_copy, location
 from vtc.reduction import Reduction
 from vtc.stages.window import WindowedReduction
@@ -112,23 +122,141 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: Path | RemotePath, write_to: Any) -> Path | RemotePath:
+def atomic_write(path: Path | RemotePath, write_to: Any,
+                 check: Callable[[str], None] | None = None) -> Path | RemotePath:
     """Call `write_to(temporary path)` for a temporary file beside `path`, give it the usual permissions (mkstemp's
-    are 0600), then rename it over `path`: readers never see a half-written file.  On object storage the
-    temporary file is local and is uploaded in one atomic step (`vtc.io.storage.atomic_upload`)."""
+    are 0600), run `check(temporary path)` (a file its reader would refuse is never renamed into place), then
+    rename it over `path`: readers never see a half-written file.  An OS failure (disk full, folder not writable)
+    is a VtcError naming `path`; the temporary is removed whatever happens.  On object storage the temporary file
+    is local and is uploaded in one atomic step (`vtc.io.storage.atomic_upload`)."""
     if isinstance(path, RemotePath):
-        return atomic_upload(path, write_to)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+        return atomic_upload(path, write_to, check)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write_to(tmp)
         os.chmod(tmp, file_mode())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        raise VtcError(f"cannot write {path}: {e.strerror or e}; nothing was written.") from None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def clean_stale(output: Path | RemotePath) -> None:
+    """Remove the temporary files (`.NAME.*.tmp`) a killed run left beside `output` (object storage has none:
+    uploads are atomic)."""
+    if isinstance(output, RemotePath):
+        return
+    try:
+        if output.parent.is_dir():
+            for tmp in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # a folder we may not clean: the temporaries stay, harmless
+
+
+def is_vtc_report(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a report `vtc show --html/--png` wrote (its generator mark in the first 4 kB)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return REPORT_MARK_HTML in head or REPORT_MARK_PNG in head
+
+
+#: how reports mark themselves (an HTML meta tag; a PNG tEXt chunk "Software")
+REPORT_MARK_HTML = b'<meta name="generator" content="vtc'
+REPORT_MARK_PNG = b"tEXtSoftware\x00vtc"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output(input: Path | RemotePath | None, output: Path | RemotePath, *,
+                 replaceable: Callable[[Any], bool] | None = None, overwrite: bool = False, option: str = "-o",
+                 kind: str = "a vtc token file") -> None:
+    """The one check of every file vtc writes (token files, exports, reports), before any work: the output is not
+    the input, not a folder, its folder is a writable folder, and an existing file there is replaced only when
+    `replaceable(output)` says it is vtc's own output of this kind (default: a token file) and it is writable —
+    or when `overwrite` is given.  Else a UsageError naming the output.  An object-storage output (or input) is
+    checked by `check_remote_outputs`."""
+    if isinstance(output, RemotePath) or isinstance(input, RemotePath):
+        refused = check_remote_outputs([(input, output)], replaceable=replaceable, overwrite=overwrite,
+                                       option=option, kind=kind)
+        if refused:
+            raise next(iter(refused.values()))
+        if isinstance(output, RemotePath):
+            return
+        input = None  # a local output of a remote input: the local checks below, no same-file test
+    replaceable = replaceable or is_token_file
+    if input is not None and _same_file(output, input):
+        raise UsageError(f"the output {output} is the input itself; choose another {option}.")
+    if output.is_dir():
+        raise UsageError(f"the output {output} is a directory; give a file name ({option} FILE).")
+    parent = next((p for p in output.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"cannot write {output}: {parent} is a file, not a directory.")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {output}: the folder {parent} is not writable.")
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        if not output.is_file() or not replaceable(output):
+            raise UsageError(f"refusing to overwrite {output}: it is not {kind}. Remove it, choose another "
+                             f"{option}, or pass --overwrite.")
+        if not os.access(output, os.W_OK) or not output.stat().st_mode & 0o222:
+            raise UsageError(f"refusing to overwrite {output}: the file is read-only. Make it writable, choose "
+                             f"another {option}, or pass --overwrite.")
+
+
+def check_remote_outputs(pairs: list[tuple[Path | RemotePath | None, Path | RemotePath]], *,
+                         replaceable: Callable[[Any], bool] | None = None, overwrite: bool = False,
+                         option: str = "-o", kind: str = "a vtc token file") -> dict[RemotePath, UsageError]:
+    """Outputs on object storage: no two inputs share one and none is its input (a UsageError for the run); an
+    existing object is replaced only when `replaceable` says so (default: a vtc token file, judged by header for
+    the existing ones only, found by one listing per output folder) or `overwrite`: → {output: its error} for
+    those refused (each fails its input alone, as `check_outputs` does for local files)."""
+    replaceable = replaceable or is_token_file
+    seen: dict[str, Path | RemotePath | None] = {}
+    for src, dst in pairs:
+        key = str(dst)
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {src} would both be written to {dst}; rename one of them or run them "
+                             f"in separate batches.")
+        seen[key] = src
+        if src is not None and str(src) == key:
+            raise UsageError(f"the output {dst} is the input itself; choose another {option}.")
+    remote = [dst for _, dst in pairs if isinstance(dst, RemotePath)]
+    if overwrite or not remote:
+        return {}
+    roots: dict[str, RemotePath] = {}
+    for dst in remote:
+        roots.setdefault(dst.parent.url, dst.parent)
+    # one listing per distinct output folder, cut to a common root when there are many
+    urls = [r.url for r in roots.values()]
+    if len(urls) > 8:
+        common = os.path.commonpath([u.split("://", 1)[1] for u in urls])
+        scheme = next(iter(roots.values())).scheme
+        roots = {f"{scheme}://{common}": RemotePath(f"{scheme}://{common}")}
+    existing: set[str] = set()
+    for root in roots.values():
+        existing |= {o.url for o in root.find()}
+    refused: dict[RemotePath, UsageError] = {}
+    for dst in remote:
+        if dst.url in existing and not replaceable(dst):
+            refused[dst] = UsageError(f"refusing to overwrite {dst}: it is not {kind}. Remove it, choose another "
+                                      f"{option}, or pass --overwrite.")
+    return refused
 
 
 @dataclass
@@ -196,7 +324,22 @@ def save_streaming(tensors: dict[str, Tensor | Streamed], path: str | os.PathLik
 def write(path: str | os.PathLike[str], tensors: dict[str, Tensor | Streamed], metadata: dict[str, Any]) -> Path:
     """Write a token file atomically (`atomic_write`), with 0644-style permissions under umask 022."""
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
-    return atomic_write(location(path), lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)))
+    target = location(path)
+    return atomic_write(target, lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)),  # type: ignore[return-value]
+                        check=lambda tmp: check_written(target, Path(tmp)))
+
+
+def check_written(path: Path | RemotePath, tmp: Path) -> None:
+    """Validate a just-written token file (its temporary `tmp`) as `load` would: vtc never leaves a file at `path`
+    that its own reader refuses (a FormatError instead, and nothing written)."""
+    try:
+        header = read_header(tmp)
+        meta = check_header(tmp, header)
+        shapes = header_shapes(tmp, header)
+        check_contents(path, meta, shapes, value_summaries(tmp, header))
+    except FormatError as e:
+        why = str(e).replace(str(tmp), str(path)).removeprefix(f"{path}: ")
+        raise FormatError(f"refusing to write {path}, which vtc's reader would reject: {why}") from None
 
 
 @dataclass
@@ -278,8 +421,7 @@ def load(path: str | os.PathLike[str]) -> TokenFile:
     meta = check_header(path, header)  # format, version, required tensors, metadata decoding
     shapes = header_shapes(path, header)
     _, tensors = _read(path, FormatError, "Is it a vtc token file?")
-    arrays = {n: tensors[n].numpy() for n in ("positions", "frame_times", "segments", "source", "merge_src",
-                                              "merge_dst", "merge_w", "sizes") if n in tensors}
+    arrays = {n: tensors[n].numpy() for n in CHECKED if n in tensors}
     check_contents(path, meta, shapes, arrays)  # every shape, dtype and index range: a FormatError, exit 4
     return TokenFile(path, tensors, meta)
 
@@ -320,11 +462,17 @@ def is_token_file(path: str | os.PathLike[str]) -> bool:
 
 def is_remote_token_file(target: RemotePath) -> bool:
     """`is_token_file` for an object: two ranged reads (the length, then the header)."""
+    header = remote_header(target)
+    return header is not None and (header.get("__metadata__") or {}).get("format") == FORMAT_NAME
+
+
+def remote_header(target: RemotePath) -> dict[str, Any] | None:
+    """An object's safetensors header by two ranged reads (the length, then the header); None if it has none."""
     try:
         size = int.from_bytes(target.read_range(0, 8), "little")
         if not 2 <= size <= 100_000_000:
-            return False
+            return None
         header = json.loads(target.read_range(8, 8 + size))
     except (VtcError, ValueError):
-        return False
-    return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT_NAME
+        return None
+    return header if isinstance(header, dict) else None

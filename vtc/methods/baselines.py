@@ -1,4 +1,5 @@
-"""Baselines: keep everything, a uniform spatio-temporal lattice, per-frame spatial pooling."""
+"""Baselines: keep everything, a uniform spatio-temporal lattice, per-frame spatial pooling, a seeded random
+selection (the control `vtc fidelity` runs beside every method)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 
-@register("none", summary="keep every token (no compression)")
+@register("none", summary="keep every token (no compression)", scope="frame")
 def keep_all(x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals) -> Reduction:
     """All T·N tokens, in (frame, row, col) order.  x: [T, N, D]."""
     t, n, _ = x.shape
@@ -81,6 +82,7 @@ def _pool_weights(src: int, dst: int, mode: str) -> Tensor:
         Param("mode", "bilinear (LLaVA-OneVision, ceil size) or average (LLaVA-Video, floor size)",
               choices=("bilinear", "average")),
     ],
+    scope="frame",
 )
 def pool(
     x: Tensor,
@@ -116,4 +118,28 @@ def pool(
     src = (cols[None] + off[:, None]).reshape(-1)
     red = Reduction.build(dst, src, vals.repeat(t), (rep_f[None] + off[:, None]).reshape(-1), t * n)
     red.info.update(stride=stride, pooled_grid=[oh, ow])
+    return red
+
+
+@register(
+    "random",
+    summary="a seeded random selection of tokens meeting the ratio (the control every method should beat)",
+    paper_ratio=0.25,
+    params=[Param("seed", "seed of the random draw (the same seed and shape give the same tokens)", lo=0)],
+)
+def random_selection(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, seed: int = 0
+                     ) -> Reduction:
+    """Keep K = max(1, round(ratio·T·N)) tokens drawn uniformly without replacement by a generator seeded with
+    `seed` (independent of the features' values), in (frame, row, col) order.  x: [T, N, D].
+
+    The random-selection control of UniPruneBench and VTC-Bench: a method that does not beat it at the same
+    kept fraction adds nothing.
+    """
+    t, n, _ = x.shape
+    total = t * n
+    k = min(total, max(1, round(ratio * total)))
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(total, generator=gen)[:k].sort().values
+    red = Reduction.select(idx, total)
+    red.info.update(seed=int(seed))
     return red

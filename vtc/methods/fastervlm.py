@@ -18,6 +18,7 @@ from vtc.signals import Signals
     params=[Param("k_per_frame", "tokens kept per frame (default: round(ratio·N))", "k_per_frame", lo=1)],
     paper_ratio=0.25,
     signals=("cls_attn",),
+    scope="frame",
 )
 def fastervlm(
     x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, k_per_frame: int | None = None

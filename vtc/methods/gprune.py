@@ -48,6 +48,7 @@ def gprune_scores(x: Tensor, similarity: float, temperature: float, iterate_num:
         Param("iterate_num", "propagation steps (power of the transition matrix)", "iterate_num", lo=1),
     ],
     paper_ratio=0.5,
+    scope="frame",
 )
 def gprune(
     x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, similarity: float = 0.5,

@@ -52,6 +52,7 @@ def hiprune_frame(score_object: Tensor, score_deep: Tensor, k: int, alpha: float
     ],
     paper_ratio=0.334,
     signals=("received_object", "received"),
+    scope="frame",
 )
 def hiprune(
     x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, alpha: float = 0.1,

@@ -41,8 +41,9 @@ class _Scissor:
         self.flat = x.reshape(t * n, d).float()
         self.sim = cosine_matrix(x.float())  # [T, N, N]
         self.mode, self.epsilon, self.seed = union_find, epsilon, seed
-        self.graph: tuple[Tensor, SimilarityGraph] | None = None  # (spatial ids it was built for, graph)
+        self.graph: SimilarityGraph | None = None  # similar pairs among the tokens, once per clip
         self.last: tuple[Tensor, Tensor] | None = None  # (spatial ids, their centroids)
+        self.memo: tuple[float, Tensor, Tensor] | None = None  # (τ, spatial ids, temporal ids) of the last query
 
     def spatial(self, tau: float) -> tuple[Tensor, int]:
         """Spatial component of every token (frame-major global ids; -1 = lost) and their count."""
@@ -68,19 +69,41 @@ class _Scissor:
         return s_ids, t_ids, final, k
 
     def temporal(self, s_ids: Tensor, centroids: Tensor, tau: float) -> Tensor:
+        if self.memo is not None and self.memo[0] == tau and torch.equal(self.memo[1], s_ids):
+            return self.memo[2]
+        t_ids = self._temporal(s_ids, centroids, tau)
+        self.memo = (tau, s_ids, t_ids)
+        return t_ids
+
+    def _temporal(self, s_ids: Tensor, centroids: Tensor, tau: float) -> Tensor:
         """Temporal component of every centroid [M, D] (authors' order).  Past _DENSE centroids (exact mode) the
-        graph is a list of similar pairs, built once per set of centroids: memory O(M), not O(M²)."""
+        graph is a list of similar pairs among the clip's tokens, found once (`SimilarityGraph`): a centroid that is
+        a single token takes its pairs from there, only the others are multiplied — memory O(pairs), not O(M²)."""
         if centroids.shape[0] <= _DENSE or self.mode != "exact":
             return component_ids(cosine_matrix(centroids) > tau, self.mode, self.epsilon, self.seed)
-        if self.graph is None or not torch.equal(self.graph[0], s_ids) or tau < self.graph[1].floor:
-            self.graph = (s_ids, SimilarityGraph(l2_normalize(centroids)))
-        labels, degree = self.graph[1].components(tau)
+        labels, degree = self._graph_components(s_ids, centroids, tau)
         return order_ids(labels[None], degree[None])[0]
+
+    def _graph_components(
+        self, s_ids: Tensor, centroids: Tensor, tau: float, degrees: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        if self.graph is None:
+            self.graph = SimilarityGraph(l2_normalize(self.flat))
+        valid = torch.nonzero(s_ids >= 0).flatten()
+        size = torch.bincount(s_ids[valid], minlength=centroids.shape[0])
+        token = torch.full((centroids.shape[0],), -1, dtype=torch.long)
+        token[s_ids[valid]] = valid
+        single = torch.where(size == 1, token, -1)
+        return self.graph.centroid_components(single, l2_normalize(centroids), tau, degrees)
 
     def count(self, tau: float) -> int:
         s_ids, centroids = self.centroids(tau)
-        t_ids = self.temporal(s_ids, centroids, tau)
-        return int(t_ids.max()) + 1 if t_ids.numel() else 0
+        if centroids.shape[0] <= _DENSE or self.mode != "exact":
+            t_ids = self.temporal(s_ids, centroids, tau)
+            return int(t_ids.max()) + 1 if t_ids.numel() else 0
+        # how many components only: no degrees (they only order the components), fewer pairs scored in float32
+        labels, _ = self._graph_components(s_ids, centroids, tau, degrees=False)
+        return int(labels.unique().numel())
 
     def search(self, budget: float) -> float:
         """The largest τ on the grid −1 + i·2⁻⁷ whose K is within budget (K grows with τ): galloping down from the
@@ -133,8 +156,9 @@ def llava_scissor(
     3. Every original token joins its most cosine-similar final centroid; output k = (centroid_k + Σ assigned)
        / (count_k + 1). Order: temporal-component order. K depends on τ; with --ratio and no τ, τ is searched on
        a 2⁻⁷ grid (K grows with τ): the largest K within the ratio.
-    Memory stays O(T·N²) + O(M) for M centroids: the temporal graph past 4096 centroids is a list of similar
-    pairs (`SimilarityGraph`), not an M×M matrix; the final assignment runs in row blocks.
+    Memory stays O(T·N²) + O(pairs): the temporal graph past 4096 centroids is a list of similar token pairs
+    (`SimilarityGraph`, one pass that skips groups of tokens too far apart), not an M×M matrix; the final
+    assignment runs in row blocks.
     Representative: the source with the largest weight in the row.
     """
     t, n, _ = x.shape

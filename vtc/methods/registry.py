@@ -120,6 +120,9 @@ class MethodSpec:
     #: a method that runs inside the encoder: fn(*, ratio, layers, tokens, protected, **params) → a
     #: `vtc.stages.in_encoder.BlockMerger` (the tower merges tokens between its blocks; `fn` is not used)
     in_encoder: Callable[..., Any] | None = None
+    #: "frame": each frame is reduced on its own (any split of the frames gives the same tokens: exact in a live
+    #: run's chunks and in windows); "clip": decisions across frames (segments, merges over time, a shared budget)
+    scope: str = "clip"
 
     @property
     def wanted_signals(self) -> frozenset[str]:
@@ -188,6 +191,7 @@ def register(
     extra_images: Callable[..., dict[str, Any]] | None = None,
     pre_encoder: Callable[..., Any] | None = None,
     in_encoder: Callable[..., Any] | None = None,
+    scope: str = "clip",
 ) -> Callable[[Callable[..., Reduction]], Callable[..., Reduction]]:
     """Decorator: add a method to the registry (defaults and types read from its signature)."""
 
@@ -204,8 +208,10 @@ def register(
             p = declared[n]
             plist.append(Param(p.name, p.help, p.author_name, p.choices, p.lo, p.hi, sig.parameters[n].default,
                                kind, optional))
+        if scope not in ("frame", "clip"):
+            raise TypeError(f"{fn.__name__}: scope must be 'frame' or 'clip', not {scope!r}")
         spec = MethodSpec(name, fn, summary, plist, signals, optional_signals, paper_ratio, dict(variants or {}),
-                          paper, extra_images, pre_encoder, in_encoder)
+                          paper, extra_images, pre_encoder, in_encoder, scope)
         for v in spec.variants:
             spec.resolve({}, v)  # a variant's settings are checked like the user's
         _REGISTRY[name] = spec

@@ -61,6 +61,7 @@ def tome_vit_merger(*, ratio: float, layers: int, tokens: int, protected: int, r
     ],
     paper_ratio=0.5,
     in_encoder=tome_vit_merger,
+    scope="frame",
 )
 def tome_vit(
     x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, r: int | list[int] | None = None,

@@ -55,6 +55,7 @@ def vid_tldr_merger(*, ratio: float, layers: int, tokens: int, protected: int,
     ],
     paper_ratio=0.5,
     in_encoder=vid_tldr_merger,
+    scope="frame",
 )
 def vid_tldr(
     x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, r: float | list[float] | None = None,

@@ -35,6 +35,7 @@ def split_budget(tokens_per_frame: int) -> tuple[int, int]:
         Param("cls_row", "output each frame's CLS token first (SigLIP: the attention-pool output)"),
     ],
     signals=("cls_attn", "keys", "cls_token"),
+    scope="frame",
 )
 def visionzip(
     x: Tensor,

@@ -9,6 +9,8 @@ read-out. Components are numbered by the authors' sort key: the index of the mem
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -170,51 +172,185 @@ def hook_labels(n: int, src: Tensor, dst: Tensor) -> Tensor:
         labels = new
 
 
+def _cells(low: Tensor, block: int) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """A coarse cover of the unit rows [M, D] (as bfloat16 `low`) by pivot cells, for pruning block pairs.
+
+    Pivots are drawn (seeded, at random) from the rows no pivot covers yet (cos ≥ 0.8), a batch at a time; every row
+    joins its most similar pivot. → (row order [M] grouping cells, cell of each ordered row [M], pivot rows [P], radius
+    [P]: an upper bound on the angle between the pivot and any member), or None when rows do not cluster tightly
+    enough for cells of 64 rows on average to cover them (then little could be pruned, and small cells would only
+    make the pass slower)."""
+    m = low.shape[0]
+    max_pivots = max(64, m // 64)
+    best = torch.full((m,), -2.0)
+    owner = torch.zeros(m, dtype=torch.long)
+    pivots: list[Tensor] = []
+    uncovered = torch.arange(m)
+    batch = max(16, min(256, m // block))
+    gen = torch.Generator().manual_seed(0)
+    while uncovered.numel() and sum(p.numel() for p in pivots) < max_pivots:
+        # a seeded random draw: an even spread would alias with the frame length (the same patches every time)
+        pick = uncovered[torch.randperm(uncovered.numel(), generator=gen)[:batch]]
+        base = sum(p.numel() for p in pivots)
+        pivots.append(pick)
+        for s in range(0, m, 8192):  # every row against the new pivots (earlier ones are already in `best`)
+            sim, arg = (low[s : s + 8192] @ low[pick].T).float().max(1)
+            better = sim > best[s : s + 8192]
+            best[s : s + 8192] = torch.where(better, sim, best[s : s + 8192])
+            owner[s : s + 8192] = torch.where(better, arg + base, owner[s : s + 8192])
+        uncovered = torch.nonzero(best < 0.8).flatten()
+        if len(pivots) >= 2 and uncovered.numel() > 0.9 * m:
+            return None
+    if uncovered.numel() > 0.05 * m:
+        return None
+    piv = torch.cat(pivots)
+    # angle of a member to its pivot: true cos ≥ bf16 cos − bound
+    angle = torch.arccos((best - BF16_COS_BOUND).clamp(-1, 1)) + 1e-4
+    radius = torch.zeros(piv.numel()).scatter_reduce(0, owner, angle, "amax")
+    order = torch.argsort(owner, stable=True)
+    return order, owner[order], piv, radius
+
+
+def similar_blocks(
+    xn: Tensor,
+    floor: float,
+    block: int = 1024,
+    cells: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    find_cells: bool = True,
+) -> Iterator[tuple[Tensor, Tensor, Tensor, bool]]:
+    """Every pair i ≠ j (once) of unit rows xn [M, D] whose bfloat16 cosine exceeds floor − BOUND: a superset of the
+    pairs with cos > floor, block by block as (i [E], j [E], cos [E], exact): the cosines in float32 when `exact`
+    (a block with few columns is multiplied in float32), else bfloat16 values.
+
+    Rows are grouped by pivot cells (`_cells`) when they cluster; a pair of cells whose pivots are farther apart
+    than their radii allow a cosine above the floor is never multiplied. Structureless rows: one blocked pass.
+    `cells`: `_cells(xn in bfloat16, block)` when already known (find_cells=False: known to be None)."""
+    m = xn.shape[0]
+    low = xn.to(torch.bfloat16)
+    bound = SimilarityGraph.BOUND
+    if cells is None and find_cells and m > 4 * block:
+        cells = _cells(low, block)
+    if cells is None:
+        order, cell_of, reach = torch.arange(m), torch.zeros(m, dtype=torch.long), None
+    else:
+        order, cell_of, piv, radius = cells
+        pc = (xn[piv] @ xn[piv].T).clamp(-1, 1)
+        gap = torch.arccos((pc + 1e-6).clamp(-1, 1)) - radius[:, None] - radius[None, :]
+        # the largest cosine two members of the cells can have (slack for float32 trigonometry)
+        most = torch.where(gap > 0, torch.cos(gap), torch.ones_like(gap)) + 1e-5
+        reach = most > floor - 2 * bound  # [P, P] cells that may hold a pair above the floor
+    # chunks: runs of ordered rows within one cell, at most `block` long
+    brk = torch.nonzero(cell_of[1:] != cell_of[:-1]).flatten() + 1
+    edges = sorted(set(brk.tolist()) | set(range(0, m, block)) | {m})
+    chunks = [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    chunk_cell = torch.tensor([int(cell_of[a]) for a, _ in chunks])
+    for ci, (a, b) in enumerate(chunks):
+        rows = order[a:b]
+        if reach is None:
+            later = torch.arange(ci, len(chunks))
+        else:
+            later = ci + torch.nonzero(reach[chunk_cell[ci], chunk_cell[ci:]]).flatten()
+        if later.numel() == 0:
+            continue
+        cols = torch.cat([order[chunks[c][0] : chunks[c][1]] for c in later.tolist()])
+        own = b - a
+        exact = cols.numel() <= 4 * block  # few columns (a pruned pass): float32 products cost little more
+        sims = xn[rows] @ xn[cols].T if exact else low[rows] @ low[cols].T  # [b, C]; first b columns: the chunk
+        sims[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # pairs i < j only
+        i, j = torch.nonzero(sims > floor - bound, as_tuple=True)  # bfloat16 ones compared in bfloat16
+        yield rows[i], cols[j], sims[i, j].float(), exact
+
+
+class _Union:
+    """Component labels (smallest member index) under edges added in batches."""
+
+    def __init__(self, n: int) -> None:
+        self.labels = torch.arange(n)
+        self.src: list[Tensor] = []
+        self.dst: list[Tensor] = []
+        self.pending = 0
+
+    def add(self, src: Tensor, dst: Tensor) -> None:
+        self.src.append(src)
+        self.dst.append(dst)
+        self.pending += src.numel()
+        if self.pending > 1 << 22:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            a, b = self.labels[torch.cat(self.src)], self.labels[torch.cat(self.dst)]
+            keep = a != b
+            self.labels = hook_labels(self.labels.numel(), a[keep], b[keep])[self.labels]
+        self.src, self.dst, self.pending = [], [], 0
+
+    def result(self) -> Tensor:
+        self._flush()
+        return self.labels
+
+
 class SimilarityGraph:
     """The graph cos(x_i, x_j) > τ over unit rows x [M, D] for any τ ≥ `floor`, without an M×M matrix.
 
-    The floor is the lowest similarity for which about cap / 4 pairs are expected above it (from a sample of rows),
-    or `floor` if higher. One blocked bfloat16 pass keeps every pair i < j that may lie above it (within the
-    product's rounding bound); if more than `cap` do after all, the floor is raised to keep the most similar.
-    A query at τ ≥ floor decides the pairs far from τ by their bfloat16 value and computes the few within the
-    bound in float32 (cached); below the floor it falls back to blocked label propagation (exact, one float32
-    product pass per round).
+    The similar pairs are found by one blocked bfloat16 pass (`similar_blocks`: cells of rows too far apart to
+    matter are never multiplied), made when a query first needs it, down to a floor: 2τ − 1 for the query's τ when the
+    rows cluster (a search coming down from τ = 1 rebuilds a few times, each pass pruned), else the lowest similarity
+    for which about cap / 4 pairs are expected (from a sample of rows), never below `floor`. If more than `cap` pairs
+    are found after all, the floor is raised to keep the cap / 2 most similar. A query at τ ≥ floor decides the pairs
+    far from τ by their bfloat16 value and computes the few within the bound in float32 (cached); a query below
+    what the stored pairs can answer makes one pass at τ, joining components block by block (nothing stored).
+    `centroid_components` answers for centroids most of which are single rows of x: their pairs come from the
+    stored ones, only the other centroids are multiplied.
     """
 
     # |bf16 cos − cos| for unit vectors (see BF16_COS_BOUND), plus 2⁻⁹ for the threshold's own rounding
     BOUND = BF16_COS_BOUND
 
-    def __init__(self, xn: Tensor, floor: float = -1.0, cap: int = 4_000_000, block: int = 1024) -> None:
-        self.xn, self.block = xn, block
+    def __init__(self, xn: Tensor, floor: float = -1.0, cap: int = 8_000_000, block: int = 1024) -> None:
+        self.xn, self.block, self.cap, self.lowest = xn, block, cap, floor
         m = xn.shape[0]
-        floor = max(floor, self._sampled_floor(xn, cap // 4))
-        low = xn.to(torch.bfloat16)
-        src, dst, val = [], [], []
-        kept = 0
-        # one buffer for every block's products and one for its mask: fresh pages for each block would cost more
-        # page faults than the products themselves take
-        space = torch.empty(min(block, m) * m, dtype=torch.bfloat16)
-        marks = torch.empty(min(block, m) * m, dtype=torch.bool)
-        lower = ~torch.ones(block, block, dtype=torch.bool).triu(1)
-        for s in range(0, m, block):
-            b = min(block, m - s)
-            rough = torch.matmul(low[s : s + b], low[s:].T, out=space[: b * (m - s)].view(b, m - s))
-            rough[:, :b].masked_fill_(lower[:b, :b], -2.0)  # [b, M − s]: pairs i < j only (upper triangle)
-            mask = torch.gt(rough, floor - self.BOUND, out=marks[: b * (m - s)].view(b, m - s))  # in bfloat16
-            i, j = torch.nonzero(mask, as_tuple=True)
-            src.append(i + s)
-            dst.append(j + s)
-            val.append(rough[i, j].float())
-            kept += i.numel()
-            if kept > cap:  # more pairs than the sample promised: keep the `cap` most similar
+        self.cells = _cells(xn.to(torch.bfloat16), block) if m > 4 * block else None
+        self.sampled = self._sampled_floor(xn, cap // 4)
+        self.floor = float("inf")  # nothing stored yet
+        self.tried = float("inf")  # the lowest floor a pass has been made for
+        empty = torch.zeros(0, dtype=torch.int32)
+        self.src, self.dst, self.rough, self.exact = empty, empty, torch.zeros(0), torch.zeros(0)
+
+    def ready(self, tau: float) -> bool:
+        """Whether the stored pairs answer τ, after one more pass if that can help."""
+        if tau >= self.floor:
+            return True
+        if tau < self.lowest or tau >= self.tried:  # below the floor asked for, or a pass there overflowed
+            return False
+        target = max(self.lowest, self.sampled if self.cells is None else max(self.sampled, 2 * tau - 1))
+        self._build(min(target, tau))
+        return tau >= self.floor
+
+    def _build(self, floor: float) -> None:
+        self.tried = floor
+        src, dst, val, known = [], [], [], []
+        kept, cap = 0, self.cap
+        for i, j, v, exact in similar_blocks(self.xn, floor, self.block, self.cells, find_cells=False):
+            keep = v > floor - self.BOUND  # the floor may have risen since the pass began
+            src.append(i[keep].int())
+            dst.append(j[keep].int())
+            val.append(v[keep])
+            known.append(torch.full((int(keep.sum()),), exact))
+            kept += known[-1].numel()
+            if kept > cap:  # more pairs than the sample promised: keep the cap / 2 most similar
                 v = torch.cat(val)
-                floor = float(torch.kthvalue(v, v.numel() - cap + 1).values) + self.BOUND
+                floor = float(torch.kthvalue(v, v.numel() - cap // 2 + 1).values) + self.BOUND
                 mask = v > floor - self.BOUND
                 src, dst, val = [torch.cat(src)[mask]], [torch.cat(dst)[mask]], [v[mask]]
+                known = [torch.cat(known)[mask]]
                 kept = int(mask.sum())
         self.floor = floor
-        self.src, self.dst, self.rough = torch.cat(src), torch.cat(dst), torch.cat(val)
-        self.exact = torch.full_like(self.rough, float("nan"))  # float32 cos, filled on demand
+        empty = torch.zeros(0, dtype=torch.int32)
+        self.src = torch.cat(src) if src else empty
+        self.dst = torch.cat(dst) if dst else empty
+        self.rough = torch.cat(val) if val else torch.zeros(0)  # bfloat16 or float32 cos
+        # float32 cos where known, filled on demand for the others
+        self.exact = torch.where(torch.cat(known), self.rough, float("nan")) if val else torch.zeros(0)
 
     @staticmethod
     def _sampled_floor(xn: Tensor, pairs: int, rows: int = 256) -> float:
@@ -232,41 +368,97 @@ class SimilarityGraph:
     def above(self, tau: float) -> Tensor:
         """Mask over the stored pairs: cos > τ (τ ≥ floor)."""
         near = torch.nonzero((self.rough - tau).abs() <= self.BOUND).flatten()
-        todo = near[torch.isnan(self.exact[near])]
-        for part in todo.split(65536):
-            self.exact[part] = (self.xn[self.src[part]] * self.xn[self.dst[part]]).sum(1)
+        self._rescore(near)
         keep = self.rough > tau
         keep[near] = self.exact[near] > tau
         return keep
 
+    def _rescore(self, idx: Tensor) -> None:
+        """Float32 cosines of the stored pairs idx that have none yet."""
+        todo = idx[torch.isnan(self.exact[idx])]
+        for part in todo.split(65536):
+            self.exact[part] = (self.xn[self.src[part].long()] * self.xn[self.dst[part].long()]).sum(1)
+
     def components(self, tau: float) -> tuple[Tensor, Tensor]:
         """(labels [M] — smallest member index, degree [M] — neighbours with cos > τ, itself included)."""
         m = self.xn.shape[0]
-        if tau >= self.floor:
+        if self.ready(tau):
             keep = self.above(tau)
-            src, dst = self.src[keep], self.dst[keep]
+            src, dst = self.src[keep].long(), self.dst[keep].long()
             degree = 1 + torch.bincount(src, minlength=m) + torch.bincount(dst, minlength=m)
             return hook_labels(m, src, dst), degree
-        return self._propagate(tau)
+        return threshold_components(self.xn, tau, self.block)
 
-    def _propagate(self, tau: float) -> tuple[Tensor, Tensor]:
-        m, xn = self.xn.shape[0], self.xn
-        labels = torch.arange(m)
-        degree = torch.zeros(m, dtype=torch.long)
-        first = True
-        while True:
-            new = torch.empty_like(labels)
-            for s in range(0, m, self.block):
-                adj = xn[s : s + self.block] @ xn.T > tau
-                adj[torch.arange(adj.shape[0]), torch.arange(s, s + adj.shape[0])] = True
-                if first:
-                    degree[s : s + self.block] = adj.sum(1)
-                new[s : s + self.block] = torch.where(adj, labels[None, :], m).amin(1)
-            first = False
-            new = torch.minimum(new, labels)
-            new = new.scatter_reduce(0, labels, new, "amin")
-            while not torch.equal(nxt := new[new], new):
-                new = nxt
-            if torch.equal(new, labels):
-                return labels, degree
-            labels = new
+    def centroid_components(
+        self, single: Tensor, cn: Tensor, tau: float, degrees: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """Components of unit centroids cn [C, D] at τ, where centroid c is row single[c] of x when single[c] ≥ 0
+        (bit-identical to it) and a mean of several rows otherwise → (labels [C], degree [C]) as `components`.
+        degrees=False (labels only, degree None): a stored pair near τ is scored in float32 only when it would join
+        two components the other pairs leave apart."""
+        c = cn.shape[0]
+        if not self.ready(tau):
+            return threshold_components(cn, tau, self.block)
+        union = _Union(c)
+        degree = torch.ones(c, dtype=torch.long)
+        # pairs of single-row centroids: the stored ones
+        where = torch.full((self.xn.shape[0],), -1, dtype=torch.long)
+        is_single = single >= 0
+        where[single[is_single]] = torch.nonzero(is_single).flatten()
+        a, b = where[self.src.long()], where[self.dst.long()]
+        both = (a >= 0) & (b >= 0)
+        if degrees:
+            keep = self.above(tau) & both
+            _count(union, degree, a[keep], b[keep])
+        else:
+            known = ~torch.isnan(self.exact)
+            sure = both & torch.where(known, self.exact > tau, self.rough > tau + self.BOUND)
+            maybe = torch.nonzero(both & ~known & ((self.rough - tau).abs() <= self.BOUND)).flatten()
+            union.add(a[sure], b[sure])
+        # pairs with a centroid of several rows: multiplied here, each pair once
+        multi = torch.nonzero(~is_single).flatten()
+        if multi.numel():
+            low = cn.to(torch.bfloat16)
+            later = ~is_single
+            for s in range(0, multi.numel(), self.block):
+                rows = multi[s : s + self.block]
+                later[rows] = False  # pairs with earlier multi-row centroids are already counted
+                own = rows.numel()
+                cols = torch.cat([rows, torch.nonzero(later | is_single).flatten()])
+                rough = low[rows] @ low[cols].T  # [b, own + rest]
+                rough[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
+                i, j = torch.nonzero(rough > tau - self.BOUND, as_tuple=True)
+                _count(union, degree, *_exactly_above(cn, rows[i], cols[j], rough[i, j].float(), tau))
+        if not degrees:
+            labels = union.result()
+            maybe = maybe[labels[a[maybe]] != labels[b[maybe]]]  # only pairs that could still join two components
+            self._rescore(maybe)
+            maybe = maybe[self.exact[maybe] > tau]
+            union.add(a[maybe], b[maybe])
+            return union.result(), None
+        return union.result(), degree
+
+
+def _exactly_above(xn: Tensor, i: Tensor, j: Tensor, rough: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """The pairs (i, j) whose float32 cosine exceeds τ, given their bfloat16 cosines (all > τ − BOUND)."""
+    near = torch.nonzero(rough <= tau + SimilarityGraph.BOUND).flatten()
+    keep = rough > tau
+    for part in near.split(65536):
+        keep[part] = (xn[i[part]] * xn[j[part]]).sum(1) > tau
+    return i[keep], j[keep]
+
+
+def _count(union: _Union, degree: Tensor, i: Tensor, j: Tensor) -> None:
+    union.add(i, j)
+    degree += torch.bincount(i, minlength=degree.numel()) + torch.bincount(j, minlength=degree.numel())
+
+
+def threshold_components(xn: Tensor, tau: float, block: int = 1024) -> tuple[Tensor, Tensor]:
+    """Components of cos > τ over unit rows xn [M, D] in one pruned bfloat16 pass (pairs near τ in float32), joined
+    block by block: → (labels [M] — smallest member index, degree [M] — neighbours with cos > τ, itself included)."""
+    m = xn.shape[0]
+    union = _Union(m)
+    degree = torch.ones(m, dtype=torch.long)
+    for i, j, v, exact in similar_blocks(xn, tau, block):
+        _count(union, degree, *((i[v > tau], j[v > tau]) if exact else _exactly_above(xn, i, j, v, tau)))
+    return union.result(), degree

@@ -4,9 +4,10 @@ Memory is O(L·D + L·block) and never an L×L matrix; time is O(K·L·D) plus t
 
 - **First pick** (the token whose nearest other token is farthest): every token's nearest-neighbour distance is
   bounded from above cheaply (its neighbours along the given index offsets — the same patch in the next frame, the
-  next patch in the row — and a fixed spread of sample tokens); exact distances are then computed only for tokens
-  in order of that bound, until the bound drops below the best exact distance found. Exact, and for video
-  features a few blocks instead of all L rows.
+  next patch in the row), then tightened with growing batches of columns in a fixed pseudo-random order, only for
+  the tokens whose bound still reaches the best exact distance found so far; exact distances are computed for the
+  most promising of those each round. Exact; a few blocks for video features, and a few thousand columns per token
+  instead of all L for structureless ones (i.i.d. noise, where no token has a near neighbour to hint).
 - **Greedy steps**: the running minimum distance to the selected set is updated lazily, once per `_PENDING`
   selections, with one matrix product; between updates the argmax is found exactly from the top of the stale
   (upper-bound) vector, refreshed against the pending selections.
@@ -22,7 +23,7 @@ from torch import Tensor
 from vtc.ops.similarity import l2_normalize
 
 _BLOCK = 512  # rows per exact-distance block (memory O(block·L))
-_SAMPLE = 1024  # tokens whose distances bound every token's nearest-neighbour distance
+_SAMPLE = 1024  # columns in the first batch that bounds every token's nearest-neighbour distance (then doubling)
 _HOT = 1024  # tokens whose distance to the selection is kept exact between two full updates
 _MARGIN = 1e-5  # float32 rounding between two ways of computing the same distance
 
@@ -67,7 +68,14 @@ def _nearest(rows: Tensor, to: Tensor) -> Tensor:
 
 
 def _most_isolated(xn: Tensor, neighbours: Sequence[int]) -> int:
-    """argmax over tokens of the second-smallest entry of their distance row (first index on ties)."""
+    """argmax over tokens of the second-smallest entry of their distance row (first index on ties).
+
+    Every token's nearest-neighbour distance is bounded from above by its distance to any other token: first its
+    hinted neighbours, then columns taken in a fixed pseudo-random order, a growing batch at a time, for the tokens
+    whose bound still reaches the best exact value found so far (the `alive` ones). Each round also computes exact
+    values for the `_BLOCK` alive tokens with the highest bounds. A token is dropped once its bound falls below the
+    best exact value, so structureless inputs (no near neighbours to hint) cost a few sampled columns per token
+    plus exact rows for the tokens whose nearest neighbour is genuinely far — not an L×L pass."""
     length = xn.shape[0]
     if length <= _BLOCK:
         return int(torch.argmax(_second_smallest(xn, xn)))
@@ -77,22 +85,33 @@ def _most_isolated(xn: Tensor, neighbours: Sequence[int]) -> int:
             d = 1 - (xn[o:] * xn[:-o]).sum(1)
             bound[o:] = torch.minimum(bound[o:], d)
             bound[:-o] = torch.minimum(bound[:-o], d)
-    sample = torch.linspace(0, length - 1, min(_SAMPLE, length)).round().long().unique()
-    to_sample = 1 - xn @ xn[sample].T  # [L, S]
-    to_sample[sample, torch.arange(sample.numel())] = float("inf")  # a token is not its own neighbour
-    bound = torch.minimum(bound, to_sample.amin(1)) + _MARGIN
-    del to_sample
-    by_bound = torch.argsort(bound, descending=True, stable=True)
-    best, seen, values = -float("inf"), [], []
-    for s in range(0, length, _BLOCK):
-        rows = by_bound[s : s + _BLOCK]
-        if float(bound[rows[0]]) < best:
-            break
-        values.append(_second_smallest(xn[rows], xn))
-        seen.append(rows)
-        best = max(best, float(values[-1].max()))
-    rows, vals = torch.cat(seen), torch.cat(values)
-    top = rows[vals == vals.max()]
+    columns = torch.randperm(length, generator=torch.Generator().manual_seed(0))
+    alive = torch.arange(length)
+    exact = torch.full((length,), -float("inf"))  # exact value where computed
+    best, pos, step = -float("inf"), 0, _SAMPLE
+    while alive.numel():
+        if pos < length:  # tighten the bounds of the alive tokens with the next batch of columns
+            cols = columns[pos : pos + step]
+            pos, step = pos + cols.numel(), step * 2
+            slot = torch.full((length,), -1, dtype=torch.long)
+            slot[cols] = torch.arange(cols.numel())
+            chunk, xc = max(1, (1 << 22) // cols.numel()), xn[cols]  # [chunk, cols] distances at a time
+            for s in range(0, alive.numel(), chunk):
+                rows = alive[s : s + chunk]
+                d = 1 - xn[rows] @ xc.T  # [rows, cols]
+                own = slot[rows]  # a token is not its own neighbour
+                mine = torch.nonzero(own >= 0).flatten()
+                d[mine, own[mine]] = float("inf")
+                bound[rows] = torch.minimum(bound[rows], d.amin(1))
+        # exact values for the most promising alive tokens (all of them once every column has been seen)
+        by_bound = alive[torch.argsort(bound[alive], descending=True, stable=True)]
+        rows = by_bound if pos >= length else by_bound[:_BLOCK]
+        exact[rows] = _second_smallest(xn[rows], xn)
+        best = max(best, float(exact[rows].max()))
+        done = torch.zeros(length, dtype=torch.bool)
+        done[rows] = True
+        alive = alive[~done[alive] & (bound[alive] + _MARGIN >= best)]
+    top = torch.nonzero(exact == exact.max()).flatten()
     return int(top.min())
 
 

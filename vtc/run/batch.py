@@ -27,16 +27,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from vtc._version import __version__
-from vtc.errors import UsageError
-from vtc.io.encoders import AnyEncoder, open_encoder
+from vtc.errors import UsageError, VtcError
+from vtc.io.peek import read_header
 from vtc.io.storage import RemotePath, is_url, location
-from vtc.io.store import is_token_file
+from vtc.io.store import clean_stale, is_token_file, remote_header
 from vtc.run.config import CompressConfig
 from vtc.run.finish import Job, Outcome
 from vtc.run.pipeline import Engine
 from vtc.run.plan import Plan, check_outputs
 from vtc.run.remote import ObjectManifest, discover_remote
 from vtc.run.shards import ShardWriter, plan_shards
+from vtc.targets.encoders import AnyEncoder, open_encoder
 
 Notify = Callable[[str, dict[str, Any]], None]
 
@@ -109,27 +110,55 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def read_manifest(outdir: Path | RemotePath) -> dict[str, dict[str, Any]]:
-    """Latest record per input across every manifest file in `outdir` (tolerates a torn last line)."""
+def read_manifest(outdir: Path | RemotePath, problems: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Latest record per input across every manifest file in `outdir` (tolerates a torn last line).  Lines that
+    are not records (torn, foreign, of the wrong shape) are skipped and, when `problems` is given, counted there."""
     latest: dict[str, dict[str, Any]] = {}
     for f in sorted(outdir.glob(f"{MANIFEST_PREFIX}*.jsonl")):
         try:
             text = f.read_text(errors="replace") if f.is_file() else ""
-        except OSError:
+        except (OSError, VtcError):
+            if problems is not None:
+                problems.append(f"{f} is unreadable (its inputs are redone)")
             continue  # unreadable: as if absent (its inputs are redone)
+        bad = 0
         for line in text.splitlines():
+            if not line.strip():
+                continue
             try:
                 rec = json.loads(line)
             except (json.JSONDecodeError, RecursionError):
+                bad += 1
                 continue  # a torn or foreign line
             if not (isinstance(rec, dict) and isinstance(rec.get("input"), str)
                     and isinstance(rec.get("finished", ""), str) and isinstance(rec.get("status", ""), str)):
+                bad += 1
                 continue  # a record of the wrong shape is ignored, not trusted
-            for key in {rec["input"], str(Path(rec["input"]).resolve())}:  # as typed, and resolved
+            keys = {rec["input"]}  # as typed, and (a local path) resolved here
+            if not is_url(rec["input"]):
+                keys.add(str(Path(rec["input"]).resolve()))
+            if isinstance(rec.get("input_resolved"), str):  # and as resolved where it ran (another cwd)
+                keys.add(rec["input_resolved"])
+            for key in keys:
                 prev = latest.get(key)
                 if prev is None or rec.get("finished", "") >= prev.get("finished", ""):
                     latest[key] = rec
+        if bad and problems is not None:
+            problems.append(f"{bad} malformed line(s) in {f} were ignored")
     return latest
+
+
+def output_config_hash(path: Path | RemotePath) -> str | None:
+    """The settings hash a token file records (`config_hash`), from its header alone; None if it has none."""
+    if isinstance(path, RemotePath):
+        meta = (remote_header(path) or {}).get("__metadata__") or {}
+    else:
+        try:
+            meta = read_header(path).get("__metadata__") or {}
+        except VtcError:
+            return None
+    value = meta.get("config_hash") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
 
 
 class Manifest:
@@ -141,6 +170,25 @@ class Manifest:
             self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
         except OSError as e:
             raise UsageError(f"cannot write the manifest {path} ({e.strerror or e}); choose a writable -o.") from None
+        try:  # one run per manifest at a time: a second run into the same OUTDIR (and shard) is refused
+            import fcntl
+
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - not on POSIX: the settings hash in each output still guards resume
+            pass
+        except OSError:
+            self._f.close()
+            raise UsageError(f"another vtc run is writing {path.parent} (its manifest {path.name} is locked); wait "
+                             f"for it to finish or choose another -o.") from None
+        try:  # a torn last line (a killed run) ends here, so the next record starts on a line of its own
+            if path.stat().st_size:
+                with open(path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        self._f.write("\n")
+                        self._f.flush()
+        except OSError:
+            pass
         self.path = path
         #: the first write error (disk full, ...): the run goes on, its records are missing, the summary says so
         self.error: str | None = None
@@ -204,6 +252,8 @@ class BatchSummary:
 def _record(out: Outcome, cfg_hash: str) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "input": str(out.job.input),
+        "input_resolved": str(out.job.input.resolve() if isinstance(out.job.input, RemotePath)
+                              else Path(out.job.input).resolve()),
         "output": str(out.job.output) if out.ok else None,
         "status": "ok" if out.ok else "failed",
         "error": None if out.ok else str(out.error),
@@ -218,40 +268,43 @@ def _record(out: Outcome, cfg_hash: str) -> dict[str, Any]:
     if out.ok:
         rec.update(frames=out.frames, tokens=out.num_tokens, ratio_achieved=round(out.ratio_achieved, 6),
                    truncated=out.truncated)
+        if out.ratio_note:
+            rec.update(ratio_asked=out.ratio_asked, ratio_note=out.ratio_note)
     return rec
-
-
-def clean_stale(output: Path | RemotePath) -> None:
-    """Remove temporary files a killed run left for this output (object storage has none: uploads are atomic)."""
-    if isinstance(output, Path) and output.parent.is_dir():
-        for tmp in output.parent.glob(f".{output.name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
 
 
 def plan_items(
     inputs: list[str], out_root: Path | RemotePath, cfg: CompressConfig, *, shard: tuple[int, int] | None = None,
     retry_failed: bool = False,
-) -> tuple[list[Item], BatchSummary, Path | RemotePath]:
-    """Discover, shard and filter inputs by the manifest (resume / retry-failed).  → (to do, summary, manifest)."""
+) -> tuple[list[Item], list[tuple[Item, UsageError]], BatchSummary, Path | RemotePath]:
+    """Discover, shard and filter inputs by the manifest (resume / retry-failed).  → (to do, inputs refused before
+    any work with their errors, summary, manifest)."""
     cfg_hash = cfg.config_hash()
     items = discover(inputs)
     if not items:
         raise UsageError(f"no videos found in {', '.join(inputs)} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))}).")
-    check_outputs([(it.input, it.output(out_root)) for it in items])  # over every shard: shards share OUTDIR
+    # over every shard (they share OUTDIR); an output vtc may not replace fails its input alone, not the batch
+    refused = check_outputs([(it.input, it.output(out_root)) for it in items])
     if shard is not None:
         items = items[shard[0] :: shard[1]]
-    name = f"{MANIFEST_PREFIX}.jsonl" if shard is None else f"{MANIFEST_PREFIX}.shard-{shard[0]}-of-{shard[1]}.jsonl"
+    name = manifest_name(shard)
     if (out_root / name).is_dir():
         raise UsageError(f"the manifest {out_root / name} is a directory; remove it or choose another -o.")
-    previous = read_manifest(out_root) if out_root.is_dir() else {}
-    summary = BatchSummary(total=len(items), manifest=str(out_root / name))
+    problems: list[str] = []
+    previous = read_manifest(out_root, problems) if out_root.is_dir() else {}
+    summary = BatchSummary(total=len(items), manifest=str(out_root / name),
+                           warning="; ".join(problems) if problems else None)
     todo: list[Item] = []
+    failed: list[tuple[Item, UsageError]] = []
     for it in items:
+        if it.output(out_root) in refused:
+            failed.append((it, refused[it.output(out_root)]))
+            continue
         rec = previous.get(str(it.input)) or previous.get(str(it.input.resolve()))
-        # done: recorded ok with this configuration, and the output is still a vtc token file (not deleted or
-        # damaged since)
+        # done: recorded ok with this configuration, and the output is still a vtc token file made with these
+        # settings (not deleted, damaged or replaced by another run since)
         done = (rec is not None and rec.get("status") == "ok" and rec.get("config_hash") == cfg_hash
-                and is_token_file(it.output(out_root)))
+                and is_token_file(it.output(out_root)) and output_config_hash(it.output(out_root)) == cfg_hash)
         if retry_failed:  # the inputs whose last run failed, whatever options they failed with
             if rec is None or rec.get("status") != "failed":
                 summary.skipped += 1
@@ -261,7 +314,12 @@ def plan_items(
             clean_stale(it.output(out_root))  # a killed rerun of a finished input may have left one
             continue
         todo.append(it)
-    return todo, summary, out_root / name
+    return todo, failed, summary, out_root / name
+
+
+def manifest_name(shard: tuple[int, int] | None) -> str:
+    """The manifest file of a run (one per shard)."""
+    return f"{MANIFEST_PREFIX}.jsonl" if shard is None else f"{MANIFEST_PREFIX}.shard-{shard[0]}-of-{shard[1]}.jsonl"
 
 
 class Executor(Protocol):
@@ -320,12 +378,29 @@ def run_batch(
     if out_format != "files":
         raise UsageError(f"--format must be files or webdataset, not '{out_format}'.")
     cfg_hash = cfg.config_hash()
-    todo, summary, manifest_path = plan_items(inputs, out_root, cfg, shard=shard, retry_failed=retry_failed)
-    notify = on_event or (lambda kind, data: None)
-    notify("start", {"total": summary.total, "todo": len(todo), "skipped": summary.skipped})
-    executor = executor or LocalExecutor()
-    manifest = ObjectManifest(manifest_path) if isinstance(manifest_path, RemotePath) else Manifest(manifest_path)
+    remote = isinstance(out_root, RemotePath)
+    if not remote:
+        plan_items(inputs, out_root, cfg, shard=shard, retry_failed=retry_failed)  # every check, nothing written yet
+    # the lock (local): one run per manifest; object storage has no lock, each run writes its own segments
+    manifest: Manifest | ObjectManifest = (ObjectManifest(out_root / manifest_name(shard)) if remote
+                                           else Manifest(out_root / manifest_name(shard)))
     try:
+        # planned again under the lock: what another run finished meanwhile is seen
+        todo, refused, summary, _ = plan_items(inputs, out_root, cfg, shard=shard, retry_failed=retry_failed)
+    except BaseException:
+        manifest.close()
+        raise
+    notify = on_event or (lambda kind, data: None)
+    notify("start", {"total": summary.total, "todo": len(todo) + len(refused), "skipped": summary.skipped})
+    executor = executor or LocalExecutor()
+    try:
+        for it, err in refused:  # outputs vtc may not replace: these inputs fail, recorded, the others run
+            out = Outcome(Job(-1, it.input, it.output(out_root)), False, err)
+            manifest.write(_record(out, cfg_hash))
+            summary.add(out)
+            notify("file", {"ok": False, "input": str(it.input), "tokens": 0, "frames": 0, "error": str(err)})
+            if fail_fast:
+                todo = []
         if todo:
             jobs = [Job(i, it.input, it.output(out_root)) for i, it in enumerate(todo)]
             for job in jobs:
@@ -339,7 +414,7 @@ def run_batch(
     finally:
         manifest.close()
     summary.wall = time.perf_counter() - t0
-    summary.warning = manifest.error
+    summary.warning = "; ".join(w for w in (summary.warning, manifest.error) if w) or None
     return summary
 
 
@@ -354,12 +429,14 @@ def run_shard_batch(
     items = discover(inputs)
     if not items:
         raise UsageError(f"no videos found in {', '.join(inputs)} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))}).")
-    previous = read_manifest(out_root) if out_root.is_dir() else {}
+    problems: list[str] = []
+    previous = read_manifest(out_root, problems) if out_root.is_dir() else {}
     shards, todo = plan_shards(items, shard_size, previous, cfg_hash, out_root, retry_failed=retry_failed)
     if shard is not None:
         shards, todo = shards[shard[0] :: shard[1]], [s for s in todo if s.index % shard[1] == shard[0]]
-    name = f"{MANIFEST_PREFIX}.jsonl" if shard is None else f"{MANIFEST_PREFIX}.shard-{shard[0]}-of-{shard[1]}.jsonl"
-    summary = BatchSummary(total=sum(len(s.samples) for s in shards), manifest=str(out_root / name))
+    name = manifest_name(shard)
+    summary = BatchSummary(total=sum(len(s.samples) for s in shards), manifest=str(out_root / name),
+                           warning="; ".join(problems) if problems else None)
     summary.skipped = summary.total - sum(len(s.samples) for s in todo)
     notify = on_event or (lambda kind, data: None)
     notify("start", {"total": summary.total, "todo": summary.total - summary.skipped, "skipped": summary.skipped})
@@ -382,5 +459,5 @@ def run_shard_batch(
         writer.close()
         manifest.close()
     summary.wall = time.perf_counter() - t0
-    summary.warning = manifest.error
+    summary.warning = "; ".join(w for w in (summary.warning, manifest.error) if w) or None
     return summary

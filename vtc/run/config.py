@@ -26,12 +26,14 @@ import tomllib
 from vtc.errors import UsageError
 from vtc.io.encode import EncoderConfig
 from vtc.io.store import OUT_DTYPES
-from vtc.io.target import TARGETS
+from vtc.targets import TARGETS
 
 DEFAULT_METHOD = "fastvid"
 #: the encoder's fields, declared once in `EncoderConfig`, given flat in options and presets
 ENCODER_FIELDS = tuple(f.name for f in dataclasses.fields(EncoderConfig))
 SAMPLING_FIELDS = ("frames", "fps", "every")
+#: the largest preset file read (a preset is a few lines; this bounds a hostile one)
+MAX_PRESET_BYTES = 1_000_000
 
 
 @dataclass
@@ -153,15 +155,29 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     if not (p.suffix == ".toml" and p.exists()):
         presets = list_presets()
         if name_or_path not in presets:
+            if p.exists():  # a path, but not one of a TOML file
+                raise UsageError(f"preset {p} is not a .toml file; named presets: {', '.join(presets) or '(none)'}.")
             raise UsageError(
                 f"unknown preset '{name_or_path}'. Named presets: {', '.join(presets) or '(none)'}; "
                 f"or pass the path of a .toml file."
             )
         p = presets[name_or_path]
+    if not p.is_file():  # a folder, a FIFO (reading it would wait forever), a device
+        raise UsageError(f"preset {p} is not a regular file.")
+    if p.stat().st_size > MAX_PRESET_BYTES:
+        raise UsageError(f"preset {p} is {p.stat().st_size} bytes; a preset is a few lines of TOML.")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"preset {p} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise UsageError(f"preset {p} is nested too deeply to be a preset.") from None
+    except OSError as e:
+        raise UsageError(f"cannot read preset {p} ({e.strerror or e}).") from None
+    sampling = [k for k in SAMPLING_FIELDS if k in data]
+    if len(sampling) > 1:
+        raise UsageError(f"preset {p} gives more than one way of sampling frames ({' and '.join(sampling)}); "
+                         f"keep one.")
     fields = set(CompressConfig.option_names())
     unknown = set(data) - fields - {"description"}
     if unknown:

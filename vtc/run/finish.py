@@ -19,7 +19,6 @@ from vtc._version import __version__
 from vtc.errors import VtcError
 from vtc.io.audio import SALIENCY_NAME, audio_saliency
 from vtc.io.decode import DecodeReport, VideoInfo, content_hash
-from vtc.io.encoders import AnyEncoder
 from vtc.io.storage import RemotePath, etag, is_url, location
 from vtc.io.store import Streamed, TokenMap, out_dtype, token_tensors, write
 from vtc.reduction import Reduction
@@ -29,6 +28,7 @@ from vtc.signals import Signals
 from vtc.stages.in_encoder import reduction_from_sources
 from vtc.stages.pre_encoder import PreEncoderRule
 from vtc.stages.window import WindowedReduction, run_windowed_parts, windowed_rows
+from vtc.targets.encoders import AnyEncoder
 
 
 @dataclass
@@ -55,6 +55,23 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     #: the machine (Ray node) that processed it, when a cluster did
     node: str = ""
+    #: the ratio the run asked for (the option, else the method's paper setting; None when the method's own knob
+    #: sets the count) and, when the file's ratio differs from it, why
+    ratio_asked: float | None = None
+    ratio_note: str | None = None
+
+
+def ratio_note(asked: float | None, got: float, info: dict[str, Any], num_sources: int) -> str | None:
+    """Why a run kept another share of the tokens than it asked for (None when they agree to 0.1 %)."""
+    if asked is None or f"{100 * asked:.1f}" == f"{100 * got:.1f}":
+        return None
+    floor = info.get("budget_floor")
+    if isinstance(floor, int) and got > asked and floor > asked * num_sources:
+        return f"the method keeps at least {floor} of {num_sources} tokens"
+    if got > asked:
+        return "the method's own rules kept more (whole frames, merge steps or rounding); vtc show FILE lists " \
+               "what it reported"
+    return "the method's own rules kept fewer (merge steps or rounding); vtc show FILE lists what it reported"
 
 
 @dataclass
@@ -83,6 +100,8 @@ class Video:
     report: DecodeReport = field(default_factory=DecodeReport)
     outputs: dict[str, list[Tensor]] = field(default_factory=dict)
     reuse: FrameReuse | None = None
+    #: GRT's patch-embedding gate state: the previous view and embeddings, and the counts for the metadata
+    gate: dict[str, Any] | None = None
     queued: int = 0  # frames sent to the encoder
     encoded: int = 0  # frames encoded
     decoded: bool = False
@@ -104,6 +123,8 @@ class Video:
     buffers: dict[str, FeatureBuffer] = field(default_factory=dict)
     #: a windowed reduction's merge entries, on disk
     entries: EntryFile | None = None
+    #: a chunk of a live stream: {"chunk", "t0", "t1", "source"} (no file to hash)
+    live: dict[str, Any] | None = None
 
     def entry_file(self) -> EntryFile:
         self.entries = EntryFile()
@@ -141,12 +162,15 @@ class Video:
 BUFFERED = frozenset({"keys"})
 
 
-def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None) -> Outcome:
-    """Compress and store one fully encoded video (its features freed afterwards).  → its Outcome."""
+def finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None, *,
+           close: bool = True) -> Outcome:
+    """Compress and store one fully encoded video (its features freed afterwards unless `close` is False: then
+    the same encoded video can be finished again with another plan, as `vtc fidelity` does).  → its Outcome."""
     try:
         return _finish(plan, encoder, video, query_embedding)
     finally:
-        video.close()
+        if close:
+            video.close()
 
 
 def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tensor | None) -> Outcome:
@@ -171,6 +195,9 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
     if query_embedding is not None:  # per-frame relevance to the query, in the joint embedding space
         sig["relevance"] = torch.nn.functional.normalize(sig["pooled"].float(), dim=-1) @ query_embedding
         sources["relevance"] = f"query {plan.cfg.query!r}: cosine of frame and text embeddings"
+        if "query_embed" in plan.signals:
+            sig["query_embed"] = query_embedding.float()
+            sources["query_embed"] = f"query {plan.cfg.query!r}: text embedding"
     if "audio_saliency" in plan.signals:
         sal = audio_saliency(video.job.input, start=video.info.start_time) if video.info.has_audio else None
         sources["audio_saliency"] = SALIENCY_NAME if sal is not None else "none (no audio track)"
@@ -236,10 +263,11 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
     # the token space: a target's newline embedding (placed by consumers, never compressed), Qwen's M-RoPE
     # positions and retention mask
     space, extra = encoder.file_extras(tensors["positions"], red.rep, grid, int(feats.shape[0]), list(sampled),
-                                       float(video.info.fps or 0.0), video.picture or (0, 0))
+                                       video.info, video.picture or (0, 0))
     meta.update(space)
     for name, value in extra.items():
-        tensors[name] = value.to(tensors["tokens"].dtype).contiguous() if value.is_floating_point() else value
+        # embeddings (float32, e.g. the newline) follow --dtype-out; times (float64) keep their precision
+        tensors[name] = value.to(tensors["tokens"].dtype).contiguous() if value.dtype == torch.float32 else value
     if planes is not None:  # [K, L, D]: what the model adds to its first L decoder layers at each kept token
         tensors["deepstack"] = planes if isinstance(planes, Streamed) else \
             planes.to(out_dtype(plan.cfg.dtype_out)).contiguous()
@@ -248,8 +276,9 @@ def _finish(plan: Plan, encoder: AnyEncoder, video: Video, query_embedding: Tens
             tensors[name] = sig[name].float().contiguous()
     write(video.job.output, tensors, meta)
     timings["store"] = time.perf_counter() - ts
+    asked = plan.cfg.ratio if plan.cfg.ratio is not None else plan.spec.paper_ratio
     return Outcome(video.job, True, None, red.num_outputs, red.num_sources, red.ratio(), int(shape[0]),
-                   video.report.truncated, timings)
+                   video.report.truncated, timings, asked, ratio_note(asked, red.ratio(), red.info, red.num_sources))
 
 
 def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap, sources: dict[str, str],
@@ -274,20 +303,22 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
         "pretrained": enc["pretrained"],
         "checkpoint": enc["checkpoint"],
         "checkpoint_sha256": enc["checkpoint_sha256"],
-        "layer": str(cfg.encoder.layer),
+        "layer": str(enc.get("layer", cfg.encoder.layer)),
         "image_size": enc["image_size"],
         "grid": list(grid),
         "T": t,
         "N": n,
         "D": d,
         "K": red.num_outputs,
+        "config_hash": cfg.config_hash(),  # the settings that made it: a resume trusts only its own
         "signals": sources,
         "encoder": enc,
         "sampling": plan.sampling.describe(),
         "video": {
-            "path": str(path) if remote else str(Path(path).resolve()),
+            "path": (str(path) if remote else str(Path(path).resolve())) if video.live is None
+            else video.live["source"],
             "size_bytes": info.size_bytes,
-            "sha256": None if remote else content_hash(path),
+            "sha256": None if remote or video.live is not None else content_hash(path),
             "duration": info.duration,
             "fps": info.fps,
             "width": info.width,
@@ -301,10 +332,14 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
         "decode": {"decoded_frames": report.decoded_frames, "last_time": report.last_time, "error": report.error},
         "info": red.info,
     }
-    if remote:
+    if remote and video.live is None:
         meta["video"]["etag"] = etag(location(path))
     if video.reuse is not None:
         meta["pre_encoder"] = video.reuse.describe()
+    if video.live is not None:
+        meta["live"] = video.live
+    if video.gate is not None:
+        meta["embedding_gate"] = {k: v for k, v in video.gate.items() if k not in ("view", "embed")}
     if cfg.query:
         meta["query"] = cfg.query
     return meta

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vtc.errors import InputError, VtcError
+from vtc.errors import InputError, ModelError, VtcError
 from vtc.io.decode import DecodeReport, VideoInfo, iter_frames, planned_frames, probe
-from vtc.io.encoders import AnyEncoder
 from vtc.io.geometry import FrameGeometry
 from vtc.run.finish import FrameReuse, Job, Outcome, Video, finish
 from vtc.run.plan import Plan
 from vtc.run.spill import budget_bytes, release_free_memory
+from vtc.targets.encoders import AnyEncoder
 
 
 def decode_video(path: Path, plan: Plan, geometry: FrameGeometry, report: DecodeReport
@@ -52,6 +52,12 @@ def decode_failure(path: Path, e: Exception) -> VtcError:
 def as_failure(job: Job, e: Exception) -> VtcError:
     """An error while encoding, compressing or storing `job`, as the VtcError its record keeps."""
     return e if isinstance(e, VtcError) else VtcError(f"{job.input}: {type(e).__name__}: {e}")
+
+
+def first_nonfinite(x: Tensor) -> int | None:
+    """Index of the first frame of `x` [T, ...] holding a NaN or an infinity, or None."""
+    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    return None if bool(finite.all()) else int((~finite).nonzero()[0, 0])
 
 
 def no_frames(path: Path) -> InputError:
@@ -146,9 +152,13 @@ class Engine:
 
     # ------------------------------------------------------------------ encode side (caller's thread)
     def _encode(self, pending: list[tuple[Video, np.ndarray, float]]) -> None:
-        """Encode a batch of frames (possibly of several videos), in runs that make pictures of one size."""
+        """Encode a batch of frames (possibly of several videos), in runs that make pictures of one size.  With a
+        method inside the encoder, runs never mix videos: its steps that see every frame of a run (STA's frame
+        chain, a count over the frames) must not see another video's."""
         geo = self.encoder.geometry
-        sizes = [geo.output_size(*f.shape[:2], v.planned_frames) for v, f, _ in pending]
+        sizes: list[Any] = [geo.output_size(*f.shape[:2], v.planned_frames) for v, f, _ in pending]
+        if self.merger is not None:
+            sizes = [(size, id(v)) for size, (v, _, _) in zip(sizes, pending, strict=True)]
         i = 0
         while i < len(pending):
             j = i
@@ -165,6 +175,9 @@ class Engine:
         if self.plan.pre_encoder is not None:
             assert views is not None
             res = self._encode_reusing(pending, pixels, views)
+        elif self.plan.embed_gate is not None:
+            assert views is not None
+            res = self._encode_gated(pending, pixels, views)
         elif self.merger is not None:
             res = self.encoder.encode_merging(pixels, self.merger)
         else:
@@ -181,6 +194,16 @@ class Engine:
             while j < len(pending) and pending[j][0] is v:
                 j += 1
             rows = slice(i // tp, j // tp)  # token frames: one per `tp` sampled frames (runs are whole pairs)
+            bad = first_nonfinite(res["patches"][rows])
+            if bad is not None:  # NaN/Inf features would make an all-NaN token file: this video fails, named
+                if v.error is None:
+                    frame = v.encoded // tp + bad
+                    v.error = ModelError(
+                        f"{v.job.input}: the encoder gave NaN/Inf features for token frame {frame} "
+                        f"(t = {pending[i + bad * tp][2]:.2f} s); check the model's weights, or pass --dtype fp32 "
+                        f"if half precision overflowed.")
+                i = j
+                continue
             v.add({k: val[rows] for k, val in res.items()}, views[i:j:tp] if self.plan.keep_views else None,
                   pixels[i:j:tp] if self.plan.keep_pixels else None)
             v.grid, v.picture = self.encoder.grid_for(*picture), picture
@@ -230,6 +253,30 @@ class Engine:
                 out.setdefault(k, []).append(val)
         return {k: torch.stack(val) for k, val in out.items()}
 
+    def _encode_gated(self, pending: list[tuple[Video, np.ndarray, float]], pixels: Tensor,
+                      views: Tensor) -> dict[str, Tensor]:
+        """GRT's gate: each frame's static patches keep the previous frame's patch embedding inside the tower (per
+        video, across batches); the gate's counts go to the file's metadata."""
+        gate = self.plan.embed_gate
+        assert gate is not None
+        keep: list[Tensor] = []
+        previous: list[Tensor | None] = []
+        for i, (v, _, _) in enumerate(pending):
+            if v.gate is None:
+                v.gate = {"rule": gate.description, "threshold": gate.threshold, "metric": gate.metric,
+                          "scale": gate.scale, "patches_moved": 0, "patches_total": 0}
+            st = v.gate
+            keep.append(gate.moved(views[i], st.get("view"), self.encoder.grid))
+            first_in_run = i == 0 or pending[i - 1][0] is not v
+            previous.append(st.get("embed") if first_in_run else None)
+            st["view"] = views[i]
+            st["patches_moved"] += int(keep[-1].sum())
+            st["patches_total"] += int(keep[-1].numel())
+        res, emb = self.encoder.encode_gated(pixels, self.plan.encoder_signals, torch.stack(keep), previous)
+        for i, (v, _, _) in enumerate(pending):  # in order: each video keeps its last frame's embeddings
+            v.gate["embed"] = emb[i]
+        return res
+
     def _encode_safe(self, pending: list[tuple[Video, np.ndarray, float]]) -> None:
         """Encode; if the batch fails, fail the videos in it (and only them), keep the run going."""
         try:
@@ -240,26 +287,43 @@ class Engine:
                     v.error = as_failure(v.job, e)
 
     def _finish(self, video: Video) -> Outcome:
+        self.on_event("finishing", {"input": str(video.job.input)})
         return finish(self.plan, self.encoder, video, self.query_embedding)
 
-    # ------------------------------------------------------------------ one decoded video (Ray actors)
+    # ------------------------------------------------------------------ frames decoded elsewhere (Ray actors, live)
+    def open_video(self, job: Job, info: VideoInfo, report: DecodeReport, planned: int) -> Video:
+        """A video whose sampled frames are decoded elsewhere and fed with `encode_frames`."""
+        return Video(job, info=info, report=report, decoded=True, feature_budget=self.feature_budget,
+                     planned_frames=planned)
+
+    def encode_frames(self, video: Video, frames: list[np.ndarray], times: list[float]) -> None:
+        """Encode sampled frames of `video` (in batches of the run's size; a multiple of the temporal patch)."""
+        bs = self.batch
+        for s in range(0, len(frames), bs):
+            chunk = [(video, f, t) for f, t in zip(frames[s : s + bs], times[s : s + bs], strict=True)]
+            video.queued += len(chunk)
+            self._encode(chunk)
+            if video.error is not None:  # e.g. NaN/Inf features: this video fails, named
+                raise video.error
+
+    def complete(self, video: Video, frames: list[np.ndarray], times: list[float]) -> Outcome:
+        """Encode the last frames of `video` (an odd last frame pairs with itself, as Qwen's processor does), then
+        compress and store it."""
+        if video.queued + len(frames) == 0:
+            raise no_frames(video.job.input)
+        if frames and len(frames) % self.tp:
+            frames = frames + [frames[-1]] * (self.tp - len(frames) % self.tp)
+            times = times + [times[-1]] * (len(frames) - len(times))
+        self.encode_frames(video, frames, times)
+        return self._finish(video)
+
     def process_decoded(self, job: Job, info: VideoInfo, report: DecodeReport, frames: list[np.ndarray]) -> Outcome:
         """Encode (in batches), compress and store one video whose sampled frames were decoded elsewhere."""
-        v = Video(job, info=info, report=report, decoded=True, feature_budget=self.feature_budget,
-                  planned_frames=len(frames))
+        v = self.open_video(job, info, report, len(frames))
         try:
-            if not frames:
-                raise no_frames(job.input)
-            bs = self.batch
-            if len(frames) % self.tp:  # an odd last frame pairs with itself (Qwen)
-                frames = frames + [frames[-1]] * (self.tp - len(frames) % self.tp)
-            times = list(report.frame_times) + [report.frame_times[-1]] * (len(frames) - len(report.frame_times))
-            for s in range(0, len(frames), bs):
-                chunk = [(v, f, t) for f, t in zip(frames[s : s + bs], times[s : s + bs], strict=True)]
-                v.queued += len(chunk)
-                self._encode(chunk)
-            return self._finish(v)
+            return self.complete(v, frames, list(report.frame_times))
         except Exception as e:  # one input's failure, recorded as data
+            v.close()
             return Outcome(job, False, as_failure(job, e), timings={"encode": v.t_encode})
 
     # ------------------------------------------------------------------ the loop

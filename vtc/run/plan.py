@@ -8,23 +8,22 @@ Engines execute plans; they never look a method up or re-resolve a parameter.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vtc.errors import UsageError
 from vtc.io.decode import Sampling
-from vtc.io.encoders import check_encoder as check_encoder_config
 from vtc.io.storage import RemotePath
-from vtc.io.store import is_token_file
-from vtc.io.target import TARGETS
+from vtc.io.store import check_output, check_remote_outputs
 from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
 from vtc.run.config import CompressConfig
-from vtc.run.remote import check_remote_outputs
 from vtc.signals import Provider, provided_by
+from vtc.stages.gate import EmbeddingGate
 from vtc.stages.pre_encoder import PreEncoderRule
+from vtc.targets import LLAVA_ONLY_SIGNALS, TARGET_SIGNALS, TARGETS
+from vtc.targets.encoders import check_encoder as check_encoder_config
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,8 @@ class Plan:
     signals: frozenset[str]
     #: a rule the engine applies before the encoder (RLT's frame skipping), or None
     pre_encoder: PreEncoderRule | None
+    #: GRT's patch-embedding gate the engine applies inside the tower, or None
+    embed_gate: EmbeddingGate | None = None
 
     @classmethod
     def make(cls, cfg: CompressConfig, *, check_encoder: bool = True) -> Plan:
@@ -49,16 +50,24 @@ class Plan:
         params = spec.resolve(cfg.params, variant)
         sampling = Sampling(frames=cfg.frames, fps=cfg.fps, every=cfg.every).validate()
         signals = set(spec.wanted_signals)
+        text = {"relevance", "query_embed"}
+        if not cfg.query and text & set(spec.signals):
+            raise UsageError(f"{spec.name} is guided by a question: pass --query TEXT.")
         if cfg.query:
-            if "relevance" not in signals:
+            if not text & signals:
                 raise UsageError(f"--query needs a query-aware method; '{spec.name}' is not. Use --method budgeted "
                                  f"-p budget=query (or --preset query-attention).")
             signals.add("pooled")  # the frame embeddings the query is compared with
         else:
-            signals.discard("relevance")
+            signals -= text
         if check_encoder:
             check_encoder_config(cfg.encoder)
         rule = spec.pre_encoder(**params) if spec.pre_encoder is not None else None
+        gate = rule if isinstance(rule, EmbeddingGate) else None
+        rule = None if gate is not None else rule
+        if gate is not None and cfg.encoder.target is not None:
+            raise UsageError(f"{spec.name}'s patch-embedding gate (reuse_embeddings) is not available with --target "
+                             f"{cfg.encoder.target}; pass -p reuse_embeddings=false.")
         target = cfg.encoder.target
         if spec.in_encoder is not None:
             if target is not None:
@@ -66,7 +75,19 @@ class Plan:
                                  f"yet; use a post-encoder method (e.g. tome).")
             ratio = cfg.ratio if cfg.ratio is not None else spec.paper_ratio
             spec.in_encoder(ratio=ratio, layers=12, tokens=197, protected=1, **params)  # checks the parameters
+        if target is None and "sensitivity" in spec.signals:
+            raise UsageError(f"{spec.name} needs the LLM projector's sensitivity: use --target llava-onevision or "
+                             f"llava-video (an open_clip tower has no nonlinear projector; under a linear one every "
+                             f"token is equally sensitive).")
+        llava_only = sorted(LLAVA_ONLY_SIGNALS & set(spec.signals))
+        if target is not None and TARGETS.get(target, TARGETS["llava-onevision"]).family != "llava" and llava_only:
+            raise UsageError(f"{spec.name} needs {', '.join(llava_only)}, which --target {target} does not provide "
+                             f"(it merges patches in its own merger); use --target llava-onevision or llava-video.")
         if target is not None:
+            missing = sorted(set(spec.signals) - TARGET_SIGNALS - provided_by("decode") - text)
+            if missing:
+                raise UsageError(f"{spec.name} needs {', '.join(missing)}, which --target {target} does not provide; "
+                                 f"use an open_clip --model.")
             if cfg.query:
                 raise UsageError("--query is not available with --target yet (a target has no text tower in the frame "
                                  "embedding space); drop --query or use an open_clip --model.")
@@ -74,7 +95,7 @@ class Plan:
                                      == "qwen"):
                 raise UsageError(f"{spec.name}'s pre-encoder step (frame reuse / encode_changed_only) is not "
                                  f"available with --target {target}; pass -p skip_static_frames=false.")
-        return cls(cfg, spec, variant, params, sampling, frozenset(signals), rule)
+        return cls(cfg, spec, variant, params, sampling, frozenset(signals), rule, gate)
 
     @property
     def method_label(self) -> str:
@@ -100,36 +121,28 @@ class Plan:
         return self.spec.extra_images is not None
 
 
-def check_output(input: Path | RemotePath, output: Path | RemotePath) -> None:
-    """An output may be written: it is not the input, not a folder, its folder is not a file, and it does not
-    replace anything but an earlier vtc token file.  Else a UsageError, before any work."""
-    if isinstance(output, RemotePath) or isinstance(input, RemotePath):
-        check_remote_outputs([(input, output)])
-        if isinstance(output, RemotePath):
-            return
-    if output.resolve() == input.resolve():
-        raise UsageError(f"the output {output} is the input itself; choose another -o.")
-    if output.is_dir():
-        raise UsageError(f"the output {output} is a directory.")
-    if output.exists() and not is_token_file(output):
-        raise UsageError(f"refusing to overwrite {output}: it is not a vtc token file. Remove it or choose another -o.")
-    parent = next((p for p in output.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise UsageError(f"cannot write {output}: {parent} is a file, not a directory.")
-    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {output}: the folder {parent} is not writable.")
-
-
-def check_outputs(pairs: list[tuple[Path | RemotePath, Path | RemotePath]]) -> None:
-    """Many (input, output) pairs: each checked as by `check_output`, and no two inputs share an output."""
-    if any(isinstance(dst, RemotePath) for _, dst in pairs):  # one listing, not a request per output
-        check_remote_outputs(pairs)
-        return
-    seen: dict[Path, Path] = {}
+def check_outputs(pairs: list[tuple[Path | RemotePath, Path | RemotePath]]) -> dict[Path | RemotePath, UsageError]:
+    """Many (input, output) pairs: each checked as by `check_output`, and no two inputs share an output (a
+    UsageError for the run).  An output refused because of what already lies there (a file vtc may not replace,
+    a folder) fails that input alone: → {output: its error}.  Outputs on object storage are checked together
+    (`check_remote_outputs`: one listing, not a request per output)."""
+    remote = [(src, dst) for src, dst in pairs if isinstance(dst, RemotePath)]
+    pairs = [(src, dst) for src, dst in pairs if not isinstance(dst, RemotePath)]
+    refused: dict[Path | RemotePath, UsageError] = dict(check_remote_outputs(remote)) if remote else {}
+    seen: dict[Path, Path | RemotePath] = {}
     for src, dst in pairs:
         key = dst.resolve()
         if key in seen:
             raise UsageError(f"{seen[key]} and {src} would both be written to {dst}; rename one of them or run "
                              f"them in separate batches.")
         seen[key] = src
-        check_output(src, dst)
+        try:
+            check_output(src, dst)
+        except UsageError as e:
+            if not (dst.exists() or dst.is_symlink()):
+                raise
+            refused[dst] = e
+    return refused
+
+
+__all__ = ["Plan", "check_output", "check_outputs"]

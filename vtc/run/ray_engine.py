@@ -27,7 +27,6 @@ import numpy as np
 import vtc.errors as errors
 from vtc.errors import MissingDependencyError, VtcError
 from vtc.io.decode import DecodeReport, VideoInfo, planned_frames, probe
-from vtc.io.encoders import encoder_geometry, open_encoder
 from vtc.io.geometry import FrameGeometry
 from vtc.io.storage import location, set_options
 from vtc.io.storage import options as storage_options
@@ -37,6 +36,7 @@ from vtc.run.finish import Job, Outcome
 from vtc.run.pipeline import Engine, decode_failure, decode_video
 from vtc.run.plan import Plan
 from vtc.run.spill import budget_bytes
+from vtc.targets.encoders import encoder_geometry, open_encoder
 
 #: a video whose decoded frames exceed this share of the memory budget is decoded by the actor, streamed
 FRAMES_SHARE = 1 / 8

@@ -1,4 +1,5 @@
-"""Batch mode on object storage: discovering videos under a URL, a manifest without appends, output checks by listing.
+"""Batch mode on object storage: discovering videos under a URL, a manifest without appends (output checks by
+listing: `vtc.io.store.check_remote_outputs`).
 
 An object store has no append: a manifest line cannot be added to an existing object. `ObjectManifest` keeps this
 run's records in memory and rewrites its current *segment* object (`vtc-manifest.<run>-<n>.jsonl`, at most
@@ -15,12 +16,11 @@ import datetime as _dt
 import json
 import os
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from vtc.errors import UsageError, VtcError
 from vtc.io.storage import RemotePath, location
-from vtc.io.store import is_token_file
 
 #: records per manifest segment object (a PUT rewrites at most this many lines)
 SEGMENT_RECORDS = 500
@@ -61,39 +61,6 @@ def discover_remote(raw: str, extensions: frozenset[str]) -> list[tuple[RemotePa
     if objs:
         return [(o, o.relative_to(target)) for o in objs]
     return [(target, PurePosixPath(target.name or "input"))]
-
-
-def check_remote_outputs(pairs: list[tuple[Path | RemotePath, Path | RemotePath]]) -> None:
-    """Outputs on object storage: no two inputs share one, none is its input, and an existing object is replaced
-    only when it is a vtc token file (checked by header for the existing ones only, found by one listing)."""
-    seen: dict[str, Path | RemotePath] = {}
-    prefixes: dict[str, set[str]] = {}
-    for src, dst in pairs:
-        key = str(dst)
-        if key in seen:
-            raise UsageError(f"{seen[key]} and {src} would both be written to {dst}; rename one of them or run them "
-                             f"in separate batches.")
-        seen[key] = src
-        if str(src) == key:
-            raise UsageError(f"the output {dst} is the input itself; choose another -o.")
-    roots: dict[str, RemotePath] = {}
-    for _, dst in pairs:
-        if isinstance(dst, RemotePath):
-            top = dst.parent
-            roots.setdefault(top.url, top)
-    # one listing per distinct output folder, cut to a common root when there are many
-    urls = [r.url for r in roots.values()]
-    if len(urls) > 8:
-        common = os.path.commonpath([u.split("://", 1)[1] for u in urls])
-        scheme = next(iter(roots.values())).scheme
-        roots = {f"{scheme}://{common}": RemotePath(f"{scheme}://{common}")}
-    for root in roots.values():
-        prefixes[root.url] = {o.url for o in root.find()}
-    existing = set().union(*prefixes.values()) if prefixes else set()
-    for _, dst in pairs:
-        if str(dst) in existing and not is_token_file(dst):
-            raise UsageError(f"refusing to overwrite {dst}: it is not a vtc token file. Remove it or choose another "
-                             f"-o.")
 
 
 class ObjectManifest:

@@ -8,25 +8,39 @@ the method runs on windows (`vtc.stages.window`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from vtc.errors import VtcError
 from vtc.stages.window import Entries
 
 #: float32 copies a method makes of its input at the peak (normalised features, similarities, outputs)
 WORK_FACTOR = 4
 #: the default budget: this fraction of the memory available when the run starts
 DEFAULT_FRACTION = 0.5
+
+
+@contextlib.contextmanager
+def spill_errors() -> Iterator[None]:
+    """A failure to write a spill file (the temporary folder full or not writable) is said as such, not blamed on
+    the video being processed."""
+    try:
+        yield
+    except OSError as e:
+        raise VtcError(f"cannot write features to the temporary folder {tempfile.gettempdir()} "
+                       f"({e.strerror or e}); free space there, point TMPDIR at a larger disk, or raise "
+                       f"--memory-budget.") from None
 
 
 def available_bytes() -> int:
@@ -122,12 +136,14 @@ class FeatureBuffer:
                 self.spill_dtype = torch.empty(0, dtype=x.dtype).numpy().dtype
         self.frames += int(x.shape[0])
         if self.file is None and self.nbytes + x.numel() * x.element_size() > self.budget:
-            self.file = tempfile.TemporaryFile(prefix="vtc-features-")  # in $TMPDIR
-            for c in self.chunks:
-                self._write(c)
+            with spill_errors():
+                self.file = tempfile.TemporaryFile(prefix="vtc-features-")  # in $TMPDIR
+                for c in self.chunks:
+                    self._write(c)
             self.chunks = []
         if self.file is not None:
-            self._write(x)
+            with spill_errors():
+                self._write(x)
         else:
             self.chunks.append(x)
             self.nbytes += x.numel() * x.element_size()
@@ -182,15 +198,17 @@ class EntryFile:
     (FastVID: tens of millions of entries) then never sits in memory."""
 
     def __init__(self) -> None:
-        self.file: IO[bytes] | None = tempfile.TemporaryFile(prefix="vtc-entries-")  # in $TMPDIR
+        with spill_errors():
+            self.file: IO[bytes] | None = tempfile.TemporaryFile(prefix="vtc-entries-")  # in $TMPDIR
         self.blocks: list[tuple[int, int]] = []  # (byte offset, entries)
         self.end = 0
 
     def add(self, entries: Entries) -> None:
         assert self.file is not None
         dst, src, w = entries
-        for column in (dst.int(), src.int(), w.float()):
-            self.file.write(column.contiguous().numpy().tobytes())
+        with spill_errors():
+            for column in (dst.int(), src.int(), w.float()):
+                self.file.write(column.contiguous().numpy().tobytes())
         self.blocks.append((self.end, int(dst.numel())))
         self.end += 12 * int(dst.numel())
 

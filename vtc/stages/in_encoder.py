@@ -1,24 +1,37 @@
-"""Merging tokens between an encoder's blocks: the rule a method hands to the tower adapters.
+"""Reducing tokens between an encoder's blocks: the block loop and the rules methods hand to it.
 
-A tower adapter (vtc.io.towers) runs its blocks itself when a `BlockMerger` is given: after each block's attention
-residual it calls `merger.step(layer, x, metric, attn)`, which may merge tokens, and it adds `log(size)` to the
-attention logits of the next blocks when `merger.prop_attn` (proportional attention). The merger keeps, per token,
-its `size` and its `source` (which initial tokens it stands for), so provenance stays exact.
+`run_blocks` runs a stack of transformer blocks (each given as `BlockOps`, pure callables, so that open_clip, timm,
+Hugging Face or an authors' own ViT are all the same loop) with a `BlockMerger` inside them. Per block:
+
+1. q, k, v per head; the logits get the merger's `key_bias` (log(size) with proportional attention);
+2. when the merger asks for the probabilities (`wants_probs`, `wants_attn`) or edits them (`edits_attention`), the
+   attention is computed explicitly and `edit_attention` may change the probabilities before `@ v` (GTP-ViT's
+   sparsity); otherwise the fused kernel runs;
+3. after the attention residual: `merger.step(layer, x, view)`, which may merge or drop tokens (ToMe, vid-TLDR,
+   SAINT, PPT, GTP-ViT, FlowCut); `view` (`BlockView`) holds the block's per-head q, k, v, its probabilities and the
+   head-mean keys (`metric`);
+4. after the MLP: `merger.after_block(layer, x, view)` (STA, which scores the block output across frames).
+
+A merger whose token counts differ between frames (`per_frame`) runs one frame at a time. The merger keeps, per
+token, its `size` and its `source` (which initial tokens it stands for: 0/1 rows for merging and pruning, fractional
+for propagation), and any state of its own (scores, graphs) gathered with the tokens, so provenance stays exact.
 
 ToMe's pieces (bipartite soft matching, size-weighted merge, source tracing, the r schedule) live here as pure
 tensor functions; `vtc.methods.tome_vit` declares the method.
 
-Shapes: B images (frames), L current tokens (CLS first when protected), N0 initial tokens, D channels.
+Shapes: B images (frames), H heads, L current tokens (CLS first when protected), N0 initial tokens, D channels.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from vtc.errors import UsageError
 from vtc.reduction import Reduction
 
 
@@ -99,32 +112,156 @@ def merge_wavg(m: Matching, x: Tensor, size: Tensor | None) -> tuple[Tensor, Ten
     return x / size, size
 
 
-class BlockMerger(ABC):
-    """What a tower adapter calls inside its blocks (see the module docstring)."""
+@dataclass
+class BlockView:
+    """What one block's attention hands its merger.  q, k, v: [B, H, L, hd] per head (after the model's q/k norms;
+    q not scaled); probs: [B, H, L, L] the probabilities that mixed v (key bias and `edit_attention` applied), when
+    the merger `wants_probs` or edits them; attn: [B, L, L] head-mean probabilities without the key bias, when it
+    `wants_attn`; scale: the logit scale."""
+
+    layer: int
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    scale: float
+    probs: Tensor | None = None
+    attn: Tensor | None = None
+
+    @property
+    def metric(self) -> Tensor:
+        """Head-mean keys [B, L, hd] (ToMe's matching metric)."""
+        return self.k.mean(1)
+
+    def row_probs(self, row: int = 0, bias: Tensor | None = None) -> Tensor:
+        """One query's per-head probabilities [B, H, L] (e.g. CLS's), with an optional key bias [B, L]: what a
+        hook needs from the attention without the whole map, so the block keeps the fused kernel."""
+        logits = (self.q[:, :, row : row + 1] * self.scale) @ self.k.transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias[:, None, None, :].to(logits.dtype)
+        return logits.softmax(-1)[:, :, 0]
+
+
+class BlockMerger:
+    """What the block loop calls inside the blocks (see the module docstring).  The default hooks do nothing."""
 
     #: add log(size) to attention logits once sizes exist
     prop_attn: bool = True
+    #: whether `step` needs the head-mean probabilities without the key bias (`view.attn`)
+    wants_attn: bool = False
+    #: whether a hook needs the per-head probabilities that mixed v (`view.probs`)
+    wants_probs: bool = False
+    #: whether `edit_attention` changes the probabilities before `@ v`
+    edits_attention: bool = False
+    #: whether token counts may differ between frames: the loop then runs each frame on its own
+    per_frame: bool = False
 
     def __init__(self) -> None:
         self.size: Tensor | None = None
         self.source: Tensor | None = None
+        self.grid: tuple[int, int] | None = None
 
-    def start(self, x: Tensor) -> None:
-        """Reset for a new batch of images x [B, L, D]: no sizes yet, source = identity over the initial tokens."""
+    def begin(self, batch: int) -> None:
+        """A call of the block loop on `batch` frames begins (before `start`, which a per-frame merger gets once per
+        frame): reset what is kept per call."""
+
+    def start(self, x: Tensor, grid: tuple[int, int] | None = None) -> None:
+        """Reset for a new batch of images x [B, L, D] (patch grid `grid` when known): no sizes yet, source =
+        identity over the initial tokens."""
         self.size = None
+        self.grid = grid
         self.source = torch.eye(x.shape[1], device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1)
 
-    @abstractmethod
-    def step(self, layer: int, x: Tensor, metric: Tensor, attn: Tensor | None) -> Tensor:
-        """After block `layer`'s attention residual: x [B, L, D], metric [B, L, d] (head-mean keys), attn
-        [B, L, L] (head-mean probabilities without the size bias, when `wants_attn`) → the (possibly merged) x."""
+    def key_bias(self) -> Tensor | None:
+        """[B, L] added to the attention logits of every key, or None: log(size) with proportional attention."""
+        if self.prop_attn and self.size is not None:
+            return self.size.log()[..., 0]
+        return None
 
-    #: whether `step` needs the attention map
-    wants_attn: bool = False
+    def edit_attention(self, layer: int, probs: Tensor) -> Tensor:
+        """Post-process the probabilities [B, H, L, L] before they mix the values (when `edits_attention`)."""
+        return probs
+
+    def step(self, layer: int, x: Tensor, view: BlockView) -> Tensor:
+        """After block `layer`'s attention residual: x [B, L, D] → the (possibly reduced) x."""
+        return x
+
+    def after_block(self, layer: int, x: Tensor, view: BlockView) -> Tensor:
+        """After block `layer`'s MLP residual: x [B, L, D] → the (possibly reduced) x."""
+        return x
 
     def describe(self) -> dict[str, object]:
         """What the file records about the merging (e.g. the schedule)."""
         return {}
+
+    def gather(self, index: Tensor) -> None:
+        """Keep rows `index` [B, K] (positions in the current tokens) of `source` and `size` (pruning)."""
+        assert self.source is not None
+        self.source = self.source.gather(1, index[..., None].expand(-1, -1, self.source.shape[-1]))
+        if self.size is not None:
+            self.size = self.size.gather(1, index[..., None])
+
+
+@dataclass(frozen=True)
+class BlockOps:
+    """One pre-norm transformer block as the loop needs it.  qkv: x [B, L, D] (the residual stream) → q, k, v
+    [B, H, L, hd] (first norm and q/k norms applied, q unscaled); attn_out: the heads' output [B, L, H·hd] → the
+    residual update; mlp: x → the residual update (second norm, MLP, LayerScale)."""
+
+    qkv: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+    scale: float
+    attn_out: Callable[[Tensor], Tensor]
+    mlp: Callable[[Tensor], Tensor]
+
+
+def attend(layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float, merger: BlockMerger
+           ) -> tuple[Tensor, BlockView]:
+    """Attention with the merger's key bias and hooks.  → (output [B, H, L, hd], the view the hooks read)."""
+    bias = merger.key_bias()
+    if bias is not None:
+        bias = bias[:, None, None, :].to(q.dtype)
+    if not (merger.wants_attn or merger.wants_probs or merger.edits_attention):  # the fused kernel
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), BlockView(layer, q, k, v, scale)
+    logits = (q * scale) @ k.transpose(-2, -1)
+    plain = logits.softmax(-1).mean(1) if merger.wants_attn else None
+    if bias is not None:
+        logits = logits + bias
+    probs = logits.softmax(-1)
+    if merger.edits_attention:
+        probs = merger.edit_attention(layer, probs)
+    return probs @ v, BlockView(layer, q, k, v, scale, probs if merger.wants_probs or merger.edits_attention
+                                else None, plain)
+
+
+def run_blocks(blocks: Sequence[BlockOps], x: Tensor, merger: BlockMerger, grid: tuple[int, int] | None = None
+               ) -> Tensor:
+    """Run `blocks` on tokens x [B, L, D] with `merger` inside them (see the module docstring).  → x [B, K, D];
+    the merger holds `source` [B, K, N0] and `size`.  A `per_frame` merger runs each frame alone and must end with
+    the same count in every frame."""
+    merger.begin(x.shape[0])
+    if merger.per_frame and x.shape[0] > 1:
+        outs, sources, sizes = [], [], []
+        for f in range(x.shape[0]):
+            outs.append(_run_blocks(blocks, x[f : f + 1], merger, grid))
+            sources.append(merger.source)
+            sizes.append(merger.size if merger.size is not None else torch.ones_like(outs[-1][..., :1]))
+        if len({o.shape[1] for o in outs}) != 1:
+            raise UsageError(f"{type(merger).__name__}: frames ended with different token counts")
+        merger.source, merger.size = torch.cat(sources), torch.cat(sizes)
+        return torch.cat(outs)
+    return _run_blocks(blocks, x, merger, grid)
+
+
+def _run_blocks(blocks: Sequence[BlockOps], x: Tensor, merger: BlockMerger, grid: tuple[int, int] | None) -> Tensor:
+    merger.start(x, grid)
+    for i, blk in enumerate(blocks):
+        q, k, v = blk.qkv(x)
+        b, h, n, hd = q.shape
+        out, view = attend(i, q, k, v, blk.scale, merger)
+        x = x + blk.attn_out(out.transpose(1, 2).reshape(b, n, h * hd))
+        x = merger.step(i, x, view)
+        x = x + blk.mlp(x)
+        x = merger.after_block(i, x, view)
+    return x
 
 
 class ToMeMerger(BlockMerger):
@@ -137,16 +274,16 @@ class ToMeMerger(BlockMerger):
         self.prop_attn = prop_attn
         self.decisions: list[Matching | None] = []
 
-    def start(self, x: Tensor) -> None:
-        super().start(x)
+    def start(self, x: Tensor, grid: tuple[int, int] | None = None) -> None:
+        super().start(x, grid)
         self.decisions = []
 
     def describe(self) -> dict[str, object]:
         return {"schedule": list(self.schedule), "prop_attn": self.prop_attn, "class_token": self.class_token}
 
-    def step(self, layer: int, x: Tensor, metric: Tensor, attn: Tensor | None) -> Tensor:
+    def step(self, layer: int, x: Tensor, view: BlockView) -> Tensor:
         r = self.schedule[layer] if layer < len(self.schedule) else 0
-        m = bipartite_soft_matching(metric, r, self.class_token) if r > 0 else None
+        m = bipartite_soft_matching(view.metric, r, self.class_token) if r > 0 else None
         self.decisions.append(m)
         if r <= 0:
             return x
@@ -206,8 +343,8 @@ class VidTLDRMerger(BlockMerger):
         self.decisions: list[Matching | None] = []
         self.scores: list[Tensor | None] = []
 
-    def start(self, x: Tensor) -> None:
-        super().start(x)
+    def start(self, x: Tensor, grid: tuple[int, int] | None = None) -> None:
+        super().start(x, grid)
         self.decisions, self.scores = [], []
 
     def merges(self, layer: int, n: int) -> int:
@@ -218,8 +355,9 @@ class VidTLDRMerger(BlockMerger):
     def describe(self) -> dict[str, object]:
         return {"schedule": list(self.schedule), "prop_attn": self.prop_attn, "class_token": self.class_token}
 
-    def step(self, layer: int, x: Tensor, metric: Tensor, attn: Tensor | None) -> Tensor:
+    def step(self, layer: int, x: Tensor, view: BlockView) -> Tensor:
         r = self.merges(layer, x.shape[1])
+        attn = view.attn
         if r == 0 or attn is None:
             self.decisions.append(None)
             self.scores.append(None)

@@ -1,5 +1,5 @@
 """One entry point for whatever makes the tokens: an open_clip tower (`vtc.io.encode`) or a target model's own
-vision path (`vtc.io.target`), chosen by `EncoderConfig.target`."""
+vision path (`vtc.targets`), chosen by `EncoderConfig.target`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TypeAlias
 
 from vtc.io.encode import Encoder, EncoderConfig, check_config, geometry_for
 from vtc.io.geometry import FrameGeometry
-from vtc.io.target import TargetEncoder, check_target, checkpoint_geometry
+from vtc.targets import TargetEncoder, check_target, checkpoint_geometry, open_target
 
 AnyEncoder: TypeAlias = Encoder | TargetEncoder
 
@@ -22,7 +22,7 @@ def check_encoder(config: EncoderConfig) -> None:
 
 def open_encoder(config: EncoderConfig, *, text: bool = True) -> AnyEncoder:
     """Load the encoder `config` describes (`text=False`: the text tower is not needed, i.e. no --query)."""
-    return TargetEncoder(config) if config.target is not None else Encoder(config, text=text)
+    return open_target(config) if config.target is not None else Encoder(config, text=text)
 
 
 def encoder_geometry(config: EncoderConfig) -> FrameGeometry:
