@@ -239,6 +239,18 @@ def check_remote_outputs(pairs: list[tuple[Path | RemotePath | None, Path | Remo
     remote = [dst for _, dst in pairs if isinstance(dst, RemotePath)]
     if overwrite or not remote:
         return {}
+    buckets: dict[str, RemotePath] = {}
+    for dst in remote:
+        fs, path = dst.fs()
+        buckets.setdefault(f"{dst.scheme}://{path.split('/', 1)[0]}", dst)
+    for bucket, dst in buckets.items():  # a missing bucket fails the run here, not after the work of each input
+        fs, path = dst.fs()
+        try:
+            found = fs.exists(path.split("/", 1)[0])
+        except Exception:  # noqa: BLE001 - not allowed to look (a write-only key): the upload will tell
+            found = True
+        if not found:
+            raise UsageError(f"cannot write {dst}: no such bucket {bucket}. Create it or choose another {option}.")
     roots: dict[str, RemotePath] = {}
     for dst in remote:
         roots.setdefault(dst.parent.url, dst.parent)

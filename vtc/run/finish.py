@@ -53,12 +53,12 @@ class Outcome:
     frames: int = 0
     truncated: bool = False
     timings: dict[str, float] = field(default_factory=dict)
-    #: the machine (Ray node) that processed it, when a cluster did
-    node: str = ""
     #: the ratio the run asked for (the option, else the method's paper setting; None when the method's own knob
     #: sets the count) and, when the file's ratio differs from it, why
     ratio_asked: float | None = None
     ratio_note: str | None = None
+    #: the machine (Ray node) that processed it, when a cluster did
+    node: str = ""
 
 
 def ratio_note(asked: float | None, got: float, info: dict[str, Any], num_sources: int) -> str | None:
