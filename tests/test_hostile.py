@@ -881,7 +881,7 @@ def tiny_targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"llava-onevision": tiny_llava_onevision(d / "llava"), "qwen2.5-vl": tiny_qwen2_5_vl(d / "qwen")}
 
 
-def crafted(src: Path, dst: Path, file: str, edit) -> Path:  # noqa: ANN001
+def crafted_checkpoint(src: Path, dst: Path, file: str, edit) -> Path:  # noqa: ANN001
     shutil.copytree(src, dst)
     cfg = json.loads((dst / file).read_text())
     edit(cfg)
@@ -909,7 +909,7 @@ CRAFTED = [
 @pytest.mark.parametrize("target,file,edit,named", CRAFTED)
 def test_crafted_target_configs_are_one_line_before_any_allocation(tmp_path: Path, clip_path: Path, tiny_targets,  # noqa: ANN001
                                                                    target: str, file: str, edit, named: str) -> None:
-    ckpt = crafted(tiny_targets[target], tmp_path / "ckpt", file, edit)
+    ckpt = crafted_checkpoint(tiny_targets[target], tmp_path / "ckpt", file, edit)
     out = tmp_path / "o.safetensors"
     r = cli("compress", clip_path, "-o", out, "--target", target, "--target-model", ckpt, "--frames", 4)
     assert r.exit_code == 3 and "Traceback" not in r.output, r.output

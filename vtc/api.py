@@ -19,6 +19,7 @@ from vtc.fidelity_plot import write_html as write_fidelity_html
 from vtc.fidelity_plot import write_png as write_fidelity_png
 from vtc.io.chunks import is_live_dir, join, load_chunks
 from vtc.io.decode import check_input, planned_frames, probe
+from vtc.io.storage import RemotePath, location, set_options
 from vtc.io.store import TokenFile, clean_stale, out_dtype, token_tensors, write
 from vtc.io.store import load as load_file
 from vtc.methods.registry import parse_method
@@ -74,7 +75,7 @@ class FeatureResult:
 class CompressResult:
     """What `compress` returns: where the file went, and timings in seconds."""
 
-    output: Path
+    output: Path | RemotePath
     num_tokens: int
     num_source_tokens: int
     ratio_achieved: float
@@ -86,9 +87,9 @@ class CompressResult:
     ratio_note: str | None = None
 
 
-def default_output(path: str | os.PathLike[str]) -> Path:
-    """`clip.mp4` → `clip.safetensors`, beside the input."""
-    return Path(path).with_suffix(".safetensors")
+def default_output(path: str | os.PathLike[str] | RemotePath) -> Path | RemotePath:
+    """`clip.mp4` → `clip.safetensors`, beside the input (a URL's beside the object)."""
+    return location(path).with_suffix(".safetensors")
 
 
 def compress_features(
@@ -162,6 +163,7 @@ def compress(
     preset: str | None = None,
     encoder: AnyEncoder | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
+    storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     **options: Any,
 ) -> CompressResult:
@@ -178,12 +180,16 @@ def compress(
     the write itself is atomic.
     """
     t0 = time.perf_counter()
+    if storage_options is not None:
+        set_options(storage_options)
     check_input(path)  # a missing input is named first, before the options' models are looked up
     cfg = make_config(preset, **options)
-    out_path = Path(output) if output is not None else default_output(path)
-    if out_path.is_dir():  # -o DIR for one file: write DIR/<name>.safetensors
-        out_path = out_path / default_output(Path(path).name)
-    check_output(Path(path), out_path, overwrite=overwrite)
+    source = location(path)
+    out_path = location(output) if output is not None else default_output(source)
+    # -o DIR (or a URL ending in /) for one file: write DIR/<name>.safetensors
+    if (isinstance(out_path, RemotePath) and str(output or "").endswith("/")) or out_path.is_dir():
+        out_path = out_path / default_output(source.name).name
+    check_output(source, out_path, overwrite=overwrite)
     plan = Plan.make(cfg)
     info = probe(path)  # fail fast on a bad input before loading a model
     total = planned_frames(info, plan.sampling) or None
@@ -203,9 +209,10 @@ def compress(
         elif kind == "finishing":
             progress("compressing and writing", 0, None)
 
-    clean_stale(out_path)  # what a killed earlier run left beside this output
+    if not isinstance(out_path, RemotePath):
+        clean_stale(out_path)  # what a killed earlier run left beside this output
     engine = Engine(plan, encoder, decode_workers=1, on_event=on_event)
-    (outcome,) = list(engine.run([Job(0, Path(path), out_path)]))
+    (outcome,) = list(engine.run([Job(0, source, out_path)]))
     if not outcome.ok:
         assert outcome.error is not None
         raise outcome.error
@@ -227,13 +234,21 @@ def compress_batch(
     ray_address: str | None = None,
     actors: int = 1,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    out_format: str = "files",
+    shard_size: int = 1000,
+    storage_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> BatchSummary:
     """Many videos (files, directories, globs) → OUTDIR with a manifest; see `vtc.run.batch`.
 
     `engine` is "local" (threads on this machine) or "ray" (a Ray cluster); both share the plan, the manifest,
     resume and the summary. Options as for `compress`; they are validated before anything runs.
+    Inputs and OUTDIR may be URLs (`s3://bucket/videos/`, see `vtc.io.storage`); `storage_options` go to every
+    fsspec filesystem (credentials and endpoints otherwise come from the environment). `out_format="webdataset"`
+    writes tar shards of `shard_size` videos instead of one file each (`vtc.run.shards`).
     """
+    if storage_options is not None:
+        set_options(storage_options)
     cfg = make_config(preset, **options)
     if engine == "local":
         executor: Any = LocalExecutor(decode_workers=workers)
@@ -242,7 +257,7 @@ def compress_batch(
     else:
         raise UsageError(f"--engine must be local or ray, not '{engine}'.")
     return run_batch(inputs, outdir, cfg, shard=shard, retry_failed=retry_failed, fail_fast=fail_fast,
-                     executor=executor, on_event=on_event)
+                     executor=executor, on_event=on_event, out_format=out_format, shard_size=shard_size)
 
 
 def compress_live(

@@ -76,9 +76,10 @@ def main(
 def compress(
     inputs: Annotated[list[str], typer.Argument(help="Video file(s), directories (recursive) or glob patterns.",
                                                 show_default=False, metavar="VIDEO")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Token file to write [default: beside the "
-                                               "input, .safetensors]; for several inputs, the output directory "
-                                               "(the input tree is mirrored under it).")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Token file to write [default: beside the "
+                                              "input, .safetensors]; for several inputs, the output directory "
+                                              "(the input tree is mirrored under it). A URL (s3://…) writes to "
+                                              "object storage.")] = None,
     method: Annotated[str | None, typer.Option("-m", "--method", help="Compression method; 'vtc methods' "
                                                "lists them [default: fastvid]")] = None,
     ratio: Annotated[float | None, typer.Option("-r", "--ratio", help="Fraction of tokens to keep, in (0, 1] "
@@ -138,6 +139,14 @@ def compress(
                                                     "RAY_ADDRESS, else a local Ray instance).")] = None,
     actors: Annotated[int, typer.Option("--actors", help="Ray: encoder actors (one GPU each when the "
                                         "cluster has GPUs).")] = 1,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="Object storage option "
+                                                             "key=value for fsspec (repeatable), e.g. "
+                                                             "endpoint_url=http://host:9000 or anon=true; "
+                                                             "credentials come from the environment.")] = None,
+    out_format: Annotated[str, typer.Option("--format", help="Batch output: files (one token file per video) or "
+                                            "webdataset (tar shards of <key>.safetensors + <key>.json).")] = "files",
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Batch, --format webdataset: videos per tar "
+                                            "shard.")] = 1000,
     live: Annotated[bool, typer.Option("--live", help="INPUT is a live stream (rtsp://, srt://, udp://, tcp://, "
                                        "http(s):// HLS, '-' for stdin, or a device with --live-format): compress it "
                                        "as it arrives into -o DIR, one token file per --chunk seconds.")] = False,
@@ -160,21 +169,28 @@ def compress(
     """
     import glob
 
+    from vtc.io.storage import is_url, location, parse_option, set_options
+
     if live:
-        _live(inputs, output, dict(
+        _live(inputs, Path(output) if output is not None else None, dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
             checkpoint=str(checkpoint) if checkpoint else None, layer=layer, device=device, dtype=dtype,
             target=target, target_model=target_model, batch_size=batch_size, dtype_out=dtype_out, query=query,
             memory_budget=memory_budget), param, preset, quiet=quiet, chunk=chunk, reconnect=reconnect,
             stall_timeout=stall_timeout, live_format=live_format)
         return
-    # one existing file, or one path that is no glob pattern with matches (a missing file is reported as such);
-    # patterns match recursively ('clips/**/*.avi')
-    single = len(inputs) == 1 and not Path(inputs[0]).is_dir() and (
-        Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?[")
-        or not glob.glob(inputs[0], recursive=True))
+    try:
+        set_options(dict(parse_option(o) for o in (storage_option or [])))
+        # one existing file, or one path that is no glob pattern with matches (a missing file is reported as
+        # such); patterns match recursively ('clips/**/*.avi'); a URL: one object
+        single = len(inputs) == 1 and out_format == "files" and (
+            _single_remote(inputs[0]) if is_url(inputs[0]) else not Path(inputs[0]).is_dir() and (
+                Path(inputs[0]).exists() or not any(ch in inputs[0] for ch in "*?[")
+                or not glob.glob(inputs[0], recursive=True)))
+    except VtcError as e:
+        raise _fail(e) from None
     if not single:
-        if output is not None and output.suffix == ".safetensors" and not output.is_dir():
+        if output is not None and location(output).suffix == ".safetensors" and not location(output).is_dir():
             raise _fail(UsageError(f"several inputs go to a directory, not to the file {output}; give -o OUTDIR."))
         _batch(inputs, output, dict(
             method=method, ratio=ratio, frames=frames, fps=fps, every=every, model=model, pretrained=pretrained,
@@ -184,9 +200,10 @@ def compress(
             memory_budget=memory_budget), param,
             preset,
             quiet=quiet, retry_failed=retry_failed, fail_fast=fail_fast, shard=shard, workers=workers,
-            as_json=as_json, engine=engine, ray_address=ray_address, actors=actors)
+            as_json=as_json, engine=engine, ray_address=ray_address, actors=actors, out_format=out_format,
+            shard_size=shard_size)
         return
-    input = Path(inputs[0])
+    input = location(inputs[0])
     try:
         from vtc.io.decode import check_input
 
@@ -244,6 +261,15 @@ def compress(
             f"compress {t.get('compress', 0):.3f}s, store {t.get('store', 0):.3f}s{note}",
             highlight=False,
         )
+
+
+def _single_remote(url: str) -> bool:
+    """One object (not a prefix ending in '/', not a glob, not a prefix holding objects)."""
+    from vtc.io.storage import location
+
+    if url.endswith("/") or any(ch in url.split("://", 1)[1] for ch in "*?["):
+        return False
+    return not location(url).is_dir()
 
 
 def _live(inputs: list[str], output: Path | None, options: dict[str, Any], param: list[str] | None,
@@ -307,10 +333,10 @@ def _live(inputs: list[str], output: Path | None, options: dict[str, Any], param
         raise _fail(res.error) from None
 
 
-def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], param: list[str] | None,
+def _batch(inputs: list[str], output: str | None, options: dict[str, Any], param: list[str] | None,
            preset: str | None, *, quiet: bool, retry_failed: bool, fail_fast: bool, shard: str | None,
            workers: int, as_json: bool, engine: str = "local", ray_address: str | None = None,
-           actors: int = 1) -> None:
+           actors: int = 1, out_format: str = "files", shard_size: int = 1000) -> None:
     from vtc.api import compress_batch
     from vtc.run.batch import parse_shard
     from vtc.run.config import parse_param
@@ -318,7 +344,10 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
     try:
         if output is None:
             raise UsageError("several inputs (or a directory/glob) need -o OUTDIR for the token files.")
-        if output.exists() and not output.is_dir():
+        from vtc.io.storage import RemotePath, location
+
+        out_dir = location(output)
+        if not isinstance(out_dir, RemotePath) and out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"-o {output} is a file; batch mode needs a directory.")
         params = dict(parse_param(p) for p in (param or []))
         if params:
@@ -354,8 +383,9 @@ def _batch(inputs: list[str], output: Path | None, options: dict[str, Any], para
             bar.update(task, stats=f"{state['frames']} frames, {state['tokens']} tokens, {state['failed']} failed")
 
         with bar:
-            summary = compress_batch(inputs, output, preset=preset, shard=shard_t, retry_failed=retry_failed,
-                                     fail_fast=fail_fast, engine=engine, workers=workers,
+            summary = compress_batch(inputs, out_dir, preset=preset, shard=shard_t, retry_failed=retry_failed,
+                                     fail_fast=fail_fast, engine=engine, workers=workers, out_format=out_format,
+                                     shard_size=shard_size,
                                      ray_address=ray_address or os.environ.get("RAY_ADDRESS"), actors=actors,
                                      on_event=on_event, **options)
     except VtcError as e:
@@ -540,20 +570,24 @@ def targets(
 
 @app.command()
 def export(
-    file: Annotated[Path, typer.Argument(help="A Qwen target-space token file (vtc compress --target qwen3-vl).",
-                                         show_default=False)],
+    file: Annotated[str, typer.Argument(help="A Qwen target-space token file (vtc compress --target qwen3-vl); a "
+                                        "URL (s3://…) works too.", show_default=False)],
     to: Annotated[str, typer.Option("--to", help="Engine: vllm or sglang.", show_default=False)],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (torch.save) [default: "
-                                               "FILE with .vllm.pt / .sglang.pt]")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="File to write (torch.save) [default: "
+                                              "FILE with .vllm.pt / .sglang.pt]")] = None,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="Object storage option "
+                                                             "key=value (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at the output.")] = False,
 ) -> None:
     """Write a Qwen2.5-VL or Qwen3-VL target token file in the shapes vLLM or SGLang take for precomputed video
     tokens."""
     from vtc.export import export as do_export
+    from vtc.io.storage import location, parse_option, set_options
 
     try:
-        out_path = output or file.with_suffix(f".{to}.pt")
-        written = do_export(file, to, out_path, overwrite=overwrite)
+        set_options(dict(parse_option(o) for o in (storage_option or [])))
+        out_path = location(output) if output else location(file).with_suffix(f".{to}.pt")
+        written = do_export(location(file), to, out_path, overwrite=overwrite)
     except VtcError as e:
         raise _fail(e) from None
     out.print(f"wrote {safe(written)}", highlight=False)
@@ -561,12 +595,15 @@ def export(
 
 @app.command()
 def show(
-    file: Annotated[Path, typer.Argument(help="Token file (.safetensors) written by vtc.", show_default=False)],
+    file: Annotated[str, typer.Argument(help="Token file (.safetensors) written by vtc; a URL (s3://…) works too.",
+                                        show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary.")] = False,
     video: Annotated[Path | None, typer.Option("--video", help="The source video, to draw the frames' pixels.")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
     png_out: Annotated[Path | None, typer.Option("--png", help="Write a PNG contact sheet.")] = None,
     max_frames: Annotated[int, typer.Option("--max-frames", help="Frames drawn at most (uniformly chosen).")] = 256,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="Object storage option "
+                                                             "key=value (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --html/--png even if "
                                             "vtc did not write it.")] = False,
 ) -> None:
@@ -576,9 +613,11 @@ def show(
     token), with a timeline of tokens per frame and the temporal segments.
     """
     from vtc.io.decode import check_input
+    from vtc.io.storage import location, parse_option, set_options
     from vtc.show import summary, summary_table
 
     try:
+        set_options(dict(parse_option(o) for o in (storage_option or [])))
         if max_frames < 1:
             raise UsageError(f"--max-frames must be ≥ 1, not {max_frames}.")
         info = summary(file)
@@ -589,7 +628,7 @@ def show(
                 check_input(video)  # a missing file, a folder or a FIFO (which would wait forever)
             for opt, target in (("--html", html_out), ("--png", png_out)):
                 if target is not None:
-                    check_report_path(opt, target, token_file=file, overwrite=overwrite)
+                    check_report_path(opt, target, token_file=location(file), overwrite=overwrite)
             try:
                 rep = build(file, video, max_frames=max_frames)
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # metadata of odd shapes
@@ -614,7 +653,7 @@ def show(
                 out.print(f"wrote {safe(p)}", highlight=False)
 
 
-def _metadata_error(file: Path, e: Exception) -> FormatError:
+def _metadata_error(file: str | Path, e: Exception) -> FormatError:
     """A token file whose metadata passed the reader's checks but not the report's use of it."""
     return FormatError(f"{file}: its metadata is incomplete or inconsistent ({type(e).__name__}: {str(e)[:80]}).")
 

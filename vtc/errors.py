@@ -45,3 +45,9 @@ class MissingDependencyError(VtcError):
     """An optional dependency is needed for this feature."""
 
     exit_code = 5
+
+
+class OutputError(VtcError):
+    """An output could not be written (object storage: denied, no bucket, the network)."""
+
+    exit_code = 2

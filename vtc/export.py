@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from vtc.errors import UsageError
+from vtc.io.storage import location
 from vtc.io.store import TokenFile, atomic_write, check_output, load
 from vtc.targets import spec_of_file
 
@@ -91,7 +92,8 @@ def export(path: str | os.PathLike[str], to: str, output: str | os.PathLike[str]
     existing file at `output` is never replaced unless `overwrite` (the output checks of `vtc compress`)."""
     if to not in ENGINES:
         raise UsageError(f"--to must be one of {', '.join(ENGINES)}, not '{to}'.")
-    out = Path(output)
-    check_output(Path(path), out, replaceable=lambda p: False, overwrite=overwrite, kind="a file vtc may replace")
+    out = location(output)
+    check_output(location(path), out, replaceable=lambda p: False, overwrite=overwrite,
+                 kind="a file vtc may replace")
     data = (for_vllm if to == "vllm" else for_sglang)(load(path))
     return atomic_write(out, lambda tmp: torch.save(data, tmp))

@@ -19,6 +19,7 @@ import av
 import numpy as np
 
 from vtc.errors import InputError, TruncatedVideoError, UsageError
+from vtc.io.storage import RemotePath, RemoteVideo, is_url, location
 
 #: Sample rate of the audio handed to audio-guided methods.
 AUDIO_RATE = 16_000
@@ -104,9 +105,41 @@ class DecodeReport:
     frame_times: list[float] = field(default_factory=list)
 
 
+class _RemoteContainer:
+    """`with _open(url) as c`: a container over a streamed object (`vtc.io.storage.RemoteVideo`).  A read that
+    failed for good (retries spent) raises its one-line error when the block ends, whatever the decoder made of
+    it (PyAV takes a failed read for the end of the file)."""
+
+    def __init__(self, url: str | os.PathLike[str]) -> None:
+        target = location(url)
+        assert isinstance(target, RemotePath)
+        self.file = RemoteVideo(target)
+        try:
+            self.container = av.open(self.file, metadata_errors="ignore")
+        except av.error.FFmpegError as e:
+            self.file.close()
+            if self.file.error is not None:
+                raise self.file.error from None
+            raise InputError(f"{target}: cannot be opened as a video ({e.strerror or e}). Is it a video file, and "
+                             f"complete?") from None
+
+    def __enter__(self) -> av.container.InputContainer:
+        return self.container
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
+        self.container.close()
+        self.file.close()
+        if self.file.error is not None and kind is not GeneratorExit:
+            raise self.file.error from None
+        return False
+
+
 def check_input(path: str | os.PathLike[str]) -> Path:
     """An input video exists, is a regular file and is readable (the cheap checks, made before any model is
-    loaded), else an InputError.  → the path."""
+    loaded), else an InputError.  → the path.  A URL (object storage) is returned as it is: its reader
+    reports a missing or unreadable object."""
+    if is_url(path):
+        return path  # type: ignore[return-value]
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file. Check the path.")
@@ -120,6 +153,8 @@ def check_input(path: str | os.PathLike[str]) -> Path:
 
 
 def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
+    if is_url(path):  # object storage: streamed with read-ahead, never downloaded whole
+        return _RemoteContainer(path)  # type: ignore[return-value]
     p = check_input(path)
     try:
         return av.open(str(p), metadata_errors="ignore")
@@ -157,7 +192,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         audio = c.streams.audio[0] if c.streams.audio else None
         return VideoInfo(
             path=str(path),
-            size_bytes=Path(path).stat().st_size,
+            size_bytes=location(path).stat().st_size,
             container=c.format.name,
             codec=v.codec_context.name,
             width=v.width,

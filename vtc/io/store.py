@@ -49,6 +49,7 @@ from vtc.io.peek import (
     read_header,
     value_summaries,
 )
+from vtc.io.storage import RemotePath, atomic_upload, is_url, local_copy, location
 from vtc.reduction import Reduction
 from vtc.stages.window import WindowedReduction
 
@@ -121,11 +122,15 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: Path, write_to: Any, check: Callable[[str], None] | None = None) -> Path:
+def atomic_write(path: Path | RemotePath, write_to: Any,
+                 check: Callable[[str], None] | None = None) -> Path | RemotePath:
     """Call `write_to(temporary path)` for a temporary file beside `path`, give it the usual permissions (mkstemp's
     are 0600), run `check(temporary path)` (a file its reader would refuse is never renamed into place), then
     rename it over `path`: readers never see a half-written file.  An OS failure (disk full, folder not writable)
-    is a VtcError naming `path`; the temporary is removed whatever happens."""
+    is a VtcError naming `path`; the temporary is removed whatever happens.  On object storage the temporary file
+    is local and is uploaded in one atomic step (`vtc.io.storage.atomic_upload`)."""
+    if isinstance(path, RemotePath):
+        return atomic_upload(path, write_to, check)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,8 +149,11 @@ def atomic_write(path: Path, write_to: Any, check: Callable[[str], None] | None 
     return path
 
 
-def clean_stale(output: Path) -> None:
-    """Remove the temporary files (`.NAME.*.tmp`) a killed run left beside `output`."""
+def clean_stale(output: Path | RemotePath) -> None:
+    """Remove the temporary files (`.NAME.*.tmp`) a killed run left beside `output` (object storage has none:
+    uploads are atomic)."""
+    if isinstance(output, RemotePath):
+        return
     try:
         if output.parent.is_dir():
             for tmp in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
@@ -176,12 +184,22 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output(input: Path | None, output: Path, *, replaceable: Callable[[Path], bool] | None = None,
-                 overwrite: bool = False, option: str = "-o", kind: str = "a vtc token file") -> None:
+def check_output(input: Path | RemotePath | None, output: Path | RemotePath, *,
+                 replaceable: Callable[[Any], bool] | None = None, overwrite: bool = False, option: str = "-o",
+                 kind: str = "a vtc token file") -> None:
     """The one check of every file vtc writes (token files, exports, reports), before any work: the output is not
     the input, not a folder, its folder is a writable folder, and an existing file there is replaced only when
     `replaceable(output)` says it is vtc's own output of this kind (default: a token file) and it is writable —
-    or when `overwrite` is given.  Else a UsageError naming the output."""
+    or when `overwrite` is given.  Else a UsageError naming the output.  An object-storage output (or input) is
+    checked by `check_remote_outputs`."""
+    if isinstance(output, RemotePath) or isinstance(input, RemotePath):
+        refused = check_remote_outputs([(input, output)], replaceable=replaceable, overwrite=overwrite,
+                                       option=option, kind=kind)
+        if refused:
+            raise next(iter(refused.values()))
+        if isinstance(output, RemotePath):
+            return
+        input = None  # a local output of a remote input: the local checks below, no same-file test
     replaceable = replaceable or is_token_file
     if input is not None and _same_file(output, input):
         raise UsageError(f"the output {output} is the input itself; choose another {option}.")
@@ -199,6 +217,58 @@ def check_output(input: Path | None, output: Path, *, replaceable: Callable[[Pat
         if not os.access(output, os.W_OK) or not output.stat().st_mode & 0o222:
             raise UsageError(f"refusing to overwrite {output}: the file is read-only. Make it writable, choose "
                              f"another {option}, or pass --overwrite.")
+
+
+def check_remote_outputs(pairs: list[tuple[Path | RemotePath | None, Path | RemotePath]], *,
+                         replaceable: Callable[[Any], bool] | None = None, overwrite: bool = False,
+                         option: str = "-o", kind: str = "a vtc token file") -> dict[RemotePath, UsageError]:
+    """Outputs on object storage: no two inputs share one and none is its input (a UsageError for the run); an
+    existing object is replaced only when `replaceable` says so (default: a vtc token file, judged by header for
+    the existing ones only, found by one listing per output folder) or `overwrite`: → {output: its error} for
+    those refused (each fails its input alone, as `check_outputs` does for local files)."""
+    replaceable = replaceable or is_token_file
+    seen: dict[str, Path | RemotePath | None] = {}
+    for src, dst in pairs:
+        key = str(dst)
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {src} would both be written to {dst}; rename one of them or run them "
+                             f"in separate batches.")
+        seen[key] = src
+        if src is not None and str(src) == key:
+            raise UsageError(f"the output {dst} is the input itself; choose another {option}.")
+    remote = [dst for _, dst in pairs if isinstance(dst, RemotePath)]
+    if overwrite or not remote:
+        return {}
+    buckets: dict[str, RemotePath] = {}
+    for dst in remote:
+        fs, path = dst.fs()
+        buckets.setdefault(f"{dst.scheme}://{path.split('/', 1)[0]}", dst)
+    for bucket, dst in buckets.items():  # a missing bucket fails the run here, not after the work of each input
+        fs, path = dst.fs()
+        try:
+            found = fs.exists(path.split("/", 1)[0])
+        except Exception:  # noqa: BLE001 - not allowed to look (a write-only key): the upload will tell
+            found = True
+        if not found:
+            raise UsageError(f"cannot write {dst}: no such bucket {bucket}. Create it or choose another {option}.")
+    roots: dict[str, RemotePath] = {}
+    for dst in remote:
+        roots.setdefault(dst.parent.url, dst.parent)
+    # one listing per distinct output folder, cut to a common root when there are many
+    urls = [r.url for r in roots.values()]
+    if len(urls) > 8:
+        common = os.path.commonpath([u.split("://", 1)[1] for u in urls])
+        scheme = next(iter(roots.values())).scheme
+        roots = {f"{scheme}://{common}": RemotePath(f"{scheme}://{common}")}
+    existing: set[str] = set()
+    for root in roots.values():
+        existing |= {o.url for o in root.find()}
+    refused: dict[RemotePath, UsageError] = {}
+    for dst in remote:
+        if dst.url in existing and not replaceable(dst):
+            refused[dst] = UsageError(f"refusing to overwrite {dst}: it is not {kind}. Remove it, choose another "
+                                      f"{option}, or pass --overwrite.")
+    return refused
 
 
 @dataclass
@@ -266,12 +336,12 @@ def save_streaming(tensors: dict[str, Tensor | Streamed], path: str | os.PathLik
 def write(path: str | os.PathLike[str], tensors: dict[str, Tensor | Streamed], metadata: dict[str, Any]) -> Path:
     """Write a token file atomically (`atomic_write`), with 0644-style permissions under umask 022."""
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
-    path = Path(path)
-    return atomic_write(path, lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)),
-                        check=lambda tmp: check_written(path, Path(tmp)))
+    target = location(path)
+    return atomic_write(target, lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)),  # type: ignore[return-value]
+                        check=lambda tmp: check_written(target, Path(tmp)))
 
 
-def check_written(path: Path, tmp: Path) -> None:
+def check_written(path: Path | RemotePath, tmp: Path) -> None:
     """Validate a just-written token file (its temporary `tmp`) as `load` would: vtc never leaves a file at `path`
     that its own reader refuses (a FormatError instead, and nothing written)."""
     try:
@@ -350,7 +420,14 @@ def _read(path: Path, error: type[VtcError], hint: str) -> tuple[dict[str, str],
 
 
 def load(path: str | os.PathLike[str]) -> TokenFile:
-    """Read and validate a vtc token file.  Raises FormatError with what is wrong."""
+    """Read and validate a vtc token file (a local path or a URL).  Raises FormatError with what is wrong."""
+    if is_url(path):  # fetched whole into a temporary file (safetensors reads a local file)
+        remote = location(path)
+        assert isinstance(remote, RemotePath)
+        with local_copy(remote) as local:
+            tf = load(local)
+        tf.path = remote  # type: ignore[assignment]
+        return tf
     path = Path(path)
     header = read_header(path)  # a missing file is an input error (exit 2); a bounded check before the tensors
     meta = check_header(path, header)  # format, version, required tensors, metadata decoding
@@ -382,6 +459,8 @@ def load_features(path: str | os.PathLike[str]) -> tuple[Tensor, dict[str, Tenso
 
 def is_token_file(path: str | os.PathLike[str]) -> bool:
     """Whether `path` is a vtc token file, judged from its safetensors header alone (bounded read)."""
+    if is_url(path):
+        return is_remote_token_file(location(path))  # type: ignore[arg-type]
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
@@ -391,3 +470,21 @@ def is_token_file(path: str | os.PathLike[str]) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT_NAME
+
+
+def is_remote_token_file(target: RemotePath) -> bool:
+    """`is_token_file` for an object: two ranged reads (the length, then the header)."""
+    header = remote_header(target)
+    return header is not None and (header.get("__metadata__") or {}).get("format") == FORMAT_NAME
+
+
+def remote_header(target: RemotePath) -> dict[str, Any] | None:
+    """An object's safetensors header by two ranged reads (the length, then the header); None if it has none."""
+    try:
+        size = int.from_bytes(target.read_range(0, 8), "little")
+        if not 2 <= size <= 100_000_000:
+            return None
+        header = json.loads(target.read_range(8, 8 + size))
+    except (VtcError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None

@@ -23,17 +23,20 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from vtc._version import __version__
 from vtc.errors import UsageError, VtcError
 from vtc.io.peek import read_header
-from vtc.io.store import clean_stale, is_token_file
+from vtc.io.storage import RemotePath, is_url, location
+from vtc.io.store import clean_stale, is_token_file, remote_header
 from vtc.run.config import CompressConfig
 from vtc.run.finish import Job, Outcome
 from vtc.run.pipeline import Engine
 from vtc.run.plan import Plan, check_outputs
+from vtc.run.remote import ObjectManifest, discover_remote
+from vtc.run.shards import ShardWriter, plan_shards
 from vtc.targets.encoders import AnyEncoder, open_encoder
 
 Notify = Callable[[str, dict[str, Any]], None]
@@ -48,17 +51,21 @@ MANIFEST_PREFIX = "vtc-manifest"
 class Item:
     """An input and where its output goes."""
 
-    input: Path
-    rel: Path  # path relative to its root, mirrored under OUTDIR
+    input: Path | RemotePath  # a local path or an object-storage URL
+    rel: Path | PurePosixPath  # path relative to its root, mirrored under OUTDIR
 
-    def output(self, outdir: Path) -> Path:
+    def output(self, outdir: Path | RemotePath) -> Path | RemotePath:
         return outdir / self.rel.with_suffix(".safetensors")
 
 
 def discover(inputs: list[str]) -> list[Item]:
     """Expand files, directories (recursive) and glob patterns into a sorted, de-duplicated list of videos."""
-    items: dict[Path, Item] = {}
+    items: dict[Path | RemotePath, Item] = {}
     for raw in inputs:
+        if is_url(raw):  # object storage: an object, a prefix (recursive) or a glob
+            for obj, rel in discover_remote(raw, VIDEO_EXTENSIONS):
+                items.setdefault(obj, Item(obj, rel))
+            continue
         p = Path(raw)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
@@ -103,14 +110,14 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def read_manifest(outdir: Path, problems: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def read_manifest(outdir: Path | RemotePath, problems: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Latest record per input across every manifest file in `outdir` (tolerates a torn last line).  Lines that
     are not records (torn, foreign, of the wrong shape) are skipped and, when `problems` is given, counted there."""
     latest: dict[str, dict[str, Any]] = {}
     for f in sorted(outdir.glob(f"{MANIFEST_PREFIX}*.jsonl")):
         try:
             text = f.read_text(errors="replace") if f.is_file() else ""
-        except OSError:
+        except (OSError, VtcError):
             if problems is not None:
                 problems.append(f"{f} is unreadable (its inputs are redone)")
             continue  # unreadable: as if absent (its inputs are redone)
@@ -127,7 +134,9 @@ def read_manifest(outdir: Path, problems: list[str] | None = None) -> dict[str, 
                     and isinstance(rec.get("finished", ""), str) and isinstance(rec.get("status", ""), str)):
                 bad += 1
                 continue  # a record of the wrong shape is ignored, not trusted
-            keys = {rec["input"], str(Path(rec["input"]).resolve())}  # as typed, and resolved here
+            keys = {rec["input"]}  # as typed, and (a local path) resolved here
+            if not is_url(rec["input"]):
+                keys.add(str(Path(rec["input"]).resolve()))
             if isinstance(rec.get("input_resolved"), str):  # and as resolved where it ran (another cwd)
                 keys.add(rec["input_resolved"])
             for key in keys:
@@ -139,12 +148,15 @@ def read_manifest(outdir: Path, problems: list[str] | None = None) -> dict[str, 
     return latest
 
 
-def output_config_hash(path: Path) -> str | None:
+def output_config_hash(path: Path | RemotePath) -> str | None:
     """The settings hash a token file records (`config_hash`), from its header alone; None if it has none."""
-    try:
-        meta = read_header(path).get("__metadata__") or {}
-    except VtcError:
-        return None
+    if isinstance(path, RemotePath):
+        meta = (remote_header(path) or {}).get("__metadata__") or {}
+    else:
+        try:
+            meta = read_header(path).get("__metadata__") or {}
+        except VtcError:
+            return None
     value = meta.get("config_hash") if isinstance(meta, dict) else None
     return value if isinstance(value, str) else None
 
@@ -240,7 +252,8 @@ class BatchSummary:
 def _record(out: Outcome, cfg_hash: str) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "input": str(out.job.input),
-        "input_resolved": str(Path(out.job.input).resolve()),
+        "input_resolved": str(out.job.input.resolve() if isinstance(out.job.input, RemotePath)
+                              else Path(out.job.input).resolve()),
         "output": str(out.job.output) if out.ok else None,
         "status": "ok" if out.ok else "failed",
         "error": None if out.ok else str(out.error),
@@ -250,6 +263,8 @@ def _record(out: Outcome, cfg_hash: str) -> dict[str, Any]:
         "timings": {k: round(v, 4) for k, v in out.timings.items()},
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
     }
+    if out.node:
+        rec["node"] = out.node
     if out.ok:
         rec.update(frames=out.frames, tokens=out.num_tokens, ratio_achieved=round(out.ratio_achieved, 6),
                    truncated=out.truncated)
@@ -259,9 +274,9 @@ def _record(out: Outcome, cfg_hash: str) -> dict[str, Any]:
 
 
 def plan_items(
-    inputs: list[str], out_root: Path, cfg: CompressConfig, *, shard: tuple[int, int] | None = None,
+    inputs: list[str], out_root: Path | RemotePath, cfg: CompressConfig, *, shard: tuple[int, int] | None = None,
     retry_failed: bool = False,
-) -> tuple[list[Item], list[tuple[Item, UsageError]], BatchSummary, Path]:
+) -> tuple[list[Item], list[tuple[Item, UsageError]], BatchSummary, Path | RemotePath]:
     """Discover, shard and filter inputs by the manifest (resume / retry-failed).  → (to do, inputs refused before
     any work with their errors, summary, manifest)."""
     cfg_hash = cfg.config_hash()
@@ -285,7 +300,7 @@ def plan_items(
         if it.output(out_root) in refused:
             failed.append((it, refused[it.output(out_root)]))
             continue
-        rec = previous.get(str(it.input)) or previous.get(str(Path(it.input).resolve()))
+        rec = previous.get(str(it.input)) or previous.get(str(it.input.resolve()))
         # done: recorded ok with this configuration, and the output is still a vtc token file made with these
         # settings (not deleted, damaged or replaced by another run since)
         done = (rec is not None and rec.get("status") == "ok" and rec.get("config_hash") == cfg_hash
@@ -338,7 +353,7 @@ class LocalExecutor:
 
 def run_batch(
     inputs: list[str],
-    outdir: str | os.PathLike[str],
+    outdir: str | os.PathLike[str] | RemotePath,
     cfg: CompressConfig,
     *,
     shard: tuple[int, int] | None = None,
@@ -346,17 +361,29 @@ def run_batch(
     fail_fast: bool = False,
     executor: Executor | None = None,
     on_event: Notify | None = None,
+    out_format: str = "files",
+    shard_size: int = 1000,
 ) -> BatchSummary:
     """Process many videos; see the module docstring.  Returns totals; the manifest has the details.
 
     The plan is made first: a bad option fails here, before any input is decoded or a model loaded.
+    `out_format="webdataset"` packs the outputs into tar shards of `shard_size` videos (`vtc.run.shards`).
     """
     t0 = time.perf_counter()
     plan = Plan.make(cfg)
-    out_root = Path(outdir)
+    out_root = location(outdir)
+    if out_format == "webdataset":
+        return run_shard_batch(inputs, out_root, plan, shard_size, shard=shard, retry_failed=retry_failed,
+                               fail_fast=fail_fast, executor=executor, on_event=on_event, t0=t0)
+    if out_format != "files":
+        raise UsageError(f"--format must be files or webdataset, not '{out_format}'.")
     cfg_hash = cfg.config_hash()
-    plan_items(inputs, out_root, cfg, shard=shard, retry_failed=retry_failed)  # every check, nothing written yet
-    manifest = Manifest(out_root / manifest_name(shard))  # the lock: one run per manifest
+    remote = isinstance(out_root, RemotePath)
+    if not remote:
+        plan_items(inputs, out_root, cfg, shard=shard, retry_failed=retry_failed)  # every check, nothing written yet
+    # the lock (local): one run per manifest; object storage has no lock, each run writes its own segments
+    manifest: Manifest | ObjectManifest = (ObjectManifest(out_root / manifest_name(shard)) if remote
+                                           else Manifest(out_root / manifest_name(shard)))
     try:
         # planned again under the lock: what another run finished meanwhile is seen
         todo, refused, summary, _ = plan_items(inputs, out_root, cfg, shard=shard, retry_failed=retry_failed)
@@ -385,6 +412,51 @@ def run_batch(
                                 "frames": out.frames, "error": None if out.ok else str(out.error)})
             summary.load, summary.encoder_busy = executor.load, executor.encoder_busy
     finally:
+        manifest.close()
+    summary.wall = time.perf_counter() - t0
+    summary.warning = "; ".join(w for w in (summary.warning, manifest.error) if w) or None
+    return summary
+
+
+def run_shard_batch(
+    inputs: list[str], out_root: Path | RemotePath, plan: Plan, shard_size: int, *,
+    shard: tuple[int, int] | None, retry_failed: bool, fail_fast: bool, executor: Executor | None,
+    on_event: Notify | None, t0: float,
+) -> BatchSummary:
+    """`run_batch` with `--format webdataset`: shards planned and resumed whole (see `vtc.run.shards`);
+    `shard=(i, n)` takes every n-th tar shard."""
+    cfg_hash = plan.cfg.config_hash()
+    items = discover(inputs)
+    if not items:
+        raise UsageError(f"no videos found in {', '.join(inputs)} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))}).")
+    problems: list[str] = []
+    previous = read_manifest(out_root, problems) if out_root.is_dir() else {}
+    shards, todo = plan_shards(items, shard_size, previous, cfg_hash, out_root, retry_failed=retry_failed)
+    if shard is not None:
+        shards, todo = shards[shard[0] :: shard[1]], [s for s in todo if s.index % shard[1] == shard[0]]
+    name = manifest_name(shard)
+    summary = BatchSummary(total=sum(len(s.samples) for s in shards), manifest=str(out_root / name),
+                           warning="; ".join(problems) if problems else None)
+    summary.skipped = summary.total - sum(len(s.samples) for s in todo)
+    notify = on_event or (lambda kind, data: None)
+    notify("start", {"total": summary.total, "todo": summary.total - summary.skipped, "skipped": summary.skipped})
+    executor = executor or LocalExecutor()
+    writer = ShardWriter(todo, out_root, cfg_hash, local_staging=isinstance(executor, LocalExecutor))
+    manifest_path = out_root / name
+    manifest = ObjectManifest(manifest_path) if isinstance(manifest_path, RemotePath) else Manifest(manifest_path)
+    try:
+        if todo:
+            for out in executor.execute(plan, writer.jobs(todo), fail_fast=fail_fast, notify=notify):
+                done = writer.add(out)
+                summary.add(out)
+                notify("file", {"ok": out.ok, "input": str(out.job.input), "tokens": out.num_tokens,
+                                "frames": out.frames, "error": None if out.ok else str(out.error)})
+                if done is not None:
+                    for rec in done[1]:
+                        manifest.write(rec)
+            summary.load, summary.encoder_busy = executor.load, executor.encoder_busy
+    finally:
+        writer.close()
         manifest.close()
     summary.wall = time.perf_counter() - t0
     summary.warning = "; ".join(w for w in (summary.warning, manifest.error) if w) or None

@@ -19,6 +19,7 @@ from vtc._version import __version__
 from vtc.errors import VtcError
 from vtc.io.audio import SALIENCY_NAME, audio_saliency
 from vtc.io.decode import DecodeReport, VideoInfo, content_hash
+from vtc.io.storage import RemotePath, etag, is_url, location
 from vtc.io.store import Streamed, TokenMap, out_dtype, token_tensors, write
 from vtc.reduction import Reduction
 from vtc.run.plan import Plan
@@ -35,8 +36,8 @@ class Job:
     """One video to process."""
 
     index: int
-    input: Path
-    output: Path
+    input: Path | RemotePath  # a local path or an object-storage URL
+    output: Path | RemotePath
 
 
 @dataclass
@@ -56,6 +57,8 @@ class Outcome:
     #: sets the count) and, when the file's ratio differs from it, why
     ratio_asked: float | None = None
     ratio_note: str | None = None
+    #: the machine (Ray node) that processed it, when a cluster did
+    node: str = ""
 
 
 def ratio_note(asked: float | None, got: float, info: dict[str, Any], num_sources: int) -> str | None:
@@ -286,6 +289,7 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
     assert info is not None
     enc = encoder.describe()
     path = video.job.input
+    remote = is_url(path)  # object storage: identified by its ETag, not re-read whole for a sha256
     meta: dict[str, Any] = {
         "vtc_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -311,9 +315,10 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
         "encoder": enc,
         "sampling": plan.sampling.describe(),
         "video": {
-            "path": str(Path(path).resolve()) if video.live is None else video.live["source"],
+            "path": (str(path) if remote else str(Path(path).resolve())) if video.live is None
+            else video.live["source"],
             "size_bytes": info.size_bytes,
-            "sha256": content_hash(path) if video.live is None else None,
+            "sha256": None if remote or video.live is not None else content_hash(path),
             "duration": info.duration,
             "fps": info.fps,
             "width": info.width,
@@ -327,6 +332,8 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
         "decode": {"decoded_frames": report.decoded_frames, "last_time": report.last_time, "error": report.error},
         "info": red.info,
     }
+    if remote and video.live is None:
+        meta["video"]["etag"] = etag(location(path))
     if video.reuse is not None:
         meta["pre_encoder"] = video.reuse.describe()
     if video.live is not None:

@@ -14,7 +14,8 @@ from typing import Any
 
 from vtc.errors import UsageError
 from vtc.io.decode import Sampling
-from vtc.io.store import check_output
+from vtc.io.storage import RemotePath
+from vtc.io.store import check_output, check_remote_outputs
 from vtc.methods import MethodSpec
 from vtc.methods.registry import parse_method
 from vtc.run.config import CompressConfig
@@ -120,12 +121,15 @@ class Plan:
         return self.spec.extra_images is not None
 
 
-def check_outputs(pairs: list[tuple[Path, Path]]) -> dict[Path, UsageError]:
+def check_outputs(pairs: list[tuple[Path | RemotePath, Path | RemotePath]]) -> dict[Path | RemotePath, UsageError]:
     """Many (input, output) pairs: each checked as by `check_output`, and no two inputs share an output (a
     UsageError for the run).  An output refused because of what already lies there (a file vtc may not replace,
-    a folder) fails that input alone: → {output: its error}."""
-    seen: dict[Path, Path] = {}
-    refused: dict[Path, UsageError] = {}
+    a folder) fails that input alone: → {output: its error}.  Outputs on object storage are checked together
+    (`check_remote_outputs`: one listing, not a request per output)."""
+    remote = [(src, dst) for src, dst in pairs if isinstance(dst, RemotePath)]
+    pairs = [(src, dst) for src, dst in pairs if not isinstance(dst, RemotePath)]
+    refused: dict[Path | RemotePath, UsageError] = dict(check_remote_outputs(remote)) if remote else {}
+    seen: dict[Path, Path | RemotePath] = {}
     for src, dst in pairs:
         key = dst.resolve()
         if key in seen:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,8 @@ import vtc.errors as errors
 from vtc.errors import MissingDependencyError, VtcError
 from vtc.io.decode import DecodeReport, VideoInfo, planned_frames, probe
 from vtc.io.geometry import FrameGeometry
+from vtc.io.storage import location, set_options
+from vtc.io.storage import options as storage_options
 from vtc.run.batch import Notify
 from vtc.run.config import CompressConfig
 from vtc.run.finish import Job, Outcome
@@ -55,10 +57,12 @@ def _plan(cfg_json: str) -> Plan:
     return Plan.make(CompressConfig.from_flat(json.loads(cfg_json)), check_encoder=False)
 
 
-def _decode_row(row: dict[str, Any], cfg_json: str, geometry: dict[str, Any]) -> dict[str, Any]:
+def _decode_row(row: dict[str, Any], cfg_json: str, geometry: dict[str, Any],
+                storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ray task: decode one video's sampled frames at the encoder's decode size (or record the error), unless
     they would be too many to ship as one row: then only mark it `stream` (the actor decodes it)."""
-    path = Path(row["input"])
+    set_options(storage_options or {})
+    path = location(row["input"])
     out: dict[str, Any] = {"input": row["input"], "output": row["output"], "error": None, "error_type": None,
                            "frames": np.zeros((0, 1, 1, 3), np.uint8), "info": "{}", "report": "{}",
                            "stream": False}
@@ -96,7 +100,7 @@ def _outcome_row(out: Outcome) -> dict[str, Any]:
 
 def _outcome(row: dict[str, Any]) -> Outcome:
     d = json.loads(row["outcome"])
-    job = Job(d.pop("index"), Path(d.pop("input")), Path(d.pop("output")))
+    job = Job(d.pop("index"), location(d.pop("input")), location(d.pop("output")))
     message, kind = d.pop("error"), d.pop("error_type")
     error = None if message is None else getattr(errors, kind, VtcError)(message)
     return Outcome(job, error=error, **d)
@@ -105,33 +109,47 @@ def _outcome(row: dict[str, Any]) -> Outcome:
 class _EncodeActor:
     """Ray actor: loads the model once; encodes, compresses and stores each decoded video."""
 
-    def __init__(self, cfg_json: str) -> None:
+    def __init__(self, cfg_json: str, storage_options: dict[str, Any] | None = None) -> None:
+        set_options(storage_options or {})  # object storage: the driver's --storage-option values
+        self.node = str(_ray().get_runtime_context().get_node_id())
         plan = _plan(cfg_json)
         self.engine = Engine(plan, open_encoder(plan.cfg.encoder, text=bool(plan.cfg.query)))
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        job = Job(0, Path(row["input"]), Path(row["output"]))
+        job = Job(0, location(row["input"]), location(row["output"]))
         if row["error"]:
             out = Outcome(job, False, getattr(errors, row["error_type"], VtcError)(row["error"]))
         elif row["stream"]:  # decoded here, frames streamed into the encoder (the local engine's loop)
             out = next(iter(self.engine.run([job])))
             out.timings["decode"] = out.timings.get("decode", 0.0) + row["t_decode"]
+            out.node = self.node
             return _outcome_row(out)
         else:
             frames = list(row["frames"])
             out = self.engine.process_decoded(job, VideoInfo(**json.loads(row["info"])),
                                               DecodeReport(**json.loads(row["report"])), frames)
         out.timings["decode"] = row["t_decode"]
+        out.node = self.node
         return _outcome_row(out)
 
 
 class RayExecutor:
     """A Ray cluster: decode tasks (CPU) → encoder actors (a GPU each when the cluster has GPUs)."""
 
-    def __init__(self, address: str | None = None, actors: int = 1, gpus_per_actor: float | None = None) -> None:
+    def __init__(self, address: str | None = None, actors: int = 1, gpus_per_actor: float | None = None, *,
+                 cpus_per_actor: float | None = None, cpus_per_decode: float = 1.0,
+                 node_ip_address: str | None = None) -> None:
         self.address = address
         self.actors = actors
         self.gpus_per_actor = gpus_per_actor
+        #: CPUs an actor holds (default: none with a GPU, else 1) and a decode task takes; on small nodes
+        #: fractions let both run side by side
+        env = os.environ
+        self.cpus_per_actor = cpus_per_actor if cpus_per_actor is not None else (
+            float(env["VTC_RAY_ACTOR_CPUS"]) if env.get("VTC_RAY_ACTOR_CPUS") else None)
+        self.cpus_per_decode = float(env.get("VTC_RAY_DECODE_CPUS") or cpus_per_decode)
+        #: the address this driver binds to (e.g. 127.0.0.1 to keep a test's traffic on loopback)
+        self.node_ip_address = node_ip_address or os.environ.get("VTC_RAY_NODE_IP") or None
         self.load = 0.0
         self.encoder_busy = 0.0
 
@@ -141,8 +159,9 @@ class RayExecutor:
         for name in ("ray", "ray.data", "ray._private"):  # vtc reports progress itself; keep stdout clean (--json)
             logging.getLogger(name).setLevel(logging.ERROR)
         if not ray.is_initialized():
+            extra = {"_node_ip_address": self.node_ip_address} if self.node_ip_address else {}
             ray.init(address=self.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.WARNING, **extra)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
@@ -152,10 +171,15 @@ class RayExecutor:
         cfg_json = json.dumps(plan.cfg.as_flat())
         rows = [{"input": str(j.input), "output": str(j.output), "index": j.index} for j in jobs]
         ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200))
-        ds = ds.map(_decode_row, fn_kwargs={"cfg_json": cfg_json, "geometry": geometry}, num_cpus=1)
-        ds = ds.map(_EncodeActor, fn_constructor_kwargs={"cfg_json": cfg_json},
-                    compute=ray.data.ActorPoolStrategy(size=max(1, self.actors)), num_gpus=gpus,
-                    num_cpus=0 if gpus else 1)
+        storage = storage_options()
+        ds = ds.map(_decode_row, fn_kwargs={"cfg_json": cfg_json, "geometry": geometry, "storage_options": storage},
+                    num_cpus=self.cpus_per_decode)
+        actor_cpus = self.cpus_per_actor if self.cpus_per_actor is not None else (0 if gpus else 1)
+        ds = ds.map(_EncodeActor, fn_constructor_kwargs={"cfg_json": cfg_json, "storage_options": storage},
+                    # two rows in flight per actor: one encoding, one waiting (a row can be a whole decoded video)
+                    compute=ray.data.ActorPoolStrategy(size=max(1, self.actors), max_tasks_in_flight_per_actor=2),
+                    num_gpus=gpus,
+                    num_cpus=actor_cpus, scheduling_strategy="SPREAD")  # one actor per node where it can
         index = {str(j.input): j.index for j in jobs}
         for row in ds.iter_rows():
             out = _outcome(row)
