@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vtc.errors import MissingDependencyError, ModelError, UsageError
+from vtc.errors import MissingDependencyError, ModelError, UsageError, VtcError
 from vtc.io.encode import EncoderConfig, FrameGrid, _hub_offline, _hub_reachable, _quiet_logs, pick_device, pick_dtype
 from vtc.io.geometry import FrameGeometry
+from vtc.io.peek import read_header
 from vtc.io.store import TokenFile
 from vtc.io.towers import Tower
 
@@ -310,8 +311,6 @@ class TargetEncoder(FrameGrid):
         """Build the modules on the meta device (no memory) and compare what they would take with the checkpoint's
         vision tensors (from the safetensors headers): a config that asks for far more (crafted sizes) is refused
         before anything is allocated."""
-        from safetensors import safe_open
-
         try:
             with torch.device("meta"):
                 probe = self.spec.modules(config)
@@ -323,13 +322,11 @@ class TargetEncoder(FrameGrid):
         by_file: dict[Path, list[str]] = {}
         for key, shard in self.ckpt.vision_keys.items():
             by_file.setdefault(shard, []).append(key)
-        for shard, keys in by_file.items():
+        for shard, keys in by_file.items():  # the shapes from each shard's JSON header: no tensor is read
             try:
-                with safe_open(str(shard), framework="pt") as f:
-                    for key in keys:
-                        sl = f.get_slice(key)
-                        have += math.prod(sl.get_shape()) * 4
-            except Exception as e:
+                header = read_header(shard)
+                have += sum(math.prod(int(d) for d in header[key]["shape"]) * 4 for key in keys)
+            except (VtcError, KeyError, TypeError, ValueError) as e:
                 raise ModelError(f"{shard}: cannot read its safetensors header ({e}).") from None
         if need > SIZE_SLACK * have + (256 << 20):
             raise ModelError(f"{self.ckpt.path}: its config describes vision modules of {need / 2**30:.1f} GiB but "
