@@ -28,26 +28,7 @@ class NextVideoTower(LlavaTower):
                                                                                       dict[int, Tensor]]:
         holder = self.visual
         picked = self._selected()
-        layers = self._encoder_layers()
-        kept: dict[int, Tensor] = {}
-        inputs: dict[int, Tensor] = {}
-        wanted_inputs = set(also) | {max(picked) - 1}
-
-        def keep(i: int) -> Any:
-            def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-                if i in picked:
-                    kept[i] = output[0] if isinstance(output, tuple) else output
-                if i - 1 in wanted_inputs:
-                    inputs[i - 1] = args[0] if args else kwargs["hidden_states"]
-            return hook
-
-        handles = [layers[i - 1].register_forward_hook(keep(i), with_kwargs=True)
-                   for i in set(picked) | {b + 1 for b in wanted_inputs}]
-        try:
-            holder.vision_tower(pixels, return_dict=True)
-        finally:
-            for h in handles:
-                h.remove()
+        kept, inputs = self._run_tower(pixels, picked, also)
         sel = torch.cat([kept[i] for i in picked], dim=-1)[:, self.prefix:]
         tokens = holder.multi_modal_projector(holder.vision_resampler(sel))  # the model's own pooler, then projector
         return sel, tokens, inputs

@@ -162,15 +162,11 @@ class LlavaTower(Tower):
             raise ModelError("the target's vision_feature_layer selects the patch embeddings; not supported.")
         return picked
 
-    def features(self, pixels: Tensor, also: frozenset[int] = frozenset()) -> tuple[Tensor, Tensor,
-                                                                                      dict[int, Tensor]]:
-        """pixels [B, 3, H, W] → (selected vision features [B, g·g, Dv], pooled tokens [B, N', D_llm], inputs of
-        blocks {0-based index: [B, g·g, Dv]}: the last selected block's and those in `also`), selected and
-        projected as `LlavaOnevisionModel.get_video_features` does. Hooks keep just the hidden states that are used
-        (not every block's)."""
-        holder = self.visual
-        cfg = holder.config
-        picked = self._selected()
+    def _run_tower(self, pixels: Tensor, picked: list[int], also: frozenset[int]
+                   ) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        """Run the vision tower once with hooks that keep only what is used: the outputs of the selected blocks
+        `picked` (1-based) and the inputs of the last selected block and of the blocks in `also` (0-based).
+        → ({block: [B, L, Dv]}, {block: [B, L, Dv]})."""
         layers = self._encoder_layers()
         kept: dict[int, Tensor] = {}
         inputs: dict[int, Tensor] = {}
@@ -187,10 +183,22 @@ class LlavaTower(Tower):
         hooked = set(picked) | {b + 1 for b in wanted_inputs}
         handles = [layers[i - 1].register_forward_hook(keep(i), with_kwargs=True) for i in hooked]
         try:
-            holder.vision_tower(pixels, return_dict=True)
+            self.visual.vision_tower(pixels, return_dict=True)
         finally:
             for h in handles:
                 h.remove()
+        return kept, inputs
+
+    def features(self, pixels: Tensor, also: frozenset[int] = frozenset()) -> tuple[Tensor, Tensor,
+                                                                                      dict[int, Tensor]]:
+        """pixels [B, 3, H, W] → (selected vision features [B, g·g, Dv], pooled tokens [B, N', D_llm], inputs of
+        blocks {0-based index: [B, g·g, Dv]}: the last selected block's and those in `also`), selected and
+        projected as `LlavaOnevisionModel.get_video_features` does. Hooks keep just the hidden states that are used
+        (not every block's)."""
+        holder = self.visual
+        cfg = holder.config
+        picked = self._selected()
+        kept, inputs = self._run_tower(pixels, picked, also)
         sel = torch.cat([kept[i] for i in picked], dim=-1)
         if cfg.vision_feature_select_strategy == "default":
             sel = sel[:, 1:]
