@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vtc.errors import FormatError, InputError
-from vtc.io.storage import RemotePath, is_url, local_copy, location
+from vtc.io.storage import is_url, read_via_copy
 
 FORMAT_NAME = "vtc-tokens"
 FORMAT_VERSION = "1"
@@ -343,12 +343,7 @@ class Peek:
 def peek(path: str | os.PathLike[str]) -> Peek:
     """Read and validate a token file's header and small tensors (no torch); a URL is fetched first."""
     if is_url(path):
-        remote = location(path)
-        assert isinstance(remote, RemotePath)
-        with local_copy(remote) as local:
-            found = peek(local)
-        found.path = remote  # type: ignore[assignment]
-        return found
+        return read_via_copy(path, peek)
 
     p = Path(path)
     header = read_header(p)

@@ -343,6 +343,17 @@ def local_copy(target: RemotePath) -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def read_via_copy(path: str | os.PathLike[str], read: Callable[[Path], Any]) -> Any:
+    """`read(local path)` on a temporary local copy of the object at URL `path`; the result's `path` names the
+    object (token files are read whole: safetensors and the header checks want a local file)."""
+    remote = location(path)
+    assert isinstance(remote, RemotePath)
+    with local_copy(remote) as local:
+        found = read(local)
+    found.path = remote
+    return found
+
+
 def etag(target: RemotePath) -> str | None:
     """The object's ETag (or another version tag the backend gives), None when it has none."""
     info = target.info()

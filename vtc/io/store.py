@@ -49,7 +49,7 @@ from vtc.io.peek import (
     read_header,
     value_summaries,
 )
-from vtc.io.storage import RemotePath, atomic_upload, is_url, local_copy, location
+from vtc.io.storage import RemotePath, atomic_upload, is_url, location, read_via_copy
 from vtc.reduction import Reduction
 from vtc.stages.window import WindowedReduction
 
@@ -422,12 +422,7 @@ def _read(path: Path, error: type[VtcError], hint: str) -> tuple[dict[str, str],
 def load(path: str | os.PathLike[str]) -> TokenFile:
     """Read and validate a vtc token file (a local path or a URL).  Raises FormatError with what is wrong."""
     if is_url(path):  # fetched whole into a temporary file (safetensors reads a local file)
-        remote = location(path)
-        assert isinstance(remote, RemotePath)
-        with local_copy(remote) as local:
-            tf = load(local)
-        tf.path = remote  # type: ignore[assignment]
-        return tf
+        return read_via_copy(path, load)
     path = Path(path)
     header = read_header(path)  # a missing file is an input error (exit 2); a bounded check before the tensors
     meta = check_header(path, header)  # format, version, required tensors, metadata decoding
