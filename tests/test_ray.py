@@ -123,3 +123,21 @@ def test_a_video_too_long_to_ship_is_decoded_by_the_actor(tmp_path: Path, clip_p
         files[streamed] = vtc.load(out)
     assert torch.equal(files[True].positions, files[False].positions)
     assert torch.allclose(files[True].tokens.float(), files[False].tokens.float(), atol=1e-3)
+
+
+def test_actors_the_cluster_cannot_start_are_one_line(ray_local, tmp_path: Path, clip_path: Path, models,  # noqa: ANN001
+                                                      monkeypatch) -> None:
+    """Work is handed out once every encoder actor is up; asking for more actors than the cluster can place
+    (3 × 1 CPU on 2 CPUs) ends after VTC_RAY_ACTOR_START_S with one line and exit 2, not a hang."""
+    monkeypatch.setenv("VTC_RAY_ACTOR_CPUS", "1")
+    monkeypatch.setenv("VTC_RAY_ACTOR_START_S", "5")
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(clip_path, src / "a.mp4")
+    cfg, ckpt = models["clip"]
+    r = CliRunner().invoke(app, ["compress", str(src), "-o", str(tmp_path / "out"), "--engine", "ray", "--actors", "3",
+                                 "--method", "pool", "--frames", "2", "--model", str(cfg), "--checkpoint", str(ckpt)])
+    assert r.exit_code == 2, r.output
+    assert "did not start 3 encoder actor(s) (1 CPU each) within 5 s" in r.output
+    assert "Traceback" not in r.output
+    assert not list((tmp_path / "out").glob("*.safetensors")) if (tmp_path / "out").exists() else True

@@ -14,10 +14,13 @@ shards and failure records are the local engine's (`vtc.run.batch`): only the ex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 import vtc.errors as errors
-from vtc.errors import MissingDependencyError, VtcError
+from vtc.errors import MissingDependencyError, UsageError, VtcError
 from vtc.io.decode import DecodeReport, VideoInfo, planned_frames, probe
 from vtc.io.geometry import FrameGeometry
 from vtc.io.storage import location, set_options
@@ -40,6 +43,9 @@ from vtc.targets.encoders import encoder_geometry, open_encoder
 
 #: a video whose decoded frames exceed this share of the memory budget is decoded by the actor, streamed
 FRAMES_SHARE = 1 / 8
+#: seconds the encoder actors get to start (each loads the model) before the run is refused: work is handed out
+#: only once every actor is up, so a node whose actor loads slowly still gets its share (`VTC_RAY_ACTOR_START_S`)
+ACTOR_START_S = 600
 
 
 def _ray() -> Any:
@@ -150,21 +156,37 @@ class RayExecutor:
         self.cpus_per_decode = float(env.get("VTC_RAY_DECODE_CPUS") or cpus_per_decode)
         #: the address this driver binds to (e.g. 127.0.0.1 to keep a test's traffic on loopback)
         self.node_ip_address = node_ip_address or os.environ.get("VTC_RAY_NODE_IP") or None
+        self.actor_start_s = int(env.get("VTC_RAY_ACTOR_START_S") or ACTOR_START_S)
         self.load = 0.0
         self.encoder_busy = 0.0
 
     def execute(self, plan: Plan, jobs: list[Job], *, fail_fast: bool, notify: Notify) -> Iterator[Outcome]:
         ray = _ray()
         geometry = encoder_geometry(plan.cfg.encoder).as_dict()  # from config files: no weights on the driver
-        for name in ("ray", "ray.data", "ray._private"):  # vtc reports progress itself; keep stdout clean (--json)
+        for name in ("ray", "ray._private"):  # vtc reports progress itself; keep stdout clean (--json)
             logging.getLogger(name).setLevel(logging.ERROR)
-        if not ray.is_initialized():
+        # Ray Data logs every exception it raises, with its stack, before raising it; vtc reports the exception
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+        started = not ray.is_initialized()
+        if started:
             extra = {"_node_ip_address": self.node_ip_address} if self.node_ip_address else {}
             ray.init(address=self.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, **extra)
+        # Ray prints the cluster's warnings (a node lost, a task retried) on stdout, which is vtc's result (--json),
+        # as late as its shutdown: they go to stderr with vtc's own progress
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                yield from self._run(ray, plan, jobs, geometry, fail_fast)
+            finally:
+                if started:  # this run's connection (or local instance) ends with it
+                    ray.shutdown()
+
+    def _run(self, ray: Any, plan: Plan, jobs: list[Job], geometry: dict[str, Any],
+             fail_fast: bool) -> Iterator[Outcome]:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        ctx.wait_for_min_actors_s = self.actor_start_s  # all actors up before the first row is handed out
         gpus = self.gpus_per_actor
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -181,7 +203,15 @@ class RayExecutor:
                     num_gpus=gpus,
                     num_cpus=actor_cpus, scheduling_strategy="SPREAD")  # one actor per node where it can
         index = {str(j.input): j.index for j in jobs}
-        for row in ds.iter_rows():
+        try:
+            rows = iter(ds.iter_rows())
+            first = next(rows, None)
+        except ray.exceptions.GetTimeoutError:
+            need = f"{actor_cpus:g} CPU" + (f", {gpus:g} GPU" if gpus else "")
+            raise UsageError(f"the Ray cluster did not start {self.actors} encoder actor(s) ({need} each) within "
+                             f"{self.actor_start_s} s: lower --actors, add nodes, or raise VTC_RAY_ACTOR_START_S"
+                             ) from None
+        for row in ([] if first is None else itertools.chain([first], rows)):
             out = _outcome(row)
             out.job.index = index.get(str(out.job.input), 0)
             self.encoder_busy += out.timings.get("encode", 0.0)
