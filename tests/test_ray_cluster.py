@@ -44,6 +44,21 @@ RAY = str(Path(sys.executable).with_name("ray"))
 HEAD, WORKER = "127.0.0.2", "127.0.0.3"
 
 
+def _loopback_alias(ip: str) -> bool:
+    import socket
+
+    try:
+        with socket.socket() as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+if not all(map(_loopback_alias, (HEAD, WORKER))):
+    pytest.skip(f"{HEAD} and {WORKER} are not addresses of this host's loopback", allow_module_level=True)
+
+
 class Cluster:
     """A head and a worker node, each `ray start --block` in its own session (killed as a process group)."""
 
