@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import vtc
+import vtc.data
 from vtc.cli import app
 from vtc.run.batch import read_manifest
 
@@ -141,3 +142,40 @@ def test_actors_the_cluster_cannot_start_are_one_line(ray_local, tmp_path: Path,
     assert "did not start 3 encoder actor(s) (1 CPU each) within 5 s" in r.output
     assert "Traceback" not in r.output
     assert not list((tmp_path / "out").glob("*.safetensors")) if (tmp_path / "out").exists() else True
+
+
+def test_webdataset_shards_on_ray(ray_local, tmp_path: Path, clip_path: Path, silent_clip: Path, models) -> None:  # noqa: ANN001
+    """--format webdataset with --engine ray: the same shards, members and manifest rows as the local engine
+    (the actors stage token files under OUTDIR, which is removed once the shards are written)."""
+    import tarfile
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, clip in (("a", clip_path), ("b", silent_clip), ("c", clip_path)):
+        shutil.copy(clip, src / f"{name}.mp4")
+    (src / "broken.mp4").write_bytes(b"not a video at all")
+    cfg, ckpt = models["clip"]
+    common = ["--format", "webdataset", "--shard-size", "2", "--method", "pool", "--frames", "3", "--model", str(cfg),
+              "--checkpoint", str(ckpt), "--json"]
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        r = CliRunner().invoke(app, ["compress", str(src), "-o", str(out), "--engine", engine, *common])
+        assert r.exit_code == 1, r.output
+        s = json.loads(r.output)
+        assert (s["ok"], s["failed"]) == (3, 1)
+        runs[engine] = out
+        assert not (out / ".vtc-staging").exists() or not any((out / ".vtc-staging").rglob("*"))
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        with tarfile.open(runs["local"] / name) as a, tarfile.open(runs["ray"] / name) as b:
+            assert a.getnames() == b.getnames()
+    got = {x["key"]: x for x in vtc.data.TokenShards(runs["ray"])}
+    want = {x["key"]: x for x in vtc.data.TokenShards(runs["local"])}
+    assert sorted(got) == sorted(want) == ["a", "b", "c"]
+    for k in want:
+        assert torch.equal(got[k]["positions"], want[k]["positions"])
+        assert torch.allclose(got[k]["tokens"].float(), want[k]["tokens"].float(), atol=1e-3)
+    recs_l, recs_r = read_manifest(runs["local"]), read_manifest(runs["ray"])
+    assert {k: v["status"] for k, v in recs_l.items()} == {k: v["status"] for k, v in recs_r.items()}
+    again = CliRunner().invoke(app, ["compress", str(src), "-o", str(runs["ray"]), "--engine", "ray", *common])
+    assert json.loads(again.output)["ok"] == 0, again.output

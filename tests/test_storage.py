@@ -197,3 +197,49 @@ def test_connection_dropped_mid_read(env: S3Server, tmp_path: Path, model_args, 
     assert r.exit_code == 0, r.output
     assert [k for k in env.keys("drop-out", "u/") if k.endswith(".safetensors")] == ["u/v0.safetensors",
                                                                                     "u/v1.safetensors"]
+
+
+def test_http_inputs_presigned_and_plain(env: S3Server, clip_path: Path, tmp_path: Path, model_args) -> None:  # noqa: ANN001
+    """https:// inputs as users have them: a presigned S3 URL (the server serves byte ranges: streamed) and a
+    plain HTTP server without range support (copied to a temporary file first); both give the local file's
+    tokens, and the default output name drops the URL's query string."""
+    import functools
+    import http.server
+    import threading
+
+    env.bucket("http-in")
+    env.put("s3://http-in/v/clip.mp4", clip_path)
+    ref_out = tmp_path / "ref.safetensors"
+    assert runner.invoke(app, ["compress", str(clip_path), "-o", str(ref_out), *model_opts(model_args)]).exit_code == 0
+    ref = vtc.load(ref_out)
+    url = env.client().generate_presigned_url("get_object", Params={"Bucket": "http-in", "Key": "v/clip.mp4"},
+                                              ExpiresIn=600)
+    assert "?" in url
+    out_dir = tmp_path / "signed"
+    r = runner.invoke(app, ["compress", url, "-o", f"{out_dir}/", *model_opts(model_args)])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out_dir.iterdir()) == ["clip.safetensors", "vtc-manifest.jsonl"]
+    assert torch.equal(vtc.load(out_dir / "clip.safetensors").tokens, ref.tokens)
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "clip.mp4").write_bytes(clip_path.read_bytes())
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # no Range support
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        r = runner.invoke(app, ["compress", f"{base}/clip.mp4", "-o", str(tmp_path / "plain.safetensors"),
+                                *model_opts(model_args)])
+        assert r.exit_code == 0, r.output
+        assert torch.equal(vtc.load(tmp_path / "plain.safetensors").tokens, ref.tokens)
+        r = runner.invoke(app, ["compress", f"{base}/missing.mp4", "-o", str(tmp_path / "m.safetensors"),
+                                *model_opts(model_args)])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert not (tmp_path / "m.safetensors").exists()
+    finally:
+        httpd.shutdown()

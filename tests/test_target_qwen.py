@@ -235,3 +235,49 @@ def test_show_and_errors(tmp_path: Path, clip_path: Path, ckpt: Path, encoder) -
     with pytest.raises(UsageError, match="after_video"):
         vtc.hf.video_inputs(res.output, Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt), [1, 291],
                             after_video="later")
+
+
+def test_export_between_buckets(tmp_path: Path, clip_path: Path, encoder, monkeypatch) -> None:  # noqa: ANN001
+    """`vtc export s3://… -o s3://…` against the S3 test server: the object written is the local export, byte for
+    byte in its tensors; the default output lands beside the input; an existing object is never replaced without
+    --overwrite."""
+    import io
+
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from tests.s3server import S3Server
+    from vtc.io.storage import set_options
+
+    res = vtc.compress(clip_path, output=tmp_path / "o.safetensors", method="evs", ratio=0.5, frames=FRAMES,
+                       target="qwen2.5-vl", target_model=str(encoder.config.target_model), encoder=encoder)
+    assert cli("export", res.output, "--to", "vllm", "-o", tmp_path / "v.pt").exit_code == 0
+    local = torch.load(tmp_path / "v.pt")
+    server = S3Server()
+    try:
+        for k, v in server.env.items():
+            monkeypatch.setenv(k, v)
+        set_options({})
+        server.bucket("exp")
+        server.put("s3://exp/tok/o.safetensors", Path(res.output))
+        r = cli("export", "s3://exp/tok/o.safetensors", "--to", "vllm", "-o", "s3://exp/engine/o.pt")
+        assert r.exit_code == 0, r.output
+        r = cli("export", "s3://exp/tok/o.safetensors", "--to", "vllm")
+        assert r.exit_code == 0, r.output
+        assert server.keys("exp") == ["engine/o.pt", "tok/o.safetensors", "tok/o.vllm.pt"]
+        client = server.client()
+        for key in ("engine/o.pt", "tok/o.vllm.pt"):
+            got = torch.load(io.BytesIO(client.get_object(Bucket="exp", Key=key)["Body"].read()))
+            video, want = got["multi_modal_data"]["video"], local["multi_modal_data"]["video"]
+            assert set(video) == set(want) and all(torch.equal(video[k], want[k]) for k in want)
+            assert {k: v for k, v in got.items() if k != "multi_modal_data" and k != "source"} == \
+                {k: v for k, v in local.items() if k != "multi_modal_data" and k != "source"}
+        before = client.get_object(Bucket="exp", Key="engine/o.pt")["ETag"]
+        r = cli("export", "s3://exp/tok/o.safetensors", "--to", "vllm", "-o", "s3://exp/tok/o.safetensors")
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output  # its own input
+        r = cli("export", "s3://exp/tok/o.safetensors", "--to", "vllm", "-o", "s3://exp/engine/o.pt")
+        assert r.exit_code == 2 and "--overwrite" in r.output, r.output
+        assert client.get_object(Bucket="exp", Key="engine/o.pt")["ETag"] == before
+        r = cli("export", "s3://exp/tok/o.safetensors", "--to", "vllm", "-o", "s3://exp/engine/o.pt", "--overwrite")
+        assert r.exit_code == 0, r.output
+    finally:
+        server.stop()

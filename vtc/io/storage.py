@@ -159,11 +159,16 @@ class RemotePath:
 
     def __truediv__(self, other: str | os.PathLike[str]) -> RemotePath:
         rel = PurePosixPath(os.fspath(other)).as_posix().lstrip("/")
-        return RemotePath(f"{self.url}/{rel}")
+        return RemotePath(f"{self.scheme}://{self._key}/{rel}")
 
     @property
     def _key(self) -> str:
-        return self.url.split("://", 1)[1]
+        """The path after the scheme; an http(s) URL's query and fragment (a presigned URL's signature) are not
+        part of its name."""
+        rest = self.url.split("://", 1)[1]
+        if self.scheme in ("http", "https"):
+            rest = rest.split("#", 1)[0].split("?", 1)[0]
+        return rest
 
     @property
     def name(self) -> str:

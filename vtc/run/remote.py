@@ -37,6 +37,8 @@ def discover_remote(raw: str, extensions: frozenset[str]) -> list[tuple[RemotePa
     recorded like a missing local file's)."""
     target = location(raw)
     assert isinstance(target, RemotePath)
+    if target.scheme in ("http", "https"):  # a web URL names one video; "?" starts its query (a signature)
+        return [(target, PurePosixPath(target.name or "input"))]
     if any(ch in raw.split("://", 1)[1] for ch in "*?["):
         fs, path = target.fs()
         try:
