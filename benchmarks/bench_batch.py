@@ -7,7 +7,7 @@ against the single-file path run file by file with the same loaded encoder.
 
 Input: every clip of ../shared/media (the truncated one fails, as data) plus `--copies` copies of each; or, with
 `--short N`, N synthetic 1-s clips (fewer frames each than an encoder batch: the batch engine fills its batches
-across videos, the one-by-one path cannot). The encoder is ViT-B-16 sized with random weights (speed does not
+across videos, the one-by-one path cannot). The encoder is ViT-B-16 (`--model`) with random weights (speed does not
 depend on the weights). Each measurement runs in a fresh process; reported: wall time, files/s, frames/s, encoder
 utilisation (encoder busy / wall) and peak RSS. `--s3` compresses one 30-s clip from a local path and from
 `s3://` on moto's server (127.0.0.1, started here; `pip install 'vtc[test]'`), output beside it.
@@ -33,17 +33,17 @@ from vtc.run.batch import LocalExecutor, discover, run_batch
 from vtc.run.config import make_config
 from vtc.io.encode import Encoder, EncoderConfig
 import torch
-mode, src, out, frames, workers, device = sys.argv[1:7]
-model = open_clip.create_model("ViT-B-16")
+mode, src, out, frames, workers, device, name = sys.argv[1:8]
+model = open_clip.create_model(name)
 import tempfile
 ckpt = tempfile.mkstemp(suffix=".pt")[1]  # random weights, so no download is looked for
 torch.save(model.state_dict(), ckpt)
-cfg = make_config(method="fastvid", ratio=0.1, frames=int(frames), model="ViT-B-16", checkpoint=ckpt, device=device)
-enc = Encoder(EncoderConfig(model="ViT-B-16", pretrained=None, device=device), model=model, name="ViT-B-16")
+cfg = make_config(method="fastvid", ratio=0.1, frames=int(frames), model=name, checkpoint=ckpt, device=device)
+enc = Encoder(EncoderConfig(model=name, pretrained=None, device=device), model=model, name=name)
 t0 = time.perf_counter()
 res = {}
 if mode in ("local", "s3"):
-    r = vtc.compress(src, output=out, encoder=enc, method="fastvid", ratio=0.1, frames=int(frames), model="ViT-B-16",
+    r = vtc.compress(src, output=out, encoder=enc, method="fastvid", ratio=0.1, frames=int(frames), model=name,
                      checkpoint=ckpt)
     res = {"ok": 1, "failed": 0, "frames": int(frames), "encoder_busy": r.timings["encode"],
            "decode": r.timings["decode"], "store": r.timings["store"]}
@@ -56,7 +56,7 @@ else:
     for it in discover([src]):
         try:
             r = vtc.compress(it.input, output=it.output(Path(out)), encoder=enc, method="fastvid", ratio=0.1,
-                             frames=int(frames), model="ViT-B-16", checkpoint=ckpt)
+                             frames=int(frames), model=name, checkpoint=ckpt)
             ok += 1
             busy += r.timings["encode"]
             nframes += vtc.load(r.output).num_frames
@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default="ViT-B-16", help="open_clip architecture (random weights)")
     ap.add_argument("--short", type=int, default=0, help="N synthetic 1-s clips instead of ../shared/media")
     ap.add_argument("--s3", action="store_true", help="one 30-s clip: local vs s3:// (moto server)")
     a = ap.parse_args()
@@ -96,9 +97,10 @@ def main() -> None:
                 for c in range(a.copies + 1):
                     shutil.copy(clip, src / f"{clip.stem}_{c}{clip.suffix}")
         n_files = len(list(src.iterdir()))
-        print(f"{n_files} files, frames={a.frames}, workers={a.workers}, device={a.device}, runs={a.runs}")
+        print(f"{n_files} files, frames={a.frames}, workers={a.workers}, device={a.device}, model={a.model}, "
+              f"runs={a.runs}")
         for mode in ("one-by-one", "batch"):
-            rows = [run_child(CHILD, mode, src, Path(tmp) / f"out-{mode}-{r}", a.frames, a.workers, a.device)
+            rows = [run_child(CHILD, mode, src, Path(tmp) / f"out-{mode}-{r}", a.frames, a.workers, a.device, a.model)
                     for r in range(a.runs)]
             wall, busy, rss = median(rows, "wall"), median(rows, "encoder_busy"), median(rows, "peak_rss_mb")
             x = rows[0]
@@ -129,7 +131,7 @@ def s3_overhead(a: argparse.Namespace) -> None:
                   f"device={a.device}, runs={a.runs}")
             for mode, src, out in (("local", clip, Path(tmp) / "o.safetensors"),
                                    ("s3", f"s3://bench/{clip.name}", "s3://bench/o.safetensors")):
-                rows = [run_child(CHILD, mode, src, out, a.frames, a.workers, a.device) for _ in range(a.runs)]
+                rows = [run_child(CHILD, mode, src, out, a.frames, a.workers, a.device, a.model) for _ in range(a.runs)]
                 print(f"{mode:6s} wall {median(rows, 'wall'):6.2f} s  decode {median(rows, 'decode'):6.2f} s  "
                       f"encode {median(rows, 'encoder_busy'):6.2f} s  store {median(rows, 'store'):6.3f} s")
     finally:

