@@ -55,5 +55,8 @@ def rlt(
     weight = (src == owner.reshape(-1)).double()  # the kept token itself carries the value
     red = Reduction.build(dst, src, weight, kept, t * n)
     red.info.update(run_lengths=lengths.reshape(-1)[kept].tolist() if kept.numel() <= 65536 else "omitted",
-                    budget_floor=t * n, signal="pixels (uint8 encoder view), ImageNet-normalised")
+                    budget_floor=n,  # frame 0 is kept whole; the rest follows the content
+                    count_rule=f"rlt keeps the patches whose pixels changed (tau={tau:g}); --ratio does not set "
+                    f"its count",
+                    signal="pixels (uint8 encoder view), ImageNet-normalised")
     return red
