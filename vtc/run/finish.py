@@ -334,7 +334,8 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
             "has_audio": info.has_audio,
         },
         "truncated": report.truncated,
-        "decode": {"decoded_frames": report.decoded_frames, "last_time": report.last_time, "error": report.error},
+        "decode": {"decoded_frames": report.decoded_frames, "last_time": report.last_time, "error": report.error,
+                   **({"data_end": report.data_end} if report.data_end is not None else {})},
         "info": red.info,
     }
     if remote and video.live is None:
