@@ -17,7 +17,7 @@ import html
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +73,13 @@ class Maps:
     state: np.ndarray  # [T, h, w] uint8: 0 dropped, 1 kept as is, 2 merged
     colour: np.ndarray  # [T, h, w] int64 output row (or -1)
     outline: np.ndarray  # [T, h, w] bool: representative of a merged row
-    kept: np.ndarray  # [T] tokens kept as is, by frame (clear cells)
-    merged: np.ndarray  # [T] merged tokens whose representative is in the frame (outlined cells)
-    off_grid: np.ndarray  # [T] tokens recorded for the frame with no grid cell (not drawn)
-    covered: np.ndarray  # [T] cells of the frame merged into a token (tinted cells)
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [T] tokens kept as is (clear cells)
+    #: [T] merged tokens whose representative is in the frame (outlined cells)
+    merged: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: [T] tokens recorded for the frame with no grid cell (not drawn)
+    off_grid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: [T] cells of the frame merged into a token (tinted cells)
+    covered: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def cell_maps(f: TokenFile) -> Maps:
@@ -156,10 +159,12 @@ def render_tile(maps: Maps, t: int, cell: int, base: np.ndarray | None, colours:
     tint_up = np.repeat(np.repeat(tint, cell, 0), cell, 1)
     img = img * (1 - MERGE_TINT * merged) + tint_up * MERGE_TINT * merged  # light: the picture stays visible
     out = img.clip(0, 255).astype(np.uint8)
-    # dropped cells are hatched in grey as well as dimmed: dimming alone is invisible on a dark picture
-    hatch = np.kron((state == 0), np.ones((cell, cell), bool)) & _hatch(h * cell, w * cell)
-    out[hatch] = DROPPED_EDGE
-    if cell >= 6:  # and get a thin grey frame
+    # dimming alone is invisible on a dark picture: dropped cells get a thin grey frame, or, when cells are too
+    # small for a frame to leave a picture inside (large grids), grey hatching
+    if cell < 6:
+        hatch = np.kron((state == 0), np.ones((cell, cell), bool)) & _hatch(h * cell, w * cell)
+        out[hatch] = DROPPED_EDGE
+    else:
         grey = np.array(DROPPED_EDGE, np.uint8)
         for r, c in zip(*np.nonzero(state == 0), strict=True):
             y, x = r * cell, c * cell
@@ -400,8 +405,8 @@ img.frame{{image-rendering:pixelated;display:block}}
 <tr><td>tokens</td><td id="tokens">{html.escape(hd['tokens'])}</td></tr></table>
 <ul class="legend" id="legend">
 <li><i class="sw" style="background:#ddd"></i>clear cell: kept as is</li>
-<li><i class="sw" style="background:repeating-linear-gradient(45deg,#6e6e6e 0 1px,#3d3d3d 1px 4px)"></i>dimmed,
-grey-hatched cell: dropped</li>
+<li><i class="sw" style="background:#3d3d3d;border:1px solid #6e6e6e"></i>dimmed cell with a grey frame (grey
+hatching on small cells): dropped</li>
 <li><i class="sw" style="background:#fbe3f3;border:2px solid #e0a"></i>light tint with a coloured edge: merged —
 one colour per output token, the same colour across frames when a token merges over time</li>
 <li><i class="sw" style="background:#999;border:2px solid #fff;outline:1px solid #999"></i>white outline: a merged
@@ -431,7 +436,7 @@ def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int
         draw.text((pad, y), "WARNING: " + report["warning"][:150], fill=(200, 0, 0))
         y += 20
     x = pad  # legend: swatches and words, as on the HTML page
-    for swatch, words in (((225, 225, 225), "kept"), ((60, 60, 60), "dropped (grey hatching)"),
+    for swatch, words in (((225, 225, 225), "kept"), ((60, 60, 60), "dropped (grey frame)"),
                           ((240, 160, 210), "merged (colour = output token)"),
                           (None, "white outline = representative")):
         if swatch is None:
