@@ -146,3 +146,35 @@ def test_discovery_commands_do_not_import_torch() -> None:
         data = tomllib.loads(Path(p["path"]).read_text(encoding="utf-8"))
         assert p["description"] == data.pop("description", "") and p["settings"] == data
     assert "compress" in runs["--help"]["output"] and "--method" in runs["compress --help"]["output"]
+
+
+def test_the_console_script_exits_like_python_without_its_teardown(tmp_path: Path) -> None:
+    """After a command that imported torch, `vtc` (the console script) skips the interpreter's teardown (a second
+    or two of freeing modules: objects left to it are not finalised) but keeps what Python's exit does that
+    matters: atexit handlers run, output is flushed, the exit code is the command's (0, or 2 on a usage error)."""
+    import torch
+    from safetensors.torch import save_file
+
+    feats = tmp_path / "f.safetensors"
+    save_file({"features": torch.randn(2, 16, 8)}, str(feats))
+    code = textwrap.dedent("""
+        import atexit, sys
+        from vtc.cli import run
+        atexit.register(lambda: print("atexit ran", flush=False))
+        class Late:  # freed only by the interpreter's teardown, which the console script skips
+            def __del__(self):
+                print("torn down")
+        late = Late()
+        sys.argv = ["vtc", *sys.argv[1:]]
+        run()
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for args, status in (([str(feats), "-o", str(tmp_path / "o.safetensors"), "-m", "uniform", "-r", "0.5"], 0),
+                         ([str(feats), "-o", str(tmp_path / "x.safetensors"), "-m", "nosuch"], 2)):
+        done = subprocess.run([sys.executable, "-c", code, "compress-features", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == status, done.stdout + done.stderr
+        assert done.stdout.rstrip().endswith("atexit ran") and "torn down" not in done.stdout, done.stdout
+        assert "Traceback" not in done.stderr
+    assert (tmp_path / "o.safetensors").is_file() and not (tmp_path / "x.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.safetensors", "o.safetensors"]  # no temporaries left
