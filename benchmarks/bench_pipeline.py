@@ -12,8 +12,10 @@ spawning the process to its exit (interpreter start-up and teardown included). T
   start-up (option parsing, the plan), the model (open_clip building the tower on the meta device and assigning
   the memory-mapped weights; hashing the checkpoint, cached after the first run), the pipeline (encoding on this
   thread while a decode thread feeds it; compress; store; what the encoder waited for frames) and teardown;
-- `naive`: decodes every frame to RGB first and samples afterwards — what streaming avoids; `cmd`/`naive` is the
-  headline ratio (runs alternate between the modes, so both see the same machine load);
+- `naive`: the same job as a short script without vtc would do it — decode every frame to RGB, sample N, load the
+  model with open_clip's own loader (full model, random init then the checkpoint), preprocess with its PIL
+  transforms, encode, save the patch tokens; `cmd`/`naive` is the headline ratio (runs alternate between the
+  modes, so both see the same machine load); `naive_decode` is its decoding alone;
 - `cli` / `cli_full`: `vtc.compress` in-process, vision tower only vs the full model loaded by open_clip;
 - `decode`, `encode`, `e2e`: the stages alone.
 """
@@ -89,13 +91,29 @@ elif mode in ("cli", "cli_full"):  # vtc.compress through --checkpoint, method n
     r = vtc.compress(video, output="/tmp/vtc_bench.safetensors", encoder=enc, model="ViT-B-16", pretrained=None,
                      checkpoint=ckpt, method="none", frames=frames, device=device)
     out.update({k: round(v, 3) for k, v in r.timings.items()})
-elif mode == "naive":
+elif mode in ("naive", "naive_decode"):  # the same job without vtc: decode everything, sample, then encode
     import av
     with av.open(video) as c:
         allf = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     idx = np.linspace(0, len(allf) - 1, frames).round().astype(int)
     picked = [allf[i] for i in idx]
     out["frames"] = len(allf)
+    out["decode"] = time.perf_counter() - t0
+    if mode == "naive":  # open_clip's own loading (full model) and preprocessing, the ViT's patch tokens, saved
+        import open_clip, torch
+        from PIL import Image
+        from safetensors.torch import save_file
+        t1 = time.perf_counter()
+        model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16", pretrained=sys.argv[5])
+        model.eval()
+        model.visual.output_tokens = True
+        out["model"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            x = torch.stack([preprocess(Image.fromarray(a)) for a in picked])
+            tokens = torch.cat([model.visual(x[i:i + 16])[1] for i in range(0, len(x), 16)])
+        out["encode"] = time.perf_counter() - t1
+        save_file({"tokens": tokens.half().contiguous()}, "/tmp/vtc_bench_naive.safetensors")
 elif mode == "decode":  # streaming decode alone, at ViT-B/16's input size (shortest side 224)
     from vtc.io.decode import Sampling, iter_frames
     size = lambda w, h: (round(w * 224 / min(w, h)), round(h * 224 / min(w, h)))
@@ -140,7 +158,7 @@ def main() -> None:
     print(f"video={a.video} frames={a.frames} runs={a.runs} device={a.device} torch={torch.__version__} "
           f"threads={torch.get_num_threads()} cuda={torch.cuda.is_available()}")
     ckpt = Path("/tmp/vtc-bench-vit-b-16-random.pt")
-    if not ckpt.exists() and {"cli", "cli_full", "cmd"} & set(a.modes.split(",")):
+    if not ckpt.exists() and {"cli", "cli_full", "cmd", "naive"} & set(a.modes.split(",")):
         import open_clip
 
         torch.save(open_clip.create_model("ViT-B-16", pretrained=None).state_dict(), ckpt)
