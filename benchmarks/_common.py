@@ -6,13 +6,18 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from typing import Any
 
 
 def run_child(code: str, *args: object) -> dict[str, Any]:
-    """Run `code` with `args` in a new interpreter; it prints one JSON object as its last stdout line."""
+    """Run `code` with `args` in a new interpreter; it prints one JSON object as its last stdout line. Added to it:
+    `wall` (seconds from spawning the process to its exit) and `spawned` (the epoch time it was spawned)."""
+    spawned = time.time()
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out.update(wall=time.time() - spawned, spawned=spawned)
+    return out
 
 
 def repeat(code: str, runs: int, *args: object) -> list[dict[str, Any]]:

@@ -34,9 +34,10 @@ out = []
 for method, ratio in jobs:
     merger = None
     if method != "none":
-        extra = {"inflect": inflect} if method == "tome_vit" else {}
-        merger = get_method(method).in_encoder(ratio=ratio, layers=enc.layer_index + 1,
-                                               tokens=enc.num_patches + prefix, protected=prefix, **extra)
+        spec = get_method(method)
+        params = spec.resolve({"inflect": inflect} if method == "tome_vit" else {})
+        merger = spec.in_encoder(ratio=ratio, layers=enc.layer_index + 1, tokens=enc.num_patches + prefix,
+                                 protected=prefix, **params)
     run = (lambda p: enc.encode_merging(p, merger)) if merger else (lambda p: enc.encode_pixels(p))
     run(pixels[:2])  # warm-up
     if device.startswith("cuda"):

@@ -74,6 +74,30 @@ def test_truncation_is_caught_by_both_strategies(truncated_clip: Path, seek: boo
         list(iter_frames(truncated_clip, Sampling(frames=2), same, seek=seek))
 
 
+def test_a_truncated_file_is_reported_at_one_time(truncated_clip: Path, tmp_path: Path) -> None:
+    """Where a truncated file stops is the file's: every sampling and both strategies (one pass, seeks) name the
+    same time — the last video packet the file holds, read here with PyAV's demuxer — in the error (it used to
+    say 'near' the sampled target that failed: 19.90 s or 13.48 s for one file, by --frames; one batch named two
+    times for two such files' failures of one kind)."""
+    import re
+
+    import av
+
+    with av.open(str(truncated_clip)) as c:
+        s = c.streams.video[0]
+        want = max(float(p.pts * s.time_base) for p in c.demux(s) if p.pts is not None and p.size)
+    said = set()
+    for frames in (2, 5, 16, 40):
+        for seek in (False, True):
+            with pytest.raises(TruncatedVideoError) as e:
+                list(iter_frames(truncated_clip, Sampling(frames=frames), same, seek=seek))
+            said.add(re.search(r"stops at ([0-9.]+) s", str(e.value)).group(1))
+    assert said == {f"{want:.2f}"}
+    report = DecodeReport()  # kept with --allow-truncated: the file records the same end
+    list(iter_frames(truncated_clip, Sampling(frames=5), same, allow_truncated=True, report=report, seek=True))
+    assert report.truncated and report.data_end == pytest.approx(want)
+
+
 def test_audio_mono_float(clip_path: Path, silent_clip: Path) -> None:
     pcm = decode_audio(clip_path)
     assert pcm is not None and pcm.dtype == np.float32

@@ -95,16 +95,54 @@ def test_offline_with_an_empty_cache_fails_before_importing_open_clip(tmp_path, 
     import subprocess
     import sys
 
-    code = ("import sys\nfrom vtc.cli import run\nsys.argv = ['vtc', 'compress', sys.argv[1], '-o', sys.argv[2]]\n"
-            "try:\n    run()\nexcept SystemExit as e:\n    print('exit', e.code, 'open_clip' in sys.modules)\n")
+    code = ("import atexit, sys\nfrom vtc.cli import run\n"
+            "sys.argv = ['vtc', 'compress', sys.argv[1], '-o', sys.argv[2]]\n"
+            "atexit.register(lambda: print('open_clip' in sys.modules))\nrun()\n")  # run() ends the process
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("HF_HUB_CACHE", None)
     r = subprocess.run([sys.executable, "-c", code, str(clip_path), str(tmp_path / "o.safetensors")], env=env,
                        capture_output=True, text=True, timeout=60)
-    assert r.stdout.strip().splitlines()[-1] == "exit 3 False", r.stdout + r.stderr
+    assert r.returncode == 3 and r.stdout.strip().splitlines()[-1] == "False", r.stdout + r.stderr
     assert "--checkpoint PATH" in r.stdout + r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_a_pretrained_tag_loads_like_a_checkpoint(model_args, monkeypatch) -> None:  # noqa: ANN001
+    """The pretrained-tag path: the file open_clip's tag names (from the cache, or fetched) is loaded as --checkpoint
+    is, vision tower only, built on the meta device (no random initialisation of a real tensor) and assigned from
+    the memory-mapped file; the same encoder as open_clip's own loader. The hub is unreachable here, so the tag's
+    file is a local random-weight checkpoint standing in for the cached download."""
+    import numpy as np
+    import open_clip
+    import open_clip.pretrained as ocp
+
+    from vtc.io import encode as enc_mod
+    from vtc.io.encode import Encoder, EncoderConfig
+
+    a = model_args("clip")
+    mean_std = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda name: ["cached"])
+    monkeypatch.setattr(ocp, "get_pretrained_cfg", lambda name, tag: {"hf_hub": "x/y/", **mean_std})
+    fetched = []
+    monkeypatch.setattr(ocp, "download_pretrained", lambda cfg, **k: fetched.append(cfg) or a["checkpoint"])
+    monkeypatch.setattr(enc_mod, "_hub_reachable", lambda *args, **kw: True)
+    real_normal = torch.nn.init.normal_
+    initialised = []
+
+    def normal(tensor: torch.Tensor, *args: object, **kw: object) -> torch.Tensor:
+        initialised.append(not tensor.is_meta)
+        return real_normal(tensor, *args, **kw)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", normal)
+    light = Encoder(EncoderConfig(model=a["model"], pretrained="cached"), text=False)
+    assert fetched and getattr(light.model, "vision_only", False) and light.model.transformer is None
+    assert initialised and not any(initialised)  # open_clip's init ran on meta tensors only
+    full = Encoder(EncoderConfig(model=a["model"], checkpoint=a["checkpoint"], pretrained=None), text=True)
+    frames = np.random.default_rng(0).integers(0, 255, (2, 48, 48, 3), dtype=np.uint8)
+    want = {"attn", "pooled", "keys"}
+    x, y = full.encode(frames, want), light.encode(frames, want)
+    assert all(torch.equal(x[k], y[k]) for k in x)
 
 
 def test_vision_only_loading_is_the_same_encoder(model_args, tmp_path, monkeypatch) -> None:  # noqa: ANN001

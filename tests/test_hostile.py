@@ -758,7 +758,7 @@ def test_methods_name_describes_one_method_and_the_list_reads_as_blocks() -> Non
 
 
 def test_presets_are_listed() -> None:
-    from vtc.run.config import list_presets
+    from vtc.run.presets import list_presets
 
     rows = json.loads(cli("presets", "--json").output)
     assert [r["name"] for r in rows] == list(list_presets()) and rows

@@ -51,8 +51,9 @@ def test_bfloat16_tower(model_args, name: str, kind: str) -> None:  # noqa: ANN0
         enc = Encoder(EncoderConfig(model=a["model"], checkpoint=a["checkpoint"], pretrained=None, device="cpu",
                                     dtype=dtype), text=False)
         prefix = enc.tower.prefix_tokens
-        merger = get_method(name).in_encoder(ratio=0.3, layers=enc.layer_index + 1, tokens=enc.num_patches + prefix,
-                                             protected=prefix)
+        spec = get_method(name)
+        merger = spec.in_encoder(ratio=0.3, layers=enc.layer_index + 1, tokens=enc.num_patches + prefix,
+                                 protected=prefix, **spec.defaults())
         out = enc.encode_merging(pixels[:, :, : enc.image_size[0], : enc.image_size[1]], merger)
         assert torch.isfinite(out["patches"]).all() and torch.isfinite(out["source"]).all()
         counts.append(out["patches"].shape[1])

@@ -15,7 +15,7 @@ import vtc
 from vtc.cli import app
 from vtc.errors import UsageError
 from vtc.io.encode import Encoder, EncoderConfig, geometry_for
-from vtc.methods import all_methods, get_method
+from vtc.methods import get_method
 from vtc.run.config import make_config
 from vtc.run.plan import Plan
 
@@ -86,17 +86,6 @@ def test_variant_and_params_resolve_once() -> None:
     # user params win over the variant's settings
     plan = Plan.make(make_config(method="dycoke:reference", params={"reference_loops": False}), check_encoder=False)
     assert plan.params["reference_loops"] is False
-
-
-def test_registry_declarations_match_signatures() -> None:
-    import inspect
-
-    for spec in all_methods():
-        sig = inspect.signature(spec.fn)
-        for p in spec.params:
-            assert sig.parameters[p.name].default == p.default, (spec.name, p.name)
-            assert p.check(spec.name, p.default) == p.default or p.default is None
-        assert spec.paper_ratio is None or 0 < spec.paper_ratio <= 1
 
 
 def test_methods_shows_ratio_and_variants() -> None:

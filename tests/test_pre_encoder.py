@@ -51,3 +51,26 @@ def test_changed_patches_only(pausing_clip: Path, tmp_path: Path, model_args) ->
     assert pre["changed_patches_only"] and pre["patches_encoded"] < pre["patches_total"] / 2
     assert torch.equal(part.positions, full.positions)  # the same patches are kept (pixel rule)
     assert torch.isfinite(part.tokens.float()).all()
+
+
+def test_rlt_floor_and_result_line_are_honest() -> None:
+    """RLT's count follows the pixels: its floor is frame 0 (kept whole, it has no previous frame), never above
+    what it kept; asked for a ratio, the result line says the ratio does not set its count (it used to claim
+    'keeps at least T·N of T·N tokens' while keeping far fewer)."""
+    from vtc.run.finish import ratio_note
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 255, (4, 32, 32, 3), dtype=torch.uint8, generator=g)
+    frames[1:] = frames[0]
+    frames[2, :8, :8] = 0  # one 8×8 patch changes in frame 2 (and changes back in frame 3)
+    x = torch.randn(4, 16, 8, generator=g)
+    for asked in (0.1, 0.9):
+        res = vtc.compress_features(x, method="rlt", ratio=asked, frames=frames)
+        red = res.reduction
+        assert red.num_outputs == 16 + 1 + 1  # frame 0, the patch that changed, the patch that changed back
+        assert red.info["budget_floor"] == 16 <= red.num_outputs <= red.num_sources
+        note = ratio_note(asked, red.ratio(), red.info, red.num_sources)
+        assert note is not None and "--ratio does not set its count" in note and "at least" not in note
+    # a floor above the tokens kept (or above those there are) is never named as one
+    assert "at least" not in ratio_note(0.1, 0.5, {"budget_floor": 80}, 64)
+    assert ratio_note(0.1, 0.5, {"budget_floor": 32}, 64) == "the method keeps at least 32 of 64 tokens"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import vtc
@@ -132,3 +133,109 @@ def test_bad_report_paths_fail_before_drawing(green: tuple[Path, Path], tmp_path
         assert r.exit_code == 2 and "Traceback" not in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
     assert video.stat().st_size > 1000  # the video was not replaced
+
+
+def independent_counts(f: vtc.TokenFile) -> dict[str, list[int]]:
+    """Per frame, from the file's provenance alone (positions, sizes, source), row by row: tokens kept as they
+    are (one cell, their own), merged tokens placed in the frame, tokens with no cell, cells merged."""
+    h, w = f.grid
+    t, n = f.num_frames, h * w
+    source = f["source"].long().tolist()[: t * n]
+    sizes = f["sizes"].long().tolist()
+    out = {k: [0] * t for k in ("kept", "merged", "off", "covered")}
+    cells_of: dict[int, list[int]] = {}
+    for cell, row in enumerate(source):
+        if row >= 0:
+            cells_of.setdefault(row, []).append(cell)
+    for row, (frame, r, c) in enumerate(f.positions.long().tolist()):
+        if r < 0:
+            out["off"][frame] += 1
+        elif cells_of.get(row) == [frame * n + r * w + c] and sizes[row] == 1:
+            out["kept"][frame] += 1
+        else:
+            out["merged"][frame] += 1
+    for cell, row in enumerate(source):
+        if row >= 0 and not (cells_of[row] == [cell] and sizes[row] == 1 and
+                             tuple(f.positions[row].tolist()) == (cell // n, cell % n // w, cell % w)):
+            out["covered"][cell // n] += 1
+    return out
+
+
+@pytest.mark.parametrize("method", ["tome", "framefusion", "pool", "ts_llava", "uniform"])
+def test_counts_match_what_is_drawn(method: str, tmp_path: Path) -> None:
+    """Merging methods and a thumbnail: every token placed on the grid is drawn once (a clear cell, or a white
+    outline on a merged token's representative), the captions count exactly that, and thumbnail tokens (no cell)
+    are counted apart as not drawn."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 64, 16, generator=g)
+    x[1:] = x[0] + 0.05 * torch.randn(5, 64, 16, generator=g)  # near-static: merges over time
+    extra = {"thumbnail": torch.randn(16, 16, generator=g)} if method == "ts_llava" else {}
+    tok = vtc.compress_features(x, method=method, ratio=0.3, **extra).save(tmp_path / "f.safetensors")
+    f = vtc.load(tok)
+    want = independent_counts(f)
+    assert sum(want["off"]) == (16 if method == "ts_llava" else 0)
+    rep = build(tok, None)
+    img = np.asarray(PIL.open(write_png(rep, tmp_path / "s.png")).convert("RGB")).astype(int)
+    page = write_html(rep, tmp_path / "r.html").read_text()
+    cell, (h, w) = rep["cell"], f.grid
+    per_frame = torch.bincount(f.positions[:, 0].long(), minlength=f.num_frames).tolist()
+    for k, i in enumerate(rep["frames"]):
+        x0, y0 = tile_origin_png(rep, k)
+        clear = outlined = covered = 0
+        for r in range(h):
+            for c in range(w):
+                centre = img[y0 + r * cell + cell // 2, x0 + c * cell + cell // 2, :3]
+                corner = img[y0 + r * cell, x0 + c * cell, :3]
+                clear += bool((centre == 150).all())  # a kept cell of a map without pixels: the neutral grey
+                outlined += bool((corner == 255).all())
+                covered += len(set(centre.tolist())) > 1  # tinted; kept (150) and dropped (150 dimmed) are grey
+        assert (clear, outlined, covered) == (want["kept"][i], want["merged"][i], want["covered"][i]), (method, i)
+        kept, merged, off = want["kept"][i], want["merged"][i], want["off"][i]
+        assert kept + merged + off == per_frame[i]
+        assert (f'data-frame="{i}" data-kept="{kept}" data-merged="{merged}" data-off-grid="{off}" '
+                f'data-covered="{want["covered"][i]}"') in page
+        assert f"frame {i} · {f['frame_times'][i]:.2f} s · {per_frame[i]} tokens: {kept} kept" in page
+    if method == "ts_llava":
+        assert "16 tokens off the grid (not drawn on the tiles)" in page
+
+
+def test_dark_frames_show_dropped_cells(tmp_path: Path, models) -> None:  # noqa: ANN001
+    """On a black video dimming changes nothing: dropped cells must still differ from kept ones (grey hatching),
+    at every cell size the report uses."""
+    video = flat_clip(tmp_path / "black.mp4", (0, 0, 0), n=4)
+    cfg, ckpt = models["clip"]
+    tok = tmp_path / "black.safetensors"
+    vtc.compress(video, output=tok, method="uniform", ratio=0.25, frames=2, model=str(cfg), checkpoint=str(ckpt))
+    f = vtc.load(tok)
+    rep = build(tok, video)
+    img = np.asarray(PIL.open(write_png(rep, tmp_path / "s.png")).convert("RGB"))
+    x0, y0 = tile_origin_png(rep, 0)
+    (h, w), kept = f.grid, kept_cells(f, 0)
+
+    def check(tile: np.ndarray, cell: int) -> None:
+        for r in range(h):
+            for c in range(w):
+                block = tile[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell].reshape(-1, 3).astype(int)
+                assert (block.max(-1) > 60).any() == ((r, c) not in kept), (cell, r, c)  # kept cells stay black
+
+    check(img[y0 : y0 + h * rep["cell"], x0 : x0 + w * rep["cell"]], rep["cell"])  # the sheet: framed cells
+    from vtc.report import render_tile
+
+    for cell in (4, 5):  # cells too small for a frame (large grids): grey hatching
+        check(render_tile(rep["maps"], 0, cell, np.zeros((h * cell, w * cell, 3), np.uint8),
+                          np.zeros((1, 3), np.uint8)), cell)
+
+
+def test_png_labels_each_tile(green: tuple[Path, Path], tmp_path: Path) -> None:
+    """Under every tile of the PNG: its frame, time and token count (the same numbers as the file)."""
+    video, tok = green
+    rep = build(tok, video)
+    img = np.asarray(PIL.open(write_png(rep, tmp_path / "s.png")).convert("L"))
+    f = vtc.load(tok)
+    per_frame = torch.bincount(f.positions[:, 0].long(), minlength=f.num_frames).tolist()
+    th, tw = rep["tiles"][0].shape[:2]
+    for k, i in enumerate(rep["frames"]):
+        assert rep["labels"][k].startswith(f"#{i} {float(f['frame_times'][i]):.2f}s {per_frame[i]} tok")
+        x0, y0 = tile_origin_png(rep, k)
+        strip = img[y0 + th : y0 + th + 12, x0 : x0 + tw]
+        assert (strip < 100).sum() > 20  # text drawn under the tile

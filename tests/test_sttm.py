@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vtc.methods.sttm import sttm, sttm_reduce
+from vtc.methods import get_method
+from vtc.methods.sttm import sttm_reduce
 from vtc.signals import Signals
 
 
@@ -71,7 +72,8 @@ def test_quadtree_and_pairs_match_their_definition(grid: tuple[int, int], thresh
 def test_ratio_search_meets_the_budget_and_equals_the_fixed_threshold_run() -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 81, 24, generator=g) + 0.4 * torch.randn(6, 81, 24, generator=g)
-    red = sttm(x, grid=(9, 9), ratio=0.2, signals=Signals())
+    spec = get_method("sttm")
+    red = spec.run(x, grid=(9, 9), ratio=0.2, signals=Signals(), params=spec.defaults())
     assert red.num_outputs <= 0.2 * 6 * 81
     fixed, _ = sttm_reduce(x, (9, 9), red.info["threshold"], 0.6, 1, False, False, None, "own", "exact")
     assert torch.equal(fixed.dst, red.dst) and torch.equal(fixed.src, red.src) and torch.equal(fixed.weight, red.weight)

@@ -17,7 +17,7 @@ import html
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ MARK_HTML = REPORT_MARK_HTML.decode() + f' {__version__}">'
 CELL_MAX = 32  # pixels per patch cell in the tiles (tiles are at most 16·32 = 512 px wide)
 MERGE_TINT = 0.2  # how much of a merged token's colour is blended into its cells
 DIM = 0.72  # how much darker a dropped cell is
-DROPPED_EDGE = (110, 110, 110)  # the frame drawn round a dropped cell (seen on black and on white pictures)
+DROPPED_EDGE = (110, 110, 110)  # the hatching and frame of a dropped cell (seen on black and on white pictures)
+HATCH_EVERY = 4  # one diagonal hatching pixel in this many along a row of a dropped cell
 TILE_TARGET = 192  # aim for tiles about this wide
 
 
@@ -61,11 +62,24 @@ def palette(k: int) -> np.ndarray:
 
 @dataclass
 class Maps:
-    """Per-cell drawing instructions for every frame: state (0 dropped, 1 kept as is, 2 merged), colour id."""
+    """Per-cell drawing instructions for every frame, and the per-frame counts of what is drawn.
 
-    state: np.ndarray  # [T, h, w] uint8
+    A grid cell is dropped (no output token uses it), kept as is (its own token: one source, its representative)
+    or merged (one source of a token that stands for several cells, or for a cell other than itself). Each merged
+    token's representative cell gets a white outline, so every output token placed on the grid is drawn exactly
+    once: as a clear cell or as an outline. Tokens with no grid cell (a re-encoded thumbnail's) are not drawn.
+    """
+
+    state: np.ndarray  # [T, h, w] uint8: 0 dropped, 1 kept as is, 2 merged
     colour: np.ndarray  # [T, h, w] int64 output row (or -1)
     outline: np.ndarray  # [T, h, w] bool: representative of a merged row
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [T] tokens kept as is (clear cells)
+    #: [T] merged tokens whose representative is in the frame (outlined cells)
+    merged: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: [T] tokens recorded for the frame with no grid cell (not drawn)
+    off_grid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: [T] cells of the frame merged into a token (tinted cells)
+    covered: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def cell_maps(f: TokenFile) -> Maps:
@@ -75,17 +89,35 @@ def cell_maps(f: TokenFile) -> Maps:
     source = f["source"].long().numpy()[: t * n]
     sizes = f["sizes"].long().numpy()
     pos = f.positions.long().numpy()
+    k = len(pos)
     rep = np.where(pos[:, 1] >= 0, pos[:, 0] * n + pos[:, 1] * w + pos[:, 2], -1)
+    on_grid = (rep >= 0) & (rep < t * n)
+    as_is = np.zeros(k, bool)  # a token that is its own representative cell and nothing else
+    as_is[on_grid] = (sizes[on_grid] == 1) & (source[rep[on_grid]] == np.arange(k)[on_grid])
     state = np.zeros(t * n, np.uint8)
     has = source >= 0
-    pure = np.zeros(t * n, bool)
-    pure[has] = (sizes[source[has]] == 1) & (rep[source[has]] == np.arange(t * n)[has])
-    state[has] = np.where(pure[has], 1, 2)
+    state[has] = np.where(as_is[source[has]], 1, 2)
     outline = np.zeros(t * n, bool)
-    merged_rows = np.nonzero((sizes > 1) & (rep >= 0))[0]
-    outline[rep[merged_rows]] = True
-    return Maps(state.reshape(t, h, w), source.reshape(t, h, w), outline.reshape(t, h, w))
+    outline[rep[on_grid & ~as_is]] = True
+    frame = pos[:, 0]
+    count = lambda rows: np.bincount(frame[rows & (frame >= 0)], minlength=t)[:t]  # noqa: E731
+    return Maps(state.reshape(t, h, w), source.reshape(t, h, w), outline.reshape(t, h, w), count(as_is),
+                count(on_grid & ~as_is), count(~on_grid), (state.reshape(t, n) == 2).sum(1))
 
+
+def tile_caption(maps: Maps, i: int, seconds: float, *, short: bool = False) -> str:
+    """What tile `i` shows, in numbers that match its drawing: tokens placed in the frame (clear cells + outlined
+    representatives), the cells merged into tokens, and tokens of the frame that have no cell (not drawn)."""
+    kept, merged, off, covered = (int(a[i]) for a in (maps.kept, maps.merged, maps.off_grid, maps.covered))
+    if short:  # the PNG sheet: one line as wide as a tile
+        text = f"#{i} {seconds:.2f}s {kept + merged + off} tok"
+        return text + (f" ({merged} mrg)" if merged else "") + (f" +{off} off" if off else "")
+    text = f"frame {i} · {seconds:.2f} s · {kept + merged + off} tokens: {kept} kept"
+    if merged or covered:
+        text += f", {merged} merged (outlined; {covered} cells merged here)"
+    if off:
+        text += f", {off} off the grid (not drawn)"
+    return text
 
 def file_geometry(f: TokenFile) -> FrameGeometry:
     """The frame geometry a token file was made with (files before it was recorded: size and resize mode)."""
@@ -127,7 +159,12 @@ def render_tile(maps: Maps, t: int, cell: int, base: np.ndarray | None, colours:
     tint_up = np.repeat(np.repeat(tint, cell, 0), cell, 1)
     img = img * (1 - MERGE_TINT * merged) + tint_up * MERGE_TINT * merged  # light: the picture stays visible
     out = img.clip(0, 255).astype(np.uint8)
-    if cell >= 6:  # dropped cells get a thin grey frame: dimming alone is invisible on a dark picture
+    # dimming alone is invisible on a dark picture: dropped cells get a thin grey frame, or, when cells are too
+    # small for a frame to leave a picture inside (large grids), grey hatching
+    if cell < 6:
+        hatch = np.kron((state == 0), np.ones((cell, cell), bool)) & _hatch(h * cell, w * cell)
+        out[hatch] = DROPPED_EDGE
+    else:
         grey = np.array(DROPPED_EDGE, np.uint8)
         for r, c in zip(*np.nonzero(state == 0), strict=True):
             y, x = r * cell, c * cell
@@ -150,6 +187,12 @@ def render_tile(maps: Maps, t: int, cell: int, base: np.ndarray | None, colours:
             out[y, x : x + cell] = out[y + cell - 1, x : x + cell] = 255
             out[y : y + cell, x] = out[y : y + cell, x + cell - 1] = 255
     return out
+
+
+def _hatch(height: int, width: int) -> np.ndarray:
+    """[height, width] bool: diagonal lines, one pixel in HATCH_EVERY along each row."""
+    y, x = np.indices((height, width))
+    return (x + y) % HATCH_EVERY == 0
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -289,18 +332,24 @@ def build(file: str | os.PathLike[str], video: str | os.PathLike[str] | None = N
     tiles = [render_tile(maps, i, cell, bases[i] if bases and i < len(bases) else None, colours) for i in shown]
     seg = f.tensors.get("segments")
     m = f.meta
+    times = [float(x) for x in f["frame_times"].tolist()]
+    off = int((maps.off_grid.sum()) + (f.positions[:, 0] < 0).sum())
+    off_note = f"; {off} tokens off the grid (not drawn on the tiles)" if off else ""
     return {
-        "file": f, "tiles": tiles, "frames": shown, "cell": cell, "warning": warning,
+        "file": f, "tiles": tiles, "frames": shown, "cell": cell, "warning": warning, "maps": maps,
+        "captions": [tile_caption(maps, i, times[i] if i < len(times) else 0.0) for i in shown],
+        "labels": [tile_caption(maps, i, times[i] if i < len(times) else 0.0, short=True) for i in shown],
         "per_frame": f.tokens_per_frame().tolist(),
         "segments": seg.tolist() if seg is not None else None,
         "saliency": _saliency(f),
-        "times": [float(x) for x in f["frame_times"].tolist()],
+        "times": times,
         "header": {
             "video": (m.get("video") or {}).get("path", "?"),
             "model": _model_line(m),
             "method": m.get("method"),
             "params": m.get("params", {}),
-            "tokens": f"{t * h * w} → {f.tokens.shape[0]} ({100 * float(m.get('ratio_achieved') or 0):.1f}% kept)",
+            "tokens": f"{t * h * w} → {f.tokens.shape[0]} ({100 * float(m.get('ratio_achieved') or 0):.1f}% kept)"
+                      f"{off_note}",
             "signals": m.get("signals", {}),
         },
         "pixels": video is not None,
@@ -326,12 +375,14 @@ def write_html(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """A self-contained HTML page (images inline, no network needed)."""
     hd = report["header"]
     rows = []
-    for i, tile in zip(report["frames"], report["tiles"], strict=True):
+    maps = report["maps"]
+    for i, tile, caption in zip(report["frames"], report["tiles"], report["captions"], strict=True):
         b64 = base64.b64encode(_png_bytes(tile)).decode()
-        tsec = report["times"][i] if i < len(report["times"]) else 0.0
-        rows.append(f'<figure class="frame-card"><img class="frame" id="frame-{i}" data-frame="{i}" '
+        counts = (f'data-kept="{maps.kept[i]}" data-merged="{maps.merged[i]}" data-off-grid="{maps.off_grid[i]}" '
+                  f'data-covered="{maps.covered[i]}"')
+        rows.append(f'<figure class="frame-card"><img class="frame" id="frame-{i}" data-frame="{i}" {counts} '
                     f'width="{tile.shape[1]}" height="{tile.shape[0]}" src="data:image/png;base64,{b64}">'
-                    f'<figcaption>frame {i} · {tsec:.2f} s · {report["per_frame"][i]} tokens</figcaption></figure>')
+                    f'<figcaption>{html.escape(caption)}</figcaption></figure>')
     warn = (f'<div id="hash-mismatch" class="warning">⚠ {html.escape(report["warning"])}</div>'
             if report["warning"] else "")
     nopix = "" if report["pixels"] else '<p class="note">No video given: grid maps without pixels.</p>'
@@ -354,7 +405,8 @@ img.frame{{image-rendering:pixelated;display:block}}
 <tr><td>tokens</td><td id="tokens">{html.escape(hd['tokens'])}</td></tr></table>
 <ul class="legend" id="legend">
 <li><i class="sw" style="background:#ddd"></i>clear cell: kept as is</li>
-<li><i class="sw" style="background:#3d3d3d"></i>dimmed cell: dropped</li>
+<li><i class="sw" style="background:#3d3d3d;border:1px solid #6e6e6e"></i>dimmed cell with a grey frame (grey
+hatching on small cells): dropped</li>
 <li><i class="sw" style="background:#fbe3f3;border:2px solid #e0a"></i>light tint with a coloured edge: merged —
 one colour per output token, the same colour across frames when a token merges over time</li>
 <li><i class="sw" style="background:#999;border:2px solid #fff;outline:1px solid #999"></i>white outline: a merged
@@ -374,7 +426,7 @@ def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int
     rows = (len(tiles) + cols - 1) // cols
     pad, head = 4, _png_head(report)
     width = max(cols * (tw + pad) + pad, 620)
-    sheet = Image.new("RGB", (width, head + rows * (th + pad) + pad), (255, 255, 255))
+    sheet = Image.new("RGB", (width, head + rows * (th + _LABEL_H + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     hd = report["header"]
     draw.text((pad, 4), f"{hd['video']}", fill=(0, 0, 0))
@@ -384,8 +436,9 @@ def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int
         draw.text((pad, y), "WARNING: " + report["warning"][:150], fill=(200, 0, 0))
         y += 20
     x = pad  # legend: swatches and words, as on the HTML page
-    for swatch, words in (((225, 225, 225), "kept"), ((60, 60, 60), "dropped"), ((240, 160, 210), "merged (colour "
-                          "= output token)"), (None, "white outline = representative")):
+    for swatch, words in (((225, 225, 225), "kept"), ((60, 60, 60), "dropped (grey frame)"),
+                          ((240, 160, 210), "merged (colour = output token)"),
+                          (None, "white outline = representative")):
         if swatch is None:
             draw.rectangle((x, y + 1, x + 10, y + 11), outline=(255, 255, 255), fill=(150, 150, 150), width=2)
         else:
@@ -400,10 +453,14 @@ def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int
         hgt = v / top * (_TIMELINE_H - 2)
         draw.rectangle((pad + i * bw, y + _TIMELINE_H - hgt, pad + (i + 1) * bw - 1, y + _TIMELINE_H), fill=(59, 111,
                                                                                                            216))
-    draw.text((pad, y + _TIMELINE_H + 2), f"tokens per frame, frames 0-{len(per) - 1} (max {top})", fill=(0, 0, 0))
-    for k, tile in enumerate(tiles):
-        r, c = divmod(k, cols)
-        sheet.paste(Image.fromarray(tile), (pad + c * (tw + pad), head + pad + r * (th + pad)))
+    draw.text((pad, y + _TIMELINE_H + 2), f"tokens per frame, frames 0-{len(per) - 1} (max {top}); under each "
+              f"tile: #frame, time, tokens", fill=(0, 0, 0))
+    for k, (tile, label) in enumerate(zip(tiles, report["labels"], strict=True)):
+        x0, y0 = tile_origin_png(report, k, columns)
+        sheet.paste(Image.fromarray(tile), (x0, y0))
+        while label and draw.textlength(label) > tw:  # the label stays under its own tile
+            label = label[:-1]
+        draw.text((x0, y0 + th + 1), label, fill=(0, 0, 0))
     from PIL.PngImagePlugin import PngInfo
 
     mark = PngInfo()
@@ -412,6 +469,7 @@ def write_png(report: dict[str, Any], path: str | os.PathLike[str], columns: int
 
 
 _TIMELINE_H = 28
+_LABEL_H = 12  # the label line under each tile
 
 
 def _png_head(report: dict[str, Any]) -> int:
@@ -420,9 +478,9 @@ def _png_head(report: dict[str, Any]) -> int:
 
 
 def tile_origin_png(report: dict[str, Any], k: int, columns: int = 8) -> tuple[int, int]:
-    """Top-left pixel of tile k in the PNG sheet (for tests and tools)."""
+    """Top-left pixel of tile k in the PNG sheet (its label line is under it)."""
     th, tw = report["tiles"][0].shape[:2]
     cols = min(columns, len(report["tiles"]))
     pad, head = 4, _png_head(report)
     r, c = divmod(k, cols)
-    return pad + c * (tw + pad), head + pad + r * (th + pad)
+    return pad + c * (tw + pad), head + pad + r * (th + _LABEL_H + pad)

@@ -8,11 +8,12 @@ their own encoder pass them to `vtc.compress_features`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Literal
 
 from vtc.errors import UsageError
+
+if TYPE_CHECKING:  # annotations only: the signal table is read by `vtc methods`, which does not import torch
+    from torch import Tensor
 
 Provider = Literal["encoder", "decode", "audio", "query", "extra_images"]
 

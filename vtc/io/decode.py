@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vtc.errors import InputError, TruncatedVideoError, UsageError
+from vtc.errors import InputError, TruncatedVideoError, UsageError, VtcError
 from vtc.io.storage import RemotePath, RemoteVideo, is_url, location
 
 #: Sample rate of the audio handed to audio-guided methods.
@@ -103,6 +103,8 @@ class DecodeReport:
     truncated: bool = False
     error: str = ""
     frame_times: list[float] = field(default_factory=list)
+    #: when truncated: where the file's video data ends, seconds (`data_end`; the same whatever the sampling)
+    data_end: float | None = None
 
 
 class _RemoteContainer:
@@ -384,12 +386,8 @@ def iter_frames(
         except av.error.FFmpegError as e:
             report.truncated = True
             report.error = str(e.strerror or e)
-        if report.truncated and not allow_truncated:
-            raise TruncatedVideoError(
-                f"{path}: decoding stopped at {report.last_time:.2f} s of {info.duration:.2f} s "
-                f"({report.error}): the file is truncated or corrupt. Repair or re-encode it, or pass "
-                f"--allow-truncated to keep the {report.decoded_frames} frames that decoded."
-            )
+        if report.truncated:
+            _stopped(path, info, report, allow_truncated)
         # targets past the last decoded frame (rounding at the very end) take the last frame once
         if targets is not None and j < len(targets) and prev is not None and not report.truncated:
             if last_emitted != report.decoded_frames - 1:
@@ -513,12 +511,7 @@ def _iter_parallel(
                 report.truncated = True
                 report.error = "stream ended before the duration in the header"
             if report.truncated:
-                if not allow_truncated:
-                    raise TruncatedVideoError(
-                        f"{path}: decoding stopped at {report.last_time:.2f} s of {info.duration:.2f} s "
-                        f"({report.error}): the file is truncated or corrupt. Repair or re-encode it, or pass "
-                        f"--allow-truncated to keep the {report.decoded_frames} frames that decoded."
-                    )
+                _stopped(path, info, report, allow_truncated)
                 break
             if last and chunk.tail is not None and chunk.tail[0] != last_emitted:
                 report.frame_times.append(chunk.tail[0])
@@ -594,12 +587,7 @@ def _iter_seek(
                 report.truncated = True
                 report.error = str(e.strerror or e)
             if report.truncated:
-                if not allow_truncated:
-                    raise TruncatedVideoError(
-                        f"{path}: decoding stopped near {target:.2f} s of {info.duration:.2f} s ({report.error}): "
-                        f"the file is truncated or corrupt. Repair or re-encode it, or pass --allow-truncated to "
-                        f"keep the frames that decoded."
-                    )
+                _stopped(path, info, report, allow_truncated)
                 break
             if chosen is None or chosen.pts == last_pts:
                 continue
@@ -610,6 +598,37 @@ def _iter_seek(
     report.sampled_frames = len(report.frame_times)
     if not report.frame_times and report.decoded_frames == 0:
         raise InputError(f"{path}: no video frame could be decoded (empty or corrupt stream).")
+
+
+def data_end(path: str | os.PathLike[str], info: VideoInfo) -> float:
+    """Seconds: the time of the last video packet the file holds (one demux pass, no decoding; a read error ends
+    it). Where a truncated file stops is a fact of the file: the decode paths (one pass, threads, seeks) stop at
+    sampling-dependent places, so the error names this instead."""
+    end = 0.0
+    with _open(path) as c:
+        stream = c.streams.video[info.stream]
+        try:
+            for pkt in c.demux(stream):
+                if pkt.pts is not None and pkt.size:
+                    end = max(end, float(pkt.pts * stream.time_base))
+        except av.error.FFmpegError:
+            pass
+    return end
+
+
+def _stopped(path: str | os.PathLike[str], info: VideoInfo, report: DecodeReport, allow_truncated: bool) -> None:
+    """The video ended early: record where its data ends (`report.data_end`), and raise TruncatedVideoError unless
+    `allow_truncated`. The one message of every decode path, so one file is reported at one time."""
+    try:
+        report.data_end = data_end(path, info)
+    except (av.error.FFmpegError, OSError, VtcError):  # a second read failed too: what the decoder reached
+        report.data_end = report.last_time
+    if not allow_truncated:
+        raise TruncatedVideoError(
+            f"{path}: the video data stops at {report.data_end:.2f} s of {info.duration:.2f} s ({report.error}): "
+            f"the file is truncated or corrupt. Repair or re-encode it, or pass --allow-truncated to keep the "
+            f"frames before that."
+        )
 
 
 def _ended_early(info: VideoInfo, report: DecodeReport) -> bool:

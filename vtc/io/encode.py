@@ -173,8 +173,11 @@ def check_config(config: EncoderConfig) -> tuple[str, str | None]:
 def load_open_clip(config: EncoderConfig, *, text: bool = True) -> tuple[Any, str]:
     """Create the open_clip model (weights from --checkpoint, a pretrained tag, or an hf-hub id).
 
-    With a local checkpoint and `text=False` (no --query), only the vision tower is materialised, straight from the
-    (memory-mapped) checkpoint: no random initialisation, no second copy of the weights, no text tower."""
+    With `text=False` (no --query) and weights in a local checkpoint or behind a pretrained tag (its file in the
+    cache, or fetched), only the vision tower is materialised: built on the meta device (no random initialisation)
+    and assigned from the memory-mapped checkpoint (no second copy of the weights, no text tower). Anything else,
+    or a file that is not a plain state dict of the model (OpenAI's TorchScript archives), goes through open_clip's
+    own loader."""
     import open_clip
 
     name, pretrained = check_config(config)
@@ -186,6 +189,11 @@ def load_open_clip(config: EncoderConfig, *, text: bool = True) -> tuple[Any, st
     offline = needs_hub and not _hub_reachable()
     if offline:
         _hub_offline()  # use the local cache only: fail in a second instead of minutes of retries
+    if config.checkpoint is None and pretrained and not text and not name.startswith("hf-hub:"):
+        path = _tag_file(name, pretrained)
+        model = _vision_only(name, path) if path is not None else None
+        if model is not None:
+            return model, name
     try:
         with _quiet_logs():
             model = open_clip.create_model(name, pretrained=pretrained, load_weights=True)
@@ -200,16 +208,35 @@ def load_open_clip(config: EncoderConfig, *, text: bool = True) -> tuple[Any, st
     return model, name
 
 
+def _tag_file(name: str, tag: str) -> Path | None:
+    """The local file of open_clip's weights for `name`/`tag` (from the cache, or fetched as open_clip itself would),
+    or None when it cannot be had (open_clip's loader then reports why)."""
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    try:
+        with _quiet_logs():
+            cfg = get_pretrained_cfg(name, tag)
+            path = download_pretrained(cfg) if cfg else None
+    except Exception:
+        return None
+    return Path(path) if path and Path(path).is_file() else None
+
+
 def _vision_only(name: str, path: Path) -> Any | None:
     """The model with its vision tower assigned from the checkpoint's `visual.*` tensors and no text tower, or None
-    when the checkpoint is not a plain state dict of this model (open_clip's own loader then handles it)."""
+    when the checkpoint is not a plain state dict of this model (open_clip's own loader then handles it).
+
+    A .safetensors file is opened lazily and only its `visual.*` tensors are read; any other file is memory-mapped
+    by `torch.load(mmap=True)`, its tensors assigned (not copied) into the modules built on the meta device."""
     import open_clip
 
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
-            state = load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                keys = [k for k in f.keys() if k.startswith(("visual.", "module.visual."))]  # noqa: SIM118
+                state = {k: f.get_tensor(k) for k in keys}
         else:
             state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
     except Exception:

@@ -1,39 +1,22 @@
-"""Every method, registered by name.  Importing this package fills the registry."""
+"""The compression methods.
 
-from vtc.methods import (  # noqa: F401
-    aim,
-    baselines,
-    budgeted,
-    divprune,
-    dycoke,
-    evs,
-    fastervlm,
-    fastvid,
-    flowcut,
-    framefusion,
-    free_video_llm,
-    gprune,
-    grt,
-    gtp_vit,
-    hiprune,
-    holitom,
-    llava_scissor,
-    omnizip,
-    ppt,
-    prunevid,
-    recoverable,
-    rlt,
-    saint,
-    sta,
-    sttm,
-    tome,
-    tome_vit,
-    ts_llava,
-    vid_tldr,
-    visionzip,
-    vscan,
-    zoo_prune,
-)
-from vtc.methods.registry import MethodSpec, Param, all_methods, get_method, register
+`vtc.methods.catalog` declares every method (pure Python: `vtc methods` reads it without torch); each method file
+implements one or more of them; `vtc.methods.registry` binds the two (importing it imports every method file).
 
-__all__ = ["MethodSpec", "Param", "all_methods", "get_method", "register"]
+The registry's names are also reachable from this package (`from vtc.methods import get_method`); they are looked
+up on first use so that importing `vtc.methods.catalog` does not import the method files and torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["MethodSpec", "Param", "all_methods", "get_method", "parse_method"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from vtc.methods import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'vtc.methods' has no attribute {name!r}")

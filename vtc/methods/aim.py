@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops.matching import mean_matching_round
 from vtc.ops.pooling import max_pool_2x2, pool_matrix
 from vtc.ops.topk import py_round
@@ -91,25 +91,10 @@ def aim_merge(x: Tensor, grid: tuple[int, int], pool: str, schedule: str, target
     return values, weights, p, cover, counts
 
 
-@register(
-    "aim",
-    summary="AIM: 2×2 pooling, then bipartite matching with plain means (r = n0/2, n0/4) per frame",
-    paper="Zhong et al., AIM: Adaptive Inference of Multi-Modal LLMs via Token Merging and Pruning, ICCV 2025",
-    params=[
-        Param("pool", "2-D pooling before merging: bilinear (LLaVA-OneVision), average or max 2×2, none (merge the "
-              "unpooled grid), identity (the authors' 'identity' mode: no pooling and no merging)",
-              "mm_spatial_pool_mode", choices=("bilinear", "average", "max", "none", "identity")),
-        Param("schedule", "llava_onevision: rounds n0//2, n0//4; qwen2_vl: a third round to (h//2)·(w//2)",
-              "variant", choices=("llava_onevision", "qwen2_vl")),
-        Param("skip_empty_rounds", "skip a round whose r is 0 (< 4 tokens); false = the authors' crash",
-              choices=(True, False)),
-    ],
-    paper_ratio=None,
-    variants={"reference": {"skip_empty_rounds": False}},
-)
+@implements("aim")
 def aim(
-    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, pool: str = "bilinear",
-    schedule: str = "llava_onevision", skip_empty_rounds: bool = True,
+    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, pool: str,
+    schedule: str, skip_empty_rounds: bool,
 ) -> Reduction:
     """AIM.  x: [T, N, D] on an (h, w) grid → K tokens per frame, in AIM's order (frame-major).
 

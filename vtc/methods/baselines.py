@@ -8,12 +8,12 @@ import math
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 
-@register("none", summary="keep every token (no compression)", scope="frame")
+@implements("none")
 def keep_all(x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals) -> Reduction:
     """All T·N tokens, in (frame, row, col) order.  x: [T, N, D]."""
     t, n, _ = x.shape
@@ -39,11 +39,7 @@ def lattice_factors(t: int, h: int, w: int, ratio: float) -> tuple[int, int, int
     return best[1]
 
 
-@register(
-    "uniform",
-    summary="a uniform spatio-temporal lattice of tokens meeting the ratio (strides in time, rows, columns)",
-    paper_ratio=0.25,
-)
+@implements("uniform")
 def uniform(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals) -> Reduction:
     """Keep the tokens on a regular (frame, row, col) lattice; count ≤ ratio·T·N.  x: [T, N, D]."""
     t, n, _ = x.shape
@@ -73,25 +69,15 @@ def _pool_weights(src: int, dst: int, mode: str) -> Tensor:
     return m
 
 
-@register(
-    "pool",
-    summary="per-frame spatial pooling (LLaVA-OneVision: 2×2 bilinear; LLaVA-Video: average)",
-    paper_ratio=0.25,
-    params=[
-        Param("stride", "pooling factor per side (default: from --ratio)", lo=1),
-        Param("mode", "bilinear (LLaVA-OneVision, ceil size) or average (LLaVA-Video, floor size)",
-              choices=("bilinear", "average")),
-    ],
-    scope="frame",
-)
+@implements("pool")
 def pool(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float,
     signals: Signals,
-    stride: int | None = None,
-    mode: str = "bilinear",
+    stride: int | None,
+    mode: str,
 ) -> Reduction:
     """Resize each frame's h×w grid to ceil(h/s)×ceil(w/s) (bilinear) or floor (average).  x: [T, N, D].
 
@@ -121,13 +107,8 @@ def pool(
     return red
 
 
-@register(
-    "random",
-    summary="a seeded random selection of tokens meeting the ratio (the control every method should beat)",
-    paper_ratio=0.25,
-    params=[Param("seed", "seed of the random draw (the same seed and shape give the same tokens)", lo=0)],
-)
-def random_selection(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, seed: int = 0
+@implements("random")
+def random_selection(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, seed: int
                      ) -> Reduction:
     """Keep K = max(1, round(ratio·T·N)) tokens drawn uniformly without replacement by a generator seeded with
     `seed` (independent of the features' values), in (frame, row, col) order.  x: [T, N, D].

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import max_min_diversity, topk_indices
 from vtc.reduction import Reduction
 from vtc.signals import Signals
@@ -32,27 +32,16 @@ def select_frame(x: Tensor, k: int, selector: str, attn: Tensor | None, grid: tu
     return torch.linspace(0, n - 1, k).round().long().unique()  # uniform stride in raster order
 
 
-@register(
-    "budgeted",
-    summary="share the budget among frames (uniform, by --query relevance, or by audio saliency), then select "
-    "tokens per frame (attention, diversity or uniform)",
-    params=[
-        Param("budget", "how frames share the budget", choices=("uniform", "query", "audio")),
-        Param("selector", "per-frame selector", choices=("attn", "diversity", "uniform")),
-        Param("temperature", "query budget: softmax temperature over frame relevance (lower: sharper)", lo=1e-6),
-    ],
-    optional_signals=("attn", "relevance", "audio_saliency", "times"),
-    paper_ratio=0.1,
-)
+@implements("budgeted")
 def budgeted(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float,
     signals: Signals,
-    budget: str = "uniform",
-    selector: str = "attn",
-    temperature: float = 0.05,
+    budget: str,
+    selector: str,
+    temperature: float,
 ) -> Reduction:
     """Budget then select.  x: [T, N, D]; relevance [T] (query), audio_saliency [A] + times [T] (audio), attn [T, N].
 

@@ -5,23 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import max_min_diversity
 from vtc.ops.topk import py_round
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 
-@register(
-    "divprune",
-    summary="DivPrune: keep the most diverse tokens (greedy max–min cosine distance), jointly or per frame",
-    paper="Alvar et al., DivPrune: Diversity-based Visual Token Pruning for LMMs, CVPR 2025",
-    paper_ratio=0.098,
-    params=[Param("mode", "joint: one selection over the clip (authors); per_frame: per frame", "mode",
-                  choices=("joint", "per_frame"))],
-)
+@implements("divprune")
 def divprune(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, mode: str = "joint"
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, mode: str
 ) -> Reduction:
     """DivPrune.  x: [T, N, D]; K = round(ratio·L) (half to even), L = T·N (joint) or N per frame.
 

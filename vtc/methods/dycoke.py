@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import l2_normalize
 from vtc.reduction import Reduction
 from vtc.signals import Signals
@@ -35,27 +35,15 @@ def dycoke_plan(num_frames: int, reference_loops: bool) -> list[int | None]:
     return plan
 
 
-@register(
-    "dycoke",
-    summary="DyCoke (TTM): keep every 4th frame whole; in the others keep the positions least similar to a "
-    "reference frame",
-    paper="Tao et al., DyCoke: Dynamic Compression of Tokens for Fast Video LLMs, CVPR 2025",
-    params=[
-        Param("prune_share", "k: share of tokens dropped in pruned frames (default: derived from --ratio; "
-              "0.7 when no ratio is given)", "merging_ratio", lo=0.0, hi=1.0),
-        Param("reference_loops", "reproduce the authors' loop bounds: odd T drops its last frame, the "
-              "final group of four is skipped; kept tokens in similarity order"),
-    ],
-    variants={"reference": {"reference_loops": True}},
-)
+@implements("dycoke")
 def dycoke(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float | None,
     signals: Signals,
-    prune_share: float | None = None,
-    reference_loops: bool = False,
+    prune_share: float | None,
+    reference_loops: bool,
 ) -> Reduction:
     """DyCoke TTM.  x: [T, N, D].
 

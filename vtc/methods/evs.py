@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
@@ -23,16 +23,9 @@ def evs_scores(x: Tensor) -> Tensor:
     return score
 
 
-@register(
-    "evs",
-    summary="EVS: keep the tokens that changed most versus the same cell of the previous frame (first frame kept)",
-    paper="Bagrov et al., Efficient Video Sampling: Pruning Temporally Redundant Tokens for Faster VLM Inference, 2025",
-    params=[Param("q", "pruning rate in [0, 1): keep max(N, ⌊T·N·(1 − q)⌋) tokens (default: 1 − --ratio; "
-                  "0.7 when no ratio is given)", "q", lo=0.0, hi=1.0)],
-    paper_ratio=0.3,
-)
+@implements("evs")
 def evs(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, q: float | None = None
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, q: float | None
 ) -> Reduction:
     """EVS.  x: [T, N, D].  The global top R = max(N, ⌊T·N·(1 − q)⌋) tokens by dissimilarity (stable sort, frame 0
     first with its sentinel score) are kept, in original (frame, row, col) order."""

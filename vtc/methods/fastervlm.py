@@ -4,24 +4,16 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import topk_indices
 from vtc.ops.topk import py_round
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 
-@register(
-    "fastervlm",
-    summary="FasterVLM: keep each frame's tokens with the highest CLS attention",
-    paper="Zhang et al., [CLS] Attention is All You Need for Training-Free Visual Token Pruning, 2024",
-    params=[Param("k_per_frame", "tokens kept per frame (default: round(ratio·N))", "k_per_frame", lo=1)],
-    paper_ratio=0.25,
-    signals=("cls_attn",),
-    scope="frame",
-)
+@implements("fastervlm")
 def fastervlm(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, k_per_frame: int | None = None
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, k_per_frame: int | None
 ) -> Reduction:
     """FasterVLM.  x: [T, N, D]; signals.cls_attn [T, N] (head-mean CLS-query attention of the chosen block).
 

@@ -11,45 +11,29 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import dpc_knn, topk_indices
 from vtc.ops.merge import blend_groups
 from vtc.ops.similarity import l2_normalize
 from vtc.reduction import Reduction
 from vtc.signals import Signals
-from vtc.stages import SEGMENTERS, segment
+from vtc.stages import segment
 
 
-@register(
-    "fastvid",
-    summary="FastVID: DySeg segments, attention-salient tokens kept, density anchors merge the rest (DTM)",
-    paper="Shen et al., FastVID: Dynamic Density Pruning for Fast Video LLMs, NeurIPS 2025",
-    params=[
-        Param("min_segments", "DySeg c: at least c segments (the c−1 lowest-similarity cuts)", "DySeg_c", lo=1),
-        Param("tau", "DySeg τ: also cut wherever adjacent pooled-embedding cosine < τ", "DySeg_tau", lo=-1.0, hi=1.0),
-        Param("context_share", "STPrune d: share of each frame's budget spent on merged context tokens",
-              "STPrune_d", lo=0.0, hi=1.0),
-        Param("anchor_stride", "DTM p: every p-th frame (from the segment's end) is an anchor frame", "DTM_p", lo=1),
-        Param("beta", "DTM β: weight of the anchor token in its blend with the group mean", "DTM_beta", lo=0.0, hi=1.0),
-        Param("knn", "k of the DPC-kNN density", lo=1),
-        Param("segmenter", "temporal segmenter", choices=tuple(SEGMENTERS)),
-    ],
-    signals=("attn", "pooled"),
-    paper_ratio=0.1,
-)
+@implements("fastvid")
 def fastvid(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float,
     signals: Signals,
-    min_segments: int = 8,
-    tau: float = 0.9,
-    context_share: float = 0.4,
-    anchor_stride: int = 4,
-    beta: float = 0.6,
-    knn: int = 4,
-    segmenter: str = "dyseg",
+    min_segments: int,
+    tau: float,
+    context_share: float,
+    anchor_stride: int,
+    beta: float,
+    knn: int,
+    segmenter: str,
 ) -> Reduction:
     """FastVID.  x: [T, N, D]; signals.attn [T, N]; signals.pooled [T, D'] (for DySeg).
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages.in_encoder import BlockMerger, BlockView
@@ -132,8 +132,8 @@ class FlowCutMerger(BlockMerger):
         return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def flowcut_merger(*, ratio: float, layers: int, tokens: int, protected: int, count: str = "frame",
-                   attention: str = "fused") -> FlowCutMerger:
+def flowcut_merger(*, ratio: float, layers: int, tokens: int, protected: int, count: str,
+                   attention: str) -> FlowCutMerger:
     """The block hook the tower runs: `layers` blocks up to the read-out, `tokens` incl. `protected` (CLS)."""
     if count not in ("frame", "batch"):
         raise UsageError(f"parameter 'count' of 'flowcut' must be frame or batch, not {count!r}.")
@@ -141,23 +141,9 @@ def flowcut_merger(*, ratio: float, layers: int, tokens: int, protected: int, co
     return FlowCutMerger(max(1, min(n, round(ratio * n))), layers, protected > 0, count, attention, n)
 
 
-@register(
-    "flowcut",
-    summary="FlowCut inside the ViT: prune patches by their accumulated share of the information flow (CLS "
-    "attention and value similarity × value norm), entropy-adaptive counts per frame; SigLIP (no CLS): the "
-    "authors' mean-query rule",
-    paper="Tong et al., FlowCut: Rethinking Redundancy via Information Flow for Efficient Vision-Language Models, "
-    "NeurIPS 2025",
-    params=[Param("count", "frame: each frame's own adaptive count; batch: the largest count of the frames encoded "
-                  "together (the authors')", choices=("frame", "batch")),
-            Param("attention", "fused: the fused kernel, CLS row computed on the side (fast); explicit: the whole "
-                  "softmax map, as the authors' eager attention", choices=("fused", "explicit"))],
-    paper_ratio=128 / 576,
-    variants={"reference": {"count": "batch", "attention": "explicit"}},
-    in_encoder=flowcut_merger,
-)
-def flowcut(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, count: str = "frame",
-            attention: str = "fused") -> Reduction:
+@implements("flowcut", in_encoder=flowcut_merger)
+def flowcut(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, count: str,
+            attention: str) -> Reduction:
     """Runs inside the encoder (`vtc compress`)."""
     raise UsageError("flowcut prunes tokens inside the encoder: use it with vtc compress; on features that are "
                      "already encoded use a post-encoder method (e.g. fastervlm).")

@@ -7,31 +7,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import adjacent_cosine
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 
-@register(
-    "framefusion",
-    summary="FrameFusion: merge tokens into the same position of the previous frame above a similarity threshold",
-    paper="Fu et al., FrameFusion: Combining Similarity and Importance for Video Token Reduction, ICCV 2025",
-    params=[
-        Param("similarity_threshold", "S_th: merge where cos to the previous frame ≥ S_th (default: searched "
-              "to meet --ratio; 0.6 when no ratio is given)", "similarity_lower_bound", lo=-1.0, hi=1.0),
-        Param("cost", "FLOPs budget; at most 1 − cost of the tokens merge in the threshold mode", "cost",
-              lo=0.0, hi=1.0),
-    ],
-)
+@implements("framefusion")
 def framefusion(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float | None,
     signals: Signals,
-    similarity_threshold: float | None = None,
-    cost: float = 0.3,
+    similarity_threshold: float | None,
+    cost: float,
 ) -> Reduction:
     """FrameFusion layer-0 merge.  x: [T, N, D].
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops.similarity import l2_normalize
 from vtc.reduction import Reduction
 from vtc.signals import Signals
@@ -197,35 +197,11 @@ def free_video_rows(x: Tensor, grid: tuple[int, int], relevance: Tensor, patch_e
     return src, op, frame, facts
 
 
-@register(
-    "free_video_llm",
-    summary="Free Video-LLM: text-guided slow frames with a text-guided ROI crop, middle frames, and a fast path "
-            "of every frame pooled small (needs --query)",
-    paper="Han et al., Free Video-LLM: Prompt-guided Visual Perception for Efficient Training-free Video LLMs, 2024",
-    params=[
-        Param("slow_frames", "frames of the slow path (most query-relevant)", "num_slowpath", lo=0),
-        Param("slow_pool", "slow-path pooling: 1-D (horizontal pairs) or 2-D (2×2), max or average", "slow_agg",
-              choices=POOLS),
-        Param("roi", "ROI share: top int(n'·roi) text-similar positions size and place the box; 1 = no crop",
-              "roi_ratio", lo=0.01, hi=1.0),
-        Param("middle_frames", "frames of the middle path", "middle_frames", lo=0),
-        Param("middle_pool", "middle-path pooling", "middle_agg", choices=POOLS),
-        Param("middle_select", "middle frames: top_change (the helper the authors' comment names) or uniform (what "
-              "their code does)", choices=("top_change", "uniform")),
-        Param("fast_frames", "frames of the fast path (most relevant; all when ≥ T)", "fast_frames", lo=0),
-        Param("fast_size", "fast path: adaptive average pool to fast_size × fast_size", "fast_output_size", lo=1),
-        Param("layout", "pooled layout for pooling and the ROI box: real (rows and columns of the grid) or authors "
-              "(raster pairs viewed as √N/2 × √N)", choices=("real", "authors")),
-    ],
-    paper_ratio=None,
-    signals=("relevance", "query_embed"),
-    optional_signals=("patch_embed",),
-    variants={"reference": {"middle_select": "uniform", "layout": "authors"}},
-)
+@implements("free_video_llm")
 def free_video_llm(
-    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, slow_frames: int = 3,
-    slow_pool: str = "1d_max", roi: float = 0.8, middle_frames: int = 5, middle_pool: str = "1d_max",
-    middle_select: str = "top_change", fast_frames: int = 50, fast_size: int = 4, layout: str = "real",
+    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, slow_frames: int,
+    slow_pool: str, roi: float, middle_frames: int, middle_pool: str,
+    middle_select: str, fast_frames: int, fast_size: int, layout: str,
 ) -> Reduction:
     """Free Video-LLM.  x: [T, N, D]; signals: relevance [T], query_embed [E], patch_embed [T, N, E] (ROI).
     Rows: slow, middle, fast (frame by frame, raster order inside); max-pooled rows are off-grid tokens."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import topk_indices
 from vtc.ops.topk import trunc
 from vtc.reduction import Reduction
@@ -36,23 +36,10 @@ def gprune_scores(x: Tensor, similarity: float, temperature: float, iterate_num:
     return score, degree
 
 
-@register(
-    "gprune",
-    summary="G-Prune: per frame, importance propagated over a cosine-similarity graph; keep the top tokens",
-    paper="Jiang et al., What Kind of Visual Tokens Do We Need? Training-free Visual Token Pruning for "
-    "Multi-modal Large Language Models from the Perspective of Graph, AAAI 2025",
-    params=[
-        Param("similarity", "cosine threshold for a graph edge (edges below it are removed)", "similarity",
-              lo=-1.0, hi=1.0),
-        Param("temperature", "softmax temperature on the edge weights", "temperature", lo=1e-6),
-        Param("iterate_num", "propagation steps (power of the transition matrix)", "iterate_num", lo=1),
-    ],
-    paper_ratio=0.5,
-    scope="frame",
-)
+@implements("gprune")
 def gprune(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, similarity: float = 0.5,
-    temperature: float = 0.03, iterate_num: int = 5,
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, similarity: float,
+    temperature: float, iterate_num: int,
 ) -> Reduction:
     """G-Prune, one graph per frame.  x: [T, N, D]; keeps max(1, int(ratio·N)) tokens per frame in raster order
     (the authors keep int(keep_ratio·N), which can be 0; vtc keeps at least one token per frame)."""

@@ -34,7 +34,7 @@ import math
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages.gate import EmbeddingGate, patch_gate, patches, siglip_pixels
@@ -81,40 +81,12 @@ def pack_scores(x: Tensor, motion: Tensor, key: Tensor, removed: Tensor) -> Tens
     return scores
 
 
-@register(
-    "grt",
-    summary="GRT: pixel-motion gate, key-frame semantic test, then the k most moving tokens per frame (key frames "
-            "by feature norm)",
-    paper="Zhang et al., Dense Video Understanding with Gated Residual Tokenization, 2025",
-    params=[
-        Param("gate_threshold", "a patch moved when its difference to the previous frame exceeds this",
-              "gate_diff_threshold"),
-        Param("gate_metric", "l2 (pixel difference) or ssim (1 − SSIM per patch)", "gate_metric",
-              choices=("l2", "ssim")),
-        Param("gate_scale", "l2 over the whole patch vector (sum: the authors') or per value (rms)",
-              choices=("rms", "sum")),
-        Param("scene_cut", "a frame with more than this share of moved patches is a key frame", "scene_cut_factor",
-              lo=0.0, hi=1.0),
-        Param("jsd_threshold", "key frames whose divergence is below this match (the later one is merged away)",
-              "merge_jsd_threshold", lo=0.0),
-        Param("divergence", "jsd, or reversed (the authors' KL(m‖p) arguments)", choices=("jsd", "reversed")),
-        Param("require_match", "pack only when some key frames matched", "scene_merge_require_semantic_match",
-              choices=(True, False)),
-        Param("min_tokens", "at least this many tokens per frame", "scene_merge_min_tokens_per_frame", lo=1),
-        Param("reuse_embeddings", "inside the tower, static patches keep the previous frame's patch embedding (the "
-              "authors' gated tokenizer; open_clip towers only)", "use_gated_tok", choices=(True, False)),
-    ],
-    pre_encoder=lambda **p: EmbeddingGate(p["gate_threshold"], p["gate_metric"], p["gate_scale"])
-    if p["reuse_embeddings"] else None,
-    paper_ratio=0.5,
-    signals=("frames",),
-    variants={"reference": {"gate_scale": "sum", "gate_threshold": 0.3, "divergence": "reversed",
-                          "reuse_embeddings": True}},
-)
+@implements("grt", pre_encoder=lambda **p: EmbeddingGate(p["gate_threshold"], p["gate_metric"], p["gate_scale"])
+    if p["reuse_embeddings"] else None)
 def grt(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, gate_threshold: float = 0.05,
-    gate_metric: str = "l2", gate_scale: str = "rms", scene_cut: float = 0.8, jsd_threshold: float = 0.4,
-    divergence: str = "jsd", require_match: bool = False, min_tokens: int = 16, reuse_embeddings: bool = False,
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, gate_threshold: float,
+    gate_metric: str, gate_scale: str, scene_cut: float, jsd_threshold: float,
+    divergence: str, require_match: bool, min_tokens: int, reuse_embeddings: bool,
 ) -> Reduction:
     """GRT.  x: [T, N, D]; signals.frames uint8 [T, H, W, 3] (as the encoder saw them).  k tokens per frame."""
     return grt_select(x, signals.require("frames", "grt"), grid, ratio, gate_threshold=gate_threshold,

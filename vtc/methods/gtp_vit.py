@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages.in_encoder import BlockMerger, BlockView
@@ -182,9 +182,9 @@ class GTPMerger(BlockMerger):
         return torch.cat([x[:, :p], x_kept], 1)
 
 
-def gtp_vit_merger(*, ratio: float, layers: int, tokens: int, protected: int, num_prop: int | list[int] | None = None,
-                   selection: str = "MixedAttnMax", propagation: str = "GraphProp", graph_type: str = "Mixed",
-                   num_neighbours: int = 8, sparsity: float = 1.0, alpha: float = 0.4, token_scale: bool = True
+def gtp_vit_merger(*, ratio: float, layers: int, tokens: int, protected: int, num_prop: int | list[int] | None,
+                   selection: str, propagation: str, graph_type: str,
+                   num_neighbours: int, sparsity: float, alpha: float, token_scale: bool
                    ) -> GTPMerger:
     """The block hook the tower runs: `layers` blocks up to the read-out, `tokens` incl. `protected` (CLS)."""
     if selection.startswith("CLS") and not protected:
@@ -214,32 +214,11 @@ def gtp_vit_merger(*, ratio: float, layers: int, tokens: int, protected: int, nu
                      floor=floor)
 
 
-@register(
-    "gtp_vit",
-    summary="GTP-ViT inside the ViT: propagate the least important patches into their graph neighbours "
-    "(spatial + semantic graph) and remove them, block by block; SigLIP (no CLS): the authors' class-token-free "
-    "branch",
-    paper="Xu et al., GTP-ViT: Efficient Vision Transformers via Graph-based Token Propagation, WACV 2024",
-    params=[
-        Param("num_prop", "patches propagated per block: an int or a per-block list (default: from --ratio)",
-              "num_prop"),
-        Param("selection", "how patches are ranked from the attention", "selection", choices=SELECTIONS),
-        Param("propagation", "GraphProp: into graph neighbours; Mean: one mean token; None: drop", "propagation",
-              choices=("GraphProp", "Mean", "None")),
-        Param("graph_type", "graph for GraphProp", "graph_type", choices=("Mixed", "Spatial", "Semantic")),
-        Param("num_neighbours", "semantic graph: neighbours per patch", "num_neighbours", lo=1),
-        Param("sparsity", "share of each head's attention kept (the rest zeroed before it mixes values)",
-              "sparsity", lo=0.0, hi=1.0),
-        Param("alpha", "weight of the propagated features", "alpha", lo=0.0),
-        Param("token_scale", "track token scales and add log(scale) to the attention logits", "token_scale"),
-    ],
-    paper_ratio=0.5,
-    in_encoder=gtp_vit_merger,
-)
+@implements("gtp_vit", in_encoder=gtp_vit_merger)
 def gtp_vit(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, num_prop: int | list[int] | None = None,
-    selection: str = "MixedAttnMax", propagation: str = "GraphProp", graph_type: str = "Mixed",
-    num_neighbours: int = 8, sparsity: float = 1.0, alpha: float = 0.4, token_scale: bool = True,
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, num_prop: int | list[int] | None,
+    selection: str, propagation: str, graph_type: str,
+    num_neighbours: int, sparsity: float, alpha: float, token_scale: bool,
 ) -> Reduction:
     """Runs inside the encoder (`vtc compress`)."""
     raise UsageError("gtp_vit propagates tokens inside the encoder: use it with vtc compress; on features that "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import topk_indices
 from vtc.ops.topk import py_round, trunc
 from vtc.reduction import Reduction
@@ -40,23 +40,10 @@ def hiprune_frame(score_object: Tensor, score_deep: Tensor, k: int, alpha: float
     return keep, anchors, buffer
 
 
-@register(
-    "hiprune",
-    summary="HiPrune: per frame, anchors by middle-layer attention plus their neighbours, then the tokens the last "
-    "layer attends to most",
-    paper="Liu et al., HiPrune: Training-Free Visual Token Pruning via Hierarchical Attention in Vision Encoders, "
-    "2025",
-    params=[
-        Param("alpha", "anchor share: round(budget·alpha/5) anchors per frame", "HIPRUNE_ALPHA", lo=0.0, hi=5.0),
-        Param("k_per_frame", "tokens kept per frame (default: int(ratio·N))", "visual_token_num_per_frame", lo=1),
-    ],
-    paper_ratio=0.334,
-    signals=("received_object", "received"),
-    scope="frame",
-)
+@implements("hiprune")
 def hiprune(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, alpha: float = 0.1,
-    k_per_frame: int | None = None,
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, alpha: float,
+    k_per_frame: int | None,
 ) -> Reduction:
     """HiPrune.  x: [T, N, D] (not read: the selection uses attention only); signals.received_object [T, N] and
     signals.received [T, N] (attention received at the object and read-out layers).  Exactly k tokens per frame

@@ -9,45 +9,28 @@ import math
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import adjacent_cosine, cosine_matrix, dpc_knn, topk_indices
 from vtc.ops.merge import blend_groups, mean_groups
 from vtc.reduction import Reduction
 from vtc.signals import Signals
-from vtc.stages import SEGMENTERS, segment
+from vtc.stages import segment
 
 
-@register(
-    "holitom",
-    summary="HoliTom: DP windows maximising static savings; static tokens merged over time and clustered, "
-    "dynamic tokens kept by attention",
-    paper="Shao et al., HoliTom: Holistic Token Merging for Fast Video LLMs, NeurIPS 2025",
-    paper_ratio=0.1,
-    params=[
-        Param("tau", "cosine above which a position is static between adjacent frames", "tau", lo=-1.0, hi=1.0),
-        Param("beta", "weight of a cluster center in its blend with the mean of its members", "beta", lo=0.0, hi=1.0),
-        Param("knn", "cap K of the DPC-kNN size (k = min(K, #centers))", "K", lo=1),
-        Param("contextual_share", "D: share of each frame's dynamic budget merged into contextual tokens "
-              "(the authors' D > 0 path crashes; vtc merges around strided anchors)", "D", lo=0.0, hi=1.0),
-        Param("max_window_size", "longest DP window in frames", "max_window_size", lo=1),
-        Param("no_beta", "plain mean of center and members instead of the β blend", "no_beta"),
-        Param("segmenter", "temporal segmenter", choices=tuple(SEGMENTERS)),
-    ],
-    signals=("attn",),
-)
+@implements("holitom")
 def holitom(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float,
     signals: Signals,
-    tau: float = 0.8,
-    beta: float = 0.6,
-    knn: int = 7,
-    contextual_share: float = 0.0,
-    max_window_size: int = 1024,
-    no_beta: bool = False,
-    segmenter: str = "holitom",
+    tau: float,
+    beta: float,
+    knn: int,
+    contextual_share: float,
+    max_window_size: int,
+    no_beta: bool,
+    segmenter: str,
 ) -> Reduction:
     """HoliTom (outer stage).  x: [T, N, D]; signals.attn [T, N] (attention each patch receives).
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import cosine_matrix
 from vtc.ops.components import SimilarityGraph, component_ids, order_ids
 from vtc.ops.similarity import l2_normalize, nearest_rows
@@ -121,33 +121,17 @@ class _Scissor:
         return -1 + lo * _GRID
 
 
-@register(
-    "llava_scissor",
-    summary="LLaVA-Scissor: connected components of similar tokens, per frame then across frames; every token "
-    "merged into its nearest component",
-    paper="Sun et al., LLaVA-Scissor: Token Compression with Semantic Connected Components for Video LLMs, 2025",
-    params=[
-        Param("tau", "cosine above which two tokens are connected (default: searched to meet --ratio; 0.9, "
-              "the README's, when no ratio is given)", "tau", lo=-1.0, hi=1.0),
-        Param("epsilon", "sampling tolerance of the approximate components (reference mode)", "epsilon",
-              lo=0.0, hi=1.0),
-        Param("union_find", "exact: true components; reference: the authors' read-out, which can lose a "
-              "node (bug), with their node sampling", choices=("exact", "reference")),
-        Param("seed", "seed of the reference mode's node sampling (the authors use numpy's global RNG)",
-              "numpy_global_seed"),
-    ],
-    variants={"reference": {"union_find": "reference"}},
-)
+@implements("llava_scissor")
 def llava_scissor(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float | None,
     signals: Signals,
-    tau: float | None = None,
-    epsilon: float = 0.05,
-    union_find: str = "exact",
-    seed: int = 0,
+    tau: float | None,
+    epsilon: float,
+    union_find: str,
+    seed: int,
 ) -> Reduction:
     """LLaVA-Scissor.  x: [T, N, D].
 

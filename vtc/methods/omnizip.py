@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import l2_normalize
 from vtc.ops.topk import py_round
 from vtc.reduction import Reduction
@@ -160,39 +160,19 @@ def windows_of(times: Tensor, window_seconds: float) -> Tensor:
     return torch.unique_consecutive(w, return_inverse=True)[1]
 
 
-@register(
-    "omnizip",
-    summary="OmniZip: audio saliency sets each 2 s window's video budget; interleaved spatial (density) and "
-    "temporal pruning inside windows",
-    paper="Tao et al., OmniZip: Audio-Guided Dynamic Token Compression for Fast Omnimodal LLMs, 2025",
-    params=[
-        Param("rho_audio", "share of audio tokens dropped by the global saliency selection", "rho_audio",
-              lo=0.0, hi=1.0),
-        Param("contextual_ratio", "share of audio tokens kept as anchors among the rest", "contextual_ratio",
-              lo=0.0, hi=1.0),
-        Param("g", "members merged into each audio anchor (0: no anchors)", "g", lo=0),
-        Param("window_seconds", "window length in seconds (Qwen2.5-Omni's interleaving chunk)", lo=1e-3),
-        Param("audio_tokens_per_sec", "rate of the audio saliency", "audio_tokens_per_sec", lo=1),
-        Param("normaliser", "monotone: one offset for all windows, louder never keeps less; "
-              "reference: the authors' pin-min/max-and-scale (not monotone)", choices=("monotone", "reference")),
-    ],
-    signals=(),
-    optional_signals=("audio_saliency", "times"),
-    variants={"reference": {"normaliser": "reference"}},
-    paper_ratio=0.4,
-)
+@implements("omnizip")
 def omnizip(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float,
     signals: Signals,
-    rho_audio: float = 0.3,
-    contextual_ratio: float = 0.05,
-    g: int = 3,
-    window_seconds: float = 2.0,
-    audio_tokens_per_sec: int = 25,
-    normaliser: str = "monotone",
+    rho_audio: float,
+    contextual_ratio: float,
+    g: int,
+    window_seconds: float,
+    audio_tokens_per_sec: int,
+    normaliser: str,
 ) -> Reduction:
     """OmniZip.  x: [T, N, D]; signals.audio_saliency [A] at `audio_tokens_per_sec`; signals.times [T] seconds.
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages.in_encoder import BlockMerger, BlockView, bipartite_soft_matching, merge_wavg
@@ -103,8 +103,8 @@ class PPTMerger(BlockMerger):
         return out_x
 
 
-def ppt_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int | list[int] | None = None,
-               pp_loc: list[int] | None = None, threshold: float = 7e-5, prop_attn: bool = True) -> PPTMerger:
+def ppt_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int | list[int] | None,
+               pp_loc: list[int] | None, threshold: float, prop_attn: bool) -> PPTMerger:
     """The block hook the tower runs: `layers` blocks up to the read-out, `tokens` incl. `protected` (CLS)."""
     blocks = sorted(set(pp_loc)) if pp_loc is not None else sorted({layers // 4, layers // 2, 3 * layers // 4})
     if any(isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < layers for b in blocks):
@@ -127,25 +127,10 @@ def ppt_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int
     return PPTMerger(blocks, sched, threshold, protected > 0, prop_attn, floor)
 
 
-@register(
-    "ppt",
-    summary="PPT inside the ViT: per image and block, prune (by CLS attention × value norm) or pool (ToMe "
-    "merging) r tokens, chosen by the spread of the attention; SigLIP (no CLS): attention received instead of "
-    "CLS attention (vtc's substitute)",
-    paper="Wu et al., PPT: Token Pruning and Pooling for Efficient Vision Transformers, 2023",
-    params=[
-        Param("r", "tokens removed per pp block: an int or a per-pp-block list (default: from --ratio)", "r_tokens"),
-        Param("pp_loc", "the blocks that prune or pool (default: 1/4, 1/2, 3/4 of the blocks)", "pp_loc_list"),
-        Param("threshold", "images whose significance variance is below it pool, the others prune", "threshold",
-              lo=0.0),
-        Param("prop_attn", "proportional attention: add log(size) to the attention logits", "prop_attn"),
-    ],
-    paper_ratio=0.5,
-    in_encoder=ppt_merger,
-)
+@implements("ppt", in_encoder=ppt_merger)
 def ppt(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, r: int | list[int] | None = None,
-    pp_loc: list[int] | None = None, threshold: float = 7e-5, prop_attn: bool = True,
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, r: int | list[int] | None,
+    pp_loc: list[int] | None, threshold: float, prop_attn: bool,
 ) -> Reduction:
     """Runs inside the encoder (`vtc compress`)."""
     raise UsageError("ppt prunes and pools tokens inside the encoder: use it with vtc compress; on features that "

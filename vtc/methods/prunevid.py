@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import dpc_knn, l2_normalize
 from vtc.reduction import Reduction
 from vtc.signals import Signals
-from vtc.stages import SEGMENTERS, segment
+from vtc.stages import segment
 
 
 def _group_count(size: int, cluster_ratio: float, min_cluster_size: int) -> int:
@@ -32,35 +32,20 @@ def _fit_cluster_ratio(sizes: list[int], budget: float, min_cluster_size: int) -
     return max(lo, 1e-9)
 
 
-@register(
-    "prunevid",
-    summary="PruneVid (stage 1): clustered windows; static tokens averaged over time; density-peak spatial "
-    "clusters averaged",
-    paper="Huang et al., PruneVid: Visual Token Pruning for Efficient Video LLMs, ACL 2025 Findings",
-    params=[
-        Param("tau", "mean pairwise cosine above which a position is static in its window", "tau", lo=-1.0, hi=1.0),
-        Param("segment_ratio", "temporal clusters = int(T·segment_ratio)", "temporal_segment_ratio", lo=0.0, hi=1.0),
-        Param("cluster_ratio", "spatial clusters per group = int(size·cluster_ratio) (default: fitted to "
-              "--ratio; 0.5 when no ratio is given)", "cluster_ratio", lo=0.0, hi=1.0),
-        Param("knn", "k of the temporal DPC-kNN", "k", lo=1),
-        Param("spatial_knn", "k of the spatial DPC-kNN", "spatial_k", lo=1),
-        Param("min_cluster_size", "groups smaller than this are kept unmerged", "min_tokens_to_cluster", lo=1),
-        Param("segmenter", "temporal segmenter", choices=tuple(SEGMENTERS)),
-    ],
-)
+@implements("prunevid")
 def prunevid(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float | None,
     signals: Signals,
-    tau: float = 0.8,
-    segment_ratio: float = 0.25,
-    cluster_ratio: float | None = None,
-    knn: int = 7,
-    spatial_knn: int = 7,
-    min_cluster_size: int = 15,
-    segmenter: str = "prunevid",
+    tau: float,
+    segment_ratio: float,
+    cluster_ratio: float | None,
+    knn: int,
+    spatial_knn: int,
+    min_cluster_size: int,
+    segmenter: str,
 ) -> Reduction:
     """PruneVid stage 1.  x: [T, N, D].
 

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops.outliers import outlier_fraction
 from vtc.ops.similarity import l2_normalize
 from vtc.reduction import Reduction
@@ -88,34 +88,11 @@ def recoverable_frame(attn: Tensor, sim: Tensor | None, keys: Tensor, *, centres
             "centers": rest[pos], "groups": rest[groups], "rest": rest}
 
 
-@register(
-    "recoverable",
-    summary="Recoverable Compression: LOF-sized CLS-attention and text picks, the rest recovered into attention-"
-            "weighted cluster tokens",
-    paper="Chen et al., Recoverable Compression: A Multimodal Vision Token Recovery Mechanism Guided by Text "
-          "Information, AAAI 2025",
-    params=[
-        Param("centres", "centre count: int(|rest|·ρ) (rest) or int(C·ρ) with C the feature width (width: the "
-              "authors' slip)", choices=("rest", "width")),
-        Param("key_index", "keys of the rest tokens: their own (own) or read at their rest-list positions (list: "
-              "the authors' slip)", choices=("own", "list")),
-        Param("knn", "candidates merged into each centre", "knn_k", lo=1),
-        Param("text_weight", "weight of the text score in the centre–candidate score", "text_score_scale", lo=0),
-        Param("lof_pick", "LOF neighbours sizing the vision picks", "lof_k_vision", lo=1),
-        Param("lof_text", "LOF neighbours sizing the text picks", "lof_k_text", lo=1),
-        Param("lof_rest", "LOF neighbours sizing the centres", "lof_k_rest", lo=1),
-        Param("keep_one", "a frame where nothing stands out keeps its most-attended token (false: it is emptied, as "
-              "in the authors' code)", choices=(True, False)),
-    ],
-    paper_ratio=None,
-    signals=("last_cls_attn", "last_keys"),
-    optional_signals=("patch_embed", "query_embed"),
-    variants={"reference": {"centres": "width", "key_index": "list", "keep_one": False}},
-)
+@implements("recoverable")
 def recoverable(
-    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, centres: str = "rest",
-    key_index: str = "own", knn: int = 32, text_weight: float = 50.0, lof_pick: int = 20, lof_text: int = 20,
-    lof_rest: int = 10, keep_one: bool = True,
+    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, centres: str,
+    key_index: str, knn: int, text_weight: float, lof_pick: int, lof_text: int,
+    lof_rest: int, keep_one: bool,
 ) -> Reduction:
     """Recoverable Compression.  x: [T, N, C]; per frame: picks (raster), centres (descending attention), one extra.
     The count follows the LOF outlier shares: --ratio is not used."""

@@ -1,34 +1,67 @@
-"""The one registry of methods by name.
+"""The one registry of methods by name: each declaration (`vtc.methods.catalog`) bound to its implementation.
 
 A method is a pure function ``fn(x, *, grid, ratio, signals, **params) -> Reduction`` over the feature grid
-x: [T, N, D] (N = h·w, row-major). Everything else about it is declared once, in `register`:
+x: [T, N, D] (N = h·w, row-major), marked ``@implements("name")`` in its method file (see `vtc.methods.declare`).
+Importing this module imports every method file and binds them (`bind`), which checks:
 
-- its parameters: the defaults and types come from the function's signature, the help text, the authors' name
-  and the allowed values or range from `Param`;
-- `paper_ratio`: the fraction of tokens kept when no --ratio is given (the paper's headline setting), or None
-  when the method's own knob decides the count (thresholds, run lengths);
-- `variants`: named parameter settings, selectable as ``method:variant`` (``reference`` = the authors' code
-  bit for bit where vtc's default differs);
-- the signals it needs, and the pipeline hooks it asks for (extra pictures to encode, a pre-encoder rule, or a
-  block merger for methods that run inside the encoder).
+- each declaration has exactly one implementation, and each implementation a declaration;
+- the function's parameters are exactly the declared ones, keyword-only, without defaults (the default is written
+  once, in the declaration), with annotations of the declared types;
+- the pipeline hooks agree with the declaration (a block merger exactly when it runs inside the encoder) and
+  accept every declared parameter.
 
 `MethodSpec.run` is the single entry that both `vtc.compress_features` and the engines call.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import inspect
-import math
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from vtc.errors import UsageError
+from vtc.methods import (  # noqa: F401  (importing a method file records its implementations)
+    aim,
+    baselines,
+    budgeted,
+    divprune,
+    dycoke,
+    evs,
+    fastervlm,
+    fastvid,
+    flowcut,
+    framefusion,
+    free_video_llm,
+    gprune,
+    grt,
+    gtp_vit,
+    hiprune,
+    holitom,
+    llava_scissor,
+    omnizip,
+    ppt,
+    prunevid,
+    recoverable,
+    rlt,
+    saint,
+    sta,
+    sttm,
+    tome,
+    tome_vit,
+    ts_llava,
+    vid_tldr,
+    visionzip,
+    vscan,
+    zoo_prune,
+)
+from vtc.methods.catalog import DECLARATIONS, get_declaration, normalise
+from vtc.methods.declare import IMPLEMENTATIONS, Declaration, Implementation, Param
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
@@ -36,128 +69,14 @@ from vtc.signals import Signals
 _FIXED = ("grid", "ratio", "signals")
 
 
-@dataclass(frozen=True)
-class Param:
-    """One method parameter as declared: vtc name, help, the authors' name, allowed values or an inclusive range.
+@dataclass(frozen=True, kw_only=True)
+class MethodSpec(Declaration):
+    """A declared method with its implementation (the fields of `Declaration` and `Implementation`)."""
 
-    The default and the type are read from the method's signature when it is registered (`default`, `kind`,
-    `optional`), so they are written once.
-    """
-
-    name: str
-    help: str
-    author_name: str | None = None
-    choices: tuple[Any, ...] | None = None
-    lo: float | None = None
-    hi: float | None = None
-    default: Any = None
-    kind: type = object
-    optional: bool = False
-
-    def check(self, method: str, value: Any) -> Any:
-        """`value` converted to this parameter's type, or a UsageError naming the parameter and what it takes."""
-        where = f"parameter '{self.name}' of '{method}'"
-        if value is None:
-            if self.optional:
-                return None
-            raise UsageError(f"{where} cannot be null; it takes {self.describe_type()}.")
-        if self.kind is bool:
-            if not isinstance(value, bool):
-                raise UsageError(f"{where} takes true or false, not {value!r}.")
-        elif self.kind is int:
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise UsageError(f"{where} takes an integer, not {value!r}.")
-        elif self.kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UsageError(f"{where} takes a finite number, not {value!r}.")
-            value = float(value)
-        elif self.kind is str and not isinstance(value, str):
-            raise UsageError(f"{where} takes a string, not {value!r}.")
-        if self.choices is not None and value not in self.choices:
-            raise UsageError(f"{where} must be one of {', '.join(map(str, self.choices))}, not {value!r}.")
-        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-            raise UsageError(f"{where} must be in {self.describe_range()}, not {value!r}.")
-        return value
-
-    def describe_type(self) -> str:
-        name = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(self.kind, "a value")
-        return name + (" or null" if self.optional else "")
-
-    def describe_range(self) -> str:
-        lo = "−∞" if self.lo is None else f"{self.lo:g}"
-        hi = "∞" if self.hi is None else f"{self.hi:g}"
-        return f"[{lo}, {hi}]"
-
-
-def _param_type(annotation: Any) -> tuple[type, bool]:
-    """`float | None` → (float, True); `int` → (int, False)."""
-    args = typing.get_args(annotation)
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else object), type(None) in args
-    return (annotation if isinstance(annotation, type) else object), False
-
-
-@dataclass
-class MethodSpec:
-    """A registered method.  See the module docstring."""
-
-    name: str
     fn: Callable[..., Reduction]
-    summary: str
-    params: list[Param]
-    signals: tuple[str, ...] = ()
-    optional_signals: tuple[str, ...] = ()
-    paper_ratio: float | None = None
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
-    paper: str = ""
-    #: extra pictures to encode: fn(frames [T, 3, H, W] normalised pixels, **params) → {signal: pixels [B, 3, H, W]}
     extra_images: Callable[..., dict[str, Any]] | None = None
-    #: a rule applied before the encoder: fn(**params) → a `vtc.stages.pre_encoder.PreEncoderRule` or None
     pre_encoder: Callable[..., Any] | None = None
-    #: a method that runs inside the encoder: fn(*, ratio, layers, tokens, protected, **params) → a
-    #: `vtc.stages.in_encoder.BlockMerger` (the tower merges tokens between its blocks; `fn` is not used)
     in_encoder: Callable[..., Any] | None = None
-    #: "frame": each frame is reduced on its own (any split of the frames gives the same tokens: exact in a live
-    #: run's chunks and in windows); "clip": decisions across frames (segments, merges over time, a shared budget)
-    scope: str = "clip"
-
-    @property
-    def wanted_signals(self) -> frozenset[str]:
-        """Required and optional signals together."""
-        return frozenset(self.signals) | frozenset(self.optional_signals)
-
-    def defaults(self) -> dict[str, Any]:
-        return {p.name: p.default for p in self.params}
-
-    def resolve(self, params: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
-        """Defaults < the variant's settings < `params`, each checked against its declaration.
-
-        Unknown names (authors' names accepted), wrong types and values out of range are UsageErrors.
-        """
-        by_author = {p.author_name: p.name for p in self.params if p.author_name}
-        names = {p.name: p for p in self.params}
-        out = self.defaults()
-        layers = [self.variant(variant), params] if variant else [params]
-        for layer in layers:
-            for key, value in layer.items():
-                name = by_author.get(key, key)
-                if name not in names:
-                    close = difflib.get_close_matches(name, list(names), n=3)
-                    hint = f" Did you mean {', '.join(close)}?" if close else ""
-                    known = ", ".join(names) or "(none)"
-                    raise UsageError(f"method '{self.name}' has no parameter '{key}'.{hint} Its parameters: {known}.")
-                out[name] = names[name].check(self.name, value)
-        return out
-
-    def variant(self, name: str) -> dict[str, Any]:
-        """The parameter settings of variant `name`, or a UsageError listing the variants."""
-        if name not in self.variants:
-            known = ", ".join(f"{self.name}:{v}" for v in self.variants) or "none"
-            raise UsageError(f"method '{self.name}' has no variant '{name}' (its variants: {known}).")
-        return self.variants[name]
 
     def run(self, x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals,
             params: dict[str, Any]) -> Reduction:
@@ -175,49 +94,107 @@ class MethodSpec:
         return self.fn(x, grid=tuple(grid), ratio=r, signals=signals, **params)
 
 
-_REGISTRY: dict[str, MethodSpec] = {}
+def _param_type(annotation: Any) -> tuple[type, bool]:
+    """`float | None` → (float, True); `int` → (int, False); `list[int] | None` → (list, True)."""
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            return object, type(None) in args
+        kind, _ = _param_type(rest[0])
+        return kind, type(None) in args
+    origin = typing.get_origin(annotation)
+    if isinstance(origin, type):
+        return origin, False
+    return (annotation if isinstance(annotation, type) else object), False
 
 
-def register(
-    name: str,
-    *,
-    summary: str,
-    params: list[Param] | None = None,
-    signals: tuple[str, ...] = (),
-    optional_signals: tuple[str, ...] = (),
-    paper_ratio: float | None = None,
-    variants: dict[str, dict[str, Any]] | None = None,
-    paper: str = "",
-    extra_images: Callable[..., dict[str, Any]] | None = None,
-    pre_encoder: Callable[..., Any] | None = None,
-    in_encoder: Callable[..., Any] | None = None,
-    scope: str = "clip",
-) -> Callable[[Callable[..., Reduction]], Callable[..., Reduction]]:
-    """Decorator: add a method to the registry (defaults and types read from its signature)."""
+def _check_function(decl: Declaration, fn: Callable[..., Any]) -> list[str]:
+    """What is wrong with `fn` as the implementation of `decl` (empty when it fits)."""
+    where = f"{decl.name} ({fn.__module__}.{fn.__qualname__})"
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn)
+    problems = []
+    kinds = {n: p.kind for n, p in sig.parameters.items()}
+    if list(sig.parameters)[:1] != ["x"] or any(kinds.get(n) is not inspect.Parameter.KEYWORD_ONLY for n in _FIXED):
+        problems.append(f"{where}: takes (x, *, grid, ratio, signals, ...)")
+    keywords = [n for n in sig.parameters if n not in _FIXED and n != "x"]
+    declared = {p.name: p for p in decl.params}
+    if set(keywords) != set(declared):  # the declaration and the function must agree, or `vtc methods` would lie
+        problems.append(f"{where}: parameters {sorted(keywords)} declared as {sorted(declared)}")
+    for n in keywords:
+        if n not in declared:
+            continue
+        p = sig.parameters[n]
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            problems.append(f"{where}: parameter '{n}' must be keyword-only")
+        if p.default is not inspect.Parameter.empty:
+            problems.append(f"{where}: parameter '{n}' has a default in the function; it belongs to the "
+                            f"declaration alone")
+        kind, optional = _param_type(hints.get(n, Any))
+        want = declared[n]
+        if kind is not want.kind or optional != want.optional:
+            problems.append(f"{where}: parameter '{n}' is annotated {hints.get(n)!r}, declared as "
+                            f"{want.kind.__name__}{' or None' if want.optional else ''}")
+    return problems
 
-    def deco(fn: Callable[..., Reduction]) -> Callable[..., Reduction]:
-        sig = inspect.signature(fn)
-        hints = typing.get_type_hints(fn)
-        declared = {p.name: p for p in params or []}
-        keywords = [n for n in sig.parameters if n not in _FIXED and n != "x"]
-        if set(keywords) != set(declared):  # the registry and the function must agree, or `vtc methods` would lie
-            raise TypeError(f"{fn.__name__}: parameters {sorted(keywords)} declared as {sorted(declared)}")
-        plist = []
-        for n in keywords:
-            kind, optional = _param_type(hints[n])
-            p = declared[n]
-            plist.append(Param(p.name, p.help, p.author_name, p.choices, p.lo, p.hi, sig.parameters[n].default,
-                               kind, optional))
-        if scope not in ("frame", "clip"):
-            raise TypeError(f"{fn.__name__}: scope must be 'frame' or 'clip', not {scope!r}")
-        spec = MethodSpec(name, fn, summary, plist, signals, optional_signals, paper_ratio, dict(variants or {}),
-                          paper, extra_images, pre_encoder, in_encoder, scope)
-        for v in spec.variants:
-            spec.resolve({}, v)  # a variant's settings are checked like the user's
-        _REGISTRY[name] = spec
-        return fn
 
-    return deco
+def _check_hooks(decl: Declaration, impl: Implementation) -> list[str]:
+    problems = []
+    if (impl.in_encoder is not None) != decl.inside_encoder:
+        problems.append(f"{decl.name}: declared {'' if decl.inside_encoder else 'not '}to run inside the encoder, "
+                        f"but its implementation {'lacks' if decl.inside_encoder else 'gives'} a block merger")
+    for hook in ("extra_images", "pre_encoder", "in_encoder"):
+        f = getattr(impl, hook)
+        if f is None:
+            continue
+        params = inspect.signature(f).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        missing = [p.name for p in decl.params if p.name not in params]
+        if missing:
+            problems.append(f"{decl.name}: its {hook} hook does not take the parameter(s) {', '.join(missing)}")
+        empty = inspect.Parameter.empty
+        doubled = [p.name for p in decl.params if p.name in params and params[p.name].default is not empty]
+        if doubled:
+            problems.append(f"{decl.name}: its {hook} hook gives default(s) for {', '.join(doubled)}; they belong "
+                            f"to the declaration alone")
+    return problems
+
+
+def bind(declarations: dict[str, Declaration], implementations: list[Implementation]) -> dict[str, MethodSpec]:
+    """name → MethodSpec, or a TypeError listing every mismatch between declarations and implementations."""
+    by_name: dict[str, list[Implementation]] = {}
+    for impl in implementations:
+        by_name.setdefault(impl.name, []).append(impl)
+    problems = []
+    for name in declarations:
+        if name not in by_name:
+            problems.append(f"{name}: declared but not implemented")
+    for name, impls in by_name.items():
+        if name not in declarations:
+            problems.append(f"{name}: implemented ({impls[0].fn.__module__}) but not declared in vtc.methods.catalog")
+        elif len(impls) > 1:
+            problems.append(f"{name}: implemented {len(impls)} times "
+                            f"({', '.join(f'{i.fn.__module__}.{i.fn.__qualname__}' for i in impls)})")
+    specs = {}
+    for name, decl in declarations.items():
+        impls = by_name.get(name, [])
+        if len(impls) != 1:
+            continue
+        impl = impls[0]
+        found = _check_function(decl, impl.fn) + _check_hooks(decl, impl)
+        problems += found
+        if not found:
+            fields = {f.name: getattr(decl, f.name) for f in dataclasses.fields(Declaration)}
+            specs[name] = MethodSpec(**fields, fn=impl.fn, extra_images=impl.extra_images,
+                                     pre_encoder=impl.pre_encoder, in_encoder=impl.in_encoder)
+    if problems:
+        raise TypeError("method registry: " + "; ".join(problems))
+    return specs
+
+
+_REGISTRY: dict[str, MethodSpec] = bind(DECLARATIONS, IMPLEMENTATIONS)
 
 
 def parse_method(text: str) -> tuple[MethodSpec, str | None]:
@@ -231,15 +208,12 @@ def parse_method(text: str) -> tuple[MethodSpec, str | None]:
 
 def get_method(name: str) -> MethodSpec:
     """The method called `name`, or a UsageError listing the closest valid names."""
-    key = name.strip().lower().replace("-", "_")
-    if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UsageError(
-            f"unknown method '{name}'.{hint} Run 'vtc methods' to list them ({', '.join(sorted(_REGISTRY))})."
-        )
-    return _REGISTRY[key]
+    get_declaration(name)  # the error for an unknown name
+    return _REGISTRY[normalise(name)]
 
 
 def all_methods() -> list[MethodSpec]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+__all__ = ["MethodSpec", "Param", "all_methods", "bind", "get_method", "parse_method"]

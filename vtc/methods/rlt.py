@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages.pre_encoder import PreEncoderRule, rlt_keep, run_lengths
@@ -23,27 +23,10 @@ def pre_encoder_rule(*, tau: float, compare: str, skip_static_frames: bool, enco
     return PreEncoderRule(tau, encode_changed_only)
 
 
-@register(
-    "rlt",
-    summary="RLT: keep patches whose pixels changed (mean |Δ| > τ in ImageNet units); kept tokens stand for their "
-    "static runs",
-    paper="Choudhury et al., Don't Look Twice: Faster Video Transformers with Run-Length Tokenization, NeurIPS 2024",
-    params=[
-        Param("tau", "mean absolute change per patch (ImageNet-normalised units) above which a patch is kept",
-              "threshold", lo=0.0),
-        Param("compare", "previous: against the previous frame (authors); last_kept: against the last "
-              "kept patch, which catches slow drift", choices=("previous", "last_kept")),
-        Param("skip_static_frames", "pipeline: do not encode frames with no changed patch (they reuse the "
-              "previous frame's features, which no kept token uses)"),
-        Param("encode_changed_only", "pipeline: feed only the changed patches of a frame through the encoder "
-              "(out of distribution for CLIP/SigLIP: experimental)"),
-    ],
-    signals=("frames",),
-    pre_encoder=pre_encoder_rule,
-)
+@implements("rlt", pre_encoder=pre_encoder_rule)
 def rlt(
-    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, tau: float = 0.1,
-    compare: str = "previous", skip_static_frames: bool = True, encode_changed_only: bool = False,
+    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, tau: float,
+    compare: str, skip_static_frames: bool, encode_changed_only: bool,
 ) -> Reduction:
     """RLT.  x: [T, N, D]; signals.frames: uint8 [T, H, W, 3], the encoder's view of each frame.
 
@@ -72,5 +55,8 @@ def rlt(
     weight = (src == owner.reshape(-1)).double()  # the kept token itself carries the value
     red = Reduction.build(dst, src, weight, kept, t * n)
     red.info.update(run_lengths=lengths.reshape(-1)[kept].tolist() if kept.numel() <= 65536 else "omitted",
-                    budget_floor=t * n, signal="pixels (uint8 encoder view), ImageNet-normalised")
+                    budget_floor=n,  # frame 0 is kept whole; the rest follows the content
+                    count_rule=f"rlt keeps the patches whose pixels changed (tau={tau:g}); --ratio does not set "
+                    f"its count",
+                    signal="pixels (uint8 encoder view), ImageNet-normalised")
     return red

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages.in_encoder import BlockMerger, BlockView
@@ -121,9 +121,9 @@ class SaintMerger(BlockMerger):
         return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def saint_merger(*, ratio: float, layers: int, tokens: int, protected: int, mode: str = "iterative",
-                 sim_threshold: float | list[float] = 0.75, K: int = 5, gamma: float = 10.0, r: int = 16,
-                 block: int | None = None) -> SaintMerger:
+def saint_merger(*, ratio: float, layers: int, tokens: int, protected: int, mode: str,
+                 sim_threshold: float | list[float], K: int, gamma: float, r: int,
+                 block: int | None) -> SaintMerger:
     """The block hook the tower runs: `layers` blocks up to the read-out, `tokens` incl. `protected` (CLS)."""
     n = tokens - protected
     if mode == "iterative":
@@ -143,28 +143,11 @@ def saint_merger(*, ratio: float, layers: int, tokens: int, protected: int, mode
     return SaintMerger(mode, protected, thresholds=thresholds, k_min=K, gamma=gamma)
 
 
-@register(
-    "saint",
-    summary="SAINT inside the ViT: drop tokens made redundant by key similarity (LLaVA: iterative graph drop in "
-    "one block; ViT: threshold-driven drop in the first blocks); SigLIP (no CLS): no protected token, as the "
-    "authors' class_token=False path",
-    paper="Jeddi et al., Similarity-Aware Token Pruning: Your VLM but Faster, 2025",
-    params=[
-        Param("mode", "iterative: the authors' LLaVA rule in one block, --ratio sets the kept patches; drop: the ViT "
-              "rule in the first half of the blocks, thresholds set the count", choices=("iterative", "drop")),
-        Param("sim_threshold", "drop mode: cosine threshold, or a per-block list", "sim_threshold"),
-        Param("K", "drop mode: valid partners an A token needs to count toward r", "K", lo=1),
-        Param("gamma", "drop mode: sharpness of the score", "gamma", lo=0.0),
-        Param("r", "iterative mode: first divisor of the drop count (n // r)", "r", lo=1),
-        Param("block", "iterative mode: the block that drops (default: three before the read-out)", "block", lo=0),
-    ],
-    paper_ratio=0.65,
-    in_encoder=saint_merger,
-)
+@implements("saint", in_encoder=saint_merger)
 def saint(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, mode: str = "iterative",
-    sim_threshold: float | list[float] = 0.75, K: int = 5, gamma: float = 10.0, r: int = 16,
-    block: int | None = None,
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, mode: str,
+    sim_threshold: float | list[float], K: int, gamma: float, r: int,
+    block: int | None,
 ) -> Reduction:
     """Runs inside the encoder (`vtc compress`)."""
     raise UsageError("saint drops tokens inside the encoder: use it with vtc compress; on features that are "

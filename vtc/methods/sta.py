@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages.in_encoder import BlockMerger, BlockView
@@ -123,7 +123,7 @@ class STAMerger(BlockMerger):
         return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def sta_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int | None = None) -> STAMerger:
+def sta_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int | None) -> STAMerger:
     """The after-block hook the tower runs; r per frame and stage from --ratio unless given."""
     n = tokens - protected
     stages = len(sta_stages(layers))
@@ -139,17 +139,8 @@ def sta_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int
     return STAMerger(r, layers, protected, floor=floor)
 
 
-@register(
-    "sta",
-    summary="STA inside the ViT: after three blocks, drop r tokens per frame, scored by the semantic mass the "
-    "previous frame sends them (accumulated along the frames) and their activation; one frame per unit (the "
-    "authors group 2-4 tubelet slices in later stages)",
-    paper="Ding et al., Prune Spatio-temporal Tokens by Semantic-aware Temporal Accumulation, ICCV 2023",
-    params=[Param("r", "tokens dropped per frame at each of the three stages (default: from --ratio)", "r", lo=0)],
-    paper_ratio=0.5,
-    in_encoder=sta_merger,
-)
-def sta(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, r: int | None = None) -> Reduction:
+@implements("sta", in_encoder=sta_merger)
+def sta(x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, r: int | None) -> Reduction:
     """Runs inside the encoder (`vtc compress`)."""
     raise UsageError("sta drops tokens inside the encoder: use it with vtc compress; on features that are already "
                      "encoded use a post-encoder method (e.g. dycoke).")

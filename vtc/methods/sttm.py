@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
@@ -344,33 +344,11 @@ def _plan(x: Tensor, grid: tuple[int, int], root_level: int, weighted_avg: bool,
     return plan_sttm(x, grid, root_level, "sum" if weighted_avg else "mean", head_dim, temporal_thresh, slow_ver)
 
 
-@register(
-    "sttm",
-    summary="STTM: per-frame quadtree merging of similar regions, then merging of nested regions across frames",
-    paper="Hyun et al., Multi-Granular Spatio-Temporal Token Merging for Training-Free Acceleration of Video LLMs, "
-    "ICCV 2025",
-    params=[
-        Param("threshold", "spatial: a cell stops splitting when it is this cosine-similar to each child "
-              "(default: searched to reach --ratio when one is given, else 0.8)", "threshold", lo=-1.0, hi=1.0),
-        Param("temporal_thresh", "cross-frame: nested nodes this similar are merged (≤ 0: no temporal merging)",
-              "temporal_thresh", lo=-1.0, hi=1.0),
-        Param("root_level", "coarsest pyramid level to start from (index into the size list; -1 = no spatial "
-              "merging)", "root_level"),
-        Param("weighted_avg", "area-weighted means (sum pooling) instead of means of means", "weighted_avg"),
-        Param("slow_ver", "the authors' slow temporal path (similarity-sorted pairs, adjacent dedupe)", "slow_ver"),
-        Param("head_dim", "compare per attention head of this many channels, averaged", "head_dim", lo=1),
-        Param("border_slots", "odd borders: compare a parent with its real children (own) or also with the child "
-              "level's first cell in the missing slots (reference)", choices=("own", "reference")),
-        Param("union", "cross-frame groups: connected components (exact) or the authors' union–find (reference)",
-              choices=("exact", "reference")),
-    ],
-    paper_ratio=None,
-    variants={"reference": {"border_slots": "reference", "union": "reference"}},
-)
+@implements("sttm")
 def sttm(
-    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, threshold: float | None = None,
-    temporal_thresh: float = 0.6, root_level: int = 1, weighted_avg: bool = False, slow_ver: bool = False,
-    head_dim: int | None = None, border_slots: str = "own", union: str = "exact",
+    x: Tensor, *, grid: tuple[int, int], ratio: float | None, signals: Signals, threshold: float | None,
+    temporal_thresh: float, root_level: int, weighted_avg: bool, slow_ver: bool,
+    head_dim: int | None, border_slots: str, union: str,
 ) -> Reduction:
     """STTM.  x: [T, N, D] on an (h, w) grid.  With --ratio and no `threshold`, the spatial threshold is searched
     (bisection, 12 steps) for the largest output count not above ratio·T·N."""

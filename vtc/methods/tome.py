@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import l2_normalize
 from vtc.ops.topk import py_round
 from vtc.reduction import Reduction
@@ -65,16 +65,9 @@ def tome_rounds(x: Tensor, target: int) -> tuple[Tensor, Tensor, Tensor, list[in
     return slot, rep, size, rounds
 
 
-@register(
-    "tome",
-    summary="ToMe: bipartite soft matching with size-weighted merging, in rounds, per frame or over the clip",
-    paper="Bolya et al., Token Merging: Your ViT But Faster, ICLR 2023",
-    paper_ratio=0.25,
-    params=[Param("mode", "per_frame or joint (one set over the clip)", "mode",
-                  choices=("per_frame", "joint"))],
-)
+@implements("tome")
 def tome(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, mode: str = "per_frame"
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, mode: str
 ) -> Reduction:
     """ToMe, post hoc.  x: [T, N, D]; K = round(ratio·N) per frame (or round(ratio·T·N) joint).
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages.in_encoder import ToMeMerger, parse_r, tokens_after
@@ -41,31 +41,17 @@ def tome_schedule(*, ratio: float, layers: int, tokens: int, protected: int, r: 
     return parse_r(layers, tokens)
 
 
-def tome_vit_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int | list[int] | None = None,
-                    inflect: float = -1.0, prop_attn: bool = True) -> ToMeMerger:
+def tome_vit_merger(*, ratio: float, layers: int, tokens: int, protected: int, r: int | list[int] | None,
+                    inflect: float, prop_attn: bool) -> ToMeMerger:
     """The block merger the tower runs (see `vtc.stages.in_encoder.ToMeMerger`)."""
     sched = tome_schedule(ratio=ratio, layers=layers, tokens=tokens, protected=protected, r=r, inflect=inflect)
     return ToMeMerger(sched, class_token=protected > 0, prop_attn=prop_attn)
 
 
-@register(
-    "tome_vit",
-    summary="ToMe inside the ViT: merge tokens between the encoder's blocks (bipartite matching on keys, "
-    "proportional attention) so later blocks run on fewer tokens",
-    paper="Bolya et al., Token Merging: Your ViT but Faster, ICLR 2023",
-    params=[
-        Param("r", "tokens merged per block: an int, or a per-block list (default: found from --ratio)", "r"),
-        Param("inflect", "schedule shape when r comes from --ratio: 0 = constant r, -1 = the authors' (r, -1) form, "
-              "2r in the first block down to 0 in the last (front-loaded: faster)", "inflect", lo=-1.0, hi=1.0),
-        Param("prop_attn", "proportional attention: add log(size) to the attention logits", "prop_attn"),
-    ],
-    paper_ratio=0.5,
-    in_encoder=tome_vit_merger,
-    scope="frame",
-)
+@implements("tome_vit", in_encoder=tome_vit_merger)
 def tome_vit(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, r: int | list[int] | None = None,
-    inflect: float = -1.0, prop_attn: bool = True,
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, r: int | list[int] | None,
+    inflect: float, prop_attn: bool,
 ) -> Reduction:
     """Runs inside the encoder (`vtc compress`); on precomputed features use `tome` instead."""
     raise UsageError("tome_vit merges tokens inside the encoder: use it with vtc compress; on features that are "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops.topk import py_round
 from vtc.reduction import Reduction
 from vtc.signals import Signals
@@ -25,34 +25,21 @@ def thumbnail_plan(num_frames: int, variant: str) -> tuple[Tensor, int, int]:
     return linspace_indices(num_frames - 1, n_th), rows, cols
 
 
-def thumbnail_images(frames: Tensor, variant: str = "V2", **_: object) -> dict[str, Tensor]:
+def thumbnail_images(frames: Tensor, variant: str, **_: object) -> dict[str, Tensor]:
     """The composite image to encode.  frames: [T, 3, H, W] normalised pixels → {'thumbnail': [1, 3, H, W]}."""
     picks, rows, cols = thumbnail_plan(frames.shape[0], variant)
     return {"thumbnail": compose_thumbnail(frames, picks, rows, cols)[None]}
 
 
-@register(
-    "ts_llava",
-    summary="TS-LLaVA: tokens sampled uniformly over the clip plus a re-encoded thumbnail of a few frames tiled",
-    paper="Qu et al., TS-LLaVA: Constructing Visual Tokens through Thumbnail-and-Sampling, 2024",
-    paper_ratio=0.1,
-    params=[
-        Param("variant", "V1/V2/V3: 4/6/8 thumbnail frames, sampled tokens first; Y1/Y2/Y3: thumbnail first",
-              "method", choices=tuple(VARIANTS)),
-        Param("num_sampled", "sampled tokens S (default: the ratio's budget minus the thumbnail's tokens)",
-              "num_sampled_tokens", lo=1),
-    ],
-    optional_signals=("thumbnail",),
-    extra_images=thumbnail_images,
-)
+@implements("ts_llava", extra_images=thumbnail_images)
 def ts_llava(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float,
     signals: Signals,
-    variant: str = "V2",
-    num_sampled: int | None = None,
+    variant: str,
+    num_sampled: int | None,
 ) -> Reduction:
     """TS-LLaVA.  x: [T, N, D]; signals.thumbnail [N', D] tokens of the encoded thumbnail (optional).
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 from vtc.stages.in_encoder import VidTLDRMerger
 
 
 def vid_tldr_merger(*, ratio: float, layers: int, tokens: int, protected: int,
-                    r: float | list[float] | None = None, prop_attn: bool = True) -> VidTLDRMerger:
+                    r: float | list[float] | None, prop_attn: bool) -> VidTLDRMerger:
     """The block merger the tower runs (see `vtc.stages.in_encoder.VidTLDRMerger`)."""
     if r is None:
         frac = min(0.5, 1.0 - ratio ** (1.0 / max(1, layers)))
@@ -43,23 +43,10 @@ def vid_tldr_merger(*, ratio: float, layers: int, tokens: int, protected: int,
     return VidTLDRMerger(sched, class_token=protected > 0, prop_attn=prop_attn)
 
 
-@register(
-    "vid_tldr",
-    summary="vid-TLDR inside the ViT: merge tokens between blocks, weighted by attention sharpness (background "
-    "tokens vanish)",
-    paper="Choi et al., vid-TLDR: Training Free Token Merging for Light-weight Video Transformer, CVPR 2024",
-    params=[
-        Param("r", "per block: tokens merged (an int) or a fraction (< 1) of the current tokens; a number or a "
-              "per-block list (default: from --ratio)", "vidTLDR_r"),
-        Param("prop_attn", "proportional attention: add log(size) to the attention logits", "prop_attn"),
-    ],
-    paper_ratio=0.5,
-    in_encoder=vid_tldr_merger,
-    scope="frame",
-)
+@implements("vid_tldr", in_encoder=vid_tldr_merger)
 def vid_tldr(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, r: float | list[float] | None = None,
-    prop_attn: bool = True,
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, r: float | list[float] | None,
+    prop_attn: bool,
 ) -> Reduction:
     """Runs inside the encoder (`vtc compress`)."""
     raise UsageError("vid_tldr merges tokens inside the encoder: use it with vtc compress; on features that are "

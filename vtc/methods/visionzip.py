@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops import cosine_matrix, topk_indices
 from vtc.ops.topk import py_round
 from vtc.reduction import Reduction
@@ -21,32 +21,17 @@ def split_budget(tokens_per_frame: int) -> tuple[int, int]:
     return tokens_per_frame - contextual, contextual
 
 
-@register(
-    "visionzip",
-    summary="VisionZip: per frame, CLS + the most-attended tokens, plus contextual tokens merged around anchors",
-    paper="Yang et al., VisionZip: Longer is Better but Not Necessary in Vision Language Models, CVPR 2025",
-    paper_ratio=0.1,
-    params=[
-        Param("dominant", "dominant tokens per frame, counting the CLS row (default: from --ratio, 54:10)",
-              "dominant", lo=1),
-        Param("contextual", "contextual (merged) tokens per frame (default: from --ratio)", "contextual", lo=0),
-        Param("contextual_merge", "add: anchor + mean(assigned), the authors' code and published numbers; "
-              "mean: the mean of anchor and assigned (corrected, norm-preserving)", choices=("add", "mean")),
-        Param("cls_row", "output each frame's CLS token first (SigLIP: the attention-pool output)"),
-    ],
-    signals=("cls_attn", "keys", "cls_token"),
-    scope="frame",
-)
+@implements("visionzip")
 def visionzip(
     x: Tensor,
     *,
     grid: tuple[int, int],
     ratio: float,
     signals: Signals,
-    dominant: int | None = None,
-    contextual: int | None = None,
-    contextual_merge: str = "add",
-    cls_row: bool = True,
+    dominant: int | None,
+    contextual: int | None,
+    contextual_merge: str,
+    cls_row: bool,
 ) -> Reduction:
     """VisionZip, per frame.  x: [T, N, D]; cls_attn [T, N]; keys [T, N+1, d] (row 0 = CLS); cls_token [T, D].
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import UsageError
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops.merge import mean_groups
 from vtc.ops.similarity import l2_normalize
 from vtc.ops.topk import trunc
@@ -99,27 +99,10 @@ def vscan_frame(x: Tensor, shallow: Tensor, deep: Tensor, k: int, grid: tuple[in
     return local, glob, kept, assign
 
 
-@register(
-    "vscan",
-    summary="VScan (stage 1): shallow-attention picks spread over windows + read-out-attention picks; the rest "
-            "merged into the most similar kept token",
-    paper="Zhang et al., VScan: Rethinking Visual Token Reduction for Efficient Large Vision-Language Models, 2025",
-    params=[
-        Param("k_per_frame", "tokens kept per frame (default: int(ratio·N))", "visual_token_num", lo=1),
-        Param("local_rule", "greedy (any grid, exact count: the authors' Qwen rule) or windows (the authors' LLaVA "
-              "rule: ⌊local/16⌋ per window, 24×24 only)", choices=("greedy", "windows")),
-        Param("window_size", "window side in tokens", "window_size", lo=1),
-        Param("merge", "merge dropped tokens into their most similar kept token (false: plain pruning)",
-              choices=(True, False)),
-    ],
-    paper_ratio=0.167,
-    signals=("shallow_attn", "readout_attn"),
-    variants={"reference": {"local_rule": "windows", "window_size": 6},
-              "qwen": {"local_rule": "greedy", "window_size": 4}},
-)
+@implements("vscan")
 def vscan(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, k_per_frame: int | None = None,
-    local_rule: str = "greedy", window_size: int = 6, merge: bool = True,
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, k_per_frame: int | None,
+    local_rule: str, window_size: int, merge: bool,
 ) -> Reduction:
     """VScan stage 1.  x: [T, N, D]; signals shallow_attn, readout_attn [T, N].  Kept tokens in raster order."""
     t, n, _ = x.shape

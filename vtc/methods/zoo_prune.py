@@ -21,32 +21,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vtc.methods.registry import Param, register
+from vtc.methods.declare import implements
 from vtc.ops.sensitivity import sensitivity_weights, weighted_diverse_order
 from vtc.ops.topk import trunc
 from vtc.reduction import Reduction
 from vtc.signals import Signals
 
 
-@register(
-    "zoo_prune",
-    summary="ZOO-Prune: projector sensitivity (zeroth-order) × cosine diversity, greedy per frame (needs --target)",
-    paper="Kim et al., ZOO-Prune: Training-Free Token Pruning via Zeroth-Order Gradient Estimation in "
-          "Vision-Language Models, 2025",
-    params=[
-        Param("k_per_frame", "tokens kept per frame (default: int(ratio·N))", "k_frame", lo=0),
-        Param("guard", "all weights 1 when every sensitivity is equal (LLaVA-1.5 path; false: the NeXT path)",
-              choices=(True, False)),
-        Param("at_least_one", "keep at least one token per frame (false: int(ratio·N) = 0 keeps none, as the "
-              "authors)", choices=(True, False)),
-    ],
-    paper_ratio=0.1112,
-    signals=("sensitivity",),
-    variants={"reference": {"at_least_one": False}},
-)
+@implements("zoo_prune")
 def zoo_prune(
-    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, k_per_frame: int | None = None,
-    guard: bool = True, at_least_one: bool = True,
+    x: Tensor, *, grid: tuple[int, int], ratio: float, signals: Signals, k_per_frame: int | None,
+    guard: bool, at_least_one: bool,
 ) -> Reduction:
     """ZOO-Prune.  x: [T, N, D] post-projector tokens; signals.sensitivity [T, N].  Kept tokens in raster order."""
     t, n, _ = x.shape

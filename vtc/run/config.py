@@ -21,19 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from vtc.errors import UsageError
 from vtc.io.encode import EncoderConfig
 from vtc.io.store import OUT_DTYPES
+from vtc.run.presets import find_preset, read_preset
 from vtc.targets import TARGETS
 
 DEFAULT_METHOD = "fastvid"
 #: the encoder's fields, declared once in `EncoderConfig`, given flat in options and presets
 ENCODER_FIELDS = tuple(f.name for f in dataclasses.fields(EncoderConfig))
 SAMPLING_FIELDS = ("frames", "fps", "every")
-#: the largest preset file read (a preset is a few lines; this bounds a hostile one)
-MAX_PRESET_BYTES = 1_000_000
 
 
 @dataclass
@@ -134,46 +131,10 @@ def _check(value: Any, kind: type, option: str) -> None:
         raise UsageError(f"{option} takes {name}, not {value!r}.")
 
 
-def presets_dirs() -> list[Path]:
-    """Where named presets live: the installed package's copy, then the repository's `presets/`."""
-    package = Path(__file__).resolve().parents[1]
-    return [package / "presets", package.parent / "presets"]
-
-
-def list_presets() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for d in presets_dirs():
-        if d.is_dir():
-            for p in sorted(d.glob("*.toml")):
-                found.setdefault(p.stem, p)
-    return found
-
-
 def load_preset(name_or_path: str) -> dict[str, Any]:
-    """A preset's settings as a dict (`params` is a nested dict)."""
-    p = Path(name_or_path)
-    if not (p.suffix == ".toml" and p.exists()):
-        presets = list_presets()
-        if name_or_path not in presets:
-            if p.exists():  # a path, but not one of a TOML file
-                raise UsageError(f"preset {p} is not a .toml file; named presets: {', '.join(presets) or '(none)'}.")
-            raise UsageError(
-                f"unknown preset '{name_or_path}'. Named presets: {', '.join(presets) or '(none)'}; "
-                f"or pass the path of a .toml file."
-            )
-        p = presets[name_or_path]
-    if not p.is_file():  # a folder, a FIFO (reading it would wait forever), a device
-        raise UsageError(f"preset {p} is not a regular file.")
-    if p.stat().st_size > MAX_PRESET_BYTES:
-        raise UsageError(f"preset {p} is {p.stat().st_size} bytes; a preset is a few lines of TOML.")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"preset {p} is not valid TOML: {e}") from None
-    except RecursionError:
-        raise UsageError(f"preset {p} is nested too deeply to be a preset.") from None
-    except OSError as e:
-        raise UsageError(f"cannot read preset {p} ({e.strerror or e}).") from None
+    """A preset's settings as a dict (`params` is a nested dict), checked against the run's option names."""
+    p = find_preset(name_or_path)
+    data = read_preset(p)
     sampling = [k for k in SAMPLING_FIELDS if k in data]
     if len(sampling) > 1:
         raise UsageError(f"preset {p} gives more than one way of sampling frames ({' and '.join(sampling)}); "

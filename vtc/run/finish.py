@@ -65,8 +65,13 @@ def ratio_note(asked: float | None, got: float, info: dict[str, Any], num_source
     """Why a run kept another share of the tokens than it asked for (None when they agree to 0.1 %)."""
     if asked is None or f"{100 * asked:.1f}" == f"{100 * got:.1f}":
         return None
+    if isinstance(info.get("count_rule"), str):  # the method's own rule sets the count, whatever the ratio
+        return info["count_rule"]
     floor = info.get("budget_floor")
-    if isinstance(floor, int) and got > asked and floor > asked * num_sources:
+    kept = round(got * num_sources)
+    # a floor is named only when it is one: within the tokens there are, and not above what was kept
+    real_floor = isinstance(floor, int) and not isinstance(floor, bool) and floor <= min(kept, num_sources)
+    if real_floor and floor > asked * num_sources:
         return f"the method keeps at least {floor} of {num_sources} tokens"
     if got > asked:
         return "the method's own rules kept more (whole frames, merge steps or rounding); vtc show FILE lists " \
@@ -329,7 +334,8 @@ def build_metadata(plan: Plan, encoder: AnyEncoder, video: Video, red: TokenMap,
             "has_audio": info.has_audio,
         },
         "truncated": report.truncated,
-        "decode": {"decoded_frames": report.decoded_frames, "last_time": report.last_time, "error": report.error},
+        "decode": {"decoded_frames": report.decoded_frames, "last_time": report.last_time, "error": report.error,
+                   **({"data_end": report.data_end} if report.data_end is not None else {})},
         "info": red.info,
     }
     if remote and video.live is None:
