@@ -10,7 +10,9 @@ Memory is O(L·D + L·block) and never an L×L matrix; time is O(K·L·D) plus t
   instead of all L for structureless ones (i.i.d. noise, where no token has a near neighbour to hint).
 - **Greedy steps**: the running minimum distance to the selected set is updated lazily, once per `_PENDING`
   selections, with one matrix product; between updates the argmax is found exactly from the top of the stale
-  (upper-bound) vector, refreshed against the pending selections.
+  (upper-bound) vector, refreshed against the pending selections. The hot tokens' cosines to each other are
+  computed a block of rows at a time (`_HotRows`: the wanted row and the next likely picks), so a selection costs a
+  row read, not a matrix–vector product whose thread start-up dominates on a busy CPU.
 """
 
 from __future__ import annotations
