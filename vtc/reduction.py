@@ -12,6 +12,7 @@ file's `merge_*` tensors and the golden comparison.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,7 +243,17 @@ class Reduction:
         for s in range(0, src.numel(), 1 << 16):  # entries in chunks: the gathered rows never all exist at once
             part = slice(s, s + (1 << 16))
             out.index_add_(0, dst[part], flat[src[part]].to(acc_dtype) * w[part, None])
-        if self.groups is not None:  # each group: its weight times the sum of its members, a block at a time
+        if self.groups is not None and flat.dtype == acc_dtype:
+            # the groups are compressed rows: one sparse (CSR) product, no gathered copy of the member rows
+            gr = self.groups
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore")
+                csr = torch.sparse_csr_tensor(
+                    gr.offsets().to(flat.device), gr.src.to(flat.device),
+                    gr.weight.to(device=flat.device, dtype=acc_dtype)[gr.member_group().to(flat.device)],
+                    size=(gr.num_groups, flat.shape[0]), check_invariants=False)
+                out.index_add_(0, gr.dst.to(flat.device), csr @ flat)
+        elif self.groups is not None:  # each group: its weight times the sum of its members, a block at a time
             gr = self.groups
             g_of = gr.member_group().to(flat.device)
             g_src, g_dst = gr.src.to(flat.device), gr.dst.to(flat.device)
