@@ -80,8 +80,10 @@ r = vtc.compress(video, output="/tmp/vtc_bench_long.safetensors", encoder=enc, m
 wall = time.perf_counter() - t1
 f = vtc.load(r.output)
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+map_mb = sum(v.numel() * v.element_size() for k, v in f.tensors.items() if k.startswith("merge_")) / 2**20
 print(json.dumps({"wall": round(wall, 2), "frames": f.num_frames, "tokens": r.num_tokens,
                   "peak_rss_mb": int(hwm.split()[1]) // 1024, "windowed": f.meta["info"].get("windowed"),
+                  "map_mb": round(map_mb, 1), "tokens_mb": round(f.tokens.numel() * f.tokens.element_size() / 2**20, 1),
                   "timings": {k: round(v, 2) for k, v in r.timings.items()}}))
 """
 
@@ -144,7 +146,8 @@ def main() -> None:
                 row[workers] = statistics.median(r["seconds"] for r in rows)
             print(f"decode {video.name} at 1 fps: sequential {row[1]:.2f} s, parallel (2 threads) {row[2]:.2f} s "
                   f"→ {row[1] / row[2]:.2f}× (median of {args.runs})", flush=True)
-    print(f"{'method':<12}{'min':>5}{'frames':>8}{'tokens':>9}{'wall s':>9}{'ms/frame':>10}{'peak MB':>9}  windows")
+    print(f"{'method':<12}{'min':>5}{'frames':>8}{'tokens':>9}{'wall s':>9}{'ms/frame':>10}{'peak MB':>9}  windows"
+          f"  map MB / tokens MB in the file")
     for method in args.methods.split(","):
         per = {}
         for m in minutes:
@@ -159,8 +162,8 @@ def main() -> None:
             per[m] = (wall / r0["frames"], peak)
             win = r0["windowed"]["windows"] if r0["windowed"] else 1
             ms = 1000 * wall / r0["frames"]
-            print(f"{method:<12}{m:>5g}{r0['frames']:>8}{r0['tokens']:>9}{wall:>9.1f}{ms:>10.1f}{peak:>9.0f}  {win}",
-                  flush=True)
+            print(f"{method:<12}{m:>5g}{r0['frames']:>8}{r0['tokens']:>9}{wall:>9.1f}{ms:>10.1f}{peak:>9.0f}  {win}"
+                  f"  {r0['map_mb']} / {r0['tokens_mb']}", flush=True)
         if len(minutes) >= 2 and len(per) == len(minutes):
             lo, hi = min(minutes), max(minutes)
             print(f"{'':<12}{hi:g} vs {lo:g} min: time/frame ×{per[hi][0] / per[lo][0]:.2f}, "

@@ -39,8 +39,9 @@ def check_file(path: Path, t: int | None = None) -> vtc.TokenFile:
     ft = f["frame_times"]
     assert (ft[1:] > ft[:-1]).all() and ft[0] >= 0 and ft[-1] <= f.meta["video"]["duration"] + 1e-3
     # sizes add up to the number of (source, output) contributions; every kept/merged source is counted
-    assert int(f["sizes"].sum()) == f["merge_src"].numel()
-    grid_src = f["merge_src"][f["merge_src"] < T * n]
+    _, m_src, _ = f.merge_entries()  # the map's entries with its groups (format 2) spelled out
+    assert int(f["sizes"].sum()) == m_src.numel()
+    grid_src = m_src[m_src < T * n]
     assert int((f["source"] >= 0).sum()) == torch.unique(grid_src).numel()
     if t is not None:
         assert T == t

@@ -37,7 +37,7 @@ def test_media_clip(tmp_path: Path, clip: Path, model_args) -> None:  # noqa: AN
     assert f.tokens.shape[0] == res.num_tokens
     h, w = f.grid
     assert ((f.positions[:, 1] < h) & (f.positions[:, 2] < w)).all()
-    assert int(f["sizes"].sum()) == f["merge_src"].numel()
+    assert int(f["sizes"].sum()) == f.merge_entries()[1].numel()
 
 
 @pytest.mark.skipif(not CLIPS, reason="no media clips (../shared/media, or set VTC_MEDIA_DIR)")

@@ -49,11 +49,12 @@ def family(kind: str, t: int, n: int, d: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["clustered", "drift", "noise"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_max_min_diversity_equals_the_textbook_greedy(kind: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    # small blocks, column batches and hot sets, so that every path (the first pick's rounds of sampled columns and
-    # exact blocks, hot-set refills) runs on a small input
+    # small blocks, column batches, hot sets and hot-row blocks, so that every path (the first pick's rounds of
+    # sampled columns and exact blocks, hot-set refills, rows computed ahead of their pick) runs on a small input
     monkeypatch.setattr(diversity, "_BLOCK", 64)
     monkeypatch.setattr(diversity, "_SAMPLE", 50)
     monkeypatch.setattr(diversity, "_HOT", 32)
+    monkeypatch.setattr(diversity, "_ROWS", 5)  # hot rows in several blocks per refill
     t, n, d = 12, 49, 32
     flat = family(kind, t, n, d, seed).reshape(t * n, d)
     for k in (1, 7, 150):

@@ -58,7 +58,8 @@ class FeatureResult:
 
     def save(self, path: str | os.PathLike[str], *, frame_times: Tensor | None = None,
              dtype_out: str = "float16", source: dict[str, Any] | None = None) -> Path:
-        """Write these tokens as a vtc token file (format v1; atomic).  frame_times [T] default to 0, 1, 2, …"""
+        """Write these tokens as a vtc token file (format v1; v2 for a map with groups; atomic).  frame_times [T]
+        default to 0, 1, 2, …"""
         red, grid = self.reduction, self.grid
         t = red.num_sources // (grid[0] * grid[1])
         times = frame_times if frame_times is not None else torch.arange(t, dtype=torch.float32)

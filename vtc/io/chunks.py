@@ -132,6 +132,11 @@ def join(files: list[TokenFile]) -> TokenFile:
             "sizes": t["sizes"], "source": torch.where(source >= 0, source + k_off, source).int(),
             "merge_src": src.int(), "merge_dst": (t["merge_dst"].long() + k_off).int(), "merge_w": t["merge_w"],
         }
+        if "merge_group_src" in t:  # a map with groups (format 2): rows and members renumbered like the entries
+            g_src = t["merge_group_src"].long()
+            add.update(merge_group_dst=(t["merge_group_dst"].long() + k_off).int(), merge_group_w=t["merge_group_w"],
+                       merge_group_size=t["merge_group_size"].int(),
+                       merge_group_src=torch.where(g_src < sc, g_src + s_off, g_src - sc + total_sources + x_off).int())
         if "segments" in t:
             add["segments"] = t["segments"] + t_off
         if "extra_tokens" in t:

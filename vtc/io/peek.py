@@ -19,10 +19,17 @@ from vtc.errors import FormatError, InputError
 from vtc.io.storage import is_url, read_via_copy
 
 FORMAT_NAME = "vtc-tokens"
-FORMAT_VERSION = "1"
+#: the newest version (2: a merge map may add groups, the merge_group_* tensors); files without groups are written as
+#: version 1, which they are, and every version in READ_VERSIONS is read
+FORMAT_VERSION = "2"
+FORMAT_VERSION_PLAIN = "1"
+READ_VERSIONS = ("1", "2")
 REQUIRED = ("tokens", "positions", "timestamps", "frame_times", "sizes", "source", "merge_src", "merge_dst", "merge_w")
+#: a merge map's groups (version 2): all four or none
+GROUP_TENSORS = ("merge_group_dst", "merge_group_w", "merge_group_size", "merge_group_src")
 #: the tensors whose values (index ranges, finiteness) the readers check
-CHECKED = ("positions", "frame_times", "segments", "source", "merge_src", "merge_dst", "merge_w", "sizes")
+CHECKED = ("positions", "frame_times", "segments", "source", "merge_src", "merge_dst", "merge_w", "sizes",
+           *GROUP_TENSORS)
 #: metadata keys whose values are JSON
 JSON_KEYS = ("params", "grid", "image_size", "signals", "sampling", "video", "encoder", "info", "decode", "features",
              "pre_encoder", "space", "newline")
@@ -111,6 +118,7 @@ def check_contents(where: Path | str, meta: dict[str, Any], shapes: dict[str, tu
     e = shapes["merge_src"][1]
     if len(e) != 1 or shapes["merge_dst"][1] != e or shapes["merge_w"][1] != e:
         raise FormatError(f"{where}: merge_src, merge_dst and merge_w must be vectors of one length.")
+    members = _check_group_shapes(where, meta, shapes)
     src_len = shapes["source"][1]
     if len(src_len) != 1 or src_len[0] != t * h * w:
         raise FormatError(f"{where}: 'source' must be [T·h·w] = [{t * h * w}] for {t} frames on the {h}×{w} grid, "
@@ -125,7 +133,12 @@ def check_contents(where: Path | str, meta: dict[str, Any], shapes: dict[str, tu
             raise FormatError(f"{where}: 'segments' must be integer [S, 2], not {dtype} {list(seg)}.")
     check_space(where, meta, shapes, t, h, w)
     ranges = {"positions": None, "source": (-1, k), "merge_dst": (0, k), "merge_src": (0, n_src),
-              "segments": (0, t), "sizes": (0, None)}
+              "segments": (0, t), "sizes": (0, None), "merge_group_dst": (0, k), "merge_group_src": (0, n_src),
+              "merge_group_size": (0, None)}
+    if members is not None:
+        sizes = arrays.get("merge_group_size.sum", arrays.get("merge_group_size", np.zeros(0, np.int64)))
+        if int(sizes.astype(np.int64, copy=False).sum()) != members:
+            raise FormatError(f"{where}: merge_group_size must add up to the {members} entries of merge_group_src.")
     for name, arr in arrays.items():
         if name == "positions":
             p = arr.astype(np.int64, copy=False).reshape(-1, 3)
@@ -133,7 +146,7 @@ def check_contents(where: Path | str, meta: dict[str, Any], shapes: dict[str, tu
                    | (p[:, 2] >= w)).any()
             if bad:
                 raise FormatError(f"{where}: 'positions' point outside the {t} frames × {h}×{w} grid.")
-        elif name in ("frame_times", "timestamps", "merge_w"):
+        elif name in ("frame_times", "timestamps", "merge_w", "merge_group_w"):
             if name != "timestamps" and not np.isfinite(arr.astype(np.float64, copy=False)).all():
                 raise FormatError(f"{where}: '{name}' holds non-finite values.")
         elif name in ranges and ranges[name] is not None and arr.size:
@@ -142,6 +155,30 @@ def check_contents(where: Path | str, meta: dict[str, Any], shapes: dict[str, tu
             if v.min() < lo or (hi is not None and v.max() >= hi):
                 raise FormatError(f"{where}: '{name}' has indices outside [{lo}, {hi}).")
     return t, h, w
+
+
+def _check_group_shapes(where: Path | str, meta: dict[str, Any],
+                        shapes: dict[str, tuple[str, tuple[int, ...]]]) -> int | None:
+    """A merge map's groups: all four merge_group_* tensors or none, integer indices, dst / w / size of one length
+    G, src a vector; only in a version-2 file.  → M, the members (None: no groups)."""
+    present = [n for n in GROUP_TENSORS if n in shapes]
+    if not present:
+        return None
+    if len(present) != len(GROUP_TENSORS):
+        raise FormatError(f"{where}: a merge map's groups need all of {', '.join(GROUP_TENSORS)} "
+                          f"(has only {', '.join(present)}).")
+    if str(meta.get("format_version", FORMAT_VERSION)) == FORMAT_VERSION_PLAIN:
+        raise FormatError(f"{where}: merge_group_* tensors in a version-{FORMAT_VERSION_PLAIN} file.")
+    g = shapes["merge_group_dst"][1]
+    if len(g) != 1 or shapes["merge_group_w"][1] != g or shapes["merge_group_size"][1] != g:
+        raise FormatError(f"{where}: merge_group_dst, merge_group_w and merge_group_size must be vectors of one "
+                          f"length.")
+    if len(shapes["merge_group_src"][1]) != 1:
+        raise FormatError(f"{where}: merge_group_src must be a vector.")
+    for name in ("merge_group_dst", "merge_group_size", "merge_group_src"):
+        if shapes[name][0] not in _INTS:
+            raise FormatError(f"{where}: '{name}' must hold integers, not {shapes[name][0]}.")
+    return shapes["merge_group_src"][1][0]
 
 
 #: the targets whose files carry Qwen's video fields (video_grid_thw, retention_mask, M-RoPE or DeepStack): every
@@ -258,9 +295,9 @@ def check_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
         raise FormatError(f"{path}: not a vtc token file (metadata is not a table).")
     if raw.get("format") != FORMAT_NAME:
         raise FormatError(f"{path}: not a vtc token file (format '{raw.get('format', '')}').")
-    if raw.get("format_version") != FORMAT_VERSION:
+    if raw.get("format_version") not in READ_VERSIONS:
         raise FormatError(f"{path}: format version {raw.get('format_version')} is not supported by this vtc "
-                          f"(reads version {FORMAT_VERSION}); upgrade vtc.")
+                          f"(reads versions {', '.join(READ_VERSIONS)}); upgrade vtc.")
     missing = [k for k in REQUIRED if k not in header]
     if missing:
         raise FormatError(f"{path}: missing tensors {', '.join(missing)}.")
@@ -286,7 +323,7 @@ def header_shapes(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, tu
 _NP_DTYPES = {"I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "U8": np.uint8, "F16": np.float16,
               "F32": np.float32, "F64": np.float64}
 #: the long per-source arrays, checked by their range only: read memory-mapped a block at a time, never whole
-_LONG = ("source", "merge_src", "merge_dst", "merge_w", "sizes")
+_LONG = ("source", "merge_src", "merge_dst", "merge_w", "sizes", *GROUP_TENSORS)
 
 
 def value_summaries(path: Path, header: dict[str, Any], block: int = 1 << 22) -> dict[str, np.ndarray]:
@@ -310,13 +347,16 @@ def value_summaries(path: Path, header: dict[str, Any], block: int = 1 << 22) ->
             np.zeros(0, dtype)
         if name not in _LONG:
             out[name] = np.array(data).reshape(entry["shape"])
-        elif name == "merge_w":
+        elif name in ("merge_w", "merge_group_w"):
             finite = all(np.isfinite(data[i : i + block]).all() for i in range(0, count, block))
             out[name] = np.array([0.0 if finite else np.nan])
         elif count:
             lo = min(int(data[i : i + block].min()) for i in range(0, count, block))
             hi = max(int(data[i : i + block].max()) for i in range(0, count, block))
             out[name] = np.array([lo, hi], np.int64)
+            if name == "merge_group_size":  # the members they add up to
+                total = sum(int(data[i : i + block].astype(np.int64).sum()) for i in range(0, count, block))
+                out["merge_group_size.sum"] = np.array([total], np.int64)
         del data
     return out
 

@@ -1,4 +1,7 @@
-"""Store: vtc token files, format v1 (safetensors).  Writes are atomic; reads validate.
+"""Store: vtc token files, format v1 / v2 (safetensors).  Writes are atomic; reads validate.
+
+A file whose map has groups (`vtc.reduction.Groups`: FastVID) is version 2; any other file is written as
+version 1, unchanged, and both versions are read.
 
 Tensors (K output tokens, T frames, N = h·w patches per frame, D channels, E merge-map entries):
 
@@ -12,6 +15,11 @@ Tensors (K output tokens, T frames, N = h·w patches per frame, D channels, E me
 | source        | int32 [T·N]       | output row each source token went to (largest weight), -1 = dropped      |
 | merge_src/dst | int32 [E]         | exact map: tokens[dst] += merge_w · features.reshape(T·N, D)[src]        |
 | merge_w       | float32 [E]       |                                                                          |
+| merge_group_  | int32 [G]         | v2, groups: tokens[dst[g]] += w[g] · Σ features.reshape(T·N, D)[s] over  |
+|   dst/size    |                   | group g's members s: the next size[g] values of merge_group_src          |
+| merge_group_w | float32 [G]       | (a (dst, src) pair is in the entries or in one group, never both)        |
+| merge_group_  | int32 [M]         |                                                                          |
+|   src         |                   |                                                                          |
 | segments      | int32 [S, 2]      | inclusive frame ranges of temporal segments (methods that have them)     |
 | extra_tokens  | [X, D]            | off-grid sources (CLS tokens, thumbnail tokens): merge_src T·N + i       |
 | newline       | [D]               | target files only: the model's newline embedding, placed by consumers    |
@@ -43,6 +51,7 @@ from vtc.io.peek import (
     CHECKED,
     FORMAT_NAME,
     FORMAT_VERSION,
+    FORMAT_VERSION_PLAIN,
     check_contents,
     check_header,
     header_shapes,
@@ -50,7 +59,7 @@ from vtc.io.peek import (
     value_summaries,
 )
 from vtc.io.storage import RemotePath, atomic_upload, is_url, location, read_via_copy
-from vtc.reduction import Reduction
+from vtc.reduction import Groups, Reduction
 from vtc.stages.window import WindowedReduction
 
 OUT_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -69,17 +78,34 @@ TokenMap = Reduction | WindowedReduction
 
 
 def merge_tensors(reduction: TokenMap) -> dict[str, Tensor | Streamed]:
-    """merge_src / merge_dst / merge_w of a reduction: tensors, or `Streamed` blocks of a windowed one's parts."""
+    """merge_src / merge_dst / merge_w (and the merge_group_* tensors of a map with `Groups`) of a reduction:
+    tensors, or `Streamed` blocks of a windowed one's parts."""
     if isinstance(reduction, Reduction):
-        return {"merge_src": reduction.src.int().contiguous(), "merge_dst": reduction.dst.int().contiguous(),
-                "merge_w": reduction.weight.float().contiguous()}
+        out: dict[str, Tensor | Streamed] = {
+            "merge_src": reduction.src.int().contiguous(), "merge_dst": reduction.dst.int().contiguous(),
+            "merge_w": reduction.weight.float().contiguous()}
+        g = reduction.groups
+        if g is not None and g.num_groups:
+            out.update(merge_group_dst=g.dst.int().contiguous(), merge_group_w=g.weight.float().contiguous(),
+                       merge_group_size=g.size.int().contiguous(), merge_group_src=g.src.int().contiguous())
+        return out
     parts, count = reduction.parts, (reduction.num_entries,)
 
     def column(i: int, dtype: torch.dtype) -> Streamed:
         return Streamed(count, dtype, lambda: (p[i].to(dtype).contiguous() for p in parts()))
 
-    return {"merge_dst": column(0, torch.int32), "merge_src": column(1, torch.int32),
-            "merge_w": column(2, torch.float32)}
+    def group_column(name: str, dtype: torch.dtype, rows: int) -> Streamed:
+        return Streamed((rows,), dtype, lambda: (getattr(p[3], name).to(dtype).contiguous() for p in parts()))
+
+    out = {"merge_dst": column(0, torch.int32), "merge_src": column(1, torch.int32),
+           "merge_w": column(2, torch.float32)}
+    if reduction.num_groups:
+        g, m = reduction.num_groups, reduction.num_members
+        out.update(merge_group_dst=group_column("dst", torch.int32, g),
+                   merge_group_w=group_column("weight", torch.float32, g),
+                   merge_group_size=group_column("size", torch.int32, g),
+                   merge_group_src=group_column("src", torch.int32, m))
+    return out
 
 
 def token_tensors(
@@ -335,7 +361,8 @@ def save_streaming(tensors: dict[str, Tensor | Streamed], path: str | os.PathLik
 
 def write(path: str | os.PathLike[str], tensors: dict[str, Tensor | Streamed], metadata: dict[str, Any]) -> Path:
     """Write a token file atomically (`atomic_write`), with 0644-style permissions under umask 022."""
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
+    version = FORMAT_VERSION if "merge_group_src" in tensors else FORMAT_VERSION_PLAIN
+    meta = {"format": FORMAT_NAME, **metadata, "format_version": version}
     target = location(path)
     return atomic_write(target, lambda tmp: save_streaming(tensors, tmp, _encode_meta(meta)),  # type: ignore[return-value]
                         check=lambda tmp: check_written(target, Path(tmp)))
@@ -389,8 +416,17 @@ class TokenFile:
         pos = t["positions"].long()
         rep = torch.where(pos[:, 1] >= 0, pos[:, 0] * h * w + pos[:, 1] * w + pos[:, 2], torch.full_like(pos[:, 0], -1))
         seg = t.get("segments")
+        groups = None
+        if "merge_group_src" in t and t["merge_group_dst"].numel():
+            groups = Groups(t["merge_group_dst"].long(), t["merge_group_w"].float(), t["merge_group_size"].long(),
+                            t["merge_group_src"].long())
         return Reduction(t["merge_dst"].long(), t["merge_src"].long(), t["merge_w"].float(), rep,
-                         int(t["source"].numel()), None if seg is None else seg.long())
+                         int(t["source"].numel()), None if seg is None else seg.long(), groups=groups)
+
+    def merge_entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The whole stored map as COO entries (dst [E'], src [E'], weight [E']) sorted by (dst, src): the merge_*
+        entries with every group spelled out (a version-1 file: merge_dst, merge_src, merge_w as stored)."""
+        return self.reduction().entries()
 
     def raster_order(self) -> Tensor:
         """Row order [K] that sorts the tokens by their representative's (frame, row, column) — an LLM's sequence

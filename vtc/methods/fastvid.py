@@ -13,9 +13,9 @@ from torch import Tensor
 from vtc.errors import UsageError
 from vtc.methods.declare import implements
 from vtc.ops import dpc_knn, topk_indices
-from vtc.ops.merge import blend_groups
+from vtc.ops.merge import blend_group_means
 from vtc.ops.similarity import l2_normalize
-from vtc.reduction import Reduction
+from vtc.reduction import Groups, Reduction
 from vtc.signals import Signals
 from vtc.stages import segment
 
@@ -45,6 +45,9 @@ def fastvid(
        pick, and the pick becomes a·pick + (1 − a)·mean(group), a = max(1/(n+1), β) (= β in practice).
     5. Output sorted by flat index (time, then raster).
 
+    A context row is stored as its pick (one entry) plus one `Groups` block, the group's mean: one weight and the
+    list of the other members, so the map holds one index per candidate × anchor instead of a weighted entry.
+
     Deviations (the authors' code raises in these cases): T < c → fewer cuts (min(c−1, T−1)); Nc = 0 → no
     context tokens, non-salient tokens are dropped; m larger than the candidates → m is clamped; R = 0 → R = 1.
     Ties in the density score break by index instead of random jitter.
@@ -66,16 +69,17 @@ def fastvid(
     cand = torch.nonzero(is_cand)[:, 1].reshape(t, n_cand)  # [T, N−Ns] ascending patch index
     frame_off = (torch.arange(t) * n)[:, None]
 
-    rows: list[tuple[Tensor, Tensor, Tensor]] = []  # (dst-local, src, w) blocks of context outputs
-    reps: list[Tensor] = []
+    ctx_src: list[Tensor] = []  # per anchor frame: each pick's source (the row's representative, kept with weight)
+    ctx_w: list[Tensor] = []  # the pick's whole weight in its row
+    groups: list[Groups] = []  # the mean part of each row: one weight, the members of the pick's group
     if n_ctx > 0 and n_cand > 0:
         xc = torch.gather(x.float(), 1, cand[..., None].expand(t, n_cand, d))  # [T, N−Ns, D]
         # per-frame density scores, a few frames at a time (each holds [frames, N−Ns, N−Ns] distances)
         score = torch.cat([dpc_knn(xc[a : a + 8], knn).score for a in range(0, t, 8)])  # [T, N−Ns]
         for s, e in segments.tolist():
             length = e - s + 1
-            groups = math.ceil(length / anchor_stride)
-            m = min(int(math.floor(n_ctx * length / groups)), n_cand)
+            groups_per_seg = math.ceil(length / anchor_stride)
+            m = min(int(math.floor(n_ctx * length / groups_per_seg)), n_cand)
             if m <= 0:
                 continue
             anchors = [s + j for j in range(length) if (length - 1 - j) % anchor_stride == 0]
@@ -88,15 +92,18 @@ def fastvid(
                 anchor_rows = (f - s) * n_cand + pick
                 n_members = torch.bincount(assign, minlength=m).double()
                 a = torch.maximum(1.0 / (n_members + 1), torch.tensor(beta, dtype=torch.float64))
-                g, cols, w = blend_groups(assign, anchor_rows, m, a)
-                rows.append((g + sum(r.numel() for r in reps), pool_src[cols], w))
-                reps.append(pool_src[anchor_rows])
+                anchor_w, member_w, size, members = blend_group_means(assign, anchor_rows, m, a)
+                row0 = sum(c.numel() for c in ctx_src)
+                groups.append(Groups(torch.arange(m) + row0, member_w.float(), size, pool_src[members]))
+                ctx_src.append(pool_src[anchor_rows])
+                ctx_w.append(anchor_w)
     sal_src = (salient + frame_off).reshape(-1)
-    n_ctx_out = sum(r.numel() for r in reps)
-    dst = [torch.arange(sal_src.numel()) + n_ctx_out] + [b[0] for b in rows]
-    src = [sal_src] + [b[1] for b in rows]
-    w = [torch.ones(sal_src.numel(), dtype=torch.float64)] + [b[2] for b in rows]
-    rep = torch.cat(reps + [sal_src]) if reps else sal_src
-    red = Reduction.build(torch.cat(dst), torch.cat(src), torch.cat(w), rep, t * n, segments=segments)
+    n_ctx_out = sum(c.numel() for c in ctx_src)
+    dst = [torch.arange(sal_src.numel()) + n_ctx_out, torch.arange(n_ctx_out)]
+    src = [sal_src] + ctx_src
+    w = [torch.ones(sal_src.numel(), dtype=torch.float64)] + ctx_w
+    rep = torch.cat(ctx_src + [sal_src]) if ctx_src else sal_src
+    red = Reduction.build(torch.cat(dst), torch.cat(src), torch.cat(w), rep, t * n, segments=segments,
+                          groups=Groups.cat(groups) if groups else None)
     red.info.update(budget_per_frame=budget, salient_per_frame=n_sal, context_per_frame=n_ctx)
     return red.permute(torch.argsort(red.rep))

@@ -20,11 +20,18 @@ def _means(x: Tensor, ids: Tensor, count: int) -> tuple[Tensor, Tensor]:
     float64, a block of rows at a time."""
     valid = ids >= 0
     size = torch.bincount(ids[valid], minlength=count)
-    sums = torch.zeros(count, x.shape[1], dtype=torch.float64)
-    for s in range(0, x.shape[0], 8192):
-        v = valid[s : s + 8192]
-        sums.index_add_(0, ids[s : s + 8192][v], x[s : s + 8192][v].double())
-    return (sums / size.clamp_min(1)[:, None]).float(), size
+    out = torch.zeros(count, x.shape[1])
+    # a group of one is its row (its float64 mean rounds back to the same float32): copied, not summed
+    single = valid & (size[ids.clamp_min(0)] == 1)
+    out[ids[single]] = x[single].float()
+    multi = torch.nonzero(valid & ~single).flatten()
+    if multi.numel():
+        groups, local = torch.unique(ids[multi], return_inverse=True)
+        sums = torch.zeros(groups.numel(), x.shape[1], dtype=torch.float64)
+        for s in range(0, multi.numel(), 8192):
+            sums.index_add_(0, local[s : s + 8192], x[multi[s : s + 8192]].double())
+        out[groups] = (sums / size[groups][:, None]).float()
+    return out, size
 
 
 _DENSE = 4096  # up to this many centroids the temporal graph is one M×M matrix, as in the reference code

@@ -10,7 +10,9 @@ Memory is O(L·D + L·block) and never an L×L matrix; time is O(K·L·D) plus t
   instead of all L for structureless ones (i.i.d. noise, where no token has a near neighbour to hint).
 - **Greedy steps**: the running minimum distance to the selected set is updated lazily, once per `_PENDING`
   selections, with one matrix product; between updates the argmax is found exactly from the top of the stale
-  (upper-bound) vector, refreshed against the pending selections.
+  (upper-bound) vector, refreshed against the pending selections. The hot tokens' cosines to each other are
+  computed a block of rows at a time (`_HotRows`: the wanted row and the next likely picks), so a selection costs a
+  row read, not a matrix–vector product whose thread start-up dominates on a busy CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _BLOCK = 512  # rows per exact-distance block (memory O(block·L))
 _SAMPLE = 1024  # columns in the first batch that bounds every token's nearest-neighbour distance (then doubling)
 _HOT = 1024  # tokens whose distance to the selection is kept exact between two full updates
 _MARGIN = 1e-5  # float32 rounding between two ways of computing the same distance
+_ROWS = 64  # hot rows computed together (the likely next picks)
 
 
 def max_min_diversity(x: Tensor, k: int, neighbours: Sequence[int] = ()) -> Tensor:
@@ -47,19 +50,44 @@ def max_min_diversity(x: Tensor, k: int, neighbours: Sequence[int] = ()) -> Tens
         hot_dist, hot = torch.topk(min_dist, size)
         floor = float(hot_dist[-1]) if size < length else -float("inf")
         hot_x = xn[hot]
+        rows = _HotRows(hot_x)
         first = len(order)
         while len(order) < k:
             best = hot_dist.max()
             if float(best) <= floor + _MARGIN:  # the farthest token might now be outside the hot set
                 break
-            j = int(hot[hot_dist == best].min())  # first index on ties
-            order.append(j)
-            hot_dist = torch.minimum(hot_dist, 1 - hot_x @ xn[j])
+            at = torch.nonzero(hot_dist == best).flatten()
+            jj = int(at[torch.argmin(hot[at])])  # first index on ties
+            order.append(int(hot[jj]))
+            hot_dist = torch.minimum(hot_dist, 1 - rows.get(jj, hot_dist))
         if len(order) == first:  # nothing stands out from the rest (ties at the floor): take the exact argmax
             j = int(torch.argmax(min_dist))
             order.append(j)
         min_dist = torch.minimum(min_dist, _nearest(xn, xn[order[first:]]))
     return torch.tensor(order, dtype=torch.long)
+
+
+class _HotRows:
+    """Cosines of hot tokens to the whole hot set [H, D], a block of rows at a time: when row jj is wanted, it is
+    computed together with the `_ROWS` hot tokens farthest from the selection that have none yet (the likely next
+    picks) — one matrix product per block instead of one matrix–vector product (and its threads' start-up) per
+    selection."""
+
+    def __init__(self, hot_x: Tensor) -> None:
+        self.hot_x = hot_x
+        self.done = torch.zeros(hot_x.shape[0], dtype=torch.bool)
+        self.cos = torch.empty(hot_x.shape[0], hot_x.shape[0])  # [H, H], row i filled once done[i]
+
+    def get(self, jj: int, dist: Tensor) -> Tensor:
+        """Row jj: cos(hot jj, every hot token) [H]; `dist` [H] ranks the rows computed with it."""
+        if not bool(self.done[jj]):
+            todo = torch.nonzero(~self.done).flatten()
+            todo = todo[torch.argsort(dist[todo], descending=True, stable=True)[:_ROWS]]
+            if not bool((todo == jj).any()):
+                todo = torch.cat([torch.tensor([jj]), todo[: _ROWS - 1]])
+            self.cos[todo] = self.hot_x[todo] @ self.hot_x.T
+            self.done[todo] = True
+        return self.cos[jj]
 
 
 def _nearest(rows: Tensor, to: Tensor) -> Tensor:

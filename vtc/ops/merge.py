@@ -44,3 +44,34 @@ def blend_groups(
     cols = torch.cat([anchors.long(), members])
     w = torch.cat([a, (1 - a[assign[members]]) * w_mean[members]])
     return rows, cols, w
+
+
+def blend_group_means(
+    assign: Tensor, anchors: Tensor, num_groups: int, beta: Tensor | float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`blend_groups` in group form: the same weights, with each group's members listed once instead of one
+    (row, col, weight) triple each (what `vtc.reduction.Groups` stores).
+
+    assign: [n] group per member (-1 = none); anchors: [num_groups] member index of each group's anchor;
+    beta: [num_groups] or scalar anchor weight a_j.  Returns
+    - anchor_w [num_groups] float64: the anchor's whole weight in its row, a_j plus its share of the mean
+      (1 − a_j)/|group j| when it is a member of its own group (1 for a group without members);
+    - member_w [num_groups] float64: (1 − a_j)/|group j|, the weight of every other member (0 for an empty group);
+    - size [num_groups] int64: members of each group other than its anchor;
+    - members [Σ size] int64: those members, group after group, ascending within a group.
+    """
+    _, count = mean_groups(assign, num_groups)
+    a = torch.as_tensor(beta, dtype=torch.float64).expand(num_groups).clone()
+    a = torch.where(count > 0, a, torch.ones_like(a))
+    member_w = torch.where(count > 0, (1 - a) * (1.0 / count.double()), torch.zeros_like(a))
+    anchors = anchors.long()
+    own = torch.zeros(num_groups, dtype=torch.bool)
+    valid = (anchors >= 0) & (anchors < assign.numel())
+    own[valid] = assign[anchors[valid]] == torch.arange(num_groups)[valid]
+    anchor_w = torch.where(own, a + member_w, a)
+    keep = assign >= 0
+    keep[anchors[own]] = False  # an anchor inside its own group is counted in its anchor weight
+    members = torch.nonzero(keep).flatten()
+    members = members[torch.argsort(assign[members], stable=True)]
+    size = count - own.long()
+    return anchor_w, member_w, size, members

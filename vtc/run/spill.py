@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from vtc.errors import VtcError
+from vtc.reduction import Groups
 from vtc.stages.window import Entries
 
 #: float32 copies a method makes of its input at the peak (normalised features, similarities, outputs)
@@ -194,31 +195,37 @@ class FeatureBuffer:
 
 class EntryFile:
     """An `EntryStore` on disk: each window's merge entries (int32 dst, int32 src, float32 weight: 12 bytes each)
-    appended to an unnamed temporary file and read back by window. A merging method's map of an hour of video
-    (FastVID: tens of millions of entries) then never sits in memory."""
+    and groups (int32 dst, float32 weight, int32 size: 12 bytes per group, then 4 per member) appended to an
+    unnamed temporary file and read back by window. A merging method's map of an hour of video (FastVID: tens of
+    millions of group members) then never sits in memory."""
 
     def __init__(self) -> None:
         with spill_errors():
             self.file: IO[bytes] | None = tempfile.TemporaryFile(prefix="vtc-entries-")  # in $TMPDIR
-        self.blocks: list[tuple[int, int]] = []  # (byte offset, entries)
+        self.blocks: list[tuple[int, int, int, int]] = []  # (byte offset, entries, groups, members)
         self.end = 0
 
     def add(self, entries: Entries) -> None:
         assert self.file is not None
-        dst, src, w = entries
+        dst, src, w, groups = entries
+        columns = (dst.int(), src.int(), w.float(), groups.dst.int(), groups.weight.float(), groups.size.int(),
+                   groups.src.int())
         with spill_errors():
-            for column in (dst.int(), src.int(), w.float()):
+            for column in columns:
                 self.file.write(column.contiguous().numpy().tobytes())
-        self.blocks.append((self.end, int(dst.numel())))
-        self.end += 12 * int(dst.numel())
+        e, g, m = int(dst.numel()), groups.num_groups, groups.num_members
+        self.blocks.append((self.end, e, g, m))
+        self.end += 4 * (3 * e + 3 * g + m)
 
     def get(self, i: int) -> Entries:
         assert self.file is not None
-        offset, count = self.blocks[i]
-        raw = np.empty(3 * count, dtype=np.int32)
+        offset, e, g, m = self.blocks[i]
+        raw = np.empty(3 * e + 3 * g + m, dtype=np.int32)
         _pread(self.file, raw, offset)
         t = torch.from_numpy(raw)
-        return t[:count], t[count : 2 * count], t[2 * count :].view(torch.float32)
+        cuts = [0, e, 2 * e, 3 * e, 3 * e + g, 3 * e + 2 * g, 3 * e + 3 * g, 3 * e + 3 * g + m]
+        c = [t[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        return c[0], c[1], c[2].view(torch.float32), Groups(c[3], c[4].view(torch.float32), c[5], c[6])
 
     def close(self) -> None:
         if self.file is not None:

@@ -7,8 +7,9 @@ across frames (segments, merges over time, a global budget) decide within each w
 window so that this is never silent.
 
 The joined map is a `WindowedReduction`: per-row facts (representative, size, frame) for the whole clip, but the
-merge entries window by window in an `EntryStore` — in RAM, or on disk for an hour of video, where a merging method
-has many entries per source token (FastVID: one per anchor frame of its segment) and they would outgrow the budget.
+merge entries (and `Groups`) window by window in an `EntryStore` — in RAM, or on disk for an hour of video, where a
+merging method has many members per source token (FastVID: one per anchor frame of its segment) and they would
+outgrow the budget.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from vtc.reduction import Reduction
+from vtc.reduction import Groups, Reduction
 from vtc.signals import Signals
 
-#: one window's entries in clip indices: (dst [E] int32, src [E] int32, weight [E] float32)
-Entries = tuple[Tensor, Tensor, Tensor]
+#: one window's map in clip indices: entries (dst [E] int32, src [E] int32, weight [E] float32) and its groups
+#: (`Groups`, possibly empty: dst, size, src int32, weight float32)
+Entries = tuple[Tensor, Tensor, Tensor, Groups]
 
 
 class Frames(Protocol):
@@ -47,7 +49,7 @@ class EntryStore(Protocol):
 
 
 class MemoryEntries:
-    """An `EntryStore` in RAM (12 bytes per entry)."""
+    """An `EntryStore` in RAM (12 bytes per entry, 4 per group member)."""
 
     def __init__(self) -> None:
         self.blocks: list[Entries] = []
@@ -80,7 +82,8 @@ class WindowedReduction:
         rep: [K] int64 representative flat source (clip indices; -1: none).
         frames: [K] int64 frame of each row (`Reduction.row_frames`).
         sizes_: [K] int32 entries per row.  source_: [T·N] int32 row of each source (-1: dropped).
-        windows: the (a, b) frame windows; `counts` rows and `entry_counts` entries per window.
+        windows: the (a, b) frame windows; `counts` rows, `entry_counts` entries, `group_counts` groups and
+            `member_counts` group members per window.
         entries: the merge entries of window i, in clip indices, from `entries.get(i)`.
         segments: [S, 2] clip frames, or None.  extra: [X, D] off-grid tokens of every window, renumbered after the
         grid (src T·N + i), with `extra_frames` [X].
@@ -100,6 +103,8 @@ class WindowedReduction:
     info: dict[str, Any] = field(default_factory=dict)
     extra: Tensor | None = None
     extra_frames: Tensor | None = None
+    group_counts: list[int] = field(default_factory=list)
+    member_counts: list[int] = field(default_factory=list)
 
     @property
     def num_outputs(self) -> int:
@@ -108,6 +113,14 @@ class WindowedReduction:
     @property
     def num_entries(self) -> int:
         return sum(self.entry_counts)
+
+    @property
+    def num_groups(self) -> int:
+        return sum(self.group_counts)
+
+    @property
+    def num_members(self) -> int:
+        return sum(self.member_counts)
 
     def ratio(self) -> float:
         return self.num_outputs / max(self.num_sources, 1)
@@ -123,7 +136,7 @@ class WindowedReduction:
         return self.frames
 
     def parts(self) -> Iterator[Entries]:
-        """Every window's (dst, src, weight) entries in row order."""
+        """Every window's (dst, src, weight, groups) in row order."""
         for i in range(len(self.windows)):
             yield self.entries.get(i)
 
@@ -134,7 +147,10 @@ class WindowedReduction:
         dst = torch.cat([b[0] for b in blocks]) if blocks else empty
         src = torch.cat([b[1] for b in blocks]) if blocks else empty
         w = torch.cat([b[2] for b in blocks]) if blocks else empty.float()
-        out = Reduction(dst.long(), src.long(), w.float(), self.rep, self.num_sources, self.segments, dict(self.info))
+        g = Groups.cat([b[3] for b in blocks])
+        groups = Groups(g.dst.long(), g.weight.float(), g.size.long(), g.src.long()) if g.num_groups else None
+        out = Reduction(dst.long(), src.long(), w.float(), self.rep, self.num_sources, self.segments, dict(self.info),
+                        groups=groups)
         if self.extra is not None:
             out.with_extra(self.extra, self.extra_frames)
         return out
@@ -166,6 +182,8 @@ def run_windowed_parts(
     infos: list[dict[str, Any]] = []
     counts: list[int] = []
     entry_counts: list[int] = []
+    group_counts: list[int] = []
+    member_counts: list[int] = []
     for a, b in windows:
         red = run(x[a:b].to(dtype), signals.window(a, b))
         local = (b - a) * n
@@ -175,7 +193,9 @@ def run_windowed_parts(
             # grid sources move by a·N; off-grid ones (≥ local) go after the clip's grid, in window order
             return torch.where(idx >= local, idx - local + total + extra, torch.where(idx >= 0, idx + shift, idx))
 
-        store.add(((red.dst + rows).int(), to_clip(red.src).int(), red.weight.float()))
+        gr = red.groups if red.groups is not None else Groups.empty()
+        store.add(((red.dst + rows).int(), to_clip(red.src).int(), red.weight.float(),
+                   Groups((gr.dst + rows).int(), gr.weight.float(), gr.size.int(), to_clip(gr.src).int())))
         reps.append(to_clip(red.rep))
         f = red.row_frames(n)
         frames.append(torch.where(f >= 0, f + a, f))
@@ -193,14 +213,17 @@ def run_windowed_parts(
         infos.append(red.info)
         counts.append(red.num_outputs)
         entry_counts.append(int(red.dst.numel()))
-        del red
+        group_counts.append(gr.num_groups)
+        member_counts.append(gr.num_members)
+        del red, gr
     info = dict(infos[0]) if infos else {}
     info["windowed"] = {"frames": size, "windows": len(infos), "tokens_per_window": counts}
     return WindowedReduction(
         rep=torch.cat(reps).long(), frames=torch.cat(frames).long(), sizes_=torch.cat(sizes).int(),
         source_=torch.cat(sources), num_sources=total, grid_size=n, windows=windows, counts=counts,
         entry_counts=entry_counts, entries=store, segments=torch.cat(segs) if segs else None, info=info,
-        extra=torch.cat(extras) if extras else None, extra_frames=torch.cat(extra_frames) if extras else None)
+        extra=torch.cat(extras) if extras else None, extra_frames=torch.cat(extra_frames) if extras else None,
+        group_counts=group_counts, member_counts=member_counts)
 
 
 def windowed_rows(red: WindowedReduction, x: Frames, dtype: torch.dtype = torch.float32) -> Iterator[Tensor]:
@@ -211,7 +234,12 @@ def windowed_rows(red: WindowedReduction, x: Frames, dtype: torch.dtype = torch.
     total = t * n
     extra = red.extra.to(torch.float32).reshape(-1, d) if red.extra is not None else None
     lo = 0
-    for (a, b), count, (dst, src, w) in zip(red.windows, red.counts, red.parts(), strict=True):
+    for (a, b), count, (dst, src, w, groups) in zip(red.windows, red.counts, red.parts(), strict=True):
+        if groups.num_groups:  # the groups spelled out as entries: one window's worth at a time
+            g_of = groups.member_group()
+            dst = torch.cat([dst, groups.dst[g_of]])
+            src = torch.cat([src, groups.src])
+            w = torch.cat([w, groups.weight[g_of]])
         dst, src = dst.long() - lo, src.long()
         acc = torch.zeros(count, d, dtype=torch.float32)
         on_grid = src < total
