@@ -14,7 +14,7 @@ import vtc
 from vtc.errors import FormatError
 from vtc.io.chunks import join
 from vtc.io.store import load
-from vtc.methods.fastvid import fastvid
+from vtc.methods import get_method
 from vtc.ops import dpc_knn, topk_indices
 from vtc.signals import Signals
 from vtc.stages import segment
@@ -67,7 +67,8 @@ def fastvid_dense(x: torch.Tensor, sig: Signals, ratio: float, beta: float = 0.6
 
 def test_fastvid_groups_are_the_blend_of_the_paper() -> None:
     x, sig = features(24, 36, 16, 0)
-    red = fastvid(x, grid=(6, 6), ratio=0.3, signals=sig)
+    spec = get_method("fastvid")  # the declared defaults: β 0.6, anchor stride 4, k 4, as in fastvid_dense
+    red = spec.run(x, grid=(6, 6), ratio=0.3, signals=sig, params=spec.resolve({}))
     assert red.groups is not None and red.groups.num_groups > 0
     assert torch.allclose(red.dense(), fastvid_dense(x, sig, 0.3), atol=1e-7, rtol=0)
     # one index per group member instead of a weighted entry: the entries are the picks and the salient tokens
