@@ -60,7 +60,7 @@ from vtc.methods import (  # noqa: F401  (importing a method file records its im
     vscan,
     zoo_prune,
 )
-from vtc.methods.catalog import DECLARATIONS, get_declaration, normalise
+from vtc.methods.catalog import DECLARATIONS, get_declaration, normalise, parse_declared
 from vtc.methods.declare import IMPLEMENTATIONS, Declaration, Implementation, Param
 from vtc.reduction import Reduction
 from vtc.signals import Signals
@@ -199,11 +199,8 @@ _REGISTRY: dict[str, MethodSpec] = bind(DECLARATIONS, IMPLEMENTATIONS)
 
 def parse_method(text: str) -> tuple[MethodSpec, str | None]:
     """'dycoke' or 'dycoke:reference' → (spec, variant or None); unknown names are UsageErrors."""
-    base, _, variant = text.partition(":")
-    spec = get_method(base)
-    if variant:
-        spec.variant(variant)
-    return spec, variant or None
+    decl, variant = parse_declared(text)
+    return _REGISTRY[decl.name], variant
 
 
 def get_method(name: str) -> MethodSpec:
