@@ -124,11 +124,8 @@ class Cluster:
 
 @pytest.fixture()
 def s3() -> Iterator[S3Server]:
-    server = S3Server()
-    try:
+    with S3Server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_two_node_cluster_on_s3(s3: S3Server, clip_path: Path, models, monkeypatch) -> None:  # noqa: ANN001

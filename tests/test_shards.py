@@ -110,11 +110,8 @@ def s3() -> Iterator:  # noqa: ANN001
     pytest.importorskip("moto")
     from tests.s3server import S3Server
 
-    server = S3Server()
-    try:
+    with S3Server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_webdataset_on_s3(s3, tree: Path, model_args, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001

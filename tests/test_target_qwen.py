@@ -252,8 +252,7 @@ def test_export_between_buckets(tmp_path: Path, clip_path: Path, encoder, monkey
                        target="qwen2.5-vl", target_model=str(encoder.config.target_model), encoder=encoder)
     assert cli("export", res.output, "--to", "vllm", "-o", tmp_path / "v.pt").exit_code == 0
     local = torch.load(tmp_path / "v.pt")
-    server = S3Server()
-    try:
+    with S3Server() as server:
         for k, v in server.env.items():
             monkeypatch.setenv(k, v)
         set_options({})
@@ -279,5 +278,3 @@ def test_export_between_buckets(tmp_path: Path, clip_path: Path, encoder, monkey
         assert client.get_object(Bucket="exp", Key="engine/o.pt")["ETag"] == before
         r = cli("export", "s3://exp/tok/o.safetensors", "--to", "vllm", "-o", "s3://exp/engine/o.pt", "--overwrite")
         assert r.exit_code == 0, r.output
-    finally:
-        server.stop()
