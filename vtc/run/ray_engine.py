@@ -204,14 +204,14 @@ class RayExecutor:
                     num_cpus=actor_cpus, scheduling_strategy="SPREAD")  # one actor per node where it can
         index = {str(j.input): j.index for j in jobs}
         try:
-            rows = iter(ds.iter_rows())
-            first = next(rows, None)
+            results = iter(ds.iter_rows())
+            first = next(results, None)  # the actors have started once the first result is out
         except ray.exceptions.GetTimeoutError:
             need = f"{actor_cpus:g} CPU" + (f", {gpus:g} GPU" if gpus else "")
             raise UsageError(f"the Ray cluster did not start {self.actors} encoder actor(s) ({need} each) within "
                              f"{self.actor_start_s} s: lower --actors, add nodes, or raise VTC_RAY_ACTOR_START_S"
                              ) from None
-        for row in ([] if first is None else itertools.chain([first], rows)):
+        for row in itertools.chain([] if first is None else [first], results):
             out = _outcome(row)
             out.job.index = index.get(str(out.job.input), 0)
             self.encoder_busy += out.timings.get("encode", 0.0)
