@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from vtc.errors import MissingDependencyError, ModelError, UsageError
-from vtc.io.geometry import FrameGeometry
+from vtc.io.clip_vit import VisionOnly, builtin_config, builtin_names, read_config, vision_transformer
+from vtc.io.geometry import DEFAULT_PREPROCESS, FrameGeometry
 from vtc.io.towers import Tower, make_tower
 from vtc.signals import provided_by
 
@@ -76,37 +77,83 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     return table[dtype]
 
 
-def _cache_file() -> Path:
+def _cache_file(name: str = "sha256.json") -> Path:
+    """A small JSON file of vtc's own cache ($VTC_CACHE_DIR, else ~/.cache/vtc)."""
     root = os.environ.get("VTC_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
                                                            os.path.expanduser("~/.cache"), "vtc")
-    return Path(root) / "sha256.json"
+    return Path(root) / name
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file, cached by (absolute path, size, mtime) so a checkpoint is hashed once, not every run."""
+def _cache_read(name: str) -> dict[str, Any]:
     import json
 
-    p = Path(path).resolve()
-    st = p.stat()
-    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
-    cache = _cache_file()
     try:
-        known = json.loads(cache.read_text())
-        if isinstance(known, dict) and isinstance(known.get(key), str):
-            return known[key]
+        known = json.loads(_cache_file(name).read_text())
     except (OSError, ValueError):
-        known = {}
-    digest = _sha256(p)
-    try:  # best effort: a read-only home just means hashing again next time
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _cache_write(name: str, known: dict[str, Any]) -> None:
+    """Replace a cache file atomically; best effort (a read-only home just means working it out again)."""
+    import json
+
+    cache = _cache_file(name)
+    try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        known = {k: v for k, v in (known if isinstance(known, dict) else {}).items() if not k.startswith(f"{p}|")}
-        known[key] = digest
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(known))
         os.replace(tmp, cache)
     except OSError:
         pass
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file, cached by (absolute path, size, mtime) so a checkpoint is hashed once, not every run."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    known = _cache_read("sha256.json")
+    if isinstance(known.get(key), str):
+        return known[key]
+    digest = _sha256(p)
+    known = {k: v for k, v in known.items() if not k.startswith(f"{p}|")}
+    known[key] = digest
+    _cache_write("sha256.json", known)
     return digest
+
+
+def _tag_key(name: str, tag: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        oc = version("open_clip_torch")
+    except PackageNotFoundError:  # pragma: no cover
+        oc = "?"
+    return f"{name}|{tag}|open_clip {oc}"
+
+
+def cached_tag(name: str, tag: str) -> dict[str, Any] | None:
+    """What open_clip resolved weights `name`/`tag` to on an earlier run ({"file", "preprocess"}), while that file is
+    still there unchanged: later runs load it without importing open_clip (~3 s). Keyed by open_clip's version."""
+    hit = _cache_read("tags.json").get(_tag_key(name, tag))
+    if not isinstance(hit, dict) or not isinstance(hit.get("file"), str) or not isinstance(hit.get("preprocess"),
+                                                                                           dict):
+        return None
+    try:
+        st = Path(hit["file"]).stat()
+    except OSError:
+        return None
+    return hit if [st.st_size, st.st_mtime_ns] == hit.get("stat") else None
+
+
+def _remember_tag(name: str, tag: str, path: Path, preprocess: dict[str, Any]) -> None:
+    st = path.stat()
+    known = _cache_read("tags.json")
+    known[_tag_key(name, tag)] = {"file": str(path.resolve()), "stat": [st.st_size, st.st_mtime_ns],
+                                  "preprocess": {k: list(v) if isinstance(v, tuple) else v
+                                                 for k, v in preprocess.items()}}
+    _cache_write("tags.json", known)
 
 
 def _sha256(path: Path) -> str:
@@ -118,19 +165,17 @@ def _sha256(path: Path) -> str:
 
 
 def _resolve_model_name(name: str) -> str:
-    """An open_clip name, an `hf-hub:` id, or a path to an open_clip JSON config (registered on the fly)."""
-    import open_clip
-
+    """An open_clip name, an `hf-hub:` id, or a path to an open_clip JSON config (its file's stem), checked against
+    open_clip's bundled configs without importing open_clip."""
     if name.startswith("hf-hub:"):
         return name
     p = Path(name)
     if p.suffix == ".json":
         if not p.exists():
             raise ModelError(f"model config {p} not found.")
-        open_clip.add_model_config(p)
         return p.stem
-    known = open_clip.list_models()
-    if name not in known:
+    if builtin_config(name) is None:
+        known = builtin_names()
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ModelError(
@@ -138,6 +183,22 @@ def _resolve_model_name(name: str) -> str:
             f"print(open_clip.list_models())'), an hf-hub:ORG/REPO id, or a JSON config file."
         )
     return name
+
+
+def _model_config(model: str) -> dict[str, Any] | None:
+    """The open_clip model config behind --model (a bundled name or a JSON file; None for hf-hub ids)."""
+    if model.startswith("hf-hub:"):
+        return None
+    return read_config(Path(model)) if Path(model).suffix == ".json" else builtin_config(model)
+
+
+def _open_clip(model: str) -> Any:
+    """open_clip, imported (~3 s), with --model's JSON config registered when it names one."""
+    import open_clip
+
+    if Path(model).suffix == ".json" and Path(model).exists():
+        open_clip.add_model_config(Path(model))
+    return open_clip
 
 
 def check_config(config: EncoderConfig) -> tuple[str, str | None]:
@@ -156,10 +217,9 @@ def check_config(config: EncoderConfig) -> tuple[str, str | None]:
         if not ckpt.is_file():
             raise ModelError(f"checkpoint {ckpt} not found (or not a file).")
         return name, str(ckpt)
-    if name.startswith("hf-hub:"):
-        return name, None
-    import open_clip
-
+    if name.startswith("hf-hub:") or (config.pretrained and cached_tag(name, config.pretrained)):
+        return name, None if name.startswith("hf-hub:") else config.pretrained
+    open_clip = _open_clip(config.model)
     pretrained = config.pretrained
     if pretrained and pretrained not in open_clip.list_pretrained_tags_by_model(name):
         tags = open_clip.list_pretrained_tags_by_model(name)
@@ -171,28 +231,35 @@ def check_config(config: EncoderConfig) -> tuple[str, str | None]:
 
 
 def load_open_clip(config: EncoderConfig, *, text: bool = True) -> tuple[Any, str]:
-    """Create the open_clip model (weights from --checkpoint, a pretrained tag, or an hf-hub id).
+    """Create the model (weights from --checkpoint, a pretrained tag, or an hf-hub id).
 
     With `text=False` (no --query) and weights in a local checkpoint or behind a pretrained tag (its file in the
     cache, or fetched), only the vision tower is materialised: built on the meta device (no random initialisation)
-    and assigned from the memory-mapped checkpoint (no second copy of the weights, no text tower). Anything else,
-    or a file that is not a plain state dict of the model (OpenAI's TorchScript archives), goes through open_clip's
-    own loader."""
-    import open_clip
-
+    and assigned from the memory-mapped checkpoint (no second copy of the weights, no text tower). A CLIP ViT
+    checkpoint is built by `vtc.io.clip_vit` without importing open_clip at all. Anything else, or a file that is
+    not a plain state dict of the model (OpenAI's TorchScript archives), goes through open_clip's own loader."""
     name, pretrained = check_config(config)
     if config.checkpoint is not None and not text:
-        model = _vision_only(name, Path(config.checkpoint))
+        model = _vision_only(config.model, name, Path(config.checkpoint))
         if model is not None:
             return model, name
+    hit = cached_tag(name, pretrained) if config.checkpoint is None and pretrained and not text else None
+    if hit is not None:  # weights this tag resolved to before: no open_clip import, no hub round trip
+        model = _vision_only(config.model, name, Path(hit["file"]))
+        if model is not None:
+            model.visual.preprocess_cfg = {**hit["preprocess"], "size": model.visual.image_size}
+            return model, name
+    open_clip = _open_clip(config.model)
     needs_hub = config.checkpoint is None and (name.startswith("hf-hub:") or bool(pretrained))
     offline = needs_hub and not _hub_reachable()
     if offline:
         _hub_offline()  # use the local cache only: fail in a second instead of minutes of retries
     if config.checkpoint is None and pretrained and not text and not name.startswith("hf-hub:"):
         path = _tag_file(name, pretrained)
-        model = _vision_only(name, path) if path is not None else None
-        if model is not None:
+        model = _vision_only(config.model, name, path) if path is not None else None
+        if model is not None and path is not None:
+            model.visual.preprocess_cfg = _tag_preprocess(name, pretrained, model.visual.image_size)
+            _remember_tag(name, pretrained, path, model.visual.preprocess_cfg)
             return model, name
     try:
         with _quiet_logs():
@@ -222,14 +289,20 @@ def _tag_file(name: str, tag: str) -> Path | None:
     return Path(path) if path and Path(path).is_file() else None
 
 
-def _vision_only(name: str, path: Path) -> Any | None:
-    """The model with its vision tower assigned from the checkpoint's `visual.*` tensors and no text tower, or None
-    when the checkpoint is not a plain state dict of this model (open_clip's own loader then handles it).
+def _tag_preprocess(name: str, tag: str, size: Any) -> dict[str, Any]:
+    """open_clip's preprocessing of weights `name`/`tag`: its defaults overlaid with the tag's, at the tower's size."""
+    from open_clip.pretrained import get_pretrained_cfg
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
-    A .safetensors file is opened lazily and only its `visual.*` tensors are read; any other file is memory-mapped
-    by `torch.load(mmap=True)`, its tensors assigned (not copied) into the modules built on the meta device."""
-    import open_clip
+    cfg = merge_preprocess_dict(PreprocessCfg(), get_pretrained_cfg(name, tag) or {})
+    cfg["size"] = size
+    return cfg
 
+
+def _read_visual(path: Path) -> dict[str, Tensor] | None:
+    """The `visual.*` tensors of a checkpoint, keys without the `visual.` prefix, or None when the file is not a
+    plain state dict. A .safetensors file is opened lazily and only those tensors are read; any other file is
+    memory-mapped by `torch.load(mmap=True)` (its tensors are assigned, not copied, into the tower)."""
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
@@ -246,26 +319,51 @@ def _vision_only(name: str, path: Path) -> Any | None:
     if not isinstance(state, dict):
         return None
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+
+
+def _vision_only(model: str, name: str, path: Path) -> Any | None:
+    """A model with only its vision tower, assigned from the checkpoint's `visual.*` tensors, or None when the
+    checkpoint is not a plain state dict of this model (open_clip's own loader then handles it).
+
+    CLIP ViTs are built by `vtc.io.clip_vit` (no open_clip import); other towers by open_clip on the meta device,
+    its text tower dropped."""
+    visual = _read_visual(path)
+    if visual is None:
+        return None
+    cfg = _model_config(model)
+    with torch.device("meta"):
+        tower = vision_transformer(cfg) if cfg is not None else None
+    if tower is not None:
+        if not _assign(tower, visual):
+            return None
+        tower.preprocess_cfg = {**DEFAULT_PREPROCESS, "size": tower.image_size}
+        return VisionOnly(tower)
+    open_clip = _open_clip(model)
     try:
         with _quiet_logs(), torch.device("meta"):
-            model = open_clip.create_model(name, pretrained=None, device="meta")
+            full = open_clip.create_model(name, pretrained=None, device="meta")
     except Exception:
         return None
-    visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-    own = model.visual.state_dict()
-    if set(own) != set(visual) or any(tuple(own[k].shape) != tuple(visual[k].shape) for k in own):
-        return None
-    model.visual.load_state_dict(visual, strict=True, assign=True)
-    if any(t.is_meta for t in [*model.visual.parameters(), *model.visual.buffers()]):
+    if not _assign(full.visual, visual):
         return None
     for attr in ("transformer", "token_embedding", "ln_final", "text", "text_projection", "positional_embedding",
                  "attn_mask", "logit_scale", "logit_bias"):
-        if hasattr(model, attr):  # the text tower: never used without --query
-            setattr(model, attr, None)
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        if hasattr(full, attr):  # the text tower: never used without --query
+            setattr(full, attr, None)
+    if any(t.is_meta for t in [*full.parameters(), *full.buffers()]):
         return None
-    model.vision_only = True
-    return model
+    full.vision_only = True
+    return full
+
+
+def _assign(module: torch.nn.Module, state: dict[str, Tensor]) -> bool:
+    """Assign `state` to a module built on the meta device when names and shapes match exactly (else False)."""
+    own = module.state_dict()
+    if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
+        return False
+    module.load_state_dict(state, strict=True, assign=True)
+    return not any(t.is_meta for t in [*module.parameters(), *module.buffers()])
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -358,9 +456,6 @@ def geometry_for(config: EncoderConfig) -> FrameGeometry:
     The same sources as open_clip's own: the model config's image size, then the preprocessing of the pretrained
     tag or of the hf-hub config (a small JSON, from the local cache when offline).
     """
-    import open_clip
-    from open_clip.pretrained import get_pretrained_cfg
-
     name = _resolve_model_name(config.model)
     preprocess: dict[str, Any] = {}
     if name.startswith("hf-hub:"):
@@ -375,9 +470,15 @@ def geometry_for(config: EncoderConfig) -> FrameGeometry:
             raise _fetch_error(e, name, None, offline=True) from None
         model_cfg, preprocess = hf.get("model_cfg", {}), hf.get("preprocess_cfg", {})
     else:
-        model_cfg = open_clip.get_model_config(name) or {}
+        model_cfg = _model_config(config.model) or {}
         if config.checkpoint is None and config.pretrained:
-            preprocess = get_pretrained_cfg(name, config.pretrained)
+            hit = cached_tag(name, config.pretrained)
+            if hit is not None:
+                preprocess = hit["preprocess"]
+            else:
+                from open_clip.pretrained import get_pretrained_cfg
+
+                preprocess = get_pretrained_cfg(name, config.pretrained)
     size = (model_cfg.get("vision_cfg") or {}).get("image_size", 224)
     return FrameGeometry.from_preprocess_cfg(preprocess, size)
 

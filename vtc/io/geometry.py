@@ -18,6 +18,9 @@ from torch import Tensor
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+#: open_clip's preprocessing defaults (`open_clip.transform.PreprocessCfg`), what a checkpoint without a tag gets
+DEFAULT_PREPROCESS: dict[str, Any] = {"size": 224, "mode": "RGB", "mean": OPENAI_MEAN, "std": OPENAI_STD,
+                                      "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}
 RESIZE_MODES = ("shortest", "longest", "squash", "smart")
 #: the longest decoded side, in units of the encoder's picture side, for the shortest-side resize
 MAX_ASPECT = 8

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vtc.errors import ModelError
+from vtc.io import clip_vit
 from vtc.stages.in_encoder import BlockMerger, BlockOps, run_blocks
 
 
@@ -399,7 +400,10 @@ def timm_blocks_merging(blocks: Any, x: Tensor, merger: BlockMerger, grid: tuple
 
 
 def make_tower(visual: Any, name: str) -> Tower:
-    """The adapter for an open_clip model's `visual` module, or a ModelError naming what is supported."""
+    """The adapter for an open_clip model's `visual` module (or vtc's own build of a CLIP ViT), or a ModelError
+    naming what is supported."""
+    if isinstance(visual, clip_vit.VisionTransformer):
+        return ClipTower(visual)
     from open_clip.timm_model import TimmModel
     from open_clip.transformer import VisionTransformer
 
