@@ -74,6 +74,14 @@ def test_model_errors(tmp_path, model_args) -> None:  # noqa: ANN001
     a = model_args("siglip")
     with pytest.raises(ModelError, match="does not fit"):
         Encoder(EncoderConfig(model=model_args("clip")["model"], checkpoint=a["checkpoint"]))
+    # a config of ~10 TB of weights against a small checkpoint: refused from the shapes, nothing allocated
+    import json
+
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 48, "layers": 48, "width": 65536,
+                                                                 "patch_size": 8}, "text_cfg": {"width": 32}}))
+    with pytest.raises(ModelError, match=r"does not fit model 'huge' \(it has no visual\."):
+        Encoder(EncoderConfig(model=str(huge), checkpoint=model_args("clip")["checkpoint"]), text=False)
 
 
 def test_real_model_names_resolve_offline_to_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

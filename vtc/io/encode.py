@@ -335,8 +335,10 @@ def _vision_only(model: str, name: str, path: Path) -> Any | None:
     with torch.device("meta"):
         tower = vision_transformer(cfg) if cfg is not None else None
     if tower is not None:
-        if not _assign(tower, visual):
-            return None
+        wrong = _assign(tower, visual)
+        if wrong:  # a plain state dict of another architecture: say so before open_clip allocates the config's sizes
+            raise ModelError(f"checkpoint {path} does not fit model '{name}' ({wrong}). Pass the --model the weights "
+                             f"were trained with.")
         tower.preprocess_cfg = {**DEFAULT_PREPROCESS, "size": tower.image_size}
         return VisionOnly(tower)
     open_clip = _open_clip(model)
@@ -345,7 +347,7 @@ def _vision_only(model: str, name: str, path: Path) -> Any | None:
             full = open_clip.create_model(name, pretrained=None, device="meta")
     except Exception:
         return None
-    if not _assign(full.visual, visual):
+    if _assign(full.visual, visual):
         return None
     for attr in ("transformer", "token_embedding", "ln_final", "text", "text_projection", "positional_embedding",
                  "attn_mask", "logit_scale", "logit_bias"):
@@ -357,13 +359,18 @@ def _vision_only(model: str, name: str, path: Path) -> Any | None:
     return full
 
 
-def _assign(module: torch.nn.Module, state: dict[str, Tensor]) -> bool:
-    """Assign `state` to a module built on the meta device when names and shapes match exactly (else False)."""
+def _assign(module: torch.nn.Module, state: dict[str, Tensor]) -> str | None:
+    """Assign `state` to a module built on the meta device when names and shapes match exactly; else what differs
+    (one phrase) and nothing is assigned."""
     own = module.state_dict()
-    if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
-        return False
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        return f"it has no visual.{missing[0]}" if missing else f"unexpected visual.{extra[0]}"
+    for k in own:
+        if tuple(own[k].shape) != tuple(state[k].shape):
+            return f"visual.{k} is {list(state[k].shape)}, the model needs {list(own[k].shape)}"
     module.load_state_dict(state, strict=True, assign=True)
-    return not any(t.is_meta for t in [*module.parameters(), *module.buffers()])
+    return "tensors left unassigned" if any(t.is_meta for t in [*module.parameters(), *module.buffers()]) else None
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
