@@ -138,3 +138,17 @@ def test_feature_buffer_spills_any_per_frame_array() -> None:
             torch.testing.assert_close(disk[picks], x[picks], atol=2e-3, rtol=1e-3)
         assert torch.equal(ram[picks], x[picks]) and torch.equal(ram[2:7], x[2:7])
         disk.close()
+
+
+def test_a_windowed_run_reports_the_floor_of_its_windows() -> None:
+    """EVS keeps every window's first frame whole: a run in 3 windows keeps at least 3 frames, and the result's
+    note says so (the floor of one window alone would hide why the ratio was missed)."""
+    from vtc.run.finish import ratio_note
+
+    t, h, w = 12, 4, 4
+    x = torch.randn(t, h * w, 8, generator=torch.Generator().manual_seed(0))
+    res = vtc.compress_features(x, method="evs", ratio=0.05, grid=(h, w), window=4)
+    red = res.reduction
+    assert red.info["windowed"]["windows"] == 3 and red.info["budget_floor"] == 3 * h * w <= red.num_outputs
+    assert ratio_note(0.05, red.ratio(), red.info, t * h * w) == f"the method keeps at least {3 * h * w} of " \
+                                                                  f"{t * h * w} tokens"

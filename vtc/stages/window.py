@@ -217,6 +217,9 @@ def run_windowed_parts(
         member_counts.append(gr.num_members)
         del red, gr
     info = dict(infos[0]) if infos else {}
+    floors = [i.get("budget_floor") for i in infos]
+    if infos and all(isinstance(f, int) and not isinstance(f, bool) for f in floors):
+        info["budget_floor"] = sum(floors)  # each window keeps its floor: the clip's floor is their sum
     info["windowed"] = {"frames": size, "windows": len(infos), "tokens_per_window": counts}
     return WindowedReduction(
         rep=torch.cat(reps).long(), frames=torch.cat(frames).long(), sizes_=torch.cat(sizes).int(),
