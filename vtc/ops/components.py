@@ -217,9 +217,11 @@ def similar_blocks(
     block: int = 1024,
     cells: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     find_cells: bool = True,
+    slack: float | None = None,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor, bool]]:
-    """Every pair i ≠ j (once) of unit rows xn [M, D] whose bfloat16 cosine exceeds floor − BOUND: a superset of the
-    pairs with cos > floor, block by block as (i [E], j [E], cos [E], exact): the cosines in float32 when `exact`
+    """Every pair i ≠ j (once) of unit rows xn [M, D] whose bfloat16 cosine exceeds floor − `bf16_band` (from the
+    rows' `bf16_slack`, computed when not given): a superset of the pairs with cos > floor, block by block as
+    (i [E], j [E], cos [E], exact): the cosines in float32 when `exact`
     (a block with few columns is multiplied in float32), else bfloat16 values.
 
     Rows are grouped by pivot cells (`_cells`) when they cluster; a pair of cells whose pivots are farther apart
@@ -227,7 +229,7 @@ def similar_blocks(
     `cells`: `_cells(xn in bfloat16, block)` when already known (find_cells=False: known to be None)."""
     m = xn.shape[0]
     low = xn.to(torch.bfloat16)
-    bound = SimilarityGraph.BOUND
+    bound = bf16_band(bf16_slack(*bf16_rounding(xn), xn.shape[1]) if slack is None else slack, floor)
     if cells is None and find_cells and m > 4 * block:
         cells = _cells(low, block)
     if cells is None:
@@ -246,19 +248,46 @@ def similar_blocks(
     chunk_cell = torch.tensor([int(cell_of[a]) for a, _ in chunks])
     for ci, (a, b) in enumerate(chunks):
         rows = order[a:b]
-        if reach is None:
-            later = torch.arange(ci, len(chunks))
+        own = b - a
+        if reach is None:  # rows in their own order: the later rows are a slice (nothing gathered)
+            cols, exact = order[a:], m - a <= 4 * block
+            sims = xn[a:b] @ xn[a:].T if exact else low[a:b] @ low[a:].T
         else:
             later = ci + torch.nonzero(reach[chunk_cell[ci], chunk_cell[ci:]]).flatten()
-        if later.numel() == 0:
-            continue
-        cols = torch.cat([order[chunks[c][0] : chunks[c][1]] for c in later.tolist()])
-        own = b - a
-        exact = cols.numel() <= 4 * block  # few columns (a pruned pass): float32 products cost little more
-        sims = xn[rows] @ xn[cols].T if exact else low[rows] @ low[cols].T  # [b, C]; first b columns: the chunk
+            if later.numel() == 0:
+                continue
+            cols = torch.cat([order[chunks[c][0] : chunks[c][1]] for c in later.tolist()])
+            exact = cols.numel() <= 4 * block  # few columns (a pruned pass): float32 products cost little more
+            sims = xn[rows] @ xn[cols].T if exact else low[rows] @ low[cols].T  # [b, C]; first b columns: the chunk
         sims[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # pairs i < j only
-        i, j = torch.nonzero(sims > floor - bound, as_tuple=True)  # bfloat16 ones compared in bfloat16
+        i, j = nonzero_2d(greater(sims, floor - bound))
         yield rows[i], cols[j], sims[i, j].float(), exact
+
+
+def greater(v: Tensor, threshold: float) -> Tensor:
+    """v > threshold, [R, C] → bool [R, C]; for bfloat16 v a superset: v > the bfloat16 number just at or below the
+    threshold, compared as the bits' int16 view (bfloat16 comparisons are several times slower)."""
+    if v.dtype != torch.bfloat16:
+        return v > threshold
+    if threshold < 0:
+        return v.float() > threshold
+    t = torch.tensor(threshold).to(torch.bfloat16)
+    bits = int(t.view(torch.int16)) - int(float(t) > threshold)  # non-negative bfloat16s order as their bits
+    out = torch.empty(v.shape[0], -(-v.shape[1] // 8) * 8, dtype=torch.bool)  # rows padded to whole 8-byte words
+    out[:, v.shape[1] :] = False
+    torch.gt(v.view(torch.int16), bits, out=out[:, : v.shape[1]])
+    return out
+
+
+def nonzero_2d(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(row, column) of the set entries of mask [R, C] (C may be padded past the matrix, with False): rows of a
+    whole number of 8-byte words are scanned a word at a time, and only the nonzero words looked into."""
+    r, c = mask.shape
+    if c % 8 or not mask.is_contiguous():
+        return torch.nonzero(mask, as_tuple=True)
+    wi, wj = torch.nonzero(mask.view(torch.int64), as_tuple=True)
+    k, bit = torch.nonzero(mask.view(r, c // 8, 8)[wi, wj], as_tuple=True)
+    return wi[k], wj[k] * 8 + bit
 
 
 class _Union:
@@ -296,19 +325,19 @@ class SimilarityGraph:
     matter are never multiplied), made when a query first needs it, down to a floor: 2τ − 1 for the query's τ when the
     rows cluster (a search coming down from τ = 1 rebuilds a few times, each pass pruned), else the lowest similarity
     for which about cap / 4 pairs are expected (from a sample of rows), never below `floor`. If more than `cap` pairs
-    are found after all, the floor is raised to keep the cap / 2 most similar. A query at τ ≥ floor decides the pairs
-    far from τ by their bfloat16 value and computes the few within the bound in float32 (cached); a query below
-    what the stored pairs can answer makes one pass at τ, joining components block by block (nothing stored).
+    are found after all, the floor is raised to keep the cap / 2 most similar. The pairs are kept sorted by their
+    bfloat16 cosine, so a query at τ ≥ floor reads only those that can be above τ − band: it decides the pairs
+    far from τ by their bfloat16 value and computes the few within the band (`bf16_band`) in float32 (cached); a query
+    below what the stored pairs can answer makes one pass at τ, joining components block by block (nothing stored).
     `centroid_components` answers for centroids most of which are single rows of x: their pairs come from the
     stored ones, only the other centroids are multiplied.
     """
 
-    # |bf16 cos − cos| for unit vectors (see BF16_COS_BOUND), plus 2⁻⁹ for the threshold's own rounding
-    BOUND = BF16_COS_BOUND
-
     def __init__(self, xn: Tensor, floor: float = -1.0, cap: int = 8_000_000, block: int = 1024) -> None:
         self.xn, self.block, self.cap, self.lowest = xn, block, cap, floor
         m = xn.shape[0]
+        self.rounding = bf16_rounding(xn)
+        self.slack = bf16_slack(*self.rounding, xn.shape[1])
         self.cells = _cells(xn.to(torch.bfloat16), block) if m > 4 * block else None
         self.sampled = self._sampled_floor(xn, cap // 4)
         self.floor = float("inf")  # nothing stored yet
@@ -330,8 +359,8 @@ class SimilarityGraph:
         self.tried = floor
         src, dst, val, known = [], [], [], []
         kept, cap = 0, self.cap
-        for i, j, v, exact in similar_blocks(self.xn, floor, self.block, self.cells, find_cells=False):
-            keep = v > floor - self.BOUND  # the floor may have risen since the pass began
+        for i, j, v, exact in similar_blocks(self.xn, floor, self.block, self.cells, False, self.slack):
+            keep = v > floor - bf16_band(self.slack, floor)  # the floor may have risen since the pass began
             src.append(i[keep].int())
             dst.append(j[keep].int())
             val.append(v[keep])
@@ -339,18 +368,22 @@ class SimilarityGraph:
             kept += known[-1].numel()
             if kept > cap:  # more pairs than the sample promised: keep the cap / 2 most similar
                 v = torch.cat(val)
-                floor = float(torch.kthvalue(v, v.numel() - cap // 2 + 1).values) + self.BOUND
-                mask = v > floor - self.BOUND
+                kth = float(torch.kthvalue(v, v.numel() - cap // 2 + 1).values)
+                floor = kth + bf16_band(self.slack, kth)
+                mask = v > floor - bf16_band(self.slack, floor)
                 src, dst, val = [torch.cat(src)[mask]], [torch.cat(dst)[mask]], [v[mask]]
                 known = [torch.cat(known)[mask]]
                 kept = int(mask.sum())
         self.floor = floor
-        empty = torch.zeros(0, dtype=torch.int32)
-        self.src = torch.cat(src) if src else empty
-        self.dst = torch.cat(dst) if dst else empty
-        self.rough = torch.cat(val) if val else torch.zeros(0)  # bfloat16 or float32 cos
+        if not val:
+            return
+        # most similar first: a query reads a prefix
+        rough = torch.cat(val)
+        order = torch.argsort(rough, descending=True, stable=True)
+        self.rough = rough[order]  # bfloat16 or float32 cos
+        self.src, self.dst = torch.cat(src)[order], torch.cat(dst)[order]
         # float32 cos where known, filled on demand for the others
-        self.exact = torch.where(torch.cat(known), self.rough, float("nan")) if val else torch.zeros(0)
+        self.exact = torch.where(torch.cat(known)[order], self.rough, float("nan"))
 
     @staticmethod
     def _sampled_floor(xn: Tensor, pairs: int, rows: int = 256) -> float:
@@ -365,26 +398,32 @@ class SimilarityGraph:
             return -1.0
         return float(torch.topk(sims, k).values[-1])
 
-    def above(self, tau: float) -> Tensor:
-        """Mask over the stored pairs: cos > τ (τ ≥ floor)."""
-        near = torch.nonzero((self.rough - tau).abs() <= self.BOUND).flatten()
+    def upto(self, value: float) -> int:
+        """How many stored pairs have a (bfloat16) cosine above value: they come first."""
+        return int(torch.searchsorted(-self.rough, torch.tensor([-value]), side="left"))
+
+    def above(self, tau: float) -> tuple[int, Tensor]:
+        """(n, mask [n]): the stored pairs that can be above τ (τ ≥ floor) are the first n; mask: cos > τ."""
+        width = bf16_band(self.slack, tau)
+        n = self.upto(tau - width)
+        near = torch.nonzero(self.rough[:n] <= tau + width).flatten()
         self._rescore(near)
-        keep = self.rough > tau
+        keep = self.rough[:n] > tau
         keep[near] = self.exact[near] > tau
-        return keep
+        return n, keep
 
     def _rescore(self, idx: Tensor) -> None:
         """Float32 cosines of the stored pairs idx that have none yet."""
         todo = idx[torch.isnan(self.exact[idx])]
-        for part in todo.split(65536):
+        for part in todo.split(4096):  # a few MB of gathered rows at a time: they stay in cache
             self.exact[part] = (self.xn[self.src[part].long()] * self.xn[self.dst[part].long()]).sum(1)
 
     def components(self, tau: float) -> tuple[Tensor, Tensor]:
         """(labels [M] — smallest member index, degree [M] — neighbours with cos > τ, itself included)."""
         m = self.xn.shape[0]
         if self.ready(tau):
-            keep = self.above(tau)
-            src, dst = self.src[keep].long(), self.dst[keep].long()
+            n, keep = self.above(tau)
+            src, dst = self.src[:n][keep].long(), self.dst[:n][keep].long()
             degree = 1 + torch.bincount(src, minlength=m) + torch.bincount(dst, minlength=m)
             return hook_labels(m, src, dst), degree
         return threshold_components(self.xn, tau, self.block)
@@ -405,19 +444,24 @@ class SimilarityGraph:
         where = torch.full((self.xn.shape[0],), -1, dtype=torch.long)
         is_single = single >= 0
         where[single[is_single]] = torch.nonzero(is_single).flatten()
-        a, b = where[self.src.long()], where[self.dst.long()]
+        width = bf16_band(self.slack, tau)
+        n = self.upto(tau - width)
+        a, b = where[self.src[:n].long()], where[self.dst[:n].long()]
         both = (a >= 0) & (b >= 0)
         if degrees:
-            keep = self.above(tau) & both
+            keep = self.above(tau)[1] & both
             _count(union, degree, a[keep], b[keep])
         else:
-            known = ~torch.isnan(self.exact)
-            sure = both & torch.where(known, self.exact > tau, self.rough > tau + self.BOUND)
-            maybe = torch.nonzero(both & ~known & ((self.rough - tau).abs() <= self.BOUND)).flatten()
+            rough, exact = self.rough[:n], self.exact[:n]
+            known = ~torch.isnan(exact)
+            sure = both & torch.where(known, exact > tau, rough > tau + width)
+            maybe = torch.nonzero(both & ~known & (rough <= tau + width)).flatten()
             union.add(a[sure], b[sure])
         # pairs with a centroid of several rows: multiplied here, each pair once
         multi = torch.nonzero(~is_single).flatten()
         if multi.numel():
+            e, size = bf16_rounding(cn[multi])
+            mixed = bf16_slack(max(e, self.rounding[0]), max(size, self.rounding[1]), cn.shape[1])
             low = cn.to(torch.bfloat16)
             later = ~is_single
             for s in range(0, multi.numel(), self.block):
@@ -427,8 +471,8 @@ class SimilarityGraph:
                 cols = torch.cat([rows, torch.nonzero(later | is_single).flatten()])
                 rough = low[rows] @ low[cols].T  # [b, own + rest]
                 rough[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
-                i, j = torch.nonzero(rough > tau - self.BOUND, as_tuple=True)
-                _count(union, degree, *_exactly_above(cn, rows[i], cols[j], rough[i, j].float(), tau))
+                i, j = nonzero_2d(greater(rough, tau - bf16_band(mixed, tau)))
+                _count(union, degree, *_exactly_above(cn, rows[i], cols[j], rough[i, j].float(), tau, mixed))
         if not degrees:
             labels = union.result()
             maybe = maybe[labels[a[maybe]] != labels[b[maybe]]]  # only pairs that could still join two components
@@ -439,11 +483,37 @@ class SimilarityGraph:
         return union.result(), degree
 
 
-def _exactly_above(xn: Tensor, i: Tensor, j: Tensor, rough: Tensor, tau: float) -> tuple[Tensor, Tensor]:
-    """The pairs (i, j) whose float32 cosine exceeds τ, given their bfloat16 cosines (all > τ − BOUND)."""
-    near = torch.nonzero(rough <= tau + SimilarityGraph.BOUND).flatten()
+def bf16_rounding(xn: Tensor) -> tuple[float, float]:
+    """(largest |x − bfloat16(x)|, largest of |x| and |bfloat16(x)|) over the rows x of xn [M, D] (0, 0 if none)."""
+    if xn.numel() == 0:
+        return 0.0, 0.0
+    low = xn.to(torch.bfloat16).float()
+    e = float(torch.linalg.vector_norm((xn - low).double(), dim=1).max())
+    size = max(float(torch.linalg.vector_norm(v.double(), dim=1).max()) for v in (xn, low))
+    return e, size
+
+
+def bf16_slack(e: float, size: float, d: int) -> float:
+    """The part of |bfloat16 cos − float32 cos| that does not scale with the cosine, for rows with `bf16_rounding`
+    (e, size) in D dims: the bfloat16 inputs' error, |x̃·ỹ − x·y| ≤ |x̃||y − ỹ| + |x − x̃||ỹ| + |x − x̃||y − ỹ|
+    (Cauchy–Schwarz), plus float32 accumulation of D products in the bfloat16 and in the float32 product alike."""
+    return (2 * size * e + e * e + 2 * (d + 2) * 2.0**-24 * size * size) * (1 + 2.0**-10) + 1e-7
+
+
+def bf16_band(slack: float, c: float) -> float:
+    """Half-width w of the band around c where a bfloat16 cosine v does not decide the float32 one: v > c + w means
+    cos > c, v ≤ c − w means cos ≤ c.  Adds the rounding of the bfloat16 result (2⁻⁹ relative, bounded by 2⁻⁸·|v|
+    with room) to `bf16_slack` — some 0.002 to 0.006 for unit rows, where the fixed BF16_COS_BOUND is 0.02."""
+    return (slack + 2.0**-8 * abs(c)) / (1 - 2.0**-8) + 1e-6
+
+
+def _exactly_above(
+    xn: Tensor, i: Tensor, j: Tensor, rough: Tensor, tau: float, slack: float
+) -> tuple[Tensor, Tensor]:
+    """The pairs (i, j) whose float32 cosine exceeds τ, given their bfloat16 cosines (all > τ − band)."""
+    near = torch.nonzero(rough <= tau + bf16_band(slack, tau)).flatten()
     keep = rough > tau
-    for part in near.split(65536):
+    for part in near.split(4096):
         keep[part] = (xn[i[part]] * xn[j[part]]).sum(1) > tau
     return i[keep], j[keep]
 
@@ -459,6 +529,7 @@ def threshold_components(xn: Tensor, tau: float, block: int = 1024) -> tuple[Ten
     m = xn.shape[0]
     union = _Union(m)
     degree = torch.ones(m, dtype=torch.long)
-    for i, j, v, exact in similar_blocks(xn, tau, block):
-        _count(union, degree, *((i[v > tau], j[v > tau]) if exact else _exactly_above(xn, i, j, v, tau)))
+    a = bf16_slack(*bf16_rounding(xn), xn.shape[1])
+    for i, j, v, exact in similar_blocks(xn, tau, block, slack=a):
+        _count(union, degree, *((i[v > tau], j[v > tau]) if exact else _exactly_above(xn, i, j, v, tau, a)))
     return union.result(), degree
