@@ -18,6 +18,7 @@ from torch import Tensor
 from vtc.ops.similarity import BF16_COS_BOUND
 
 _CHUNK = 2048
+_COLS = 2048  # columns per product in a pass over all pairs: 1024 × 2048 bfloat16 cosines stay in cache
 
 
 class UnionFind:
@@ -154,6 +155,31 @@ def _reference_labels(a: np.ndarray, epsilon: float, seed: int) -> Tensor:
     return labels
 
 
+def spanning_forest(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A maximum spanning tree of each complete graph with edge weights weight [B, n, n] (symmetric), by Prim's
+    algorithm on all B graphs at once → (u, v, w), each [B, n − 1]: tree edge k of graph b joins nodes u[b, k] and
+    v[b, k] with weight w[b, k].  For every τ the graph weight > τ has the components of the tree edges with w > τ
+    (a heavier path joins whatever an edge above τ joins), so one tree answers every threshold."""
+    b, n, _ = weight.shape
+    rows = torch.arange(b)
+    u, v, w = (torch.zeros(b, max(n - 1, 0), dtype=dt) for dt in (torch.long, torch.long, weight.dtype))
+    if n < 2:
+        return u, v, w
+    inside = torch.zeros(b, n, dtype=torch.bool)
+    inside[:, 0] = True
+    best = weight[:, 0].clone()  # [B, n] heaviest edge from the tree to each node
+    parent = torch.zeros(b, n, dtype=torch.long)
+    for k in range(n - 1):
+        w[:, k], v[:, k] = best.masked_fill(inside, -float("inf")).max(1)
+        u[:, k] = parent[rows, v[:, k]]
+        inside[rows, v[:, k]] = True
+        row = weight[rows, v[:, k]]  # [B, n]
+        closer = row > best
+        best = torch.where(closer, row, best)
+        parent = torch.where(closer, v[:, k : k + 1], parent)
+    return u, v, w
+
+
 def hook_labels(n: int, src: Tensor, dst: Tensor) -> Tensor:
     """Exact component labels (smallest member index) of n nodes joined by the edges (src[e], dst[e]): min-label
     hooking plus pointer jumping, vectorised; a few passes however many components there are."""
@@ -249,16 +275,21 @@ def similar_blocks(
     for ci, (a, b) in enumerate(chunks):
         rows = order[a:b]
         own = b - a
-        if reach is None:  # rows in their own order: the later rows are a slice (nothing gathered)
-            cols, exact = order[a:], m - a <= 4 * block
-            sims = xn[a:b] @ xn[a:].T if exact else low[a:b] @ low[a:].T
-        else:
-            later = ci + torch.nonzero(reach[chunk_cell[ci], chunk_cell[ci:]]).flatten()
-            if later.numel() == 0:
-                continue
-            cols = torch.cat([order[chunks[c][0] : chunks[c][1]] for c in later.tolist()])
-            exact = cols.numel() <= 4 * block  # few columns (a pruned pass): float32 products cost little more
-            sims = xn[rows] @ xn[cols].T if exact else low[rows] @ low[cols].T  # [b, C]; first b columns: the chunk
+        if reach is None:  # rows in their own order: the later rows are slices (nothing gathered), a few at a time
+            exact = m - a <= 4 * block
+            for c in range(a, m, m - a if exact else _COLS):  # products of a cache-sized block are compared in cache
+                sims = xn[a:b] @ xn[c : c + _COLS].T if exact else low[a:b] @ low[c : c + _COLS].T
+                if c == a:
+                    sims[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
+                i, j = nonzero_2d(greater(sims, floor - bound))
+                yield rows[i], order[c + j], sims[i, j].float(), exact
+            continue
+        later = ci + torch.nonzero(reach[chunk_cell[ci], chunk_cell[ci:]]).flatten()
+        if later.numel() == 0:
+            continue
+        cols = torch.cat([order[chunks[c][0] : chunks[c][1]] for c in later.tolist()])
+        exact = cols.numel() <= 4 * block  # few columns (a pruned pass): float32 products cost little more
+        sims = xn[rows] @ xn[cols].T if exact else low[rows] @ low[cols].T  # [b, C]; first b columns: the chunk
         sims[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # pairs i < j only
         i, j = nonzero_2d(greater(sims, floor - bound))
         yield rows[i], cols[j], sims[i, j].float(), exact
@@ -392,7 +423,8 @@ class SimilarityGraph:
         if m * (m - 1) // 2 <= pairs:
             return -1.0
         pick = torch.linspace(0, m - 1, min(rows, m)).round().long().unique()
-        sims = (xn[pick] @ xn.T).flatten()
+        low = xn.to(torch.bfloat16)
+        sims = (low[pick] @ low.T).flatten()  # an estimate: bfloat16 is close enough
         k = int(pairs * 2 * pick.numel() / m) + pick.numel()  # + the rows' own entries (cos 1)
         if k >= sims.numel():
             return -1.0
@@ -458,21 +490,8 @@ class SimilarityGraph:
             maybe = torch.nonzero(both & ~known & (rough <= tau + width)).flatten()
             union.add(a[sure], b[sure])
         # pairs with a centroid of several rows: multiplied here, each pair once
-        multi = torch.nonzero(~is_single).flatten()
-        if multi.numel():
-            e, size = bf16_rounding(cn[multi])
-            mixed = bf16_slack(max(e, self.rounding[0]), max(size, self.rounding[1]), cn.shape[1])
-            low = cn.to(torch.bfloat16)
-            later = ~is_single
-            for s in range(0, multi.numel(), self.block):
-                rows = multi[s : s + self.block]
-                later[rows] = False  # pairs with earlier multi-row centroids are already counted
-                own = rows.numel()
-                cols = torch.cat([rows, torch.nonzero(later | is_single).flatten()])
-                rough = low[rows] @ low[cols].T  # [b, own + rest]
-                rough[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
-                i, j = nonzero_2d(greater(rough, tau - bf16_band(mixed, tau)))
-                _count(union, degree, *_exactly_above(cn, rows[i], cols[j], rough[i, j].float(), tau, mixed))
+        for i, j, rough, mixed in self._multi_pairs(is_single, cn, tau):
+            _count(union, degree, *_exactly_above(cn, i, j, rough, tau, mixed))
         if not degrees:
             labels = union.result()
             maybe = maybe[labels[a[maybe]] != labels[b[maybe]]]  # only pairs that could still join two components
@@ -483,14 +502,50 @@ class SimilarityGraph:
         return union.result(), degree
 
 
+    def _multi_pairs(self, is_single: Tensor, cn: Tensor, tau: float) -> Iterator[tuple[Tensor, Tensor, Tensor, float]]:
+        """The pairs of unit centroids cn [C, D] with at least one not a single row (is_single [C] False) whose
+        bfloat16 cosine can be above τ, each once, block by block: (i [E], j [E], bfloat16 cos [E], slack)."""
+        multi = torch.nonzero(~is_single).flatten()
+        if multi.numel() == 0:
+            return
+        e, size = bf16_rounding(cn[multi])
+        mixed = bf16_slack(max(e, self.rounding[0]), max(size, self.rounding[1]), cn.shape[1])
+        low = cn.to(torch.bfloat16)
+        later = ~is_single
+        for s in range(0, multi.numel(), self.block):
+            rows = multi[s : s + self.block]
+            later[rows] = False  # pairs with earlier multi-row centroids are already counted
+            own = rows.numel()
+            cols = torch.cat([rows, torch.nonzero(later | is_single).flatten()])
+            rough = low[rows] @ low[cols].T  # [b, own + rest]
+            rough[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
+            i, j = nonzero_2d(greater(rough, tau - bf16_band(mixed, tau)))
+            yield rows[i], cols[j], rough[i, j].float(), mixed
+
+    def fewest_components(self, tau: float, single: Tensor | None = None, cn: Tensor | None = None) -> int | None:
+        """A lower bound on the components `centroid_components(single, cn, τ)` finds (single None: the rows of x
+        themselves), from bfloat16 cosines alone: C less every pair that can be above τ, since an edge joins two
+        components at most — the stored pairs, and the pairs with a centroid of several rows. None when the stored
+        pairs cannot answer τ."""
+        if not self.ready(tau):
+            return None
+        edges = self.upto(tau - bf16_band(self.slack, tau))
+        if single is None or cn is None:
+            return self.xn.shape[0] - edges
+        for i, _, _, _ in self._multi_pairs(single >= 0, cn, tau):
+            edges += i.numel()
+        return cn.shape[0] - edges
+
+
 def bf16_rounding(xn: Tensor) -> tuple[float, float]:
-    """(largest |x − bfloat16(x)|, largest of |x| and |bfloat16(x)|) over the rows x of xn [M, D] (0, 0 if none)."""
+    """(largest |x − bfloat16(x)|, largest of |x| and |bfloat16(x)|) over the rows x of xn [M, D] (0, 0 if none);
+    float32 norms, enlarged by 2⁻¹² for their own rounding (D·2⁻²⁴ relative at most, D ≤ 4096·16)."""
     if xn.numel() == 0:
         return 0.0, 0.0
     low = xn.to(torch.bfloat16).float()
-    e = float(torch.linalg.vector_norm((xn - low).double(), dim=1).max())
-    size = max(float(torch.linalg.vector_norm(v.double(), dim=1).max()) for v in (xn, low))
-    return e, size
+    e = float(torch.linalg.vector_norm(xn - low, dim=1).max())
+    size = max(float(torch.linalg.vector_norm(v, dim=1).max()) for v in (xn, low))
+    return e * (1 + 2.0**-12), size * (1 + 2.0**-12)
 
 
 def bf16_slack(e: float, size: float, d: int) -> float:
