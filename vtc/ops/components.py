@@ -276,9 +276,10 @@ def similar_blocks(
         rows = order[a:b]
         own = b - a
         if reach is None:  # rows in their own order: the later rows are slices (nothing gathered), a few at a time
-            exact = m - a <= 4 * block
-            for c in range(a, m, m - a if exact else _COLS):  # products of a cache-sized block are compared in cache
-                sims = xn[a:b] @ xn[c : c + _COLS].T if exact else low[a:b] @ low[c : c + _COLS].T
+            exact = m - a <= 4 * block  # few columns left: float32 products, all at once
+            width = m - a if exact else _COLS  # else products of a cache-sized block, compared while in cache
+            for c in range(a, m, width):
+                sims = xn[a:b] @ xn[c : c + width].T if exact else low[a:b] @ low[c : c + width].T
                 if c == a:
                     sims[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
                 i, j = nonzero_2d(greater(sims, floor - bound))
