@@ -277,7 +277,7 @@ def similar_blocks(
         own = b - a
         if reach is None:  # rows in their own order: the later rows are slices (nothing gathered), a few at a time
             exact = m - a <= 4 * block  # few columns left: float32 products, all at once
-            width = m - a if exact else _COLS  # else products of a cache-sized block, compared while in cache
+            width = m - a if exact else max(_COLS, own)  # else cache-sized products, compared while in cache
             for c in range(a, m, width):
                 sims = xn[a:b] @ xn[c : c + width].T if exact else low[a:b] @ low[c : c + width].T
                 if c == a:
