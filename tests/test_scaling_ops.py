@@ -192,7 +192,7 @@ def test_llava_scissor_tau_is_plain_bisection_on_the_dense_graphs(kind: str, mon
         x = family(kind, 16, 36, 24, 6)
     monkeypatch.setattr(scissor_mod, "_DENSE", 8)
     monkeypatch.setattr(scissor_mod, "SimilarityGraph", functools.partial(SimilarityGraph, block=32))
-    monkeypatch.setattr(components, "_COLS", 72)
+    monkeypatch.setattr(components, "_COLS", 128)
     for ratio in (0.05, 0.15, 0.4):
         lo, hi = 0, 256  # grid index i ↔ τ = −1 + i / 128
         while hi - lo > 1:
@@ -226,7 +226,7 @@ def test_similar_blocks_find_every_pair_above_the_floor(kind: str, monkeypatch: 
     """The bfloat16 pass in row blocks and column blocks misses no pair whose float32 cosine is above the floor."""
     from vtc.ops import components
 
-    monkeypatch.setattr(components, "_COLS", 100)
+    monkeypatch.setattr(components, "_COLS", 128)  # runs of 64 columns, and narrower tails
     x = l2_normalize(family(kind, 20, 30, 16, 8).reshape(600, 16))
     dense = torch.triu(x @ x.T, 1)
     for floor in (0.2, 0.8):

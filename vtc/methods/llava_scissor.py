@@ -18,13 +18,12 @@ from vtc.signals import Signals
 def _means(x: Tensor, ids: Tensor, count: int) -> tuple[Tensor, Tensor]:
     """Plain means of the rows of x [n, D] per id (ids -1 ignored) → ([count, D], sizes [count]); summed in
     float64, a block of rows at a time."""
-    valid = ids >= 0
+    valid = torch.nonzero(ids >= 0).flatten()
     size = torch.bincount(ids[valid], minlength=count)
-    out = torch.zeros(count, x.shape[1])
     # a group of one is its row (its float64 mean rounds back to the same float32): copied, not summed
-    single = valid & (size[ids.clamp_min(0)] == 1)
-    out[ids[single]] = x[single].float()
-    multi = torch.nonzero(valid & ~single).flatten()
+    member = torch.zeros(count, dtype=torch.long).scatter_(0, ids[valid], valid)
+    out = x.index_select(0, member).float().masked_fill_((size == 0)[:, None], 0.0)
+    multi = valid[size[ids[valid]] > 1]
     if multi.numel():
         groups, local = torch.unique(ids[multi], return_inverse=True)
         sums = torch.zeros(groups.numel(), x.shape[1], dtype=torch.float64)
@@ -53,6 +52,7 @@ class _Scissor:
         self.graph: SimilarityGraph | None = None  # similar pairs among the tokens, once per clip
         self.last: tuple[Tensor, Tensor] | None = None  # (spatial ids, their centroids)
         self.kept: tuple[Tensor, Tensor] | None = None  # the same at the last τ found within budget
+        self.rows: tuple[Tensor, Tensor, Tensor] | None = None  # (centroids, `_rows` of them)
         self.memo: tuple[float, Tensor, Tensor] | None = None  # (τ, spatial ids, temporal ids) of the last query
 
     def spatial(self, tau: float) -> tuple[Tensor, int]:
@@ -117,14 +117,16 @@ class _Scissor:
     ) -> tuple[Tensor, Tensor | None]:
         return self._graph().centroid_components(*self._rows(s_ids, centroids), tau, degrees)
 
-    @staticmethod
-    def _rows(s_ids: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-        """(the token each centroid is when it is a single one, else -1 [M]; unit centroids [M, D])."""
-        valid = torch.nonzero(s_ids >= 0).flatten()
-        size = torch.bincount(s_ids[valid], minlength=centroids.shape[0])
-        token = torch.full((centroids.shape[0],), -1, dtype=torch.long)
-        token[s_ids[valid]] = valid
-        return torch.where(size == 1, token, -1), l2_normalize(centroids)
+    def _rows(self, s_ids: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+        """(the token each centroid is when it is a single one, else -1 [M]; unit centroids [M, D]), kept while the
+        centroids stay the same."""
+        if self.rows is None or self.rows[0] is not centroids:
+            valid = torch.nonzero(s_ids >= 0).flatten()
+            size = torch.bincount(s_ids[valid], minlength=centroids.shape[0])
+            token = torch.full((centroids.shape[0],), -1, dtype=torch.long)
+            token[s_ids[valid]] = valid
+            self.rows = (centroids, torch.where(size == 1, token, -1), l2_normalize(centroids))
+        return self.rows[1], self.rows[2]
 
     def _graph(self) -> SimilarityGraph:
         if self.graph is None:

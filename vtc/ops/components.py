@@ -282,7 +282,7 @@ def similar_blocks(
                 sims = xn[a:b] @ xn[c : c + width].T if exact else low[a:b] @ low[c : c + width].T
                 if c == a:
                     sims[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
-                i, j = nonzero_2d(greater(sims, floor - bound))
+                i, j = entries_above(sims, floor - bound)
                 yield rows[i], order[c + j], sims[i, j].float(), exact
             continue
         later = ci + torch.nonzero(reach[chunk_cell[ci], chunk_cell[ci:]]).flatten()
@@ -292,13 +292,29 @@ def similar_blocks(
         exact = cols.numel() <= 4 * block  # few columns (a pruned pass): float32 products cost little more
         sims = xn[rows] @ xn[cols].T if exact else low[rows] @ low[cols].T  # [b, C]; first b columns: the chunk
         sims[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # pairs i < j only
-        i, j = nonzero_2d(greater(sims, floor - bound))
+        i, j = entries_above(sims, floor - bound)
         yield rows[i], cols[j], sims[i, j].float(), exact
 
 
+def entries_above(v: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """(row, column) of the entries of v [R, C] above threshold; for bfloat16 v a superset: those above the
+    bfloat16 number just at or below it.  Sparse hits in bfloat16 (a pass over all pairs): the bits' int16 view
+    (non-negative bfloat16s order as their bits) is reduced to each run of 64 columns' largest, and only the runs
+    that reach the threshold are compared entry by entry."""
+    if v.dtype != torch.bfloat16 or threshold < 0 or v.shape[1] % 64:
+        return nonzero_2d(greater(v, threshold))
+    r, c = v.shape
+    t = torch.tensor(threshold).to(torch.bfloat16)
+    bits = int(t.view(torch.int16)) - int(float(t) > threshold)
+    runs = v.view(torch.int16).view(r, c // 64, 64)
+    ri, rj = torch.nonzero(runs.amax(-1) > bits, as_tuple=True)
+    k, col = nonzero_2d(runs[ri, rj] > bits)
+    return ri[k], rj[k] * 64 + col
+
+
 def greater(v: Tensor, threshold: float) -> Tensor:
-    """v > threshold, [R, C] → bool [R, C]; for bfloat16 v a superset: v > the bfloat16 number just at or below the
-    threshold, compared as the bits' int16 view (bfloat16 comparisons are several times slower)."""
+    """v > threshold, [R, C] → bool [R, C'] (C' ≥ C, padded with False to whole 8-byte words); for bfloat16 v a
+    superset: v > the bfloat16 number just at or below the threshold, compared as the bits' int16 view."""
     if v.dtype != torch.bfloat16:
         return v > threshold
     if threshold < 0:
@@ -376,6 +392,7 @@ class SimilarityGraph:
         self.tried = float("inf")  # the lowest floor a pass has been made for
         empty = torch.zeros(0, dtype=torch.int32)
         self.src, self.dst, self.rough, self.exact = empty, empty, torch.zeros(0), torch.zeros(0)
+        self.multi: tuple[float, Tensor, list] | None = None  # (τ, centroids, `_multi_pairs`) of the last question
 
     def ready(self, tau: float) -> bool:
         """Whether the stored pairs answer τ, after one more pass if that can help."""
@@ -503,9 +520,17 @@ class SimilarityGraph:
         return union.result(), degree
 
 
-    def _multi_pairs(self, is_single: Tensor, cn: Tensor, tau: float) -> Iterator[tuple[Tensor, Tensor, Tensor, float]]:
+    def _multi_pairs(self, is_single: Tensor, cn: Tensor, tau: float) -> list[tuple[Tensor, Tensor, Tensor, float]]:
         """The pairs of unit centroids cn [C, D] with at least one not a single row (is_single [C] False) whose
-        bfloat16 cosine can be above τ, each once, block by block: (i [E], j [E], bfloat16 cos [E], slack)."""
+        bfloat16 cosine can be above τ, each once, block by block: (i [E], j [E], bfloat16 cos [E], slack); kept
+        for the next question about the same centroids and τ."""
+        if self.multi is None or self.multi[0] != tau or self.multi[1] is not cn:
+            self.multi = (tau, cn, list(self._multi_blocks(is_single, cn, tau)))
+        return self.multi[2]
+
+    def _multi_blocks(
+        self, is_single: Tensor, cn: Tensor, tau: float
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor, float]]:
         multi = torch.nonzero(~is_single).flatten()
         if multi.numel() == 0:
             return
@@ -520,7 +545,7 @@ class SimilarityGraph:
             cols = torch.cat([rows, torch.nonzero(later | is_single).flatten()])
             rough = low[rows] @ low[cols].T  # [b, own + rest]
             rough[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
-            i, j = nonzero_2d(greater(rough, tau - bf16_band(mixed, tau)))
+            i, j = entries_above(rough, tau - bf16_band(mixed, tau))
             yield rows[i], cols[j], rough[i, j].float(), mixed
 
     def fewest_components(self, tau: float, single: Tensor | None = None, cn: Tensor | None = None) -> int | None:
