@@ -564,14 +564,16 @@ class SimilarityGraph:
 
 
 def bf16_rounding(xn: Tensor) -> tuple[float, float]:
-    """(largest |x − bfloat16(x)|, largest of |x| and |bfloat16(x)|) over the rows x of xn [M, D] (0, 0 if none);
-    float32 norms, enlarged by 2⁻¹² for their own rounding (D·2⁻²⁴ relative at most, D ≤ 4096·16)."""
+    """(largest |x − bfloat16(x)|, largest of |x| and |bfloat16(x)|) over the rows x of xn [M, D] (0, 0 if none),
+    measured: some 2⁻⁹ for unit rows, where entry-wise rounding alone allows 2⁻⁸. Float32 norms, enlarged by
+    D·2⁻²³ for their own rounding."""
     if xn.numel() == 0:
         return 0.0, 0.0
     low = xn.to(torch.bfloat16).float()
     e = float(torch.linalg.vector_norm(xn - low, dim=1).max())
     size = max(float(torch.linalg.vector_norm(v, dim=1).max()) for v in (xn, low))
-    return e * (1 + 2.0**-12), size * (1 + 2.0**-12)
+    grow = 1 + xn.shape[1] * 2.0**-23
+    return e * grow, size * grow
 
 
 def bf16_slack(e: float, size: float, d: int) -> float:
@@ -583,9 +585,11 @@ def bf16_slack(e: float, size: float, d: int) -> float:
 
 def bf16_band(slack: float, c: float) -> float:
     """Half-width w of the band around c where a bfloat16 cosine v does not decide the float32 one: v > c + w means
-    cos > c, v ≤ c − w means cos ≤ c.  Adds the rounding of the bfloat16 result (2⁻⁹ relative, bounded by 2⁻⁸·|v|
-    with room) to `bf16_slack` — some 0.002 to 0.006 for unit rows, where the fixed BF16_COS_BOUND is 0.02."""
-    return (slack + 2.0**-8 * abs(c)) / (1 - 2.0**-8) + 1e-6
+    cos > c, v ≤ c − w means cos ≤ c.  Adds to `bf16_slack` the rounding of the bfloat16 result, |v − s| ≤ 2⁻⁸·|s|
+    ≤ δ·|v| with δ = 2⁻⁸ / (1 − 2⁻⁸): w = (slack + δ·|c|) / (1 − δ) — some 0.004 to 0.008 for unit rows, where the
+    fixed BF16_COS_BOUND is 0.02."""
+    delta = 2.0**-8 / (1 - 2.0**-8)
+    return (slack + delta * abs(c)) / (1 - delta) + 1e-6
 
 
 def _exactly_above(
