@@ -567,11 +567,11 @@ def bf16_rounding(xn: Tensor) -> tuple[float, float]:
     """(largest |x − bfloat16(x)|, largest of |x| and |bfloat16(x)|) over the rows x of xn [M, D] (0, 0 if none),
     measured: some 2⁻⁹ for unit rows, where entry-wise rounding alone allows 2⁻⁸. Float32 norms, enlarged by
     D·2⁻²³ for their own rounding."""
-    if xn.numel() == 0:
-        return 0.0, 0.0
-    low = xn.to(torch.bfloat16).float()
-    e = float(torch.linalg.vector_norm(xn - low, dim=1).max())
-    size = max(float(torch.linalg.vector_norm(v, dim=1).max()) for v in (xn, low))
+    e = size = 0.0
+    for part in xn.split(4096):  # a few MB at a time: read once from memory
+        low = part.to(torch.bfloat16).float()
+        e = max(e, float(torch.linalg.vector_norm(part - low, dim=1).max()))
+        size = max(size, *(float(torch.linalg.vector_norm(v, dim=1).max()) for v in (part, low)))
     grow = 1 + xn.shape[1] * 2.0**-23
     return e * grow, size * grow
 
