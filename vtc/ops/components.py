@@ -91,20 +91,25 @@ def edge_labels(adj: Tensor) -> Tensor:
 
 
 def order_ids(labels: Tensor, degree: Tensor) -> Tensor:
-    """Renumber component labels [B, n] (any ids, -1 = none) 0..C−1 by the authors' key (see module doc)."""
+    """Renumber component labels [B, n] (any ids, -1 = none) 0..C−1 by the authors' key (see module doc), all B
+    graphs at once."""
     b, n = labels.shape
     out = torch.full_like(labels, -1)
-    idx = torch.arange(n)
-    for i in range(b):
-        lab = labels[i]
-        valid = lab >= 0
-        uniq, inv = torch.unique(lab[valid], return_inverse=True)
-        score = degree[i][valid].long() * (n + 1) + (n - idx[valid])  # highest degree, then lowest index
-        best = torch.full((uniq.numel(),), -1, dtype=torch.long).scatter_reduce(0, inv, score, "amax")
-        key = n - best % (n + 1)
-        rank = torch.empty_like(key)
-        rank[torch.argsort(key, stable=True)] = torch.arange(key.numel())
-        out[i, valid] = rank[inv]
+    valid = labels >= 0
+    if not bool(valid.any()):
+        return out
+    span = int(labels.max()) + 1
+    frame = torch.arange(b)[:, None].expand(b, n)[valid]
+    comps, inv = torch.unique(frame * span + labels[valid], return_inverse=True)  # (graph, label) pairs
+    idx = torch.arange(n).expand(b, n)[valid]
+    score = degree[valid].long() * (n + 1) + (n - idx)  # highest degree, then lowest index
+    best = torch.full((comps.numel(),), -1, dtype=torch.long).scatter_reduce(0, inv, score, "amax")
+    key = n - best % (n + 1)  # the member that names the component: distinct within a graph
+    graph = comps // span
+    rank = torch.empty_like(key)
+    rank[torch.argsort(graph * (n + 1) + key)] = torch.arange(key.numel())
+    count = torch.bincount(graph, minlength=b)
+    out[valid] = (rank - (torch.cumsum(count, 0) - count)[graph])[inv]
     return out
 
 
@@ -537,16 +542,20 @@ class SimilarityGraph:
         e, size = bf16_rounding(cn[multi])
         mixed = bf16_slack(max(e, self.rounding[0]), max(size, self.rounding[1]), cn.shape[1])
         low = cn.to(torch.bfloat16)
-        later = ~is_single
+        wanted = torch.ones(cn.shape[0], dtype=torch.bool)  # partners not yet paired with every multi-row centroid
         for s in range(0, multi.numel(), self.block):
             rows = multi[s : s + self.block]
-            later[rows] = False  # pairs with earlier multi-row centroids are already counted
             own = rows.numel()
-            cols = torch.cat([rows, torch.nonzero(later | is_single).flatten()])
-            rough = low[rows] @ low[cols].T  # [b, own + rest]
-            rough[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
+            wanted[rows] = False  # pairs within the block: once, from its own triangle
+            rough = low[rows] @ low[rows].T
+            rough.masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)
             i, j = entries_above(rough, tau - bf16_band(mixed, tau))
-            yield rows[i], cols[j], rough[i, j].float(), mixed
+            yield rows[i], rows[j], rough[i, j].float(), mixed
+            for c in range(0, cn.shape[0], _COLS):  # every other partner still wanted, in cache-sized products
+                rough = low[rows] @ low[c : c + _COLS].T
+                rough.masked_fill_(~wanted[None, c : c + _COLS], -2.0)
+                i, j = entries_above(rough, tau - bf16_band(mixed, tau))
+                yield rows[i], c + j, rough[i, j].float(), mixed
 
     def fewest_components(self, tau: float, single: Tensor | None = None, cn: Tensor | None = None) -> int | None:
         """A lower bound on the components `centroid_components(single, cn, τ)` finds (single None: the rows of x
