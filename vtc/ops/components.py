@@ -397,6 +397,7 @@ class SimilarityGraph:
         self.tried = float("inf")  # the lowest floor a pass has been made for
         empty = torch.zeros(0, dtype=torch.int32)
         self.src, self.dst, self.rough, self.exact = empty, empty, torch.zeros(0), torch.zeros(0)
+        self.key = torch.zeros(0, dtype=torch.int32)  # −`_order_key` of the stored pairs' cosines, ascending
         self.multi: tuple[float, Tensor, list] | None = None  # (τ, centroids, `_multi_pairs`) of the last question
 
     def ready(self, tau: float) -> bool:
@@ -431,9 +432,11 @@ class SimilarityGraph:
         self.floor = floor
         if not val:
             return
-        # most similar first: a query reads a prefix
+        # most similar first, by the bfloat16-rounded cosine (a radix sort of int keys): a query reads a prefix
         rough = torch.cat(val)
-        order = torch.argsort(rough, descending=True, stable=True)
+        key = _order_key(rough)
+        order = torch.argsort(-key, stable=True)
+        self.key = -key[order]  # ascending
         self.rough = rough[order]  # bfloat16 or float32 cos
         self.src, self.dst = torch.cat(src)[order], torch.cat(dst)[order]
         # float32 cos where known, filled on demand for the others
@@ -454,8 +457,9 @@ class SimilarityGraph:
         return float(torch.topk(sims, k).values[-1])
 
     def upto(self, value: float) -> int:
-        """How many stored pairs have a (bfloat16) cosine above value: they come first."""
-        return int(torch.searchsorted(-self.rough, torch.tensor([-value]), side="left"))
+        """A number n of stored pairs such that every pair whose (bfloat16) cosine is above value is among the first
+        n: those whose cosine rounds to bfloat16 no lower than value does (a few at value itself may come along)."""
+        return int(torch.searchsorted(self.key, -_order_key(torch.tensor([value])), side="right"))
 
     def above(self, tau: float) -> tuple[int, Tensor]:
         """(n, mask [n]): the stored pairs that can be above τ (τ ≥ floor) are the first n; mask: cos > τ."""
@@ -570,6 +574,13 @@ class SimilarityGraph:
         for i, _, _, _ in self._multi_pairs(single >= 0, cn, tau):
             edges += i.numel()
         return cn.shape[0] - edges
+
+
+def _order_key(v: Tensor) -> Tensor:
+    """int32 keys [E] that order the float values v [E] as their bfloat16 roundings (round to nearest: a value above
+    another rounds no lower), from the bits: non-negative numbers order as their bits, negative ones reversed."""
+    bits = v.to(torch.bfloat16).view(torch.int16).int()
+    return torch.where(bits >= 0, bits, -32769 - bits)
 
 
 def bf16_rounding(xn: Tensor) -> tuple[float, float]:
