@@ -3,12 +3,14 @@ quadratic textbook computations give (those are restated here, small), on cluste
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import vtc
 from vtc.methods import llava_scissor as scissor_mod
-from vtc.ops import diversity
+from vtc.ops import cosine_matrix, diversity
 from vtc.ops.components import SimilarityGraph, component_ids, edge_labels, threshold_components
 from vtc.ops.similarity import l2_normalize
 
@@ -145,3 +147,111 @@ def test_nearest_rows_equals_the_float32_argmax(data: str) -> None:
     want = (l2_normalize(x) @ l2_normalize(centers).T).argmax(-1)
     got = nearest_rows(x, centers, block=700, exact_below=0)
     assert torch.equal(got, want)
+
+
+def textbook_components(adj: torch.Tensor) -> list[list[int]]:
+    """Connected components of a boolean graph [n, n] by breadth-first search, smallest member first."""
+    a = adj.numpy()
+    seen = [False] * a.shape[0]
+    out = []
+    for s in range(a.shape[0]):
+        if seen[s]:
+            continue
+        comp, frontier = {s}, [s]
+        while frontier:
+            nxt = {int(j) for i in frontier for j in a[i].nonzero()[0]} - comp
+            comp |= nxt
+            frontier = list(nxt)
+        for i in comp:
+            seen[i] = True
+        out.append(sorted(comp))
+    return out
+
+
+def textbook_scissor_count(x: torch.Tensor, tau: float) -> int:
+    """LLaVA-Scissor's K at τ as the paper states it, on dense matrices: per-frame components of cos > τ, their
+    means, components of the means' cos > τ."""
+    t, n, _ = x.shape
+    sim = cosine_matrix(x.float())
+    means = [x[f, comp].double().mean(0).float() for f in range(t) for comp in textbook_components(sim[f] > tau)]
+    return len(textbook_components(cosine_matrix(torch.stack(means)) > tau))
+
+
+@pytest.mark.parametrize("kind", ["clustered", "drift", "noise", "walk"])
+def test_llava_scissor_tau_is_plain_bisection_on_the_dense_graphs(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The τ the method settles on (sparse temporal graph from a bfloat16 pass in small blocks and column blocks,
+    spatial counts from spanning trees, counts skipped where bounds decide) is plain bisection over the 2⁻⁷ grid
+    with K computed on the dense graphs; the output has that K."""
+    from vtc.ops import components
+
+    if kind == "walk":  # every patch a random walk with a cut half way
+        g = torch.Generator().manual_seed(6)
+        x = torch.cumsum(0.3 * torch.randn(16, 36, 24, generator=g), 0)
+        x[8:] = x[8:] - x[8:9] + torch.randn(1, 36, 24, generator=g)
+    else:
+        x = family(kind, 16, 36, 24, 6)
+    monkeypatch.setattr(scissor_mod, "_DENSE", 8)
+    monkeypatch.setattr(scissor_mod, "SimilarityGraph", functools.partial(SimilarityGraph, block=32))
+    monkeypatch.setattr(components, "_COLS", 128)
+    for ratio in (0.05, 0.15, 0.4):
+        lo, hi = 0, 256  # grid index i ↔ τ = −1 + i / 128
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if textbook_scissor_count(x, -1 + mid / 128) <= ratio * 16 * 36 else (lo, mid)
+        res = vtc.compress_features(x, method="llava_scissor", ratio=ratio)
+        assert res.reduction.info["tau"] == -1 + lo / 128, ratio
+        assert res.tokens.shape[0] == textbook_scissor_count(x, -1 + lo / 128), ratio
+
+
+@pytest.mark.parametrize("kind", ["clustered", "noise"])
+def test_spanning_forest_gives_the_components_at_every_threshold(kind: str) -> None:
+    """The tree edges above τ join exactly what the graph cos > τ joins, for every τ."""
+    from vtc.ops.components import spanning_forest
+
+    x = family(kind, 6, 40, 16, 7)
+    sim = cosine_matrix(x)
+    u, v, w = spanning_forest(sim)
+    for tau in (-0.5, 0.0, 0.3, 0.6, 0.9, 0.99):
+        for f in range(6):
+            want = textbook_components(sim[f] > tau)
+            keep = w[f] > tau
+            assert 40 - int(keep.sum()) == len(want), (tau, f)
+            tree = torch.zeros(40, 40, dtype=torch.bool)
+            tree[u[f][keep], v[f][keep]] = True
+            assert textbook_components(tree | tree.T) == want, (tau, f)
+
+
+@pytest.mark.parametrize("kind", ["clustered", "drift", "noise"])
+def test_similar_blocks_find_every_pair_above_the_floor(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bfloat16 pass in row blocks and column blocks misses no pair whose float32 cosine is above the floor."""
+    from vtc.ops import components
+
+    monkeypatch.setattr(components, "_COLS", 128)  # runs of 64 columns, and narrower tails
+    x = l2_normalize(family(kind, 20, 30, 16, 8).reshape(600, 16))
+    dense = torch.triu(x @ x.T, 1)
+    for floor in (0.2, 0.8):
+        got = set()
+        for i, j, _, _ in components.similar_blocks(x, floor, block=32, find_cells=False):
+            got |= {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist(), strict=True)}
+        want = set(map(tuple, torch.nonzero(dense > floor).tolist()))
+        assert want <= got, floor
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 30.0])
+def test_bf16_band_holds(scale: float) -> None:
+    """|bfloat16 cos − float32 cos| stays within the band the rows' rounding gives, for unit rows of varied make
+    (dense Gaussian, sparse spikes, near-duplicates)."""
+    from vtc.ops.components import bf16_band, bf16_rounding, bf16_slack
+
+    g = torch.Generator().manual_seed(9)
+    rows = torch.cat([torch.randn(300, 768, generator=g),
+                      torch.randn(300, 768, generator=g) * (torch.rand(300, 768, generator=g) < 0.02),
+                      torch.randn(1, 768, generator=g) + 0.01 * torch.randn(300, 768, generator=g)]) * scale
+    xn = l2_normalize(rows)
+    slack = bf16_slack(*bf16_rounding(xn), 768)
+    low = xn.to(torch.bfloat16)
+    rough = (low @ low.T).float()
+    exact = torch.stack([(xn * xn[i]).sum(1) for i in range(xn.shape[0])])  # the float32 products the graph uses
+    for c in (-0.5, 0.0, 0.1, 0.5, 0.9, 0.99):
+        w = bf16_band(slack, c)
+        assert not ((rough > c + w) & (exact <= c)).any() and not ((rough <= c - w) & (exact > c)).any(), c

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from vtc.methods.declare import implements
 from vtc.ops import cosine_matrix
-from vtc.ops.components import SimilarityGraph, component_ids, order_ids
+from vtc.ops.components import SimilarityGraph, component_ids, hook_labels, order_ids, spanning_forest
 from vtc.ops.similarity import l2_normalize, nearest_rows
 from vtc.reduction import Reduction
 from vtc.signals import Signals
@@ -18,13 +18,12 @@ from vtc.signals import Signals
 def _means(x: Tensor, ids: Tensor, count: int) -> tuple[Tensor, Tensor]:
     """Plain means of the rows of x [n, D] per id (ids -1 ignored) → ([count, D], sizes [count]); summed in
     float64, a block of rows at a time."""
-    valid = ids >= 0
+    valid = torch.nonzero(ids >= 0).flatten()
     size = torch.bincount(ids[valid], minlength=count)
-    out = torch.zeros(count, x.shape[1])
     # a group of one is its row (its float64 mean rounds back to the same float32): copied, not summed
-    single = valid & (size[ids.clamp_min(0)] == 1)
-    out[ids[single]] = x[single].float()
-    multi = torch.nonzero(valid & ~single).flatten()
+    member = torch.zeros(count, dtype=torch.long).scatter_(0, ids[valid], valid)
+    out = x.index_select(0, member).float().masked_fill_((size == 0)[:, None], 0.0)
+    multi = valid[size[ids[valid]] > 1]
     if multi.numel():
         groups, local = torch.unique(ids[multi], return_inverse=True)
         sums = torch.zeros(groups.numel(), x.shape[1], dtype=torch.float64)
@@ -48,23 +47,45 @@ class _Scissor:
         self.flat = x.reshape(t * n, d).float()
         self.sim = cosine_matrix(x.float())  # [T, N, N]
         self.mode, self.epsilon, self.seed = union_find, epsilon, seed
+        # exact components of every frame's graph sim > τ, for every τ: a maximum spanning tree per frame
+        self.forest = spanning_forest(self.sim) if union_find == "exact" else None
         self.graph: SimilarityGraph | None = None  # similar pairs among the tokens, once per clip
         self.last: tuple[Tensor, Tensor] | None = None  # (spatial ids, their centroids)
+        self.kept: tuple[Tensor, Tensor] | None = None  # the same at the last τ found within budget
+        self.rows: tuple[Tensor, Tensor, Tensor] | None = None  # (centroids, `_rows` of them)
         self.memo: tuple[float, Tensor, Tensor] | None = None  # (τ, spatial ids, temporal ids) of the last query
 
     def spatial(self, tau: float) -> tuple[Tensor, int]:
         """Spatial component of every token (frame-major global ids; -1 = lost) and their count."""
-        ids = component_ids(self.sim > tau, self.mode, self.epsilon, self.seed)  # [T, N] per-frame ids
+        adj = self.sim > tau  # [T, N, N]
+        if self.forest is None:
+            ids = component_ids(adj, self.mode, self.epsilon, self.seed)  # [T, N] per-frame ids
+        else:  # the tree edges above τ join what the graph joins; numbered as component_ids numbers them
+            u, v, w = self.forest
+            first = torch.arange(self.t)[:, None] * self.n
+            keep = w > tau
+            labels = hook_labels(self.t * self.n, (u + first)[keep], (v + first)[keep]).view(self.t, self.n)
+            ids = order_ids(labels, torch.count_nonzero(adj, dim=-1))
         per_frame = (ids.max(1).values + 1).clamp_min(0)
         offset = torch.cumsum(per_frame, 0) - per_frame
         glob = torch.where(ids >= 0, ids + offset[:, None], -1).reshape(-1)
         return glob, int(per_frame.sum())
 
+    def spatial_count(self, tau: float) -> int:
+        """How many spatial components: T·N less the tree edges above τ (exact mode), without labelling them."""
+        if self.forest is None:
+            return self.spatial(tau)[1]
+        return self.t * self.n - int(torch.count_nonzero(self.forest[2] > tau))
+
     def centroids(self, tau: float) -> tuple[Tensor, Tensor]:
-        """(spatial ids [T·N], their centroids [M, D]); the centroids are reused while the ids stay the same."""
+        """(spatial ids [T·N], their centroids [M, D]); the centroids are reused while the ids stay the same (the
+        last ones asked for, and those of the last τ found within budget)."""
         s_ids, m = self.spatial(tau)
-        if self.last is None or not torch.equal(self.last[0], s_ids):
-            self.last = (s_ids, _means(self.flat, s_ids, m)[0])
+        for known in (self.last, self.kept):
+            if known is not None and torch.equal(known[0], s_ids):
+                self.last = known
+                return known
+        self.last = (s_ids, _means(self.flat, s_ids, m)[0])
         return self.last
 
     def run(self, tau: float) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -94,14 +115,23 @@ class _Scissor:
     def _graph_components(
         self, s_ids: Tensor, centroids: Tensor, tau: float, degrees: bool = True
     ) -> tuple[Tensor, Tensor | None]:
+        return self._graph().centroid_components(*self._rows(s_ids, centroids), tau, degrees)
+
+    def _rows(self, s_ids: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+        """(the token each centroid is when it is a single one, else -1 [M]; unit centroids [M, D]), kept while the
+        centroids stay the same."""
+        if self.rows is None or self.rows[0] is not centroids:
+            valid = torch.nonzero(s_ids >= 0).flatten()
+            size = torch.bincount(s_ids[valid], minlength=centroids.shape[0])
+            token = torch.full((centroids.shape[0],), -1, dtype=torch.long)
+            token[s_ids[valid]] = valid
+            self.rows = (centroids, torch.where(size == 1, token, -1), l2_normalize(centroids))
+        return self.rows[1], self.rows[2]
+
+    def _graph(self) -> SimilarityGraph:
         if self.graph is None:
             self.graph = SimilarityGraph(l2_normalize(self.flat))
-        valid = torch.nonzero(s_ids >= 0).flatten()
-        size = torch.bincount(s_ids[valid], minlength=centroids.shape[0])
-        token = torch.full((centroids.shape[0],), -1, dtype=torch.long)
-        token[s_ids[valid]] = valid
-        single = torch.where(size == 1, token, -1)
-        return self.graph.centroid_components(single, l2_normalize(centroids), tau, degrees)
+        return self.graph
 
     def count(self, tau: float) -> int:
         s_ids, centroids = self.centroids(tau)
@@ -112,6 +142,24 @@ class _Scissor:
         labels, _ = self._graph_components(s_ids, centroids, tau, degrees=False)
         return int(labels.unique().numel())
 
+    def within(self, tau: float, budget: float) -> bool:
+        """K(τ) ≤ budget.  Cheap bounds decide first where they can: K ≤ M (the spatial count), and K ≥ M − (pairs
+        of centroids whose bfloat16 cosine can be above τ) on the sparse path."""
+        m = self.spatial_count(tau)
+        if m <= budget:
+            return True
+        if m > _DENSE and self.mode == "exact":
+            if m == self.t * self.n:  # every centroid is its token
+                fewest = self._graph().fewest_components(tau)
+            else:
+                fewest = self._graph().fewest_components(tau, *self._rows(*self.centroids(tau)))
+            if fewest is not None and fewest > budget:
+                return False
+        if self.count(tau) > budget:
+            return False
+        self.kept = self.last
+        return True
+
     def search(self, budget: float) -> float:
         """The largest τ on the grid −1 + i·2⁻⁷ whose K is within budget (K grows with τ): galloping down from the
         top, where graphs are sparse and cheap, then bisecting — what bisection over [−1, 1] finds, in fewer,
@@ -119,12 +167,12 @@ class _Scissor:
         top = round(2 / _GRID)
         hi, step = top, 1  # K(τ_hi) > budget is assumed at τ = 1
         lo = hi - step
-        while lo > 0 and self.count(-1 + lo * _GRID) > budget:
+        while lo > 0 and not self.within(-1 + lo * _GRID, budget):
             hi, step = lo, step * 2
             lo = max(hi - step, 0)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if self.count(-1 + mid * _GRID) <= budget else (lo, mid)
+            lo, hi = (mid, hi) if self.within(-1 + mid * _GRID, budget) else (lo, mid)
         return -1 + lo * _GRID
 
 

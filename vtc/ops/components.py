@@ -18,6 +18,7 @@ from torch import Tensor
 from vtc.ops.similarity import BF16_COS_BOUND
 
 _CHUNK = 2048
+_COLS = 2048  # columns per product in a pass over all pairs: 1024 × 2048 bfloat16 cosines stay in cache
 
 
 class UnionFind:
@@ -90,20 +91,25 @@ def edge_labels(adj: Tensor) -> Tensor:
 
 
 def order_ids(labels: Tensor, degree: Tensor) -> Tensor:
-    """Renumber component labels [B, n] (any ids, -1 = none) 0..C−1 by the authors' key (see module doc)."""
+    """Renumber component labels [B, n] (any ids, -1 = none) 0..C−1 by the authors' key (see module doc), all B
+    graphs at once."""
     b, n = labels.shape
     out = torch.full_like(labels, -1)
-    idx = torch.arange(n)
-    for i in range(b):
-        lab = labels[i]
-        valid = lab >= 0
-        uniq, inv = torch.unique(lab[valid], return_inverse=True)
-        score = degree[i][valid].long() * (n + 1) + (n - idx[valid])  # highest degree, then lowest index
-        best = torch.full((uniq.numel(),), -1, dtype=torch.long).scatter_reduce(0, inv, score, "amax")
-        key = n - best % (n + 1)
-        rank = torch.empty_like(key)
-        rank[torch.argsort(key, stable=True)] = torch.arange(key.numel())
-        out[i, valid] = rank[inv]
+    valid = labels >= 0
+    if not bool(valid.any()):
+        return out
+    span = int(labels.max()) + 1
+    frame = torch.arange(b)[:, None].expand(b, n)[valid]
+    comps, inv = torch.unique(frame * span + labels[valid], return_inverse=True)  # (graph, label) pairs
+    idx = torch.arange(n).expand(b, n)[valid]
+    score = degree[valid].long() * (n + 1) + (n - idx)  # highest degree, then lowest index
+    best = torch.full((comps.numel(),), -1, dtype=torch.long).scatter_reduce(0, inv, score, "amax")
+    key = n - best % (n + 1)  # the member that names the component: distinct within a graph
+    graph = comps // span
+    rank = torch.empty_like(key)
+    rank[torch.argsort(graph * (n + 1) + key)] = torch.arange(key.numel())
+    count = torch.bincount(graph, minlength=b)
+    out[valid] = (rank - (torch.cumsum(count, 0) - count)[graph])[inv]
     return out
 
 
@@ -152,6 +158,31 @@ def _reference_labels(a: np.ndarray, epsilon: float, seed: int) -> Tensor:
     single = np.nonzero(~covered)[0]
     labels[torch.from_numpy(single)] = torch.from_numpy(single) + n  # singletons, ids beyond the roots
     return labels
+
+
+def spanning_forest(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A maximum spanning tree of each complete graph with edge weights weight [B, n, n] (symmetric), by Prim's
+    algorithm on all B graphs at once → (u, v, w), each [B, n − 1]: tree edge k of graph b joins nodes u[b, k] and
+    v[b, k] with weight w[b, k].  For every τ the graph weight > τ has the components of the tree edges with w > τ
+    (a heavier path joins whatever an edge above τ joins), so one tree answers every threshold."""
+    b, n, _ = weight.shape
+    rows = torch.arange(b)
+    u, v, w = (torch.zeros(b, max(n - 1, 0), dtype=dt) for dt in (torch.long, torch.long, weight.dtype))
+    if n < 2:
+        return u, v, w
+    inside = torch.zeros(b, n, dtype=torch.bool)
+    inside[:, 0] = True
+    best = weight[:, 0].clone()  # [B, n] heaviest edge from the tree to each node
+    parent = torch.zeros(b, n, dtype=torch.long)
+    for k in range(n - 1):
+        w[:, k], v[:, k] = best.masked_fill(inside, -float("inf")).max(1)
+        u[:, k] = parent[rows, v[:, k]]
+        inside[rows, v[:, k]] = True
+        row = weight[rows, v[:, k]]  # [B, n]
+        closer = row > best
+        best = torch.where(closer, row, best)
+        parent = torch.where(closer, v[:, k : k + 1], parent)
+    return u, v, w
 
 
 def hook_labels(n: int, src: Tensor, dst: Tensor) -> Tensor:
@@ -217,9 +248,11 @@ def similar_blocks(
     block: int = 1024,
     cells: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     find_cells: bool = True,
+    slack: float | None = None,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor, bool]]:
-    """Every pair i ≠ j (once) of unit rows xn [M, D] whose bfloat16 cosine exceeds floor − BOUND: a superset of the
-    pairs with cos > floor, block by block as (i [E], j [E], cos [E], exact): the cosines in float32 when `exact`
+    """Every pair i ≠ j (once) of unit rows xn [M, D] whose bfloat16 cosine exceeds floor − `bf16_band` (from the
+    rows' `bf16_slack`, computed when not given): a superset of the pairs with cos > floor, block by block as
+    (i [E], j [E], cos [E], exact): the cosines in float32 when `exact`
     (a block with few columns is multiplied in float32), else bfloat16 values.
 
     Rows are grouped by pivot cells (`_cells`) when they cluster; a pair of cells whose pivots are farther apart
@@ -227,7 +260,7 @@ def similar_blocks(
     `cells`: `_cells(xn in bfloat16, block)` when already known (find_cells=False: known to be None)."""
     m = xn.shape[0]
     low = xn.to(torch.bfloat16)
-    bound = SimilarityGraph.BOUND
+    bound = bf16_band(bf16_slack(*bf16_rounding(xn), xn.shape[1]) if slack is None else slack, floor)
     if cells is None and find_cells and m > 4 * block:
         cells = _cells(low, block)
     if cells is None:
@@ -246,19 +279,68 @@ def similar_blocks(
     chunk_cell = torch.tensor([int(cell_of[a]) for a, _ in chunks])
     for ci, (a, b) in enumerate(chunks):
         rows = order[a:b]
-        if reach is None:
-            later = torch.arange(ci, len(chunks))
-        else:
-            later = ci + torch.nonzero(reach[chunk_cell[ci], chunk_cell[ci:]]).flatten()
+        own = b - a
+        if reach is None:  # rows in their own order: the later rows are slices (nothing gathered), a few at a time
+            exact = m - a <= 4 * block  # few columns left: float32 products, all at once
+            width = m - a if exact else max(_COLS, own)  # else cache-sized products, compared while in cache
+            for c in range(a, m, width):
+                sims = xn[a:b] @ xn[c : c + width].T if exact else low[a:b] @ low[c : c + width].T
+                if c == a:
+                    sims[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
+                i, j = entries_above(sims, floor - bound)
+                yield rows[i], order[c + j], sims[i, j].float(), exact
+            continue
+        later = ci + torch.nonzero(reach[chunk_cell[ci], chunk_cell[ci:]]).flatten()
         if later.numel() == 0:
             continue
         cols = torch.cat([order[chunks[c][0] : chunks[c][1]] for c in later.tolist()])
-        own = b - a
         exact = cols.numel() <= 4 * block  # few columns (a pruned pass): float32 products cost little more
         sims = xn[rows] @ xn[cols].T if exact else low[rows] @ low[cols].T  # [b, C]; first b columns: the chunk
         sims[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # pairs i < j only
-        i, j = torch.nonzero(sims > floor - bound, as_tuple=True)  # bfloat16 ones compared in bfloat16
+        i, j = entries_above(sims, floor - bound)
         yield rows[i], cols[j], sims[i, j].float(), exact
+
+
+def entries_above(v: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """(row, column) of the entries of v [R, C] above threshold; for bfloat16 v a superset: those above the
+    bfloat16 number just at or below it.  Sparse hits in bfloat16 (a pass over all pairs): the bits' int16 view
+    (non-negative bfloat16s order as their bits) is reduced to each run of 64 columns' largest, and only the runs
+    that reach the threshold are compared entry by entry."""
+    if v.dtype != torch.bfloat16 or threshold < 0 or v.shape[1] % 64:
+        return nonzero_2d(greater(v, threshold))
+    r, c = v.shape
+    t = torch.tensor(threshold).to(torch.bfloat16)
+    bits = int(t.view(torch.int16)) - int(float(t) > threshold)
+    runs = v.view(torch.int16).view(r, c // 64, 64)
+    ri, rj = torch.nonzero(runs.amax(-1) > bits, as_tuple=True)
+    k, col = nonzero_2d(runs[ri, rj] > bits)
+    return ri[k], rj[k] * 64 + col
+
+
+def greater(v: Tensor, threshold: float) -> Tensor:
+    """v > threshold, [R, C] → bool [R, C'] (C' ≥ C, padded with False to whole 8-byte words); for bfloat16 v a
+    superset: v > the bfloat16 number just at or below the threshold, compared as the bits' int16 view."""
+    if v.dtype != torch.bfloat16:
+        return v > threshold
+    if threshold < 0:
+        return v.float() > threshold
+    t = torch.tensor(threshold).to(torch.bfloat16)
+    bits = int(t.view(torch.int16)) - int(float(t) > threshold)  # non-negative bfloat16s order as their bits
+    out = torch.empty(v.shape[0], -(-v.shape[1] // 8) * 8, dtype=torch.bool)  # rows padded to whole 8-byte words
+    out[:, v.shape[1] :] = False
+    torch.gt(v.view(torch.int16), bits, out=out[:, : v.shape[1]])
+    return out
+
+
+def nonzero_2d(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(row, column) of the set entries of mask [R, C] (C may be padded past the matrix, with False): rows of a
+    whole number of 8-byte words are scanned a word at a time, and only the nonzero words looked into."""
+    r, c = mask.shape
+    if c % 8 or not mask.is_contiguous():
+        return torch.nonzero(mask, as_tuple=True)
+    wi, wj = torch.nonzero(mask.view(torch.int64), as_tuple=True)
+    k, bit = torch.nonzero(mask.view(r, c // 8, 8)[wi, wj], as_tuple=True)
+    return wi[k], wj[k] * 8 + bit
 
 
 class _Union:
@@ -296,25 +378,27 @@ class SimilarityGraph:
     matter are never multiplied), made when a query first needs it, down to a floor: 2τ − 1 for the query's τ when the
     rows cluster (a search coming down from τ = 1 rebuilds a few times, each pass pruned), else the lowest similarity
     for which about cap / 4 pairs are expected (from a sample of rows), never below `floor`. If more than `cap` pairs
-    are found after all, the floor is raised to keep the cap / 2 most similar. A query at τ ≥ floor decides the pairs
-    far from τ by their bfloat16 value and computes the few within the bound in float32 (cached); a query below
-    what the stored pairs can answer makes one pass at τ, joining components block by block (nothing stored).
+    are found after all, the floor is raised to keep the cap / 2 most similar. The pairs are kept sorted by their
+    bfloat16 cosine, so a query at τ ≥ floor reads only those that can be above τ − band: it decides the pairs
+    far from τ by their bfloat16 value and computes the few within the band (`bf16_band`) in float32 (cached); a query
+    below what the stored pairs can answer makes one pass at τ, joining components block by block (nothing stored).
     `centroid_components` answers for centroids most of which are single rows of x: their pairs come from the
     stored ones, only the other centroids are multiplied.
     """
 
-    # |bf16 cos − cos| for unit vectors (see BF16_COS_BOUND), plus 2⁻⁹ for the threshold's own rounding
-    BOUND = BF16_COS_BOUND
-
     def __init__(self, xn: Tensor, floor: float = -1.0, cap: int = 8_000_000, block: int = 1024) -> None:
         self.xn, self.block, self.cap, self.lowest = xn, block, cap, floor
         m = xn.shape[0]
+        self.rounding = bf16_rounding(xn)
+        self.slack = bf16_slack(*self.rounding, xn.shape[1])
         self.cells = _cells(xn.to(torch.bfloat16), block) if m > 4 * block else None
         self.sampled = self._sampled_floor(xn, cap // 4)
         self.floor = float("inf")  # nothing stored yet
         self.tried = float("inf")  # the lowest floor a pass has been made for
         empty = torch.zeros(0, dtype=torch.int32)
         self.src, self.dst, self.rough, self.exact = empty, empty, torch.zeros(0), torch.zeros(0)
+        self.key = torch.zeros(0, dtype=torch.int32)  # −`_order_key` of the stored pairs' cosines, ascending
+        self.multi: tuple[float, Tensor, list] | None = None  # (τ, centroids, `_multi_pairs`) of the last question
 
     def ready(self, tau: float) -> bool:
         """Whether the stored pairs answer τ, after one more pass if that can help."""
@@ -330,8 +414,8 @@ class SimilarityGraph:
         self.tried = floor
         src, dst, val, known = [], [], [], []
         kept, cap = 0, self.cap
-        for i, j, v, exact in similar_blocks(self.xn, floor, self.block, self.cells, find_cells=False):
-            keep = v > floor - self.BOUND  # the floor may have risen since the pass began
+        for i, j, v, exact in similar_blocks(self.xn, floor, self.block, self.cells, False, self.slack):
+            keep = v > floor - bf16_band(self.slack, floor)  # the floor may have risen since the pass began
             src.append(i[keep].int())
             dst.append(j[keep].int())
             val.append(v[keep])
@@ -339,18 +423,24 @@ class SimilarityGraph:
             kept += known[-1].numel()
             if kept > cap:  # more pairs than the sample promised: keep the cap / 2 most similar
                 v = torch.cat(val)
-                floor = float(torch.kthvalue(v, v.numel() - cap // 2 + 1).values) + self.BOUND
-                mask = v > floor - self.BOUND
+                kth = float(torch.kthvalue(v, v.numel() - cap // 2 + 1).values)
+                floor = kth + bf16_band(self.slack, kth)
+                mask = v > floor - bf16_band(self.slack, floor)
                 src, dst, val = [torch.cat(src)[mask]], [torch.cat(dst)[mask]], [v[mask]]
                 known = [torch.cat(known)[mask]]
                 kept = int(mask.sum())
         self.floor = floor
-        empty = torch.zeros(0, dtype=torch.int32)
-        self.src = torch.cat(src) if src else empty
-        self.dst = torch.cat(dst) if dst else empty
-        self.rough = torch.cat(val) if val else torch.zeros(0)  # bfloat16 or float32 cos
+        if not val:
+            return
+        # most similar first, by the bfloat16-rounded cosine (a radix sort of int keys): a query reads a prefix
+        rough = torch.cat(val)
+        key = _order_key(rough)
+        order = torch.argsort(-key, stable=True)
+        self.key = -key[order]  # ascending
+        self.rough = rough[order]  # bfloat16 or float32 cos
+        self.src, self.dst = torch.cat(src)[order], torch.cat(dst)[order]
         # float32 cos where known, filled on demand for the others
-        self.exact = torch.where(torch.cat(known), self.rough, float("nan")) if val else torch.zeros(0)
+        self.exact = torch.where(torch.cat(known)[order], self.rough, float("nan"))
 
     @staticmethod
     def _sampled_floor(xn: Tensor, pairs: int, rows: int = 256) -> float:
@@ -359,32 +449,40 @@ class SimilarityGraph:
         if m * (m - 1) // 2 <= pairs:
             return -1.0
         pick = torch.linspace(0, m - 1, min(rows, m)).round().long().unique()
-        sims = (xn[pick] @ xn.T).flatten()
+        low = xn.to(torch.bfloat16)
+        sims = (low[pick] @ low.T).flatten()  # an estimate: bfloat16 is close enough
         k = int(pairs * 2 * pick.numel() / m) + pick.numel()  # + the rows' own entries (cos 1)
         if k >= sims.numel():
             return -1.0
         return float(torch.topk(sims, k).values[-1])
 
-    def above(self, tau: float) -> Tensor:
-        """Mask over the stored pairs: cos > τ (τ ≥ floor)."""
-        near = torch.nonzero((self.rough - tau).abs() <= self.BOUND).flatten()
+    def upto(self, value: float) -> int:
+        """A number n of stored pairs such that every pair whose (bfloat16) cosine is above value is among the first
+        n: those whose cosine rounds to bfloat16 no lower than value does (a few at value itself may come along)."""
+        return int(torch.searchsorted(self.key, -_order_key(torch.tensor([value])), side="right"))
+
+    def above(self, tau: float) -> tuple[int, Tensor]:
+        """(n, mask [n]): the stored pairs that can be above τ (τ ≥ floor) are the first n; mask: cos > τ."""
+        width = bf16_band(self.slack, tau)
+        n = self.upto(tau - width)
+        near = torch.nonzero(self.rough[:n] <= tau + width).flatten()
         self._rescore(near)
-        keep = self.rough > tau
+        keep = self.rough[:n] > tau
         keep[near] = self.exact[near] > tau
-        return keep
+        return n, keep
 
     def _rescore(self, idx: Tensor) -> None:
         """Float32 cosines of the stored pairs idx that have none yet."""
         todo = idx[torch.isnan(self.exact[idx])]
-        for part in todo.split(65536):
+        for part in todo.split(4096):  # a few MB of gathered rows at a time: they stay in cache
             self.exact[part] = (self.xn[self.src[part].long()] * self.xn[self.dst[part].long()]).sum(1)
 
     def components(self, tau: float) -> tuple[Tensor, Tensor]:
         """(labels [M] — smallest member index, degree [M] — neighbours with cos > τ, itself included)."""
         m = self.xn.shape[0]
         if self.ready(tau):
-            keep = self.above(tau)
-            src, dst = self.src[keep].long(), self.dst[keep].long()
+            n, keep = self.above(tau)
+            src, dst = self.src[:n][keep].long(), self.dst[:n][keep].long()
             degree = 1 + torch.bincount(src, minlength=m) + torch.bincount(dst, minlength=m)
             return hook_labels(m, src, dst), degree
         return threshold_components(self.xn, tau, self.block)
@@ -405,30 +503,22 @@ class SimilarityGraph:
         where = torch.full((self.xn.shape[0],), -1, dtype=torch.long)
         is_single = single >= 0
         where[single[is_single]] = torch.nonzero(is_single).flatten()
-        a, b = where[self.src.long()], where[self.dst.long()]
+        width = bf16_band(self.slack, tau)
+        n = self.upto(tau - width)
+        a, b = where[self.src[:n].long()], where[self.dst[:n].long()]
         both = (a >= 0) & (b >= 0)
         if degrees:
-            keep = self.above(tau) & both
+            keep = self.above(tau)[1] & both
             _count(union, degree, a[keep], b[keep])
         else:
-            known = ~torch.isnan(self.exact)
-            sure = both & torch.where(known, self.exact > tau, self.rough > tau + self.BOUND)
-            maybe = torch.nonzero(both & ~known & ((self.rough - tau).abs() <= self.BOUND)).flatten()
+            rough, exact = self.rough[:n], self.exact[:n]
+            known = ~torch.isnan(exact)
+            sure = both & torch.where(known, exact > tau, rough > tau + width)
+            maybe = torch.nonzero(both & ~known & (rough <= tau + width)).flatten()
             union.add(a[sure], b[sure])
         # pairs with a centroid of several rows: multiplied here, each pair once
-        multi = torch.nonzero(~is_single).flatten()
-        if multi.numel():
-            low = cn.to(torch.bfloat16)
-            later = ~is_single
-            for s in range(0, multi.numel(), self.block):
-                rows = multi[s : s + self.block]
-                later[rows] = False  # pairs with earlier multi-row centroids are already counted
-                own = rows.numel()
-                cols = torch.cat([rows, torch.nonzero(later | is_single).flatten()])
-                rough = low[rows] @ low[cols].T  # [b, own + rest]
-                rough[:, :own].masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)  # i < j only
-                i, j = torch.nonzero(rough > tau - self.BOUND, as_tuple=True)
-                _count(union, degree, *_exactly_above(cn, rows[i], cols[j], rough[i, j].float(), tau))
+        for i, j, rough, mixed in self._multi_pairs(is_single, cn, tau):
+            _count(union, degree, *_exactly_above(cn, i, j, rough, tau, mixed))
         if not degrees:
             labels = union.result()
             maybe = maybe[labels[a[maybe]] != labels[b[maybe]]]  # only pairs that could still join two components
@@ -439,11 +529,96 @@ class SimilarityGraph:
         return union.result(), degree
 
 
-def _exactly_above(xn: Tensor, i: Tensor, j: Tensor, rough: Tensor, tau: float) -> tuple[Tensor, Tensor]:
-    """The pairs (i, j) whose float32 cosine exceeds τ, given their bfloat16 cosines (all > τ − BOUND)."""
-    near = torch.nonzero(rough <= tau + SimilarityGraph.BOUND).flatten()
+    def _multi_pairs(self, is_single: Tensor, cn: Tensor, tau: float) -> list[tuple[Tensor, Tensor, Tensor, float]]:
+        """The pairs of unit centroids cn [C, D] with at least one not a single row (is_single [C] False) whose
+        bfloat16 cosine can be above τ, each once, block by block: (i [E], j [E], bfloat16 cos [E], slack); kept
+        for the next question about the same centroids and τ."""
+        if self.multi is None or self.multi[0] != tau or self.multi[1] is not cn:
+            self.multi = (tau, cn, list(self._multi_blocks(is_single, cn, tau)))
+        return self.multi[2]
+
+    def _multi_blocks(
+        self, is_single: Tensor, cn: Tensor, tau: float
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor, float]]:
+        multi = torch.nonzero(~is_single).flatten()
+        if multi.numel() == 0:
+            return
+        e, size = bf16_rounding(cn[multi])
+        mixed = bf16_slack(max(e, self.rounding[0]), max(size, self.rounding[1]), cn.shape[1])
+        low = cn.to(torch.bfloat16)
+        wanted = torch.ones(cn.shape[0], dtype=torch.bool)  # partners not yet paired with every multi-row centroid
+        for s in range(0, multi.numel(), self.block):
+            rows = multi[s : s + self.block]
+            own = rows.numel()
+            wanted[rows] = False  # pairs within the block: once, from its own triangle
+            rough = low[rows] @ low[rows].T
+            rough.masked_fill_(~torch.ones(own, own, dtype=torch.bool).triu(1), -2.0)
+            i, j = entries_above(rough, tau - bf16_band(mixed, tau))
+            yield rows[i], rows[j], rough[i, j].float(), mixed
+            for c in range(0, cn.shape[0], _COLS):  # every other partner still wanted, in cache-sized products
+                rough = low[rows] @ low[c : c + _COLS].T
+                rough.masked_fill_(~wanted[None, c : c + _COLS], -2.0)
+                i, j = entries_above(rough, tau - bf16_band(mixed, tau))
+                yield rows[i], c + j, rough[i, j].float(), mixed
+
+    def fewest_components(self, tau: float, single: Tensor | None = None, cn: Tensor | None = None) -> int | None:
+        """A lower bound on the components `centroid_components(single, cn, τ)` finds (single None: the rows of x
+        themselves), from bfloat16 cosines alone: C less every pair that can be above τ, since an edge joins two
+        components at most — the stored pairs, and the pairs with a centroid of several rows. None when the stored
+        pairs cannot answer τ."""
+        if not self.ready(tau):
+            return None
+        edges = self.upto(tau - bf16_band(self.slack, tau))
+        if single is None or cn is None:
+            return self.xn.shape[0] - edges
+        for i, _, _, _ in self._multi_pairs(single >= 0, cn, tau):
+            edges += i.numel()
+        return cn.shape[0] - edges
+
+
+def _order_key(v: Tensor) -> Tensor:
+    """int32 keys [E] that order the float values v [E] as their bfloat16 roundings (round to nearest: a value above
+    another rounds no lower), from the bits: non-negative numbers order as their bits, negative ones reversed."""
+    bits = v.to(torch.bfloat16).view(torch.int16).int()
+    return torch.where(bits >= 0, bits, -32769 - bits)
+
+
+def bf16_rounding(xn: Tensor) -> tuple[float, float]:
+    """(largest |x − bfloat16(x)|, largest of |x| and |bfloat16(x)|) over the rows x of xn [M, D] (0, 0 if none),
+    measured: some 2⁻⁹ for unit rows, where entry-wise rounding alone allows 2⁻⁸. Float32 norms, enlarged by
+    D·2⁻²³ for their own rounding."""
+    e = size = 0.0
+    for part in xn.split(4096):  # a few MB at a time: read once from memory
+        low = part.to(torch.bfloat16).float()
+        e = max(e, float(torch.linalg.vector_norm(part - low, dim=1).max()))
+        size = max(size, *(float(torch.linalg.vector_norm(v, dim=1).max()) for v in (part, low)))
+    grow = 1 + xn.shape[1] * 2.0**-23
+    return e * grow, size * grow
+
+
+def bf16_slack(e: float, size: float, d: int) -> float:
+    """The part of |bfloat16 cos − float32 cos| that does not scale with the cosine, for rows with `bf16_rounding`
+    (e, size) in D dims: the bfloat16 inputs' error, |x̃·ỹ − x·y| ≤ |x̃||y − ỹ| + |x − x̃||ỹ| + |x − x̃||y − ỹ|
+    (Cauchy–Schwarz), plus float32 accumulation of D products in the bfloat16 and in the float32 product alike."""
+    return (2 * size * e + e * e + 2 * (d + 2) * 2.0**-24 * size * size) * (1 + 2.0**-10) + 1e-7
+
+
+def bf16_band(slack: float, c: float) -> float:
+    """Half-width w of the band around c where a bfloat16 cosine v does not decide the float32 one: v > c + w means
+    cos > c, v ≤ c − w means cos ≤ c.  Adds to `bf16_slack` the rounding of the bfloat16 result, |v − s| ≤ 2⁻⁸·|s|
+    ≤ δ·|v| with δ = 2⁻⁸ / (1 − 2⁻⁸): w = (slack + δ·|c|) / (1 − δ) — some 0.004 to 0.008 for unit rows, where the
+    fixed BF16_COS_BOUND is 0.02."""
+    delta = 2.0**-8 / (1 - 2.0**-8)
+    return (slack + delta * abs(c)) / (1 - delta) + 1e-6
+
+
+def _exactly_above(
+    xn: Tensor, i: Tensor, j: Tensor, rough: Tensor, tau: float, slack: float
+) -> tuple[Tensor, Tensor]:
+    """The pairs (i, j) whose float32 cosine exceeds τ, given their bfloat16 cosines (all > τ − band)."""
+    near = torch.nonzero(rough <= tau + bf16_band(slack, tau)).flatten()
     keep = rough > tau
-    for part in near.split(65536):
+    for part in near.split(4096):
         keep[part] = (xn[i[part]] * xn[j[part]]).sum(1) > tau
     return i[keep], j[keep]
 
@@ -459,6 +634,7 @@ def threshold_components(xn: Tensor, tau: float, block: int = 1024) -> tuple[Ten
     m = xn.shape[0]
     union = _Union(m)
     degree = torch.ones(m, dtype=torch.long)
-    for i, j, v, exact in similar_blocks(xn, tau, block):
-        _count(union, degree, *((i[v > tau], j[v > tau]) if exact else _exactly_above(xn, i, j, v, tau)))
+    a = bf16_slack(*bf16_rounding(xn), xn.shape[1])
+    for i, j, v, exact in similar_blocks(xn, tau, block, slack=a):
+        _count(union, degree, *((i[v > tau], j[v > tau]) if exact else _exactly_above(xn, i, j, v, tau, a)))
     return union.result(), degree
