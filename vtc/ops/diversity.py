@@ -7,7 +7,9 @@ Memory is O(L·D + L·block) and never an L×L matrix; time is O(K·L·D) plus t
   next patch in the row), then tightened with growing batches of columns in a fixed pseudo-random order, only for
   the tokens whose bound still reaches the best exact distance found so far; exact distances are computed for the
   most promising of those each round. Exact; a few blocks for video features, and a few thousand columns per token
-  instead of all L for structureless ones (i.i.d. noise, where no token has a near neighbour to hint).
+  instead of all L for structureless ones (i.i.d. noise, where no token has a near neighbour to hint). The sampled
+  columns are multiplied in bfloat16, the bound widened by the product's proven error (`bf16_band`): still an upper
+  bound, at a third of the time on CPUs with bfloat16 units; the exact distances stay float32.
 - **Greedy steps**: the running minimum distance to the selected set is updated lazily, once per `_PENDING`
   selections, with one matrix product; between updates the argmax is found exactly from the top of the stale
   (upper-bound) vector, refreshed against the pending selections. The hot tokens' cosines to each other are
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from vtc.ops.components import bf16_band, bf16_rounding, bf16_slack
 from vtc.ops.similarity import l2_normalize
 
 _BLOCK = 512  # rows per exact-distance block (memory O(block·L))
@@ -114,6 +117,9 @@ def _most_isolated(xn: Tensor, neighbours: Sequence[int]) -> int:
             bound[o:] = torch.minimum(bound[o:], d)
             bound[:-o] = torch.minimum(bound[:-o], d)
     columns = torch.randperm(length, generator=torch.Generator().manual_seed(0))
+    # sampled columns in bfloat16 (a third of float32's time on CPUs with bfloat16 units): a cosine v stands for one
+    # at least v − bf16_band(v), so 1 − v + band is still an upper bound on the distance
+    low, slack = xn.to(torch.bfloat16), bf16_slack(*bf16_rounding(xn), xn.shape[1])
     alive = torch.arange(length)
     exact = torch.full((length,), -float("inf"))  # exact value where computed
     best, pos, step = -float("inf"), 0, _SAMPLE
@@ -123,14 +129,15 @@ def _most_isolated(xn: Tensor, neighbours: Sequence[int]) -> int:
             pos, step = pos + cols.numel(), step * 2
             slot = torch.full((length,), -1, dtype=torch.long)
             slot[cols] = torch.arange(cols.numel())
-            chunk, xc = max(1, (1 << 22) // cols.numel()), xn[cols]  # [chunk, cols] distances at a time
+            chunk, xc = max(1, (1 << 22) // cols.numel()), low[cols]  # [chunk, cols] cosines at a time
             for s in range(0, alive.numel(), chunk):
                 rows = alive[s : s + chunk]
-                d = 1 - xn[rows] @ xc.T  # [rows, cols]
+                v = low[rows] @ xc.T  # [rows, cols] bfloat16 cosines
                 own = slot[rows]  # a token is not its own neighbour
                 mine = torch.nonzero(own >= 0).flatten()
-                d[mine, own[mine]] = float("inf")
-                bound[rows] = torch.minimum(bound[rows], d.amin(1))
+                v[mine, own[mine]] = -2.0
+                top = v.amax(1).float()
+                bound[rows] = torch.minimum(bound[rows], 1 - top + bf16_band(slack, top))
         # exact values for the most promising alive tokens (all of them once every column has been seen)
         by_bound = alive[torch.argsort(bound[alive], descending=True, stable=True)]
         rows = by_bound if pos >= length else by_bound[:_BLOCK]
