@@ -19,7 +19,8 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
+
+from _common import child_argv, child_env
 
 CHILD = r"""
 import json, sys, time
@@ -57,8 +58,8 @@ print(json.dumps({"wall": round(wall, 2), "tokens": int(r.tokens.shape[0]), "pea
 def run(timeout: float, *args: object) -> dict | None:
     """One measurement in a fresh interpreter, or None past `timeout` seconds."""
     try:
-        p = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True,
-                           check=True, timeout=timeout)
+        p = subprocess.run(child_argv(CHILD, *args), capture_output=True, text=True, check=True, timeout=timeout,
+                           env=child_env())
     except subprocess.TimeoutExpired:
         return None
     return json.loads(p.stdout.strip().splitlines()[-1])

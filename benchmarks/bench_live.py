@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import child_argv, child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT.parent / "shared" / "media" / "one_by_one_person_detection.mp4"
 SOURCE = ROOT / "tests" / "live_source.py"
@@ -50,8 +52,8 @@ def once(video: str, seconds: float, fps: float, chunk: float, ckpt: Path, metho
                             str(seconds)])
     time.sleep(0.5)
     try:
-        p = subprocess.run([sys.executable, "-c", CHILD, str(port), str(out), str(fps), str(chunk), str(ckpt), method,
-                            str(ratio)], capture_output=True, text=True, check=True, cwd=ROOT)
+        p = subprocess.run(child_argv(CHILD, port, out, fps, chunk, ckpt, method, ratio), capture_output=True,
+                           text=True, check=True, cwd=ROOT, env=child_env())
     finally:
         mux.kill()
     return json.loads(p.stdout.strip().splitlines()[-1])
