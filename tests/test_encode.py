@@ -174,6 +174,18 @@ def test_a_pretrained_tag_loads_like_a_checkpoint(kind: str, model_args, monkeyp
                                                                                   pretrained="cached"))
     z = again.encode(frames, want)
     assert all(torch.equal(x[k], z[k]) for k in x)
+    import json
+
+    cache = tmp_path / "cache" / "tags.json"
+    good = cache.read_text()
+    for damaged in ({"mean": "x"}, {"std": [0, 0, 0]}, {"mean": [1, 2]}):  # a damaged entry is a miss
+        entries = json.loads(good)
+        for entry in entries.values():
+            entry["preprocess"].update(damaged)
+        cache.write_text(json.dumps(entries))
+        with pytest.raises(AssertionError, match="consulted"):
+            Encoder(EncoderConfig(model=a["model"], pretrained="cached"), text=False)
+    cache.write_text(good)
     Path(a["checkpoint"]).touch()  # the file changed: resolved again through open_clip
     with pytest.raises(AssertionError, match="consulted"):
         Encoder(EncoderConfig(model=a["model"], pretrained="cached"), text=False)

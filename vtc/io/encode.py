@@ -142,7 +142,10 @@ def cached_tag(name: str, tag: str) -> dict[str, Any] | None:
         return None
     try:
         st = Path(hit["file"]).stat()
-    except OSError:
+        geometry = FrameGeometry.from_preprocess_cfg(hit["preprocess"], 224)  # a damaged entry is a miss
+    except (OSError, TypeError, ValueError):
+        return None
+    if len(geometry.mean) != 3 or len(geometry.std) != 3 or not all(v > 0 for v in geometry.std):
         return None
     return hit if [st.st_size, st.st_mtime_ns] == hit.get("stat") else None
 
